@@ -1,0 +1,1 @@
+"""Built-in readerd plugins, registered exactly like third-party ones."""

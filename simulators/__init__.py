@@ -1,0 +1,1 @@
+"""Simulated My Number and FeliCa cards, reachable through the real reader stacks."""

@@ -1,0 +1,56 @@
+"""The card models behind a :class:`protocols.transport.Transport`, with no sockets: the fast tier.
+
+It behaves like a reader would: a card must be inserted (powered) to answer, and a pulled card raises
+:class:`CardRemovedError` instead of answering.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from protocols.errors import CardRemovedError
+from protocols.transport import ReaderCapabilities
+
+#: What vpcd advertises (CARD-FACTS §10): 64 KiB APDUs.
+EXTENDED_CAPABILITIES = ReaderCapabilities(max_apdu_data=0x10000)
+SHORT_CAPABILITIES = ReaderCapabilities(max_apdu_data=0)
+
+
+class CardModel(Protocol):
+    """What a reader needs of a simulated contact/ISO-DEP card."""
+
+    atr: bytes
+
+    def power_on(self) -> bytes: ...
+
+    def power_off(self) -> None: ...
+
+    def process(self, raw: bytes) -> bytes: ...
+
+
+class InProcessReader:
+    """A simulated reader slot: insert a card, transmit APDUs to it, remove it."""
+
+    def __init__(self, name: str = "Simulated Reader 00", *, extended_length: bool = True) -> None:
+        self.name = name
+        self._capabilities = EXTENDED_CAPABILITIES if extended_length else SHORT_CAPABILITIES
+        self.card: CardModel | None = None
+
+    @property
+    def capabilities(self) -> ReaderCapabilities:
+        return self._capabilities
+
+    def insert(self, card: CardModel) -> bytes:
+        """Put a card on the reader; returns its ATR."""
+        self.card = card
+        return card.power_on()
+
+    def remove(self) -> None:
+        if self.card is not None:
+            self.card.power_off()
+        self.card = None
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if self.card is None:
+            raise CardRemovedError(f"no card on {self.name}")
+        return self.card.process(bytes(apdu))

@@ -1,0 +1,321 @@
+"""A test PKI shaped like J-LIS's: user-authentication and signature CAs, card certificates, and a CRL.
+
+Names, key sizes and extensions follow CARD-FACTS §6 (issuer ``C=JP, O=JPKI, OU=JPKI for user
+authentication, OU=Japan Agency for Local Authority Information Systems``, subject ``C=JP, CN=<opaque>``,
+RSA-2048, sha256WithRSA, no SAN on the auth certificate; the signature certificate carries the four
+attributes in its SubjectAltName). The CAs' O is ``JPKI TEST`` so a simulated certificate can never be
+mistaken for a real one, and production trust anchors never include them.
+
+RSA-2048 key generation costs ~100 ms; keys and certificates are cached as files under a directory
+(:class:`PkiStore`) so that a test run, or a developer's simulator, reuses the same cards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+TEST_CA_ORGANIZATION = "JPKI TEST"
+JLIS_OU = "Japan Agency for Local Authority Information Systems"
+RSA_BITS = 2048
+_CN_ALPHABET = string.ascii_uppercase + string.digits
+
+#: The four attributes in the signature certificate's SAN (CARD-FACTS §6, myna's jpki_ap.go).
+OID_NAME = ObjectIdentifier("1.2.392.200149.8.5.5.1")
+OID_SEX = ObjectIdentifier("1.2.392.200149.8.5.5.3")
+OID_BIRTH_DATE = ObjectIdentifier("1.2.392.200149.8.5.5.4")
+OID_ADDRESS = ObjectIdentifier("1.2.392.200149.8.5.5.5")
+
+
+class CaKind(Enum):
+    USER_AUTH = "JPKI for user authentication"
+    SIGNATURE = "JPKI for digital signature"
+
+
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+
+
+def _key_usage(
+    *, digital_signature: bool = False, non_repudiation: bool = False, ca: bool = False
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=non_repudiation,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def ca_name(kind: CaKind) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, TEST_CA_ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind.value),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, JLIS_OU),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """The 基本4情報 of a fake citizen: only ever on the signature certificate and the card-info APs."""
+
+    name: str = "試験 太郎"
+    address: str = "東京都千代田区試験町一丁目1番1号"
+    birth_date: str = "19600401"  # YYYYMMDD, as the SAN carries it
+    sex: str = "1"
+
+
+class SimulatedCa:
+    """A self-signed root, like the real 2015/2023 J-LIS roots."""
+
+    def __init__(
+        self,
+        kind: CaKind = CaKind.USER_AUTH,
+        key: rsa.RSAPrivateKey | None = None,
+        certificate: x509.Certificate | None = None,
+        not_before: datetime = datetime(2023, 7, 15, tzinfo=UTC),
+    ) -> None:
+        self.kind = kind
+        self.key = key or new_rsa_key()
+        self.certificate = certificate or self._self_sign(not_before)
+
+    def _self_sign(self, not_before: datetime) -> x509.Certificate:
+        public = self.key.public_key()
+        return (
+            x509.CertificateBuilder()
+            .subject_name(ca_name(self.kind))
+            .issuer_name(ca_name(self.kind))
+            .public_key(public)
+            .serial_number(1)
+            .not_valid_before(not_before)
+            .not_valid_after(not_before + timedelta(days=3653))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    def issue_user_auth(
+        self,
+        key: rsa.RSAPrivateKey,
+        *,
+        serial: int | None = None,
+        common_name: str | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> x509.Certificate:
+        """A user-authentication certificate: subject ``C=JP, CN=<opaque>``, no SAN, ~5 years."""
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME,
+                    common_name or "".join(secrets.choice(_CN_ALPHABET) for _ in range(23)),
+                ),
+            ]
+        )
+        usage = _key_usage(digital_signature=True)
+        return self._issue(
+            key, subject, serial=serial, not_before=not_before, not_after=not_after, usage=usage, san=None
+        )
+
+    def issue_signature(
+        self,
+        key: rsa.RSAPrivateKey,
+        attributes: Attributes,
+        *,
+        serial: int | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> x509.Certificate:
+        """A signature certificate: locality in the subject, the four attributes in the SAN."""
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+                x509.NameAttribute(NameOID.LOCALITY_NAME, "Tokyo-to"),
+                x509.NameAttribute(NameOID.LOCALITY_NAME, "Chiyoda-ku"),
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME, "".join(secrets.choice(_CN_ALPHABET) for _ in range(23))
+                ),
+            ]
+        )
+        san = x509.SubjectAlternativeName(
+            [
+                x509.OtherName(OID_NAME, _utf8_der(attributes.name)),
+                x509.OtherName(OID_SEX, _utf8_der(attributes.sex)),
+                x509.OtherName(OID_BIRTH_DATE, _utf8_der(attributes.birth_date)),
+                x509.OtherName(OID_ADDRESS, _utf8_der(attributes.address)),
+            ]
+        )
+        usage = _key_usage(digital_signature=True, non_repudiation=True)
+        return self._issue(
+            key, subject, serial=serial, not_before=not_before, not_after=not_after, usage=usage, san=san
+        )
+
+    def _issue(
+        self,
+        key: rsa.RSAPrivateKey,
+        subject: x509.Name,
+        *,
+        serial: int | None,
+        not_before: datetime | None,
+        not_after: datetime | None,
+        usage: x509.KeyUsage,
+        san: x509.SubjectAlternativeName | None,
+    ) -> x509.Certificate:
+        start = not_before or datetime(2025, 10, 27, tzinfo=UTC)
+        end = not_after or start + timedelta(days=5 * 365 + 1)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(serial if serial is not None else secrets.randbits(62) + 1)
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(usage, critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+        )
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def crl(
+        self,
+        revoked_serials: list[int],
+        *,
+        this_update: datetime | None = None,
+        next_update: datetime | None = None,
+    ) -> x509.CertificateRevocationList:
+        """A CRL revoking ``revoked_serials`` (what an approved verifier would receive from J-LIS)."""
+        now = this_update or datetime.now(UTC).replace(microsecond=0)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now)
+            .next_update(next_update or now + timedelta(days=1))
+        )
+        for serial in revoked_serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        return builder.sign(self.key, hashes.SHA256())
+
+
+def _utf8_der(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) >= 128:
+        raise ValueError("attribute too long for this test PKI")
+    return b"\x0c" + bytes((len(raw),)) + raw
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+class PkiStore:
+    """Keys and certificates as PEM files under ``root``, created on first use and reused after.
+
+    A card's key, serial and common name depend only on its name, so the same profile yields the same
+    certificate across runs (repeatable tests, stable pseudonyms in a developer's demo).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cas: dict[CaKind, SimulatedCa] = {}
+
+    def _key(self, name: str) -> rsa.RSAPrivateKey:
+        path = self.root / f"{name}.key.pem"
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise TypeError(f"{path} is not an RSA key")
+            return key
+        key = new_rsa_key()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        tmp.chmod(0o600)
+        tmp.replace(path)  # atomic: parallel test workers never read half a key
+        return key
+
+    def _cert(self, name: str, make: Callable[[], x509.Certificate]) -> x509.Certificate:
+        path = self.root / f"{name}.crt.pem"
+        if path.exists():
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        cert = make()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        tmp.replace(path)
+        return cert
+
+    def ca(self, kind: CaKind) -> SimulatedCa:
+        if kind not in self._cas:
+            label = "ca-auth" if kind is CaKind.USER_AUTH else "ca-sign"
+            key = self._key(label)
+            probe = SimulatedCa(kind, key=key)  # only signs if the certificate is not cached yet
+            cert = self._cert(label, lambda: probe.certificate)
+            self._cas[kind] = SimulatedCa(kind, key=key, certificate=cert)
+        return self._cas[kind]
+
+    def card_key(self, card: str, purpose: str) -> rsa.RSAPrivateKey:
+        return self._key(f"card-{card}-{purpose}")
+
+    def user_auth_certificate(
+        self, card: str, *, not_before: datetime | None = None, not_after: datetime | None = None
+    ) -> x509.Certificate:
+        key = self.card_key(card, "auth")
+        seed = hashlib.sha256(b"readerd-sim-serial" + card.encode()).digest()
+        serial = int.from_bytes(seed[:7], "big") | 1
+        cn = "".join(_CN_ALPHABET[b % len(_CN_ALPHABET)] for b in seed[8:31])
+        suffix = "" if not_before is None and not_after is None else f"-{not_before}-{not_after}"
+        tag = hashlib.sha256(suffix.encode()).hexdigest()[:8] if suffix else "std"
+        return self._cert(
+            f"card-{card}-auth-{tag}",
+            lambda: self.ca(CaKind.USER_AUTH).issue_user_auth(
+                key, serial=serial, common_name=cn, not_before=not_before, not_after=not_after
+            ),
+        )
+
+    def signature_certificate(self, card: str, attributes: Attributes) -> x509.Certificate:
+        key = self.card_key(card, "sign")
+        serial = int.from_bytes(hashlib.sha256(b"readerd-sim-sign" + card.encode()).digest()[:7], "big") | 1
+        return self._cert(
+            f"card-{card}-sign",
+            lambda: self.ca(CaKind.SIGNATURE).issue_signature(key, attributes, serial=serial),
+        )
+
+
+def default_store_root() -> Path:
+    """``$READERD_SIM_CACHE`` or ``~/.cache/readerd-sim``."""
+    env = os.environ.get("READERD_SIM_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "readerd-sim"

@@ -7,8 +7,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from readerd import logging as rlog
 from simulators.demo import run_demo
+from simulators.faults import FaultScript, FaultyCard
+from simulators.inprocess import CardModel
+from simulators.mynumber import CardBehavior, CardProfile, build_card
+from simulators.pki import PkiStore, default_store_root
+from simulators.vicc import ViccBridge, parse_endpoint
+
+log = structlog.get_logger("readerd.sim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +27,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     demo = sub.add_parser("demo", help="tap simulated cards on an in-process reader and log the events")
     demo.add_argument("--taps", type=int, default=0, help="stop after this many taps (0: until Ctrl-C)")
     demo.add_argument("--state-dir", type=Path, default=Path(".readerd"))
     demo.add_argument("--interval", type=float, default=1.5, help="seconds between taps")
+
+    card = sub.add_parser(
+        "mynumber",
+        help="a virtual My Number Card behind pcscd's vpcd driver",
+        description="Connects a virtual My Number Card to vsmartcard's vpcd (inside pcscd). Reads commands "
+        "from stdin, one per line: 'insert', 'remove', 'quit' (end of input also quits).",
+    )
+    card.add_argument("--vpcd", default="127.0.0.1:35963", help="vpcd endpoint host:port (loopback only)")
+    card.add_argument(
+        "--profile", default="alice", help="card name: keys and certificate are cached per name"
+    )
+    card.add_argument("--pin", default="1234", help="user-authentication PIN (4 digits)")
+    card.add_argument("--tries", type=int, default=3, help="user-auth PIN tries left (0 = blocked)")
+    card.add_argument("--no-extended", action="store_true", help="the card refuses extended-length APDUs")
+    card.add_argument("--contact", action="store_true", help="present the contact ATR instead of contactless")
+    card.add_argument("--expired", action="store_true", help="the user-auth certificate has expired")
+    card.add_argument("--faults", type=Path, help="fault script (JSON or TOML), see docs/simulator.md")
+    card.add_argument(
+        "--cache", type=Path, default=None, help="PKI cache directory (default ~/.cache/readerd-sim)"
+    )
+    card.add_argument("--removed", action="store_true", help="start with the card off the reader")
     return parser
+
+
+def _card_from_args(args: argparse.Namespace) -> CardModel:
+    profile = CardProfile(
+        name=args.profile,
+        auth_pin=args.pin,
+        auth_tries_left=args.tries,
+        expired=args.expired,
+        contactless=not args.contact,
+        behavior=CardBehavior(extended_length=not args.no_extended),
+    )
+    card: CardModel = build_card(profile, PkiStore(args.cache or default_store_root()))
+    if args.faults:
+        card = FaultyCard(card, FaultScript.load(args.faults))
+    return card
+
+
+def run_mynumber(args: argparse.Namespace) -> int:
+    host, port = parse_endpoint(args.vpcd)
+    bridge = ViccBridge(
+        _card_from_args(args), host, port, on_event=lambda e: log.info("card " + e, port=port)
+    )
+    if not args.removed:
+        bridge.insert()
+    log.info(
+        "virtual My Number Card ready",
+        vpcd=f"{host}:{port}",
+        profile=args.profile,
+        commands="insert|remove|quit",
+    )
+    try:
+        for line in sys.stdin:
+            command = line.strip().lower()
+            if command == "insert":
+                bridge.insert()
+            elif command == "remove":
+                bridge.remove()
+                log.info("card removed", port=port)
+            elif command in ("quit", "exit"):
+                break
+            elif command:
+                log.warning("unknown command", command=command, known="insert|remove|quit")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bridge.remove()
+    return 1 if bridge.errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rlog.configure(args.log_level)
     if args.command == "demo":
         return run_demo(taps=args.taps, state_dir=args.state_dir, interval=args.interval)
+    if args.command == "mynumber":
+        return run_mynumber(args)
     parser.print_help()
     return 64
 

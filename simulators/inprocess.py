@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from protocols.errors import CardRemovedError
+from protocols.errors import CardRemovedError, ReaderUnavailableError
 from protocols.transport import ReaderCapabilities
 
 #: What vpcd advertises (CARD-FACTS §10): 64 KiB APDUs.
@@ -16,10 +16,23 @@ EXTENDED_CAPABILITIES = ReaderCapabilities(max_apdu_data=0x10000)
 SHORT_CAPABILITIES = ReaderCapabilities(max_apdu_data=0)
 
 
+class CardPulled(Exception):
+    """Raised by a card model: the card left the field mid-command, so the reader gets no answer."""
+
+
+class ReaderVanished(Exception):
+    """Raised by a card model: the reader link drops for ``seconds`` (vicc disconnect, then reconnect)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"reader gone for {seconds} s")
+        self.seconds = seconds
+
+
 class CardModel(Protocol):
     """What a reader needs of a simulated contact/ISO-DEP card."""
 
-    atr: bytes
+    @property
+    def atr(self) -> bytes: ...
 
     def power_on(self) -> bytes: ...
 
@@ -53,4 +66,11 @@ class InProcessReader:
     def transmit(self, apdu: bytes) -> bytes:
         if self.card is None:
             raise CardRemovedError(f"no card on {self.name}")
-        return self.card.process(bytes(apdu))
+        try:
+            return self.card.process(bytes(apdu))
+        except CardPulled:
+            self.remove()
+            raise CardRemovedError(f"the card left {self.name} during the command") from None
+        except ReaderVanished:
+            self.remove()
+            raise ReaderUnavailableError(f"{self.name} went away") from None

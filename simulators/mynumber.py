@@ -236,6 +236,11 @@ class VirtualMyNumberCard:
             raise TypeError(f"EF {fid:04X} is not a PIN")
         return ef
 
+    def set_auth_pin_tries(self, tries_left: int) -> None:
+        """Fault injection: another terminal used (or a reset restored) tries of the user-auth PIN."""
+        pin = self.pin(JPKI_AID, 0x0018)
+        pin.tries_left = max(0, min(tries_left, pin.max_tries))
+
     # -- dispatch -------------------------------------------------------------------------------------
     def process(self, raw: bytes) -> bytes:
         raw = bytes(raw)

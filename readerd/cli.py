@@ -1,4 +1,8 @@
-"""``readerd``: the daemon's command line."""
+"""``readerd``: the daemon's command line.
+
+The flags of ``readerd run`` are a stable interface (kiosk scripts and the systemd unit use them); they
+override the configuration file, and the daemon runs with no file at all.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from pathlib import Path
 
 from readerd import __version__
 from readerd import logging as rlog
+from readerd.config import BACKENDS, Config, load_config, with_overrides
+from readerd.errors import BusError, ConfigError, StoreUnavailableError
 from readerd.exitcodes import ExitCode
 
 DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
+SIMULATE_STATE_DIR = ".readerd"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         "card events on ZeroMQ, municipal plugins.",
     )
     parser.add_argument("--version", action="version", version=f"readerd {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... or TRACE (APDU traces)"
-    )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs exactly this)")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (systemd runs exactly this)",
+        description="Run the daemon in the foreground. Flags override the configuration file; "
+        f"without --config, {DEFAULT_CONFIG} is read if it exists.",
+    )
     run.add_argument(
         "--simulate",
         action="store_true",
@@ -35,35 +43,71 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", type=Path, default=None, help=f"TOML configuration (default {DEFAULT_CONFIG})"
     )
+    run.add_argument("--backend", action="append", choices=BACKENDS, help="reader backend (repeatable)")
+    run.add_argument("--nfc-device", action="append", help="nfcpy device: usb[:BUS:DEV] or udp:HOST:PORT")
+    run.add_argument("--publish", help="PUB endpoint for events (default tcp://127.0.0.1:7410)")
+    run.add_argument("--control", help="ROUTER endpoint for control requests (default tcp://127.0.0.1:7411)")
+    run.add_argument("--state-dir", help="state directory (default /var/lib/readerd)")
+    run.add_argument("--kiosk", help="this kiosk's ID, carried by every event")
+    run.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 5)")
+    run.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ... or TRACE (APDU traces)")
     run.add_argument(
-        "--taps",
-        type=int,
-        default=0,
-        help="with --simulate: stop after this many simulated taps (0 = run until interrupted)",
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="auto: JSON under systemd or in a pipe, readable on a terminal",
     )
     return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    backends: tuple[str, ...] | None
+    if args.simulate:
+        base = load_config(args.config) if args.config else Config()
+        backends = tuple(args.backend or ["sim"])
+        state_dir = args.state_dir or SIMULATE_STATE_DIR
+    else:
+        path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        base = load_config(path)
+        backends = tuple(args.backend) if args.backend else None
+        state_dir = args.state_dir
+    return with_overrides(
+        base,
+        {
+            "backends": backends,
+            "state_dir": state_dir,
+            "kiosk": args.kiosk,
+            "log_level": args.log_level,
+            "bus.publish": args.publish,
+            "bus.control": args.control,
+            "bus.heartbeat_interval": args.heartbeat,
+            "nfc.devices": tuple(args.nfc_device) if args.nfc_device else None,
+        },
+    ).validate()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    rlog.configure(args.log_level, args.log_format)
-    log = rlog.get_logger("readerd")
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    if args.command == "run":
-        if not args.simulate:
-            log.error(
-                "no reader backend configured",
-                hint="use `readerd run --simulate` for simulated readers and cards",
-            )
-            return ExitCode.CONFIG
-        # Imported late: production installs never load the simulator.
-        from simulators.demo import run_demo  # noqa: PLC0415
+    rlog.configure(args.log_level or "INFO", args.log_format)
+    log = rlog.get_logger("readerd")
+    try:
+        config = config_from_args(args)
+        rlog.configure(args.log_level or config.log_level, args.log_format)
+        from readerd.daemon import Daemon  # noqa: PLC0415 - `readerd --help` must not load zmq
 
-        return run_demo(taps=args.taps, state_dir=Path(".readerd"))
-    return ExitCode.USAGE  # pragma: no cover - argparse rejects unknown commands
+        daemon = Daemon(config)
+        daemon.install_signal_handlers()
+        return daemon.run()
+    except ConfigError as e:
+        log.error("configuration error", error=str(e))
+        return ExitCode.CONFIG
+    except (BusError, StoreUnavailableError) as e:
+        log.error("cannot start", error=str(e))
+        return ExitCode.UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -1,31 +1,161 @@
-"""``readerctl``: talk to a running daemon (status, simulated taps, plugins, keys, doctor)."""
+"""``readerctl``: talk to a running daemon over its control and event endpoints.
+
+Output is for people on a terminal and, with ``--json``, for scripts (one JSON object per line).
+Exit codes: 0 ok, 1 the daemon refused the request, 69 the daemon cannot be reached, 64 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
 
 from readerd import __version__
+from readerd.config import Config, load_config
+from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
 
-# Subcommands arrive with the issues that build them; each is listed so --help shows the plan honestly.
+DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
+REQUEST_TIMEOUT_MS = 3000
+
+# Subcommands arriving with later issues, listed so --help shows the plan honestly.
 PLANNED = {
-    "status": "readers, cards and bus state of a running daemon (daemon issue)",
-    "tap": "insert or remove a simulated card in a daemon run with --simulate (daemon issue)",
     "plugins": "list plugins with versions and hooks (plugin framework issue)",
     "keys": "bus CURVE keys and the deployment pseudonym key (LAN bus issue)",
     "doctor": "check pcscd, readers, permissions, config and store, with a fix for each (deployment issue)",
 }
 
 
+class Unreachable(Exception):
+    """The daemon did not answer: reported as exit 69."""
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def request(
+    endpoint: str, cmd: str, args: dict[str, Any] | None = None, timeout_ms: int = REQUEST_TIMEOUT_MS
+) -> dict[str, Any]:
+    """One request/response on the daemon's ROUTER (a DEALER here, with an empty delimiter frame)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        body = {"id": str(uuid.uuid4()), "cmd": cmd, "args": args or {}}
+        sock.send_multipart([b"", json.dumps(body).encode()])
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            raise Unreachable(f"no answer from readerd at {endpoint} within {timeout_ms / 1000:g} s")
+        reply = json.loads(sock.recv_multipart()[-1])
+    finally:
+        sock.close()
+    if not isinstance(reply, dict):
+        raise Unreachable("the daemon answered something that is not a JSON object")
+    return reply
+
+
+def _format_event(env: dict[str, Any]) -> str:
+    data = env.get("data", {})
+    details = " ".join(f"{k}={v}" for k, v in data.items())
+    reader = env.get("reader") or "-"
+    return f"{env.get('ts', '')} #{env.get('seq')} {env.get('type'):<18} {reader}  {details}"
+
+
+def tail(
+    endpoint: str, *, as_json: bool, count: int, heartbeats: bool, timeout: float, topics: list[str]
+) -> int:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    for prefix in topics or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    seen = 0
+    try:
+        while count <= 0 or seen < count:
+            wait_ms = 1000 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if deadline is not None and wait_ms == 0:
+                return ExitCode.UNAVAILABLE if seen == 0 else ExitCode.OK
+            if not sock.poll(wait_ms, zmq.POLLIN):
+                continue
+            topic, body = sock.recv_multipart()
+            if topic == b"heartbeat" and not heartbeats:
+                continue
+            seen += 1
+            _out(body.decode() if as_json else _format_event(json.loads(body)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="readerctl", description="Control a running readerd.")
     parser.add_argument("--version", action="version", version=f"readerctl {__version__}")
+    parser.add_argument(
+        "--config", type=Path, help=f"read the endpoints from this file (default {DEFAULT_CONFIG})"
+    )
+    parser.add_argument("--control", help="control endpoint (default from the config, tcp://127.0.0.1:7411)")
+    parser.add_argument("--publish", help="event endpoint (default from the config, tcp://127.0.0.1:7410)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("status", help="the daemon's state: readers, bus counters, uptime")
+    sub.add_parser("readers", help="the readers and what is on them")
+    t = sub.add_parser("tail", help="print live events (Ctrl-C stops)")
+    t.add_argument("--count", type=int, default=0, help="exit after this many events")
+    t.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+    t.add_argument("--heartbeats", action="store_true", help="show heartbeats too")
+    t.add_argument("topics", nargs="*", help="topic prefixes, e.g. card. reader.added")
+    tap = sub.add_parser("tap", help="put a simulated card on a reader (daemon started with --simulate)")
+    tap.add_argument("card", nargs="?", default="alice", help="card profile name (default alice)")
+    tap.add_argument("--reader", help="reader name (default: the first simulated reader)")
+    tap.add_argument("--tries", type=int, help="user-auth PIN tries left on this card")
+    tap.add_argument("--no-extended", action="store_true", help="the card refuses extended length")
+    tap.add_argument("--expired", action="store_true", help="the card's certificate has expired")
+    tap.add_argument("--blank", action="store_true", help="a card without the JPKI application")
+    tap.add_argument("--faults", type=Path, help="a fault script (JSON) for this card")
+    tap.add_argument("--release", action="store_true", help="take the card away right after the read")
+    rm = sub.add_parser("remove", help="take the simulated card off a reader")
+    rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     for name, text in PLANNED.items():
         sub.add_parser(name, help=text)
     return parser
+
+
+def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(path) if path else Config()
+    return args.control or config.bus.control, args.publish or config.bus.publish
+
+
+def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"card": args.card}
+    if args.reader:
+        out["reader"] = args.reader
+    if args.tries is not None:
+        out["tries"] = args.tries
+    if args.no_extended:
+        out["no_extended"] = True
+    if args.expired:
+        out["expired"] = True
+    if args.blank:
+        out["blank"] = True
+    if args.release:
+        out["hold"] = False
+    if args.faults:
+        out["faults"] = json.loads(args.faults.read_text(encoding="utf-8"))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,8 +164,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
-    return ExitCode.UNAVAILABLE
+    if args.command in PLANNED:
+        sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
+        return ExitCode.UNAVAILABLE
+    try:
+        control, publish = _endpoints(args)
+        if args.command == "tail":
+            return tail(
+                publish,
+                as_json=args.json,
+                count=args.count,
+                heartbeats=args.heartbeats,
+                timeout=args.timeout,
+                topics=args.topics,
+            )
+        cmd_args: dict[str, Any] = {}
+        if args.command == "tap":
+            cmd_args = _tap_args(args)
+        elif args.command == "remove" and args.reader:
+            cmd_args = {"reader": args.reader}
+        reply = request(control, args.command, cmd_args)
+    except (ConfigError, OSError, json.JSONDecodeError) as e:
+        sys.stderr.write(f"readerctl: {e}\n")
+        return ExitCode.CONFIG
+    except Unreachable as e:
+        sys.stderr.write(f"readerctl: {e}\n")
+        return ExitCode.UNAVAILABLE
+    if args.json or not reply.get("ok"):
+        _out(json.dumps(reply.get("result") if reply.get("ok") else reply, ensure_ascii=False))
+    else:
+        _print_result(args.command, reply["result"])
+    return ExitCode.OK if reply.get("ok") else 1
+
+
+def _print_result(command: str, result: dict[str, Any]) -> None:
+    if command == "readers" or (command == "status" and "readers" in result):
+        if command == "status":
+            for key in ("kiosk", "run_id", "last_seq", "uptime_s", "published", "dropped", "healthy"):
+                _out(f"{key:>10}: {result.get(key)}")
+        for reader in result.get("readers", []):
+            _out(f"  {reader.get('name')} [{reader.get('backend')}] card={reader.get('card') or '-'}")
+        return
+    _out(json.dumps(result, ensure_ascii=False))
 
 
 if __name__ == "__main__":

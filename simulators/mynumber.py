@@ -492,6 +492,15 @@ def build_card(profile: CardProfile, store: PkiStore, *, now: datetime | None = 
     )
 
 
+#: PC/SC part-3 ATR of a MIFARE Classic 1K: a common contactless card that is not a My Number Card.
+ATR_OTHER_CARD = bytes.fromhex("3B8F8001804F0CA000000306030001000000006A")
+
+
+def blank_card() -> VirtualMyNumberCard:
+    """A card with no JPKI application: every SELECT answers 6A82 (readerd reports kind=unknown)."""
+    return VirtualMyNumberCard([], atr=ATR_OTHER_CARD)
+
+
 def crl_for(
     profiles: list[CardProfile], store: PkiStore, *, now: datetime | None = None
 ) -> x509.CertificateRevocationList:

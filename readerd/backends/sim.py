@@ -1,0 +1,154 @@
+"""The simulator backend: in-process readers and virtual cards, for ``readerd run --simulate``.
+
+It exists only with ``--backend sim`` and loopback endpoints (DESIGN decision 6): the control commands
+``tap`` and ``remove`` inject cards, which a production daemon must never accept. Events it causes carry
+``"simulated": true``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from protocols.errors import ReaderdError
+from readerd import events as ev
+from readerd.bus import CommandError, CommandHandler, ControlRequest, JsonObject
+from readerd.config import SimConfig
+from readerd.events import CardKind
+from readerd.sessions import CardSessions
+from simulators.faults import FaultScript, FaultScriptError, FaultyCard
+from simulators.inprocess import CardModel, InProcessReader
+from simulators.mynumber import CardBehavior, CardProfile, blank_card, build_card
+from simulators.pki import PkiStore
+
+log = structlog.get_logger("readerd.backends.sim")
+
+
+@dataclass
+class _Slot:
+    reader: InProcessReader
+    kind: CardKind | None = None  # what is on it now (None: empty)
+    card_name: str | None = None
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, config: SimConfig, sessions: CardSessions, pki_dir: Path) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.store = PkiStore(pki_dir)
+        self._slots = {
+            name: _Slot(InProcessReader(name, extended_length=config.extended_length))
+            for name in config.readers
+        }
+        self._commands: queue.Queue[tuple[str, str, JsonObject] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for name in self._slots:
+            self.sessions.sink(ev.reader_added(name, self.name, simulated=True))
+        self._thread = threading.Thread(target=self._run, name="backend-sim", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._commands.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def readers(self) -> list[JsonObject]:
+        return [
+            {"name": name, "backend": self.name, "card": str(slot.kind) if slot.kind else None}
+            for name, slot in self._slots.items()
+        ]
+
+    def commands(self) -> dict[str, CommandHandler]:
+        return {"tap": self.tap, "remove": self.remove}
+
+    # -- control commands (called on the bus thread: only validate and enqueue) ------------------------
+    def _slot_name(self, args: JsonObject) -> str:
+        name = args.get("reader") or next(iter(self._slots))
+        if name not in self._slots:
+            raise CommandError("unknown_reader", f"no simulated reader {name!r}")
+        return str(name)
+
+    def tap(self, request: ControlRequest) -> JsonObject:
+        args = request.args
+        reader = self._slot_name(args)
+        card = args.get("card", "alice")
+        if not isinstance(card, str) or not card or len(card) > 64:
+            raise CommandError("bad_request", "card is a profile name of 1..64 characters")
+        if "faults" in args:
+            try:
+                FaultScript.from_data(args["faults"])
+            except (FaultScriptError, AttributeError, TypeError) as e:
+                raise CommandError("bad_request", f"faults: {e}") from e
+        self._commands.put(("tap", reader, args))
+        return {"reader": reader, "card": card, "queued": True}
+
+    def remove(self, request: ControlRequest) -> JsonObject:
+        reader = self._slot_name(request.args)
+        self._commands.put(("remove", reader, request.args))
+        return {"reader": reader, "queued": True}
+
+    # -- the backend thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._commands.get()
+            if item is None:
+                return
+            action, reader, args = item
+            try:
+                if action == "tap":
+                    self._tap(reader, args)
+                else:
+                    self._remove(reader)
+            except (ReaderdError, OSError, ValueError) as e:
+                log.error("simulated tap failed", reader=reader, error=str(e))
+                self.sessions.sink(ev.reader_error(reader, self.name, "simulator", str(e)))
+
+    def _build(self, args: JsonObject) -> CardModel:
+        if args.get("blank"):
+            return blank_card()
+        profile = CardProfile(
+            name=str(args.get("card", "alice")),
+            auth_tries_left=int(args.get("tries", 3)),
+            expired=bool(args.get("expired", False)),
+            behavior=CardBehavior(extended_length=not args.get("no_extended", False)),
+        )
+        card: CardModel = build_card(profile, self.store)
+        if "faults" in args:
+            card = FaultyCard(card, FaultScript.from_data(args["faults"]))
+        return card
+
+    def _tap(self, reader: str, args: JsonObject) -> None:
+        slot = self._slots[reader]
+        if slot.kind is not None:
+            self._remove(reader)  # a new card on an occupied reader: the old one left first
+        card = self._build(args)
+        atr = slot.reader.insert(card)
+        slot.kind, slot.card_name = CardKind.UNKNOWN, str(args.get("card", "alice"))
+        result = self.sessions.read_contact_card(reader, slot.reader, atr)
+        slot.kind = result.kind
+        if slot.reader.card is None:  # pulled during the read (fault script)
+            self.sessions.card_removed(reader, result.kind)
+            slot.kind = None
+            return
+        if args.get("hold") is False:
+            self._remove(reader)
+
+    def _remove(self, reader: str) -> None:
+        slot = self._slots[reader]
+        if slot.kind is None:
+            return
+        slot.reader.remove()
+        kind, slot.kind, slot.card_name = slot.kind, None, None
+        self.sessions.card_removed(reader, kind)

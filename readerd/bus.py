@@ -1,0 +1,291 @@
+"""The event bus: one thread owns every ZeroMQ socket (they are not thread-safe).
+
+Producers (reader backends, the daemon) call :meth:`Bus.publish` from any thread; it puts the event on a
+bounded queue and wakes the bus thread through a pipe, so a reader thread never blocks on the network.
+The bus thread stamps each event with the next ``seq`` and sends it on:
+
+- the public PUB socket: ``[topic, json]`` with the redacted ``data`` only (LAN clients, kiosk screens);
+- the private PUB socket (``inproc``/``ipc``, for the plugin host): the same plus the ``private`` fields.
+
+A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name.
+PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
+(detected by ``seq`` gaps, healed by catch-up once the event log lands). If the queue itself is full the
+event is dropped and counted, and the count is in ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import zmq
+
+from readerd.config import BusConfig
+from readerd.errors import BusError, ReaderdError
+from readerd.events import Envelope, Event, EventType, heartbeat, stamp
+
+log = structlog.get_logger("readerd.bus")
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One control request as a handler sees it: who asked (the ROUTER identity) and what."""
+
+    cmd: str
+    args: JsonObject
+    peer: bytes
+    request_id: str | None
+
+
+CommandHandler = Callable[[ControlRequest], JsonObject]
+
+
+class CommandError(ReaderdError):
+    """Raised by a command handler for a refusal with a fixed error code (``bad_request``, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass
+class BusStats:
+    published: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    control_requests: int = 0
+
+
+class Bus:
+    def __init__(
+        self,
+        config: BusConfig,
+        *,
+        kiosk: str,
+        private_endpoint: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.config = config
+        self.kiosk = kiosk
+        self.private_endpoint = private_endpoint
+        self.run_id = str(uuid.uuid4())
+        self.context = context or zmq.Context.instance()
+        self.stats = BusStats()
+        self.last_seq = 0
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=config.queue_size)
+        self._commands: dict[str, CommandHandler] = {}
+        self._status_providers: list[Callable[[], JsonObject]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._closed = False
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._startup_error: BaseException | None = None
+        self.publish_endpoint = config.publish
+        self.control_endpoint = config.control
+        self.register_command("status", lambda _req: self.status())
+
+    # -- wiring (before start) ------------------------------------------------------------------------
+    def register_command(self, name: str, handler: CommandHandler) -> None:
+        self._commands[name] = handler
+
+    def add_status(self, provider: Callable[[], JsonObject]) -> None:
+        self._status_providers.append(provider)
+
+    # -- any thread -----------------------------------------------------------------------------------
+    def publish(self, event: Event) -> bool:
+        """Queue an event for publication; never blocks. False (and counted) if the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.stats.dropped[str(event.type)] += 1
+            log.error("bus queue full, event dropped", type=str(event.type), reader=event.reader)
+            return False
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        if self._closed:
+            return
+        # BlockingIOError: the pipe is full, so a wake-up is already pending.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\x00")
+
+    def status(self) -> JsonObject:
+        out: JsonObject = {
+            "kiosk": self.kiosk,
+            "run_id": self.run_id,
+            "last_seq": self.last_seq,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "queue_depth": self._queue.qsize(),
+            "published": self.stats.published,
+            "dropped": dict(self.stats.dropped),
+            "endpoints": {"publish": self.publish_endpoint, "control": self.control_endpoint},
+        }
+        for provider in self._status_providers:
+            out.update(provider())
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self, timeout: float = 5.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="bus", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise BusError("the bus thread did not start")
+        if self._startup_error is not None:
+            raise BusError(f"cannot bind the bus: {self._startup_error}") from self._startup_error
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._closed = True
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the bus thread -------------------------------------------------------------------------------
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 200)
+        if kind == zmq.PUB:
+            sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        if endpoint.endswith(":0"):
+            sock.bind(endpoint.rsplit(":", 1)[0] + ":*")  # an ephemeral port, for tests
+            return sock
+        sock.bind(endpoint)
+        return sock
+
+    def _run(self) -> None:
+        sockets: list[zmq.Socket[bytes]] = []
+        try:
+            pub = self._bind(zmq.PUB, self.config.publish)
+            sockets.append(pub)
+            self.publish_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            router = self._bind(zmq.ROUTER, self.config.control)
+            sockets.append(router)
+            self.control_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            private = None
+            if self.private_endpoint:
+                private = self._bind(zmq.PUB, self.private_endpoint)
+                sockets.append(private)
+        except zmq.ZMQError as e:
+            self._startup_error = e
+            self._ready.set()
+            for sock in sockets:
+                sock.close(0)
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_heartbeat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
+                    self._send(pub, private, beat)
+                    next_heartbeat = now + self.config.heartbeat_interval
+                timeout_ms = max(0, int((next_heartbeat - time.monotonic()) * 1000))
+                ready = dict(poller.poll(timeout_ms))
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                self._drain(pub, private)
+                if router in ready:
+                    self._serve_control(router)
+            self._drain(pub, private)  # what was queued before stop still goes out
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
+        while True:
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._send(pub, private, event)
+
+    def _send(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, event: Event) -> Envelope:
+        # A heartbeat carries the seq of the last event and takes none of its own: seq counts events,
+        # and a client that sees a heartbeat ahead of what it received knows it missed something.
+        if event.type is not EventType.HEARTBEAT:
+            self.last_seq += 1
+        envelope = stamp(event, seq=self.last_seq, run_id=self.run_id, kiosk=self.kiosk)
+        topic = envelope.topic.encode()
+        try:
+            pub.send_multipart([topic, envelope.public_json()], flags=zmq.NOBLOCK)
+            if private is not None:
+                private.send_multipart([topic, envelope.private_json()], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.dropped["hwm"] += 1
+        self.stats.published += 1
+        return envelope
+
+    def _reader_count(self) -> int:
+        for provider in self._status_providers:
+            readers = provider().get("readers")
+            if isinstance(readers, list):
+                return len(readers)
+        return 0
+
+    def _serve_control(self, router: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.stats.control_requests += 1
+            reply = self._answer(frames[0], frames[-1])
+            # Echo every routing/delimiter frame: REQ and DEALER clients, with or without an empty frame.
+            router.send_multipart([*frames[:-1], json.dumps(reply, ensure_ascii=False).encode()])
+
+    def _answer(self, peer: bytes, body: bytes) -> JsonObject:
+        request_id: str | None = None
+        try:
+            obj = json.loads(body)
+            if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
+                raise CommandError("bad_request", 'a request is {"id": ..., "cmd": "...", "args": {...}}')
+            rid = obj.get("id")
+            request_id = str(rid) if rid is not None else None
+            args = obj.get("args") or {}
+            if not isinstance(args, dict):
+                raise CommandError("bad_request", "args must be an object")
+            handler = self._commands.get(obj["cmd"])
+            if handler is None:
+                raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
+            result = handler(ControlRequest(obj["cmd"], args, peer, request_id))
+            return {"id": request_id, "ok": True, "result": result}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(request_id, "bad_request", "the request is not JSON")
+        except ReaderdError as e:
+            return _error(request_id, e.code, str(e))
+        except Exception as e:  # a handler bug must not kill the bus thread
+            log.exception("control handler failed")
+            return _error(request_id, "internal_error", type(e).__name__)
+
+
+def _error(request_id: str | None, code: str, message: str) -> JsonObject:
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}

@@ -1,0 +1,132 @@
+"""The daemon: wires configuration, identity, the bus and the backends, and lives until told to stop.
+
+Start order: state directory, pseudonym key, member directory, bus (binds, so a port conflict fails
+before any reader is touched), backends, then ``READY=1``. The main thread only waits: it pings the
+systemd watchdog while every backend thread and the bus thread are alive, so a hung or dead thread gets
+the daemon restarted. Stop order is the reverse, within ``SHUTDOWN_BUDGET`` seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from readerd.backends import Backend
+from readerd.bus import Bus, JsonObject
+from readerd.config import Config, is_loopback_endpoint
+from readerd.errors import ConfigError
+from readerd.exitcodes import ExitCode
+from readerd.identity import IdentityResolver, SqliteDirectory
+from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
+from readerd.sdnotify import Notifier
+from readerd.sessions import CardSessions
+
+log = structlog.get_logger("readerd")
+
+SHUTDOWN_BUDGET = 2.0
+PRIVATE_FEED = "inproc://readerd-private"
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config.validate()
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.backends: list[Backend] = []
+        self.bus: Bus | None = None
+
+    def _build_backends(self, sessions: CardSessions, state_dir: Path) -> list[Backend]:
+        backends: list[Backend] = []
+        for name in self.config.backends:
+            if name == "sim":
+                # Imported here: production installs never load the simulator.
+                from readerd.backends.sim import SimBackend  # noqa: PLC0415
+
+                backends.append(SimBackend(self.config.sim, sessions, state_dir / "sim-pki"))
+            else:
+                raise ConfigError(f"the {name} backend is not available in this version yet")
+        return backends
+
+    def run(self) -> int:
+        config = self.config
+        if not config.backends:
+            log.error("no reader backend configured", hint="use `readerd run --simulate` or --backend pcsc")
+            return ExitCode.CONFIG
+        for endpoint in (config.bus.publish, config.bus.control):
+            if not is_loopback_endpoint(endpoint):
+                log.warning("insecure LAN endpoint: events travel unencrypted", endpoint=endpoint)
+        state_dir = Path(config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if config.simulated:
+            key = load_or_create_pseudonym_key(state_dir / "pseudonym.key")
+        else:
+            key = load_pseudonym_key(Path(config.identity.pseudonym_key_file))
+        directory = SqliteDirectory(state_dir / "members.db")
+        bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED)
+        self.bus = bus
+        sessions = CardSessions(
+            IdentityResolver(key, directory),
+            bus.publish,
+            deadline=config.sessions.deadline,
+            repeat_window=config.sessions.repeat_window,
+            simulated=config.simulated,
+        )
+        self.backends = self._build_backends(sessions, state_dir)
+        self._register_commands(bus)
+        bus.start()
+        try:
+            for backend in self.backends:
+                backend.start()
+            self.notifier.ready(f"{len(self.readers())} readers")
+            log.info(
+                "readerd started",
+                kiosk=config.kiosk,
+                backends=list(config.backends),
+                publish=bus.publish_endpoint,
+                control=bus.control_endpoint,
+                state_dir=str(state_dir),
+            )
+            if config.simulated:
+                log.info("simulated readers ready", hint="try: readerctl tap alice; readerctl tail")
+            self._wait()
+        finally:
+            self.notifier.stopping()
+            for backend in reversed(self.backends):
+                backend.stop(SHUTDOWN_BUDGET / 2)
+            bus.stop(SHUTDOWN_BUDGET / 2)
+            directory.close()
+            log.info("readerd stopped")
+        return ExitCode.OK
+
+    def _wait(self) -> None:
+        interval = (self.notifier.watchdog_interval or 20.0) / 2
+        while not self.stop_event.wait(interval):
+            if self.healthy():
+                self.notifier.watchdog()
+            else:
+                log.error("a backend or the bus thread died; withholding the watchdog ping")
+
+    def healthy(self) -> bool:
+        return self.bus is not None and self.bus.alive and all(b.alive() for b in self.backends)
+
+    def readers(self) -> list[JsonObject]:
+        return [reader for backend in self.backends for reader in backend.readers()]
+
+    def _register_commands(self, bus: Bus) -> None:
+        bus.register_command("readers", lambda _req: {"readers": self.readers()})
+        bus.add_status(lambda: {"readers": self.readers(), "healthy": self.healthy()})
+        for backend in self.backends:
+            for name, handler in backend.commands().items():  # only the sim backend offers tap/remove
+                bus.register_command(name, handler)
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)

@@ -1,0 +1,158 @@
+"""Card and reader events: typed, versioned, and split into what may leave the kiosk and what may not.
+
+An event has a ``type`` (the bus topic), a public ``data`` dict that goes on the PUB socket, and a
+``private`` dict that only the plugin host's private feed sees (certificate serial and validity, FeliCa
+IDm and blocks: DESIGN decision 1). The bus stamps ``seq``, ``run_id``, ``id``, ``ts`` and ``kiosk`` when it
+publishes, so every event has one publisher-assigned order. The JSON envelope is documented in
+``docs/events.md``; ``v`` changes only with an incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum, unique
+from typing import Any
+
+ENVELOPE_VERSION = 1
+
+
+@unique
+class EventType(StrEnum):
+    READER_ADDED = "reader.added"
+    READER_REMOVED = "reader.removed"
+    READER_ERROR = "reader.error"
+    CARD_PRESENTED = "card.presented"
+    CARD_IDENTIFIED = "card.identified"
+    CARD_AUTHENTICATED = "card.authenticated"
+    CARD_REMOVED = "card.removed"
+    CARD_READ_ABORTED = "card.read_aborted"
+    HEARTBEAT = "heartbeat"
+
+
+@unique
+class CardKind(StrEnum):
+    JPKI = "jpki"
+    FELICA = "felica"
+    UNKNOWN = "unknown"
+
+
+@unique
+class AbortReason(StrEnum):
+    """Why a read ended without an identity (``card.read_aborted``)."""
+
+    REMOVED = "removed"  # the card left during the read
+    MALFORMED = "malformed"  # garbage, truncated data, a certificate we cannot parse
+    TIMEOUT = "timeout"  # the card stalled past the session deadline
+    TRANSPORT = "transport"  # the reader or its service failed
+    AUTH_REQUIRED = "auth_required"  # smartphone JPKI: the certificate needs the PIN
+    CARD_ERROR = "card_error"  # the card answered an unexpected status word
+    DENIED = "denied"  # the guard refused a command (a bug, never a card's fault)
+    INTERNAL = "internal_error"  # a bug in readerd: logged with its traceback
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event before the bus stamps it. ``private`` never reaches a non-plugin subscriber."""
+
+    type: EventType
+    reader: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    private: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A stamped event as it travels: the JSON of ``docs/events.md``."""
+
+    seq: int
+    run_id: str
+    id: str
+    ts: str
+    kiosk: str
+    event: Event
+
+    @property
+    def topic(self) -> str:
+        return str(self.event.type)
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "v": ENVELOPE_VERSION,
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "id": self.id,
+            "ts": self.ts,
+            "kiosk": self.kiosk,
+            "reader": self.event.reader,
+            "type": str(self.event.type),
+            "data": self.event.data,
+        }
+
+    def private_dict(self) -> dict[str, Any]:
+        return {**self.public_dict(), "private": self.event.private}
+
+    def public_json(self) -> bytes:
+        return json.dumps(self.public_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def private_json(self) -> bytes:
+        return json.dumps(self.private_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def stamp(event: Event, *, seq: int, run_id: str, kiosk: str, now: datetime | None = None) -> Envelope:
+    ts = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return Envelope(seq=seq, run_id=run_id, id=str(uuid.uuid4()), ts=ts, kiosk=kiosk, event=event)
+
+
+def parse_envelope(raw: bytes) -> dict[str, Any]:
+    """For clients and tests: decode and check the fields every envelope has."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("an envelope is a JSON object")
+    missing = {"v", "seq", "run_id", "id", "ts", "kiosk", "reader", "type", "data"} - set(obj)
+    if missing:
+        raise ValueError(f"envelope lacks {sorted(missing)}")
+    return obj
+
+
+# --- constructors: one per event type, so every producer spells the fields the same way --------------
+def reader_added(reader: str, backend: str, **extra: object) -> Event:
+    return Event(EventType.READER_ADDED, reader, {"backend": backend, **extra})
+
+
+def reader_removed(reader: str, backend: str) -> Event:
+    return Event(EventType.READER_REMOVED, reader, {"backend": backend})
+
+
+def reader_error(reader: str | None, backend: str, reason: str, message: str) -> Event:
+    return Event(EventType.READER_ERROR, reader, {"backend": backend, "reason": reason, "message": message})
+
+
+def card_presented(reader: str, kind: CardKind, *, simulated: bool = False, repeat: bool = False) -> Event:
+    data: dict[str, Any] = {"kind": str(kind), "repeat": repeat}
+    if simulated:
+        data["simulated"] = True
+    return Event(EventType.CARD_PRESENTED, reader, data)
+
+
+def card_removed(reader: str, kind: CardKind, *, simulated: bool = False) -> Event:
+    data: dict[str, Any] = {"kind": str(kind)}
+    if simulated:
+        data["simulated"] = True
+    return Event(EventType.CARD_REMOVED, reader, data)
+
+
+def card_read_aborted(
+    reader: str, kind: CardKind, reason: AbortReason, *, apdus: int, error: str, simulated: bool = False
+) -> Event:
+    data: dict[str, Any] = {"kind": str(kind), "reason": str(reason), "apdus": apdus, "error": error}
+    if simulated:
+        data["simulated"] = True
+    return Event(EventType.CARD_READ_ABORTED, reader, data)
+
+
+def heartbeat(*, uptime_s: float, readers: int) -> Event:
+    """A heartbeat's envelope ``seq`` is the last event's: heartbeats take no seq of their own."""
+    return Event(EventType.HEARTBEAT, None, {"uptime_s": round(uptime_s, 3), "readers": readers})

@@ -1,0 +1,168 @@
+"""From a card to who it is on the bus: a keyed pseudonym, and the member/MyKey ID it is enrolled as.
+
+The pseudonym (``protocols.mykey``) needs no database and reveals nothing without the deployment key.
+The directory maps a pseudonym to readerd's own ``member_id`` and, when a remote MyKey adapter supplied
+one, the real MyKey ID (DESIGN decision 11). Unknown cards are not an error: they produce events with
+``enrolled: false``; enrolment itself needs proof of possession (the JPKI authentication issue).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from protocols.jpki import UserAuthCertificate
+from protocols.mykey import felica_pseudonym, jpki_pseudonym, new_member_id, normalize_mykey_id
+from readerd.errors import StoreUnavailableError
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    pseudonym: str
+    member_id: str
+    mykey_id: str | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an identified card is, in the words events may carry."""
+
+    pseudonym: str
+    member_id: str | None = None
+    mykey_id: str | None = None
+
+    @property
+    def enrolled(self) -> bool:
+        return self.member_id is not None
+
+    def public_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {"pseudonym": self.pseudonym, "enrolled": self.enrolled}
+        if self.member_id is not None:
+            fields["member_id"] = self.member_id
+        if self.mykey_id is not None:
+            fields["mykey_id"] = self.mykey_id
+        return fields
+
+
+class MyKeyDirectory(Protocol):
+    """Where pseudonyms are enrolled. The embedded SQLite one is the default; a remote one (the MyKey
+    platform, a city's own registry) implements the same three methods."""
+
+    def lookup(self, pseudonym: str) -> DirectoryEntry | None: ...
+
+    def enroll(self, pseudonym: str, *, mykey_id: str | None = None) -> DirectoryEntry: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS members (
+    pseudonym  TEXT PRIMARY KEY,
+    member_id  TEXT NOT NULL UNIQUE,
+    mykey_id   TEXT UNIQUE,
+    created_at TEXT NOT NULL
+)
+"""
+
+
+class SqliteDirectory:
+    """The embedded directory: one SQLite file in the state directory (WAL, so readers never block)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+
+    def lookup(self, pseudonym: str) -> DirectoryEntry | None:
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE pseudonym = ?",
+                    (pseudonym,),
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return DirectoryEntry(*row) if row else None
+
+    def enroll(self, pseudonym: str, *, mykey_id: str | None = None) -> DirectoryEntry:
+        """Idempotent: enrolling a known pseudonym returns its entry (and records a MyKey ID if new)."""
+        if mykey_id is not None:
+            mykey_id = normalize_mykey_id(mykey_id)
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute(
+                        "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE pseudonym = ?",
+                        (pseudonym,),
+                    ).fetchone()
+                    if row is None:
+                        entry = self._insert(pseudonym, mykey_id)
+                    else:
+                        entry = DirectoryEntry(*row)
+                        if mykey_id is not None and entry.mykey_id != mykey_id:
+                            self._db.execute(
+                                "UPDATE members SET mykey_id = ? WHERE pseudonym = ?", (mykey_id, pseudonym)
+                            )
+                            entry = DirectoryEntry(
+                                entry.pseudonym, entry.member_id, mykey_id, entry.created_at
+                            )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return entry
+
+    def _insert(self, pseudonym: str, mykey_id: str | None) -> DirectoryEntry:
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        for _ in range(8):  # 40-bit IDs: a collision is rare; retry a few times rather than fail
+            member_id = new_member_id()
+            try:
+                self._db.execute(
+                    "INSERT INTO members (pseudonym, member_id, mykey_id, created_at) VALUES (?, ?, ?, ?)",
+                    (pseudonym, member_id, mykey_id, created),
+                )
+            except sqlite3.IntegrityError as e:
+                if "member_id" in str(e):
+                    continue
+                raise
+            return DirectoryEntry(pseudonym, member_id, mykey_id, created)
+        raise StoreUnavailableError("could not allocate a unique member_id")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class IdentityResolver:
+    """Turns certificates and IDms into :class:`Identity` objects with the deployment key."""
+
+    def __init__(self, key: bytes, directory: MyKeyDirectory) -> None:
+        self._key = key
+        self.directory = directory
+
+    def _resolve(self, pseudonym: str) -> Identity:
+        entry = self.directory.lookup(pseudonym)
+        if entry is None:
+            return Identity(pseudonym)
+        return Identity(pseudonym, entry.member_id, entry.mykey_id)
+
+    def jpki(self, certificate: UserAuthCertificate) -> Identity:
+        return self._resolve(jpki_pseudonym(self._key, certificate.issuer_der, certificate.serial_number))
+
+    def felica(self, idm: bytes) -> Identity:
+        return self._resolve(felica_pseudonym(self._key, idm))

@@ -306,8 +306,8 @@ class JpkiSession:
     def __init__(self, transport: Transport, *, read_path: ReadPath | None = None) -> None:
         self._transport = GuardedTransport(transport, SessionKind.JPKI)
         if read_path is None:
-            extended = transport.capabilities.extended_length
-            read_path = ReadPath.EXTENDED_SFI if extended else ReadPath.SHORT
+            short_only = transport.capabilities.extended_length is False
+            read_path = ReadPath.SHORT if short_only else ReadPath.EXTENDED_SFI
         self.read_path = read_path
         self.select()
 

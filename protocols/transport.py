@@ -15,13 +15,17 @@ from typing import Protocol, runtime_checkable
 class ReaderCapabilities:
     """What the reader (not the card) can carry; learned from PC/SC ``GET_TLV_PROPERTIES`` or the driver.
 
-    ``max_apdu_data`` is ``dwMaxAPDUDataSize``: 0 or <= 256 means short APDUs only.
+    ``max_apdu_data`` is ``dwMaxAPDUDataSize``: 0 (or up to 256) means short APDUs only, ``None`` that the
+    reader does not say (vpcd 3.3 answers no feature request). Unknown is not "no": sessions try the
+    extended path once and learn from the answer.
     """
 
-    max_apdu_data: int = 0
+    max_apdu_data: int | None = None
 
     @property
-    def extended_length(self) -> bool:
+    def extended_length(self) -> bool | None:
+        if self.max_apdu_data is None:
+            return None
         return self.max_apdu_data > 256
 
 

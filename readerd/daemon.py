@@ -47,6 +47,10 @@ class Daemon:
                 from readerd.backends.sim import SimBackend  # noqa: PLC0415
 
                 backends.append(SimBackend(self.config.sim, sessions, state_dir / "sim-pki"))
+            elif name == "pcsc":
+                from readerd.backends.pcsc import PcscBackend  # noqa: PLC0415 - loads libpcsclite
+
+                backends.append(PcscBackend(self.config.pcsc, sessions))
             else:
                 raise ConfigError(f"the {name} backend is not available in this version yet")
         return backends

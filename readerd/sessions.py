@@ -124,6 +124,8 @@ class ReadResult:
 
     kind: CardKind
     identity: Identity | None = None
+    #: The card stopped answering: its session thread was abandoned and may still hold the transport.
+    timed_out: bool = False
 
 
 class CardSessions:
@@ -210,7 +212,7 @@ class CardSessions:
             )
             if reason is AbortReason.TIMEOUT:
                 self.sink(ev.reader_error(reader, "session", "wedged", "the card stopped answering"))
-            return ReadResult(kind)
+            return ReadResult(kind, timed_out=reason is AbortReason.TIMEOUT)
 
     def card_removed(self, reader: str, kind: CardKind) -> None:
         self.taps.removed(reader)

@@ -51,6 +51,10 @@ class Daemon:
                 from readerd.backends.pcsc import PcscBackend  # noqa: PLC0415 - loads libpcsclite
 
                 backends.append(PcscBackend(self.config.pcsc, sessions))
+            elif name == "nfc":
+                from readerd.backends.nfc import NfcBackend  # noqa: PLC0415 - loads nfcpy and libusb
+
+                backends.append(NfcBackend(self.config.nfc, sessions))
             else:
                 raise ConfigError(f"the {name} backend is not available in this version yet")
         return backends

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from protocols.errors import CardRemovedError
 from protocols.jpki import JpkiSession
 from protocols.jpki_constants import JPKI_AID
+from readerd.backends.nfc import NfcpyIsoDepTransport
 from simulators.faults import FaultScript, FaultyCard
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardProfile, VirtualMyNumberCard, build_card
@@ -36,7 +37,6 @@ from simulators.mynumber_nfc import (
     sensb_res,
 )
 from simulators.pki import PkiStore
-from tests.support.nfc_isodep import NfcpyIsoDepTransport
 from tests.support.transcript import HEX
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,12 +14,23 @@ from typing import Any
 
 import zmq
 
-from readerd.config import BusConfig, Config, SessionConfig, SimConfig
+from readerd.config import BusConfig, Config, IdentityConfig, SessionConfig, SimConfig
 from readerd.ctl import request
 from readerd.daemon import Daemon
+from readerd.keys import create_pseudonym_key
 from readerd.sdnotify import Notifier
 
 Envelope = dict[str, Any]
+
+
+def hardware_config(state_dir: Path, backends: tuple[str, ...], **overrides: Any) -> Config:
+    """A production-like configuration (no simulator backend): the pseudonym key is made in state_dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = state_dir / "pseudonym.key"
+    if not key.exists():
+        create_pseudonym_key(key)
+    config = replace(sim_config(state_dir), backends=backends, identity=IdentityConfig(str(key)))
+    return replace(config, **overrides)
 
 
 def sim_config(state_dir: Path, **overrides: Any) -> Config:

@@ -1,0 +1,201 @@
+"""The nfcpy backend: USB NFC readers nfcpy drives (Sony RC-S380 and others) and ``udp:`` pseudo-devices.
+
+One thread per configured device polls for FeliCa (212F/424F) and ISO-DEP Type B (the My Number Card's
+contactless interface). A Type B card goes through the same JPKI session as on PC/SC; a FeliCa card is
+identified by a keyed pseudonym of its IDm. When the device vanishes (USB unplugged) nfcpy's ``connect``
+returns False: the thread reports the reader removed and reopens it with backoff.
+
+This is the only module that imports nfcpy (DESIGN.md, "Transport").
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import nfc
+import nfc.clf
+import nfc.tag
+import structlog
+
+from protocols.errors import CardRemovedError, TransportError
+from protocols.transport import ReaderCapabilities
+from readerd import events as ev
+from readerd.bus import CommandHandler, JsonObject
+from readerd.config import NfcConfig
+from readerd.events import CardKind, Event, EventType
+from readerd.sessions import CardSessions
+
+log = structlog.get_logger("readerd.backends.nfc")
+
+TARGETS = ("212F", "424F", "106B")
+BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
+#: What a reader says about extended APDUs when asked to allow them (ISO-DEP has no APDU size limit).
+EXTENDED_APDU_DATA = 0x10000
+
+
+class NfcpyIsoDepTransport:
+    """``transmit(apdu) -> response`` through an activated nfcpy Type 4 tag.
+
+    APDUs go through ``tag.transceive``, which hands raw bytes to nfcpy's ISO-DEP layer (it chains
+    commands and responses of any length). ``tag.send_apdu`` is not used: it refuses extended length for
+    every tag (nfcpy 1.0.4, tt4.py ``_extended_length_support = False``). The transport reports short APDUs
+    only unless told otherwise; the card decides whether extended length works.
+    """
+
+    def __init__(self, tag: Any, *, extended_length: bool = False, timeout: float | None = None) -> None:  # noqa: ANN401 - nfcpy is untyped
+        self._tag = tag
+        self._capabilities = ReaderCapabilities(EXTENDED_APDU_DATA if extended_length else 0)
+        self._timeout = timeout  # per frame; None: nfcpy uses the FWT from the card's SENSB_RES/ATS
+
+    @property
+    def capabilities(self) -> ReaderCapabilities:
+        return self._capabilities
+
+    def transmit(self, apdu: bytes) -> bytes:
+        try:
+            data = self._tag.transceive(bytearray(apdu), self._timeout)
+        except nfc.tag.TagCommandError as e:
+            if e.errno == nfc.tag.TIMEOUT_ERROR:
+                raise CardRemovedError(f"the card stopped answering: {e}") from e
+            raise TransportError(f"ISO-DEP failure: {e}") from e
+        except nfc.clf.BrokenLinkError as e:
+            raise CardRemovedError(f"the RF link broke: {e}") from e
+        except nfc.clf.CommunicationError as e:
+            raise TransportError(f"nfc communication error: {e!r}") from e
+        if data is None or len(data) < 2:
+            raise TransportError("the card answered without a status word")
+        return bytes(data)
+
+
+class NfcDevice:
+    """One nfcpy device, polled on its own thread."""
+
+    def __init__(self, path: str, sessions: CardSessions, stop: threading.Event) -> None:
+        self.path = path
+        self.reader = f"nfc {path}"
+        self.sessions = sessions
+        self.card: CardKind | None = None
+        self.present = False
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name=f"nfc:{path}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        backoff = BACKOFF_START
+        while not self._stop.is_set():
+            try:
+                clf = nfc.ContactlessFrontend(self.path)
+            except (OSError, ValueError) as e:
+                if self.present or backoff == BACKOFF_START:
+                    log.warning("nfc device not available", device=self.path, error=str(e), backoff_s=backoff)
+                self._set_present(False, str(e))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_START
+            self._set_present(True)
+            try:
+                self._poll(clf)
+            finally:
+                clf.close()
+
+    def _set_present(self, present: bool, why: str = "") -> None:
+        if present == self.present:
+            return
+        self.present = present
+        if present:
+            self.sessions.sink(ev.reader_added(self.reader, "nfc"))
+            log.info("nfc reader added", reader=self.reader)
+        else:
+            self.sessions.sink(ev.reader_removed(self.reader, "nfc"))
+            log.warning("nfc reader removed", reader=self.reader, error=why)
+
+    def _poll(self, clf: Any) -> None:  # noqa: ANN401 - nfcpy is untyped
+        options = {
+            "targets": list(TARGETS),
+            "on-connect": self._on_connect,
+            "on-release": lambda _tag: True,
+            "interval": 0.1,
+            "beep-on-connect": False,
+        }
+        while not self._stop.is_set():
+            result = clf.connect(rdwr=options, terminate=self._stop.is_set)
+            if result is None:  # terminated
+                return
+            if result is False:  # nfcpy swallowed an IOError: the device is gone or broken
+                self._card_gone()
+                self._set_present(False, "the device stopped answering")
+                return
+            self._card_gone()  # on-release: the tag left the field
+
+    def _card_gone(self) -> None:
+        if self.card is not None:
+            kind, self.card = self.card, None
+            self.sessions.card_removed(self.reader, kind)
+
+    def _on_connect(self, tag: Any) -> bool:  # noqa: ANN401 - nfcpy is untyped
+        try:
+            if isinstance(tag, nfc.tag.tt4.Type4Tag):
+                atr = bytes(getattr(tag.target, "sensb_res", b"") or b"")[5:12]
+                self.card = CardKind.UNKNOWN
+                result = self.sessions.read_contact_card(self.reader, NfcpyIsoDepTransport(tag), atr)
+                self.card = result.kind
+            elif isinstance(tag, nfc.tag.tt3.Type3Tag):
+                self.card = CardKind.FELICA
+                self._felica(tag)
+            else:
+                self.card = CardKind.UNKNOWN
+                self.sessions.sink(ev.card_presented(self.reader, CardKind.UNKNOWN))
+        except Exception:  # a bug must not end the device thread
+            log.exception("nfc card handling failed", reader=self.reader)
+        return True  # hold until the tag leaves, then on-release
+
+    def _felica(self, tag: Any) -> None:  # noqa: ANN401 - nfcpy is untyped
+        idm, pmm = bytes(tag.idm), bytes(tag.pmm)
+        system_code = int(getattr(tag, "sys", 0) or 0)
+        self.sessions.sink(ev.card_presented(self.reader, CardKind.FELICA))
+        identity = self.sessions.resolver.felica(idm)
+        repeat = self.sessions.taps.identified(self.reader, identity.pseudonym)
+        data: dict[str, object] = {"kind": str(CardKind.FELICA), **identity.public_fields(), "repeat": repeat}
+        data["system_code"] = f"{system_code:04X}"
+        private = {"idm": idm.hex().upper(), "pmm": pmm.hex().upper()}
+        self.sessions.sink(Event(EventType.CARD_IDENTIFIED, self.reader, data, private))
+
+
+class NfcBackend:
+    name = "nfc"
+
+    def __init__(self, config: NfcConfig, sessions: CardSessions) -> None:
+        self._stop = threading.Event()
+        self.devices = [NfcDevice(path, sessions, self._stop) for path in config.devices]
+
+    def start(self) -> None:
+        for device in self.devices:
+            device.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        for device in self.devices:
+            device.join(timeout / max(1, len(self.devices)))
+
+    def alive(self) -> bool:
+        return all(device.alive() for device in self.devices)
+
+    def readers(self) -> list[JsonObject]:
+        return [
+            {"name": d.reader, "backend": self.name, "card": str(d.card) if d.card else None}
+            for d in self.devices
+            if d.present
+        ]
+
+    def commands(self) -> dict[str, CommandHandler]:
+        return {}

@@ -35,6 +35,7 @@ from readerd.backends.pcsc_state import (
     PROPERTY_MAX_APDU_DATA_SIZE,
     STATE_CHANGED,
     STATE_UNAWARE,
+    STATUS_PRESENT,
     Change,
     ReaderStates,
     parse_features,
@@ -85,6 +86,12 @@ class PcscTransport:
     def transmit(self, apdu: bytes) -> bytes:
         hresult, response = scard.SCardTransmit(self._hcard, self._pci, list(apdu))
         if hresult == scard.SCARD_S_SUCCESS:
+            if len(response) < 2:
+                # vpcd answers an APDU whose card vanished mid-command with success and no bytes; pcscd
+                # may not have noticed the removal yet, so "present" only says the reader misbehaved.
+                if not self._card_present():
+                    raise CardRemovedError("the card left during the command")
+                raise TransportError("the reader returned no status word")
             return bytes(response)
         if (
             hresult == scard.SCARD_E_NOT_TRANSACTED
@@ -98,7 +105,7 @@ class PcscTransport:
 
     def _card_present(self) -> bool:
         hresult, _reader, state, _protocol, _atr = scard.SCardStatus(self._hcard)
-        return hresult == scard.SCARD_S_SUCCESS and bool(state & scard.SCARD_PRESENT)
+        return hresult == scard.SCARD_S_SUCCESS and bool(state & STATUS_PRESENT)
 
 
 def _max_apdu_data(hcard: int) -> int | None:

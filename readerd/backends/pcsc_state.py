@@ -21,6 +21,9 @@ STATE_EMPTY = 0x0010
 STATE_PRESENT = 0x0020
 STATE_MUTE = 0x0200
 
+#: SCardStatus pdwState bit (pcsclite.h SCARD_PRESENT); pyscard does not export it.
+STATUS_PRESENT = 0x0004
+
 PNP_READER = "\\\\?PnP?\\Notification"
 
 

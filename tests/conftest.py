@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite (the code lives in tests/support; this file only wires it in)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pcscd import PrivatePcscd, missing_tools
+from tests.support.pcscd import PrivatePcscd, attach_logs_on_failure, private_pcscd_fixture
 
 
 @pytest.fixture(scope="session")
 def pcscd_socket_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One socket path per test process: libpcsclite reads PCSCLITE_CSOCK_NAME once (see support/pcscd.py)."""
+    """One socket path per test process: libpcsclite reads PCSCLITE_CSOCK_NAME once (support/pcscd.py)."""
     directory = tmp_path_factory.mktemp("pcscd")
     os.environ["PCSCLITE_CSOCK_NAME"] = str(directory / "pcscd.comm")
     return directory
 
 
 @pytest.fixture
-def private_pcscd(pcscd_socket_dir: Path, request: pytest.FixtureRequest) -> Iterator[PrivatePcscd]:
-    """A fresh private pcscd with one vpcd entry (readers ``Virtual PCD 00 00`` and ``00 01``).
+def private_pcscd(pcscd_socket_dir: Path) -> Iterator[PrivatePcscd]:
+    """A fresh private pcscd per test with one vpcd entry: ``Virtual PCD 00 00`` and ``00 01``.
 
-    Outside CI a machine without pcscd/vpcd skips these tests; with CI=true they fail instead, so a
-    missing install step cannot pass unnoticed.
+    Skips when pcscd/vpcd are missing, except under CI (CI set), where that fails. A failed test gets
+    the pcscd log as a report section.
     """
-    missing = missing_tools()
-    if missing:
-        message = f"pcscd tests need {', '.join(missing)} (scripts/bootstrap --test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    pcscd = PrivatePcscd(pcscd_socket_dir)
-    pcscd.start()
+    pcscd = private_pcscd_fixture(pcscd_socket_dir)
     yield pcscd
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        print(f"--- private pcscd log ---\n{pcscd.log_text()}")
     pcscd.stop()
 
 
@@ -45,7 +35,8 @@ def private_pcscd(pcscd_socket_dir: Path, request: pytest.FixtureRequest) -> Ite
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep each phase's report on the item, so fixtures can attach logs to a failure."""
+    """Keep each phase's report on the item; attach private pcscd logs to a failed phase."""
     report = yield
     setattr(item, f"rep_{report.when}", report)
+    attach_logs_on_failure(item, report)
     return report

@@ -50,6 +50,56 @@ class NfcConfig:
     devices: tuple[str, ...] = ("usb",)
 
 
+def _hex16(text: str, key: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a 4-digit hex code") from None
+    if len(text) != 4 or not 0 <= value <= 0xFFFF:
+        raise ConfigError(f"{key}: {text!r} is not a 4-digit hex code")
+    return value
+
+
+@dataclass(frozen=True)
+class FelicaRead:
+    """One service a FeliCa card is asked for after Polling: ``blocks`` of ``service_code``, unencrypted.
+
+    ``system_code`` limits the read to cards polled on that system (a transit card tapped at a kiosk set
+    up for bath-house cards is not asked for the bath-house service); empty: any system.
+    """
+
+    name: str = ""
+    service_code: str = ""
+    blocks: tuple[int, ...] = field(default=(), metadata={"item": int})
+    system_code: str = ""
+
+    def validate(self, key: str) -> FelicaRead:
+        if not self.name or len(self.name) > 32 or not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"{key}.name: 1..32 letters, digits or _")
+        _hex16(self.service_code, f"{key}.service_code")
+        if self.system_code:
+            _hex16(self.system_code, f"{key}.system_code")
+        if not 1 <= len(self.blocks) <= MAX_FELICA_BLOCKS or any(not 0 <= b <= 0xFFFF for b in self.blocks):
+            raise ConfigError(f"{key}.blocks: 1..{MAX_FELICA_BLOCKS} block numbers of 0..65535")
+        return self
+
+    @property
+    def service(self) -> int:
+        return int(self.service_code, 16)
+
+    @property
+    def system(self) -> int | None:
+        return int(self.system_code, 16) if self.system_code else None
+
+
+MAX_FELICA_BLOCKS = 64
+
+
+@dataclass(frozen=True)
+class FelicaConfig:
+    reads: tuple[FelicaRead, ...] = field(default=(), metadata={"item": FelicaRead})
+
+
 @dataclass(frozen=True)
 class SimConfig:
     readers: tuple[str, ...] = ("Simulated Reader 00",)
@@ -67,6 +117,7 @@ class Config:
     sessions: SessionConfig = field(default_factory=SessionConfig)
     pcsc: PcscConfig = field(default_factory=PcscConfig)
     nfc: NfcConfig = field(default_factory=NfcConfig)
+    felica: FelicaConfig = field(default_factory=FelicaConfig)
     sim: SimConfig = field(default_factory=SimConfig)
 
     @property
@@ -92,6 +143,11 @@ class Config:
             raise ConfigError("intervals and deadlines must be positive")
         if not self.kiosk or len(self.kiosk) > 64:
             raise ConfigError("kiosk must be 1..64 characters")
+        names = [read.name for read in self.felica.reads]
+        for i, read in enumerate(self.felica.reads):
+            read.validate(f"felica.reads[{i}]")
+        if len(set(names)) != len(names):
+            raise ConfigError("felica.reads: names must be unique")
         return self
 
 
@@ -114,16 +170,18 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 _T = TypeVar("_T")
 
 
-def _convert(default: object, value: object, key: str) -> object:
-    """Check ``value`` against the type of the key's default; tables recurse."""
+def _convert(default: object, value: object, key: str, item: type | None = None) -> object:
+    """Check ``value`` against the type of the key's default; tables recurse.
+
+    A tuple's items are strings unless the field says otherwise (``metadata={"item": ...}``): a table
+    type (an array of tables in TOML) or ``int``.
+    """
     if is_dataclass(default) and not isinstance(default, type):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table")
         return _build(type(default), value, key)
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings")
-        return tuple(value)
+        return _convert_list(value, key, item)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")
@@ -141,14 +199,30 @@ def _convert(default: object, value: object, key: str) -> object:
     return value
 
 
+def _convert_list(value: object, key: str, item: type | None) -> tuple[object, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list")
+    if item is not None and is_dataclass(item):
+        return tuple(_convert(item(), v, f"{key}[{i}]") for i, v in enumerate(value))
+    wanted = item or str
+    if not all(isinstance(v, wanted) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{key}: expected a list of {'integers' if wanted is int else 'strings'}")
+    return tuple(value)
+
+
 def _build(cls: type[_T], section: dict[str, object], where: str) -> _T:
     defaults = cls()
-    known = {f.name for f in fields(defaults)}  # type: ignore[arg-type] # cls is a config dataclass
-    unknown = set(section) - known
+    known = {f.name: f for f in fields(defaults)}  # type: ignore[arg-type] # cls is a config dataclass
+    unknown = set(section) - set(known)
     if unknown:
         raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(sorted(unknown))}")
     values = {
-        name: _convert(getattr(defaults, name), value, f"{where}.{name}" if where else name)
+        name: _convert(
+            getattr(defaults, name),
+            value,
+            f"{where}.{name}" if where else name,
+            known[name].metadata.get("item"),
+        )
         for name, value in section.items()
     }
     return replace(defaults, **values)  # type: ignore[type-var] # cls is a config dataclass

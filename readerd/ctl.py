@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--no-extended", action="store_true", help="the card refuses extended length")
     tap.add_argument("--expired", action="store_true", help="the card's certificate has expired")
     tap.add_argument("--blank", action="store_true", help="a card without the JPKI application")
+    tap.add_argument(
+        "--felica",
+        choices=("bathhouse", "checkin", "transport"),
+        help="a FeliCa card of this kind instead; CARD is then its member/unique number (0-9, A-Z)",
+    )
     tap.add_argument("--faults", type=Path, help="a fault script (JSON) for this card")
     tap.add_argument("--release", action="store_true", help="take the card away right after the read")
     rm = sub.add_parser("remove", help="take the simulated card off a reader")
@@ -151,6 +156,8 @@ def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
         out["expired"] = True
     if args.blank:
         out["blank"] = True
+    if args.felica:
+        out["felica"] = args.felica
     if args.release:
         out["hold"] = False
     if args.faults:

@@ -82,6 +82,7 @@ class Daemon:
             deadline=config.sessions.deadline,
             repeat_window=config.sessions.repeat_window,
             simulated=config.simulated,
+            felica_reads=config.felica.reads,
         )
         self.backends = self._build_backends(sessions, state_dir)
         self._register_commands(bus)

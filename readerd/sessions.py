@@ -21,13 +21,16 @@ from protocols.errors import (
     BadResponseError,
     CardRemovedError,
     DeniedCommandError,
+    FelicaStatusError,
     NotJpkiCardError,
     ReaderdError,
     TransportError,
 )
+from protocols.felica import BlockElement, FelicaSession, PollingResponse, ServiceCode
 from protocols.jpki import JpkiSession, ReadPath
-from protocols.transport import Transport
+from protocols.transport import FelicaTransport, Transport
 from readerd import events as ev
+from readerd.config import FelicaRead
 from readerd.events import AbortReason, CardKind, Event
 from readerd.identity import Identity, IdentityResolver
 
@@ -139,11 +142,13 @@ class CardSessions:
         deadline: float,
         repeat_window: float,
         simulated: bool = False,
+        felica_reads: tuple[FelicaRead, ...] = (),
     ) -> None:
         self.resolver = resolver
         self.sink = sink
         self.deadline = deadline
         self.simulated = simulated
+        self.felica_reads = felica_reads
         self.taps = TapTracker(repeat_window)
         self._read_paths: dict[tuple[str, bytes], ReadPath] = {}
         self._lock = threading.Lock()
@@ -198,21 +203,80 @@ class CardSessions:
             return run_with_deadline(session_work, self.deadline, name=f"session:{reader}")
         except Exception as error:  # every failure becomes an event; the backend thread goes on
             abandoned.set()
-            if not isinstance(error, ReaderdError):
-                log.exception("card session failed unexpectedly", reader=reader)
             session = progress.get("session")
             apdus = session.apdu_count if isinstance(session, JpkiSession) else 0
-            reason = abort_reason(error)
             kind = progress["kind"]
             assert isinstance(kind, CardKind)  # noqa: S101 - set above
-            log.warning("card read aborted", reader=reader, reason=str(reason), error=str(error), apdus=apdus)
-            code = error.code if isinstance(error, ReaderdError) else "internal_error"
-            self.sink(
-                ev.card_read_aborted(reader, kind, reason, apdus=apdus, error=code, simulated=self.simulated)
-            )
-            if reason is AbortReason.TIMEOUT:
-                self.sink(ev.reader_error(reader, "session", "wedged", "the card stopped answering"))
-            return ReadResult(kind, timed_out=reason is AbortReason.TIMEOUT)
+            return self.aborted(reader, kind, error, apdus)
+
+    def read_felica_card(
+        self, reader: str, transport: FelicaTransport | None, polling: PollingResponse
+    ) -> ReadResult:
+        """Identify a polled FeliCa card by its IDm and read the configured services.
+
+        ``transport`` is None where the reader gives the IDm only (PC/SC without a transparent session):
+        the card is still identified, and every configured service is reported ``unreadable``. A service
+        the card lacks (non-zero status flags) is ``absent``, not an error: kiosks see all kinds of cards.
+        A card that stops answering aborts the read (no identity), as on the contact path.
+        """
+        abandoned = threading.Event()
+        session = FelicaSession(transport, polling) if transport is not None else None
+        self.sink(ev.card_presented(reader, CardKind.FELICA, simulated=self.simulated))
+
+        def session_work() -> ReadResult:
+            services: dict[str, str] = {}
+            blocks: dict[str, list[str]] = {}
+            for read in self.felica_reads:
+                if read.system is not None and read.system != polling.system_code:
+                    continue
+                if session is None:
+                    services[read.name] = "unreadable"
+                    continue
+                elements = [BlockElement(0, number) for number in read.blocks]
+                try:
+                    found = session.read_blocks([ServiceCode.from_int(read.service)], elements)
+                except FelicaStatusError:
+                    services[read.name] = "absent"
+                    continue
+                services[read.name] = "read"
+                blocks[read.name] = [block.hex().upper() for block in found]
+            identity = self.resolver.felica(polling.idm)
+            repeat = self.taps.identified(reader, identity.pseudonym)
+            data: dict[str, object] = {
+                "kind": str(CardKind.FELICA),
+                **identity.public_fields(),
+                "repeat": repeat,
+                "system_code": f"{polling.system_code or 0:04X}",
+                "services": services,
+                "frames": session.frames_sent if session is not None else 0,
+            }
+            if self.simulated:
+                data["simulated"] = True
+            private = {"idm": polling.idm.hex().upper(), "pmm": polling.pmm.hex().upper(), "blocks": blocks}
+            if not abandoned.is_set():
+                self.sink(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
+            return ReadResult(CardKind.FELICA, identity)
+
+        try:
+            return run_with_deadline(session_work, self.deadline, name=f"felica:{reader}")
+        except Exception as error:  # every failure becomes an event; the backend thread goes on
+            abandoned.set()
+            frames = session.frames_sent if session is not None else 0
+            return self.aborted(reader, CardKind.FELICA, error, frames)
+
+    def aborted(self, reader: str, kind: CardKind, error: Exception, commands: int) -> ReadResult:
+        """``card.read_aborted`` (and ``reader.error`` for a stalled card) for a failed read."""
+        if not isinstance(error, ReaderdError):
+            log.exception("card session failed unexpectedly", reader=reader)
+        reason = abort_reason(error)
+        log.warning("card read aborted", reader=reader, reason=str(reason), error=str(error), apdus=commands)
+        code = error.code if isinstance(error, ReaderdError) else "internal_error"
+        self.sink(
+            ev.card_read_aborted(reader, kind, reason, apdus=commands, error=code, simulated=self.simulated)
+        )
+        if reason is AbortReason.TIMEOUT:
+            self.sink(ev.reader_error(reader, "session", "wedged", "the card stopped answering"))
+        return ReadResult(kind, timed_out=reason is AbortReason.TIMEOUT)
 
     def card_removed(self, reader: str, kind: CardKind) -> None:
         self.taps.removed(reader)

@@ -74,3 +74,39 @@ class InProcessReader:
         except ReaderVanished:
             self.remove()
             raise ReaderUnavailableError(f"{self.name} went away") from None
+
+
+class FelicaFrameModel(Protocol):
+    """What a field needs of a simulated FeliCa card (:class:`simulators.felica.VirtualFelicaCard`)."""
+
+    def process_frame(self, frame: bytes) -> bytes | None: ...
+
+
+class InProcessFelicaField:
+    """A simulated NFC-F field: a :class:`protocols.transport.FelicaTransport` with no radio.
+
+    A card that does not answer a frame is indistinguishable, for a reader, from one that left: both
+    raise :class:`CardRemovedError` after no wait at all (there is no time to spend in-process).
+    """
+
+    def __init__(self, name: str = "Simulated Reader 00") -> None:
+        self.name = name
+        self.card: FelicaFrameModel | None = None
+
+    def insert(self, card: FelicaFrameModel) -> None:
+        self.card = card
+
+    def remove(self) -> None:
+        self.card = None
+
+    def exchange(self, frame: bytes, timeout: float) -> bytes:
+        if self.card is None:
+            raise CardRemovedError(f"no card in the field of {self.name}")
+        try:
+            answer = self.card.process_frame(bytes(frame))
+        except CardPulled:
+            self.remove()
+            raise CardRemovedError(f"the card left {self.name} during the command") from None
+        if answer is None:
+            raise CardRemovedError(f"the card in {self.name} did not answer")
+        return answer

@@ -177,6 +177,17 @@ def _pkcs1_type1_sign(key: rsa.RSAPrivateKey, digest_info: bytes) -> bytes:
     return signature.to_bytes(k, "big")
 
 
+#: Called with every card made while registered: how the test suite checks, over all its tests, that no
+#: card ever received a SELECT of a card-info AP (tests/conftest.py). Nothing is kept when none is set.
+_card_observers: list[Callable[[VirtualMyNumberCard], None]] = []
+
+
+def observe_cards(callback: Callable[[VirtualMyNumberCard], None]) -> Callable[[], None]:
+    """Call ``callback`` with each card created from now on; returns the function that stops it."""
+    _card_observers.append(callback)
+    return lambda: _card_observers.remove(callback)
+
+
 class VirtualMyNumberCard:
     """The card. Feed it command APDU bytes with :meth:`process`; it returns response bytes."""
 
@@ -192,6 +203,8 @@ class VirtualMyNumberCard:
         self.behavior = behavior or CardBehavior()
         self.log: list[ReceivedApdu] = []
         self.powered = False
+        for observer in list(_card_observers):
+            observer(self)
         self._handlers: dict[tuple[int, int], Callable[[Command], bytes]] = {
             (0x00, 0xA4): self._select,
             (0x00, 0xB0): self._read_binary,

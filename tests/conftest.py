@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from simulators.mynumber import VirtualMyNumberCard, observe_cards
 from tests.support.pcscd import PrivatePcscd, attach_logs_on_failure, private_pcscd_fixture
 
 
@@ -29,6 +30,25 @@ def private_pcscd(pcscd_socket_dir: Path) -> Iterator[PrivatePcscd]:
     pcscd = private_pcscd_fixture(pcscd_socket_dir)
     yield pcscd
     pcscd.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_card_info_select(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every virtual My Number Card a test makes is checked afterwards: no card-info AP was selected.
+
+    The card records every APDU it receives, so this holds over the whole suite on the card's own
+    record, whatever path (in-process, vpcd, nfcpy udp) the APDUs took. Tests that probe the card-info
+    APs of the simulator on purpose carry the ``touches_card_info`` marker.
+    """
+    cards: list[VirtualMyNumberCard] = []
+    stop = observe_cards(cards.append)
+    try:
+        yield
+    finally:
+        stop()
+    if request.node.get_closest_marker("touches_card_info") is None:
+        touched = [card.selected_aids for card in cards if card.touched_card_info()]
+        assert touched == [], f"a card-info AP reached a simulated card: {touched}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

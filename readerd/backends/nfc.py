@@ -2,8 +2,10 @@
 
 One thread per configured device polls for FeliCa (212F/424F) and ISO-DEP Type B (the My Number Card's
 contactless interface). A Type B card goes through the same JPKI session as on PC/SC; a FeliCa card is
-identified by a keyed pseudonym of its IDm. When the device vanishes (USB unplugged) nfcpy's ``connect``
-returns False: the thread reports the reader removed and reopens it with backoff.
+identified by a keyed pseudonym of its IDm and asked for the configured services (``[[felica.reads]]``)
+with Read Without Encryption through :class:`NfcpyFelicaTransport`. When the device vanishes (USB
+unplugged) nfcpy's ``connect`` returns False: the thread reports the reader removed
+and reopens it with backoff.
 
 This is the only module that imports nfcpy (DESIGN.md, "Transport").
 """
@@ -16,14 +18,17 @@ from typing import Any
 import nfc
 import nfc.clf
 import nfc.tag
+import nfc.tag.tt3
+import nfc.tag.tt4  # nfcpy imports the tag modules lazily, on the first tag of that type
 import structlog
 
 from protocols.errors import CardRemovedError, TransportError
+from protocols.felica import PollingResponse
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
 from readerd.bus import CommandHandler, JsonObject
 from readerd.config import NfcConfig
-from readerd.events import CardKind, Event, EventType
+from readerd.events import CardKind
 from readerd.sessions import CardSessions
 
 log = structlog.get_logger("readerd.backends.nfc")
@@ -65,6 +70,30 @@ class NfcpyIsoDepTransport:
             raise TransportError(f"nfc communication error: {e!r}") from e
         if data is None or len(data) < 2:
             raise TransportError("the card answered without a status word")
+        return bytes(data)
+
+
+class NfcpyFelicaTransport:
+    """``exchange(frame, timeout) -> frame`` through the activated nfcpy Type 3 tag's frontend.
+
+    A FeliCa card that answered Polling and then stays silent past the command's PMm budget (readerd only
+    sends Read Without Encryption here) has almost always left the field: that is reported as removed.
+    """
+
+    def __init__(self, tag: Any) -> None:  # noqa: ANN401 - nfcpy is untyped
+        self._clf = tag.clf
+
+    def exchange(self, frame: bytes, timeout: float) -> bytes:
+        try:
+            data = self._clf.exchange(bytearray(frame), timeout)
+        except nfc.clf.TimeoutError as e:
+            raise CardRemovedError("the FeliCa card did not answer") from e
+        except nfc.clf.BrokenLinkError as e:
+            raise CardRemovedError(f"the RF link broke: {e}") from e
+        except nfc.clf.CommunicationError as e:
+            raise TransportError(f"nfc communication error: {e!r}") from e
+        if data is None:
+            raise CardRemovedError("the FeliCa card did not answer")
         return bytes(data)
 
 
@@ -155,20 +184,15 @@ class NfcDevice:
             else:
                 self.card = CardKind.UNKNOWN
                 self.sessions.sink(ev.card_presented(self.reader, CardKind.UNKNOWN))
-        except Exception:  # a bug must not end the device thread
-            log.exception("nfc card handling failed", reader=self.reader)
+        except Exception as error:  # a bug must not end the device thread; the screen still hears of it
+            self.sessions.aborted(self.reader, self.card or CardKind.UNKNOWN, error, 0)
         return True  # hold until the tag leaves, then on-release
 
     def _felica(self, tag: Any) -> None:  # noqa: ANN401 - nfcpy is untyped
-        idm, pmm = bytes(tag.idm), bytes(tag.pmm)
-        system_code = int(getattr(tag, "sys", 0) or 0)
-        self.sessions.sink(ev.card_presented(self.reader, CardKind.FELICA))
-        identity = self.sessions.resolver.felica(idm)
-        repeat = self.sessions.taps.identified(self.reader, identity.pseudonym)
-        data: dict[str, object] = {"kind": str(CardKind.FELICA), **identity.public_fields(), "repeat": repeat}
-        data["system_code"] = f"{system_code:04X}"
-        private = {"idm": idm.hex().upper(), "pmm": pmm.hex().upper()}
-        self.sessions.sink(Event(EventType.CARD_IDENTIFIED, self.reader, data, private))
+        # nfcpy polled with the wildcard system code and request code 1: tag.sys is the card's answer.
+        system_code = getattr(tag, "sys", None)
+        polling = PollingResponse(bytes(tag.idm), bytes(tag.pmm), system_code=system_code)
+        self.sessions.read_felica_card(self.reader, NfcpyFelicaTransport(tag), polling)
 
 
 class NfcBackend:

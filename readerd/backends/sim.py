@@ -3,6 +3,10 @@
 It exists only with ``--backend sim`` and loopback endpoints (DESIGN decision 6): the control commands
 ``tap`` and ``remove`` inject cards, which a production daemon must never accept. Events it causes carry
 ``"simulated": true``.
+
+``tap`` puts a My Number Card (``card`` names its profile) or, with ``felica``, a FeliCa card of that kind
+(``bathhouse``, ``checkin``, ``transport``; ``card`` is then its member/unique number or name) on a reader.
+A FeliCa card is polled by this backend, as a reader would, and read through the same session as on nfcpy.
 """
 
 from __future__ import annotations
@@ -15,24 +19,47 @@ from pathlib import Path
 import structlog
 
 from protocols.errors import ReaderdError
+from protocols.felica import build_polling, parse_polling_response
 from readerd import events as ev
 from readerd.bus import CommandError, CommandHandler, ControlRequest, JsonObject
 from readerd.config import SimConfig
 from readerd.events import CardKind
 from readerd.sessions import CardSessions
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
-from simulators.inprocess import CardModel, InProcessReader
+from simulators.felica import (
+    FelicaCardProfile,
+    VirtualFelicaCard,
+    bathhouse_card,
+    checkin_card,
+    transport_card,
+)
+from simulators.inprocess import CardModel, InProcessFelicaField, InProcessReader
 from simulators.mynumber import CardBehavior, CardProfile, blank_card, build_card
 from simulators.pki import PkiStore
 
 log = structlog.get_logger("readerd.backends.sim")
 
 
+FELICA_KINDS = ("bathhouse", "checkin", "transport")
+
+
 @dataclass
 class _Slot:
     reader: InProcessReader
+    field: InProcessFelicaField
     kind: CardKind | None = None  # what is on it now (None: empty)
     card_name: str | None = None
+
+
+def felica_profile(kind: str, name: str, birth_year: int = 1950, ward: int = 13101) -> FelicaCardProfile:
+    """The simulated FeliCa card a ``tap`` asks for (ValueError names what is wrong)."""
+    if kind == "bathhouse":
+        return bathhouse_card(name, birth_year=birth_year, ward_code=ward)
+    if kind == "checkin":
+        return checkin_card(name)
+    if kind == "transport":
+        return transport_card(name)
+    raise ValueError(f"felica must be one of {', '.join(FELICA_KINDS)}, not {kind!r}")
 
 
 class SimBackend:
@@ -43,7 +70,9 @@ class SimBackend:
         self.sessions = sessions
         self.store = PkiStore(pki_dir)
         self._slots = {
-            name: _Slot(InProcessReader(name, extended_length=config.extended_length))
+            name: _Slot(
+                InProcessReader(name, extended_length=config.extended_length), InProcessFelicaField(name)
+            )
             for name in config.readers
         }
         self._commands: queue.Queue[tuple[str, str, JsonObject] | None] = queue.Queue()
@@ -91,6 +120,13 @@ class SimBackend:
                 FaultScript.from_data(args["faults"])
             except (FaultScriptError, AttributeError, TypeError) as e:
                 raise CommandError("bad_request", f"faults: {e}") from e
+        if "felica" in args:
+            if "faults" in args:
+                raise CommandError("bad_request", "fault scripts are for My Number Cards only")
+            try:
+                felica_profile(str(args["felica"]), card)
+            except ValueError as e:
+                raise CommandError("bad_request", str(e)) from e
         self._commands.put(("tap", reader, args))
         return {"reader": reader, "card": card, "queued": True}
 
@@ -133,6 +169,9 @@ class SimBackend:
         slot = self._slots[reader]
         if slot.kind is not None:
             self._remove(reader)  # a new card on an occupied reader: the old one left first
+        if "felica" in args:
+            self._tap_felica(slot, args)
+            return
         card = self._build(args)
         atr = slot.reader.insert(card)
         slot.kind, slot.card_name = CardKind.UNKNOWN, str(args.get("card", "alice"))
@@ -145,10 +184,21 @@ class SimBackend:
         if args.get("hold") is False:
             self._remove(reader)
 
+    def _tap_felica(self, slot: _Slot, args: JsonObject) -> None:
+        name = str(args.get("card", "alice"))
+        slot.field.insert(VirtualFelicaCard(felica_profile(str(args["felica"]), name)))
+        slot.kind, slot.card_name = CardKind.FELICA, name
+        # Poll as a reader does (wildcard system, request code 1: the card says its system code).
+        polling = parse_polling_response(slot.field.exchange(build_polling(), 0.01))
+        self.sessions.read_felica_card(slot.reader.name, slot.field, polling)
+        if args.get("hold") is False:
+            self._remove(slot.reader.name)
+
     def _remove(self, reader: str) -> None:
         slot = self._slots[reader]
         if slot.kind is None:
             return
         slot.reader.remove()
+        slot.field.remove()
         kind, slot.kind, slot.card_name = slot.kind, None, None
         self.sessions.card_removed(reader, kind)

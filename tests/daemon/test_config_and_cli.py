@@ -209,3 +209,57 @@ def test_entry_points_have_help() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "usage:" in result.stdout
+
+
+FELICA_TOML = """
+backends = ["nfc"]
+[[felica.reads]]
+name = "bathhouse"
+service_code = "000B"
+blocks = [0, 1]
+system_code = "88B4"
+
+[[felica.reads]]
+name = "balance"
+service_code = "008b"
+blocks = [0]
+"""
+
+
+def test_felica_reads_are_an_array_of_tables_that_survives_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "readerd.toml"
+    path.write_text(FELICA_TOML)
+    config = load_config(path).validate()
+    bath, balance = config.felica.reads
+    assert (bath.name, bath.service, bath.blocks, bath.system) == ("bathhouse", 0x000B, (0, 1), 0x88B4)
+    assert (balance.service, balance.system) == (0x008B, None)
+    merged = with_overrides(config, {"kiosk": "bath-1"}).validate()
+    assert merged.felica == config.felica
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('name = "x"\nservice_code = "0B"\nblocks = [0]', r"felica.reads\[0\].service_code"),
+        ('name = "x"\nservice_code = "000B"\nblocks = []', r"felica.reads\[0\].blocks"),
+        ('name = "x"\nservice_code = "000B"\nblocks = ["0"]', "expected a list of integers"),
+        ('name = "x"\nservice_code = "000B"\nblocks = [true]', "expected a list of integers"),
+        ('name = "x"\nservice_code = "000B"\nblocks = [70000]', r"felica.reads\[0\].blocks"),
+        ('name = "a b"\nservice_code = "000B"\nblocks = [0]', r"felica.reads\[0\].name"),
+        ('name = "x"\nservice_code = "000B"\nblocks = [0]\nsystem_code = "XYZW"', "system_code"),
+        ('name = "x"\nservice_code = "000B"\nblocks = [0]\nsevrice = 1', "unknown key"),
+    ],
+)
+def test_bad_felica_reads_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "readerd.toml"
+    path.write_text(f"[[felica.reads]]\n{table}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path).validate()
+
+
+def test_felica_read_names_are_unique(tmp_path: Path) -> None:
+    path = tmp_path / "readerd.toml"
+    table = '[[felica.reads]]\nname = "x"\nservice_code = "000B"\nblocks = [0]\n'
+    path.write_text(table + table)
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(path).validate()

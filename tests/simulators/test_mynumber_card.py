@@ -213,6 +213,7 @@ def test_partial_read_at_end_of_file(pki_store: PkiStore) -> None:
 # --- the card-info APs exist, so the tests that prove readerd avoids them mean something -------------
 
 
+@pytest.mark.touches_card_info
 def test_card_info_aps_hold_a_fake_my_number_behind_a_pin(pki_store: PkiStore) -> None:
     card = _card(pki_store)
     assert sw(card.process(HEX("00 A4 04 0C 0A") + KENHOJO_AID)) == "9000"

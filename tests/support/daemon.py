@@ -130,6 +130,23 @@ class RunningDaemon:
 
 
 @contextmanager
+def private_feed(*prefixes: str) -> Iterator[Subscriber]:
+    """The plugin host's private feed of an in-process daemon (``private`` fields included)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect("inproc://readerd-private")
+    for prefix in (*prefixes, "heartbeat"):
+        sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+    sub = Subscriber(sock)
+    try:
+        sub.next(heartbeats=True)  # a heartbeat: the subscription is live
+        yield sub
+    finally:
+        sock.close()
+
+
+@contextmanager
 def running_daemon(config: Config, notifier: Notifier | None = None) -> Iterator[RunningDaemon]:
     daemon = Daemon(config, notifier or Notifier(address=""))
     result: dict[str, int] = {}

@@ -18,14 +18,24 @@ layouts, status flags and IC types; an RC-S300 investigation log for the PC/SC t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum, unique
 
-from protocols.apdu import CommandApdu
-from protocols.errors import CommandEncodingError, FelicaError, FelicaFrameError, FelicaStatusError
-from protocols.transport import FelicaTransport
+from protocols.apdu import CommandApdu, error_for_sw, transceive
+from protocols.errors import (
+    CardRemovedError,
+    CommandEncodingError,
+    FelicaError,
+    FelicaFrameError,
+    FelicaStatusError,
+    ReaderdError,
+)
+from protocols.guard import GuardedTransport, SessionKind
+from protocols.status_words import SW
+from protocols.transport import FelicaTransport, Transport
 
 # --- sizes and well-known codes ----------------------------------------------------------------------
 IDM_LEN = 8
@@ -639,6 +649,90 @@ def parse_transparent_response(data: bytes) -> bytes:
     return frames[0]
 
 
+# --- a FeliCa card behind a PC/SC reader ---------------------------------------------------------------
+#: The part-3 ATR's historical bytes carry ``4F 0C`` + RID ``A0 00 00 03 06`` + SS + NN (CARD-FACTS §8).
+_PART3_AID_PREFIX = bytes.fromhex("4F0CA000000306")
+#: SS (standard) bytes of FeliCa in the PC/SC part-3 supplemental document: 212 and 424 kbit/s.
+_SS_FELICA = frozenset({0x11, 0x12})
+#: "No answer from the card" in a transparent exchange (``C0 03 01 64 01``): status 01, SW 6401.
+_NO_CARD_ANSWER_SW = 0x6401
+
+
+def is_felica_atr(atr: bytes) -> bool:
+    """Whether a PC/SC ATR is a contactless reader's synthesised ATR for a FeliCa card (SS 11 or 12)."""
+    at = bytes(atr).find(_PART3_AID_PREFIX)
+    end = at + len(_PART3_AID_PREFIX)
+    return at >= 0 and end < len(atr) and atr[end] in _SS_FELICA
+
+
+class PcscFelica:
+    """A FeliCa card through a PC/SC reader's pseudo-APDUs, under the FeliCa allow-list of the guard.
+
+    The IDm comes from GET DATA (every PC/SC contactless reader answers ``FF CA``); frames go through
+    a part-3 transparent session, which only some readers offer (DESIGN decision 13), so the caller
+    opens it only when configured to. As a :class:`~protocols.transport.FelicaTransport`, a frame the
+    card does not answer raises :class:`~protocols.errors.CardRemovedError`, as on nfcpy.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = GuardedTransport(transport, SessionKind.FELICA)
+        self.in_session = False
+
+    @property
+    def apdu_count(self) -> int:
+        return self._transport.apdu_count
+
+    def _ok(self, command: CommandApdu) -> bytes:
+        response = transceive(self._transport, command)
+        if response.sw != SW.OK:
+            raise error_for_sw(response.sw)
+        return response.data
+
+    def idm(self) -> bytes:
+        data = self._ok(get_uid_apdu())
+        if len(data) != IDM_LEN:
+            raise FelicaFrameError(f"the reader gave a {len(data)}-byte UID for a FeliCa card")
+        return data
+
+    def pmm(self) -> bytes | None:
+        """The PMm where the reader gives it (``FF CA 01``, RC-S300), else None."""
+        response = transceive(self._transport, get_pmm_apdu())
+        return response.data if response.sw == SW.OK and len(response.data) == PMM_LEN else None
+
+    def open(self) -> None:
+        """Start the transparent session and switch it to FeliCa."""
+        for command in (start_session_apdu(), switch_to_felica_apdu()):
+            parse_generic_status(self._ok(command))
+            self.in_session = True
+
+    def close(self) -> None:
+        """End the transparent session (best effort: the card may be gone)."""
+        if self.in_session:
+            self.in_session = False
+            with contextlib.suppress(ReaderdError):
+                self._transport.transmit(end_session_apdu().encode())
+
+    def exchange(self, frame: bytes, timeout: float) -> bytes:
+        command = transceive_apdu(frame, timeout_us=int(timeout * 1_000_000))
+        try:
+            return parse_transparent_response(self._ok(command))
+        except TransparentSessionError as e:
+            if e.sw == _NO_CARD_ANSWER_SW:
+                raise CardRemovedError("the FeliCa card did not answer") from e
+            raise
+
+    def poll(self, timeout: float = 0.05) -> PollingResponse:
+        """Polling (wildcard system, request code 1) through the session: IDm, PMm and system code."""
+        return parse_polling_response(self.exchange(build_polling(), timeout))
+
+
+def parse_generic_status(data: bytes) -> None:
+    """Raise :class:`TransparentSessionError` when a part-3 answer's ``C0`` object reports an error."""
+    for tag, value in _simple_tlv_objects(bytes(data)):
+        if tag == _TAG_GENERIC_ERROR and len(value) == 3 and value[0] != 0:
+            raise TransparentSessionError(value[0], int.from_bytes(value[1:3], "big"))
+
+
 # --- the session -------------------------------------------------------------------------------------
 def _chunks(blocks: Sequence[BlockElement], size: int) -> list[Sequence[BlockElement]]:
     return [blocks[i : i + size] for i in range(0, len(blocks), size)]
@@ -756,6 +850,7 @@ __all__ = [
     "FelicaCommand",
     "FelicaSession",
     "IcFamily",
+    "PcscFelica",
     "PollingResponse",
     "RequestCode",
     "ServiceCode",
@@ -769,6 +864,8 @@ __all__ = [
     "end_session_apdu",
     "get_pmm_apdu",
     "get_uid_apdu",
+    "is_felica_atr",
+    "parse_generic_status",
     "parse_polling_response",
     "parse_read_without_encryption_response",
     "parse_request_service_response",

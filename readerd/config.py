@@ -43,6 +43,9 @@ class SessionConfig:
 class PcscConfig:
     readers: tuple[str, ...] = ()  # name prefixes to use; empty: every reader
     allow_virtual_readers: bool = False  # vpcd readers listen on 0.0.0.0: never on a kiosk
+    # FeliCa block reads through the reader's PC/SC part-3 transparent session (RC-S300 class readers);
+    # off: a FeliCa card on a PC/SC reader is identified by its IDm only
+    felica_transparent: bool = False
 
 
 @dataclass(frozen=True)

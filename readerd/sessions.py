@@ -26,7 +26,7 @@ from protocols.errors import (
     ReaderdError,
     TransportError,
 )
-from protocols.felica import BlockElement, FelicaSession, PollingResponse, ServiceCode
+from protocols.felica import BlockElement, FelicaSession, PcscFelica, PollingResponse, ServiceCode
 from protocols.jpki import JpkiSession, ReadPath
 from protocols.transport import FelicaTransport, Transport
 from readerd import events as ev
@@ -219,11 +219,45 @@ class CardSessions:
         the card lacks (non-zero status flags) is ``absent``, not an error: kiosks see all kinds of cards.
         A card that stops answering aborts the read (no identity), as on the contact path.
         """
+        return self._felica(reader, lambda: (transport, polling), lambda: 0)
+
+    def read_pcsc_felica_card(self, reader: str, transport: Transport, *, transparent: bool) -> ReadResult:
+        """A FeliCa card on a PC/SC reader: IDm (and PMm) by GET DATA; with ``transparent``, Polling and
+        block reads through the reader's part-3 transparent session (DESIGN decision 13)."""
+        pcsc = PcscFelica(transport)
+
+        def prepare() -> tuple[FelicaTransport | None, PollingResponse]:
+            if transparent:
+                pcsc.open()
+                polling = pcsc.poll()
+                if polling.idm != pcsc.idm():
+                    raise BadResponseError("Polling answered with another IDm than GET DATA")
+                return pcsc, polling
+            idm = pcsc.idm()
+            # Without the PMm (a reader that does not give it) no read timeouts can be derived; no reads
+            # are sent on this path anyway, so zeros stand in and are never published as the PMm.
+            return None, PollingResponse(idm, pcsc.pmm() or bytes(8))
+
+        result = self._felica(reader, prepare, lambda: pcsc.apdu_count)
+        if not result.timed_out:  # else the abandoned session thread may still be on the transport
+            pcsc.close()
+        return result
+
+    def _felica(
+        self,
+        reader: str,
+        prepare: Callable[[], tuple[FelicaTransport | None, PollingResponse]],
+        commands: Callable[[], int],
+    ) -> ReadResult:
         abandoned = threading.Event()
-        session = FelicaSession(transport, polling) if transport is not None else None
+        state: dict[str, FelicaSession] = {}
         self.sink(ev.card_presented(reader, CardKind.FELICA, simulated=self.simulated))
 
         def session_work() -> ReadResult:
+            transport, polling = prepare()
+            session = FelicaSession(transport, polling) if transport is not None else None
+            if session is not None:
+                state["session"] = session
             services: dict[str, str] = {}
             blocks: dict[str, list[str]] = {}
             for read in self.felica_reads:
@@ -246,7 +280,7 @@ class CardSessions:
                 "kind": str(CardKind.FELICA),
                 **identity.public_fields(),
                 "repeat": repeat,
-                "system_code": f"{polling.system_code or 0:04X}",
+                "system_code": None if polling.system_code is None else f"{polling.system_code:04X}",
                 "services": services,
                 "frames": session.frames_sent if session is not None else 0,
             }
@@ -261,8 +295,9 @@ class CardSessions:
             return run_with_deadline(session_work, self.deadline, name=f"felica:{reader}")
         except Exception as error:  # every failure becomes an event; the backend thread goes on
             abandoned.set()
+            session = state.get("session")
             frames = session.frames_sent if session is not None else 0
-            return self.aborted(reader, CardKind.FELICA, error, frames)
+            return self.aborted(reader, CardKind.FELICA, error, commands() or frames)
 
     def aborted(self, reader: str, kind: CardKind, error: Exception, commands: int) -> ReadResult:
         """``card.read_aborted`` (and ``reader.error`` for a stalled card) for a failed read."""

@@ -27,6 +27,7 @@ from protocols.errors import (
     ReaderUnavailableError,
     TransportError,
 )
+from protocols.felica import is_felica_atr
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
 from readerd.backends.pcsc_state import (
@@ -131,8 +132,16 @@ class _Task:
 class ReaderWorker:
     """Reads the cards of one reader on its own thread and PC/SC context."""
 
-    def __init__(self, name: str, sessions: CardSessions, on_wedged: Callable[[ReaderWorker], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        sessions: CardSessions,
+        on_wedged: Callable[[ReaderWorker], None],
+        *,
+        felica_transparent: bool = False,
+    ) -> None:
         self.name = name
+        self.felica_transparent = felica_transparent
         self.sessions = sessions
         self.card: CardKind | None = None
         self.abandoned = False
@@ -214,9 +223,14 @@ class ReaderWorker:
         if self._capabilities is None:
             self._capabilities = ReaderCapabilities(_max_apdu_data(hcard))
         transaction = scard.SCardBeginTransaction(hcard) == scard.SCARD_S_SUCCESS
-        result = self.sessions.read_contact_card(
-            self.name, PcscTransport(hcard, protocol, self._capabilities), atr
-        )
+        transport = PcscTransport(hcard, protocol, self._capabilities)
+        if is_felica_atr(atr):
+            # A contactless reader's synthesised ATR for FeliCa: no applet to select, the IDm identifies.
+            result = self.sessions.read_pcsc_felica_card(
+                self.name, transport, transparent=self.felica_transparent
+            )
+        else:
+            result = self.sessions.read_contact_card(self.name, transport, atr)
         self.card = result.kind
         if result.timed_out:
             # The session thread may still be inside SCardTransmit on this handle: touch nothing more.
@@ -299,8 +313,13 @@ class PcscBackend:
             if name not in known:
                 self._add_reader(name)
 
+    def _worker(self, name: str) -> ReaderWorker:
+        return ReaderWorker(
+            name, self.sessions, self._replace_wedged, felica_transparent=self.config.felica_transparent
+        )
+
     def _add_reader(self, name: str) -> None:
-        worker = ReaderWorker(name, self.sessions, self._replace_wedged)
+        worker = self._worker(name)
         with self._lock:
             self.workers[name] = worker
         worker.start()
@@ -318,7 +337,7 @@ class PcscBackend:
         log.info("reader removed", reader=name, reason=reason)
 
     def _replace_wedged(self, worker: ReaderWorker) -> None:
-        fresh = ReaderWorker(worker.name, self.sessions, self._replace_wedged)
+        fresh = self._worker(worker.name)
         with self._lock:
             if self.workers.get(worker.name) is worker:
                 self.workers[worker.name] = fresh

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from readerd.config import PcscConfig, SessionConfig
+from protocols.mykey import felica_pseudonym
+from readerd.config import FelicaConfig, FelicaRead, PcscConfig, SessionConfig
+from readerd.keys import load_pseudonym_key
 from simulators.faults import FaultScript, FaultyCard
+from simulators.felica import FelicaPcscCard, bathhouse_card
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardProfile, VirtualMyNumberCard, blank_card, build_card
 from simulators.pki import PkiStore
 from simulators.vicc import ViccBridge
-from tests.support.daemon import RunningDaemon, hardware_config, running_daemon
+from tests.support.daemon import RunningDaemon, hardware_config, private_feed, running_daemon
 from tests.support.pcscd import PrivatePcscd
 
 pytestmark = [pytest.mark.pcscd, pytest.mark.timeout(120)]
@@ -29,12 +34,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiStore:
 
 
 @contextmanager
-def pcsc_daemon(tmp_path: Path, deadline: float = 3.0) -> Iterator[RunningDaemon]:
+def pcsc_daemon(
+    tmp_path: Path, deadline: float = 3.0, *, felica_transparent: bool = False, **overrides: Any
+) -> Iterator[RunningDaemon]:
     config = hardware_config(
         tmp_path,
         ("pcsc",),
-        pcsc=PcscConfig(allow_virtual_readers=True),
+        pcsc=PcscConfig(allow_virtual_readers=True, felica_transparent=felica_transparent),
         sessions=SessionConfig(deadline=deadline, repeat_window=10.0),
+        **overrides,
     )
     with running_daemon(config) as d:
         yield d
@@ -167,6 +175,48 @@ def test_unknown_card(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
     with pcsc_daemon(tmp_path) as d, d.subscriber("card.") as sub, card_on(private_pcscd, 0, blank_card()):
         presented = sub.next(10)
     assert presented["data"]["kind"] == "unknown"
+
+
+BATHHOUSE_READ = FelicaConfig(reads=(FelicaRead(name="bathhouse", service_code="000B", blocks=(0, 1)),))
+
+
+def test_felica_on_pcsc_is_identified_by_idm(
+    private_pcscd: PrivatePcscd, tmp_path: Path
+) -> None:
+    profile = bathhouse_card("B0007", birth_year=1950, ward_code=13101)
+    card = FelicaPcscCard(profile)
+    with (
+        pcsc_daemon(tmp_path, felica=BATHHOUSE_READ) as d,
+        d.subscriber("card.") as sub,
+        card_on(private_pcscd, 0, card),
+    ):
+        events = sub.until(lambda e: e["type"] == "card.identified", timeout=10)
+    assert [e["type"] for e in events] == ["card.presented", "card.identified"]
+    data = events[-1]["data"]
+    key = load_pseudonym_key(tmp_path / "pseudonym.key")
+    assert data["pseudonym"] == felica_pseudonym(key, profile.idm)
+    assert data["services"] == {"bathhouse": "unreadable"}  # no transparent session configured
+    assert data["system_code"] is None
+    assert profile.idm.hex().upper() not in json.dumps(events)
+    # GET DATA for the IDm and the PMm, nothing else: no SELECT reached the reader.
+    assert [a[:4].hex().upper() for a in card.apdus] == ["FFCA0000", "FFCA0100"]
+
+
+def test_felica_blocks_through_the_transparent_session(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
+    profile = bathhouse_card("B0008", birth_year=1950, ward_code=13101)
+    card = FelicaPcscCard(profile)
+    with (
+        pcsc_daemon(tmp_path, felica=BATHHOUSE_READ, felica_transparent=True) as d,
+        d.subscriber("card.") as sub,
+        private_feed("card.identified") as feed,
+        card_on(private_pcscd, 0, card),
+    ):
+        identified = sub.until(lambda e: e["type"] == "card.identified", timeout=10)[-1]
+        full = feed.until(lambda e: e["type"] == "card.identified", timeout=5)[-1]
+    assert identified["data"]["services"] == {"bathhouse": "read"}
+    assert identified["data"]["system_code"] == "88B4"
+    assert full["private"]["blocks"]["bathhouse"] == [b.hex().upper() for b in profile.services[0x000B]]
+    assert not card.session  # the transparent session was ended after the read
 
 
 def test_pcscd_restart_is_survived(private_pcscd: PrivatePcscd, pki: PkiStore, tmp_path: Path) -> None:

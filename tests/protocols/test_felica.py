@@ -867,6 +867,11 @@ PARSERS: dict[
     ),
     "ServiceCode.unpack": (lambda raw, _: ServiceCode.unpack(raw), st.binary(max_size=300), st.none()),
 }
+PARSERS["parse_generic_status"] = (
+    lambda raw, _: felica.parse_generic_status(raw),
+    PARSERS["parse_transparent_response"][1],
+    st.none(),
+)
 
 
 def test_every_felica_parser_has_a_property_harness() -> None:

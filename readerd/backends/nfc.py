@@ -13,6 +13,7 @@ This is the only module that imports nfcpy (DESIGN.md, "Transport").
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import nfc
@@ -26,6 +27,7 @@ from protocols.errors import CardRemovedError, TransportError
 from protocols.felica import PollingResponse
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
+from readerd.backends.usb import HOTPLUG, supported_readers
 from readerd.bus import CommandHandler, JsonObject
 from readerd.config import NfcConfig
 from readerd.events import CardKind
@@ -34,6 +36,7 @@ from readerd.sessions import CardSessions
 log = structlog.get_logger("readerd.backends.nfc")
 
 TARGETS = ("212F", "424F", "106B")
+HOTPLUG_INTERVAL = 1.0  # seconds between USB enumerations when nfc.devices has "usb"
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 #: What a reader says about extended APDUs when asked to allow them (ISO-DEP has no APDU size limit).
 EXTENDED_APDU_DATA = 0x10000
@@ -98,14 +101,22 @@ class NfcpyFelicaTransport:
 
 
 class NfcDevice:
-    """One nfcpy device, polled on its own thread."""
+    """One nfcpy device, polled on its own thread.
 
-    def __init__(self, path: str, sessions: CardSessions, stop: threading.Event) -> None:
+    A configured device (``udp:…``, ``usb:054c:06c3``) is reopened with backoff when it fails: it is
+    expected back. A hotplugged one (``hotplugged``) ends with its device: the USB watcher starts a new
+    NfcDevice when a reader is plugged in again, at its new bus address.
+    """
+
+    def __init__(
+        self, path: str, sessions: CardSessions, stop: threading.Event, *, hotplugged: bool = False
+    ) -> None:
         self.path = path
         self.reader = f"nfc {path}"
         self.sessions = sessions
         self.card: CardKind | None = None
         self.present = False
+        self.hotplugged = hotplugged
         self._stop = stop
         self._thread = threading.Thread(target=self._run, name=f"nfc:{path}", daemon=True)
 
@@ -136,6 +147,9 @@ class NfcDevice:
                 self._poll(clf)
             finally:
                 clf.close()
+            if self.hotplugged:
+                self._set_present(False, "unplugged")
+                return
 
     def _set_present(self, present: bool, why: str = "") -> None:
         if present == self.present:
@@ -196,30 +210,86 @@ class NfcDevice:
 
 
 class NfcBackend:
+    """Configured nfcpy devices, plus every supported USB reader as it is plugged in (``"usb"``)."""
+
     name = "nfc"
 
-    def __init__(self, config: NfcConfig, sessions: CardSessions) -> None:
+    def __init__(
+        self,
+        config: NfcConfig,
+        sessions: CardSessions,
+        *,
+        discover: Callable[[], list[str]] | None = None,
+        hotplug_interval: float = HOTPLUG_INTERVAL,
+    ) -> None:
         self._stop = threading.Event()
-        self.devices = [NfcDevice(path, sessions, self._stop) for path in config.devices]
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self.devices = [NfcDevice(path, sessions, self._stop) for path in config.devices if path != HOTPLUG]
+        self._hotplugged: dict[str, tuple[NfcDevice, threading.Event]] = {}
+        self._hotplug = HOTPLUG in config.devices
+        self._discover = discover or (lambda: [reader.path for reader in supported_readers()])
+        self._interval = hotplug_interval
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
         for device in self.devices:
             device.start()
+        if self._hotplug:
+            self._watcher = threading.Thread(target=self._watch, name="nfc-usb-hotplug", daemon=True)
+            self._watcher.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        for device in self.devices:
-            device.join(timeout / max(1, len(self.devices)))
+        with self._lock:
+            hotplugged = [device for device, stop in self._hotplugged.values()]
+            for _device, stop in self._hotplugged.values():
+                stop.set()
+        everything = self.devices + hotplugged
+        for device in everything:
+            device.join(timeout / max(1, len(everything)))
+        if self._watcher is not None:
+            self._watcher.join(timeout)
 
     def alive(self) -> bool:
-        return all(device.alive() for device in self.devices)
+        watching = self._watcher is None or self._watcher.is_alive()
+        return watching and all(device.alive() for device in self.devices)
+
+    def _all_devices(self) -> list[NfcDevice]:
+        with self._lock:
+            return self.devices + [device for device, _stop in self._hotplugged.values()]
 
     def readers(self) -> list[JsonObject]:
         return [
             {"name": d.reader, "backend": self.name, "card": str(d.card) if d.card else None}
-            for d in self.devices
+            for d in self._all_devices()
             if d.present
         ]
+
+    def _watch(self) -> None:
+        """Every ``hotplug_interval`` s: start a device thread for each new reader, stop unplugged ones."""
+        while not self._stop.is_set():
+            try:
+                paths = set(self._discover())
+            except Exception:  # a failed enumeration must not end hotplug
+                log.exception("usb enumeration failed")
+                paths = set()
+            with self._lock:
+                for path in sorted(paths - set(self._hotplugged)):
+                    stop = threading.Event()
+                    device = NfcDevice(path, self._sessions, stop, hotplugged=True)
+                    self._hotplugged[path] = (device, stop)
+                    log.info("usb nfc reader plugged in", device=path)
+                    device.start()
+                for path in sorted(set(self._hotplugged) - paths):
+                    device, stop = self._hotplugged.pop(path)
+                    stop.set()  # the thread reports the reader removed as it ends
+                    log.info("usb nfc reader unplugged", device=path)
+                for path, (device, _stop) in list(self._hotplugged.items()):
+                    if not device.alive() and path in paths:
+                        # the device thread ended (device failed) but the bus still lists it: retry
+                        self._hotplugged.pop(path)
+            self._stop.wait(self._interval)
 
     def commands(self) -> dict[str, CommandHandler]:
         return {}

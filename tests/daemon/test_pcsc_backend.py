@@ -180,9 +180,7 @@ def test_unknown_card(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
 BATHHOUSE_READ = FelicaConfig(reads=(FelicaRead(name="bathhouse", service_code="000B", blocks=(0, 1)),))
 
 
-def test_felica_on_pcsc_is_identified_by_idm(
-    private_pcscd: PrivatePcscd, tmp_path: Path
-) -> None:
+def test_felica_on_pcsc_is_identified_by_idm(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
     profile = bathhouse_card("B0007", birth_year=1950, ward_code=13101)
     card = FelicaPcscCard(profile)
     with (

@@ -19,6 +19,7 @@ import zmq
 
 from readerd import __version__
 from readerd.config import Config, load_config
+from readerd.ctl_keys import add_keys_parser, run_keys
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
 
@@ -28,7 +29,6 @@ REQUEST_TIMEOUT_MS = 3000
 # Subcommands arriving with later issues, listed so --help shows the plan honestly.
 PLANNED = {
     "plugins": "list plugins with versions and hooks (plugin framework issue)",
-    "keys": "bus CURVE keys and the deployment pseudonym key (LAN bus issue)",
     "doctor": "check pcscd, readers, permissions, config and store, with a fix for each (deployment issue)",
 }
 
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--release", action="store_true", help="take the card away right after the read")
     rm = sub.add_parser("remove", help="take the simulated card off a reader")
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
+    add_keys_parser(sub)
     for name, text in PLANNED.items():
         sub.add_parser(name, help=text)
     return parser
@@ -174,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in PLANNED:
         sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
         return ExitCode.UNAVAILABLE
+    if args.command == "keys":
+        return run_keys(args)
     try:
         control, publish = _endpoints(args)
         if args.command == "tail":

@@ -15,9 +15,10 @@ from types import FrameType
 
 import structlog
 
+from protocols.mykey import key_fingerprint
 from readerd.backends import Backend
 from readerd.bus import Bus, JsonObject
-from readerd.config import Config, is_loopback_endpoint
+from readerd.config import Config, IdentityConfig, is_loopback_endpoint
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
@@ -59,6 +60,33 @@ class Daemon:
                 raise ConfigError(f"the {name} backend is not available in this version yet")
         return backends
 
+    def _pseudonym_key(self, state_dir: Path) -> bytes:
+        """The deployment key; without one at the default path, this kiosk's own key in the state dir.
+
+        A kiosk on its own must start from the README's one command; a deployment of several kiosks
+        shares one key (``readerctl keys init-deployment``), or their pseudonyms would differ. A key file
+        named in the configuration must exist (exit 78 otherwise): that is a deployment that lost its key.
+        """
+        config = self.config
+        configured = Path(config.identity.pseudonym_key_file)
+        default = Path(IdentityConfig().pseudonym_key_file)
+        if config.simulated or (configured == default and not configured.exists()):
+            own = state_dir / "pseudonym.key"
+            created = not own.exists()
+            key = load_or_create_pseudonym_key(own)
+            if not config.simulated:
+                log.warning(
+                    "no deployment pseudonym key: using this kiosk's own",
+                    path=str(own),
+                    created=created,
+                    fingerprint=key_fingerprint(key),
+                    hint=f"a deployment shares one key at {default} (readerctl keys init-deployment)",
+                )
+            return key
+        key = load_pseudonym_key(configured)
+        log.info("pseudonym key loaded", fingerprint=key_fingerprint(key))
+        return key
+
     def run(self) -> int:
         config = self.config
         if not config.backends:
@@ -69,10 +97,7 @@ class Daemon:
                 log.warning("insecure LAN endpoint: events travel unencrypted", endpoint=endpoint)
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if config.simulated:
-            key = load_or_create_pseudonym_key(state_dir / "pseudonym.key")
-        else:
-            key = load_pseudonym_key(Path(config.identity.pseudonym_key_file))
+        key = self._pseudonym_key(state_dir)
         directory = SqliteDirectory(state_dir / "members.db")
         bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED)
         self.bus = bus

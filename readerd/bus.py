@@ -16,6 +16,7 @@ event is dropped and counted, and the count is in ``status``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +51,10 @@ class ControlRequest:
     request_id: str | None
 
 
-CommandHandler = Callable[[ControlRequest], JsonObject]
+#: A handler answers at once (a dict) or later (a Future): a command that talks to a card (``auth.pin``)
+#: runs on that reader's thread, and the bus thread must go on publishing meanwhile.
+CommandResult = JsonObject | Future[JsonObject]
+CommandHandler = Callable[[ControlRequest], CommandResult]
 
 
 class CommandError(ReaderdError):
@@ -85,6 +90,7 @@ class Bus:
         self.last_seq = 0
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=config.queue_size)
         self._commands: dict[str, CommandHandler] = {}
+        self._replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
         self._status_providers: list[Callable[[], JsonObject]] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -215,6 +221,7 @@ class Bus:
                 self._drain(pub, private)
                 if router in ready:
                     self._serve_control(router)
+                self._send_replies(router)
             self._drain(pub, private)  # what was queued before stop still goes out
         finally:
             for sock in sockets:
@@ -258,11 +265,28 @@ class Bus:
             except zmq.Again:
                 return
             self.stats.control_requests += 1
-            reply = self._answer(frames[0], frames[-1])
             # Echo every routing/delimiter frame: REQ and DEALER clients, with or without an empty frame.
-            router.send_multipart([*frames[:-1], json.dumps(reply, ensure_ascii=False).encode()])
+            envelope = frames[:-1]
+            reply = self._answer(frames[0], frames[-1])
+            if isinstance(reply, Future):
+                reply.add_done_callback(functools.partial(self._deferred, envelope))
+                continue
+            router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
 
-    def _answer(self, peer: bytes, body: bytes) -> JsonObject:
+    def _deferred(self, envelope: list[bytes], done: Future[JsonObject]) -> None:
+        """A deferred answer is ready (any thread): hand it to the bus thread, which owns the socket."""
+        self._replies.put((envelope, done.result()))
+        self._wake()
+
+    def _send_replies(self, router: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                envelope, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
+
+    def _answer(self, peer: bytes, body: bytes) -> JsonObject | Future[JsonObject]:
         request_id: str | None = None
         try:
             obj = json.loads(body)
@@ -277,6 +301,8 @@ class Bus:
             if handler is None:
                 raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
             result = handler(ControlRequest(obj["cmd"], args, peer, request_id))
+            if isinstance(result, Future):
+                return _reply_when_done(request_id, result)
             return {"id": request_id, "ok": True, "result": result}
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(request_id, "bad_request", "the request is not JSON")
@@ -285,6 +311,24 @@ class Bus:
         except Exception as e:  # a handler bug must not kill the bus thread
             log.exception("control handler failed")
             return _error(request_id, "internal_error", type(e).__name__)
+
+
+def _reply_when_done(request_id: str | None, result: Future[JsonObject]) -> Future[JsonObject]:
+    """The reply a deferred result becomes, errors included, as the immediate path builds them."""
+    reply: Future[JsonObject] = Future()
+
+    def settle(done: Future[JsonObject]) -> None:
+        error = done.exception()
+        if error is None:
+            reply.set_result({"id": request_id, "ok": True, "result": done.result()})
+        elif isinstance(error, ReaderdError):
+            reply.set_result(_error(request_id, error.code, str(error)))
+        else:
+            log.error("deferred control handler failed", error_type=type(error).__name__)
+            reply.set_result(_error(request_id, "internal_error", type(error).__name__))
+
+    result.add_done_callback(settle)
+    return reply
 
 
 def _error(request_id: str | None, code: str, message: str) -> JsonObject:

@@ -24,6 +24,18 @@ class BusError(ReaderdError):
     code = "bus_error"
 
 
+class CardAbsentError(ReaderdError):
+    """A command needs the card on a reader and there is none (or another card came meanwhile)."""
+
+    code = "no_card"
+
+
+class UnknownReaderError(ReaderdError):
+    """A command named a reader this daemon does not have."""
+
+    code = "unknown_reader"
+
+
 class PluginError(ReaderdError):
     """A plugin hook raised or timed out; the plugin is named, the daemon goes on."""
 

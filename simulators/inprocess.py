@@ -63,6 +63,13 @@ class InProcessReader:
             self.card.power_off()
         self.card = None
 
+    def reset(self) -> bytes:
+        """A warm reset, as ``SCARD_RESET_CARD`` does: the card forgets its security state."""
+        if self.card is None:
+            raise CardRemovedError(f"no card on {self.name}")
+        self.card.power_off()
+        return self.card.power_on()
+
     def transmit(self, apdu: bytes) -> bytes:
         if self.card is None:
             raise CardRemovedError(f"no card on {self.name}")

@@ -12,8 +12,12 @@ This is the only module that imports nfcpy (DESIGN.md, "Transport").
 
 from __future__ import annotations
 
+import functools
+import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import nfc
@@ -27,15 +31,18 @@ from protocols.errors import CardRemovedError, TransportError
 from protocols.felica import PollingResponse
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
+from readerd.backends import CardOperation, failed
 from readerd.backends.usb import HOTPLUG, supported_readers
 from readerd.bus import CommandHandler, JsonObject
 from readerd.config import NfcConfig
+from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
-from readerd.sessions import CardSessions
+from readerd.sessions import CardSessions, run_with_deadline
 
 log = structlog.get_logger("readerd.backends.nfc")
 
 TARGETS = ("212F", "424F", "106B")
+HOLD_POLL = 0.1  # seconds between presence checks of a held My Number Card (nfcpy's own interval)
 HOTPLUG_INTERVAL = 1.0  # seconds between USB enumerations when nfc.devices has "usb"
 BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
 #: What a reader says about extended APDUs when asked to allow them (ISO-DEP has no APDU size limit).
@@ -100,6 +107,12 @@ class NfcpyFelicaTransport:
         return bytes(data)
 
 
+@dataclass
+class _Operation:
+    operation: CardOperation
+    future: Future[JsonObject]
+
+
 class NfcDevice:
     """One nfcpy device, polled on its own thread.
 
@@ -117,6 +130,7 @@ class NfcDevice:
         self.card: CardKind | None = None
         self.present = False
         self.hotplugged = hotplugged
+        self._operations: queue.Queue[_Operation] = queue.Queue()
         self._stop = stop
         self._thread = threading.Thread(target=self._run, name=f"nfc:{path}", daemon=True)
 
@@ -184,14 +198,47 @@ class NfcDevice:
         if self.card is not None:
             kind, self.card = self.card, None
             self.sessions.card_removed(self.reader, kind)
+        while True:  # operations that came too late for this card
+            try:
+                late = self._operations.get_nowait()
+            except queue.Empty:
+                return
+            late.future.set_exception(CardAbsentError(f"the card left {self.reader}"))
+
+    def submit(self, operation: CardOperation) -> Future[JsonObject]:
+        if self.card is not CardKind.JPKI:
+            return failed(CardAbsentError(f"no My Number Card on {self.reader}"))
+        future: Future[JsonObject] = Future()
+        self._operations.put(_Operation(operation, future))
+        return future
+
+    def _hold(self, tag: Any, transport: NfcpyIsoDepTransport) -> None:  # noqa: ANN401 - nfcpy is untyped
+        """While the My Number Card stays in the field, run the operations asked of it (auth.pin)."""
+        while not self._stop.is_set():
+            try:
+                item = self._operations.get(timeout=HOLD_POLL)
+            except queue.Empty:
+                if not tag.is_present:
+                    return
+                continue
+            try:
+                item.future.set_result(
+                    run_with_deadline(functools.partial(item.operation, transport), self.sessions.deadline)
+                )
+            except Exception as e:  # handed to the caller with the Future
+                item.future.set_exception(e)
 
     def _on_connect(self, tag: Any) -> bool:  # noqa: ANN401 - nfcpy is untyped
         try:
             if isinstance(tag, nfc.tag.tt4.Type4Tag):
                 atr = bytes(getattr(tag.target, "sensb_res", b"") or b"")[5:12]
                 self.card = CardKind.UNKNOWN
-                result = self.sessions.read_contact_card(self.reader, NfcpyIsoDepTransport(tag), atr)
+                transport = NfcpyIsoDepTransport(tag)
+                result = self.sessions.read_contact_card(self.reader, transport, atr)
                 self.card = result.kind
+                if result.kind is CardKind.JPKI and not result.timed_out:
+                    self._hold(tag, transport)
+                    return False  # held here already: nfcpy need not wait for the card to leave
             elif isinstance(tag, nfc.tag.tt3.Type3Tag):
                 self.card = CardKind.FELICA
                 self._felica(tag)
@@ -293,3 +340,12 @@ class NfcBackend:
 
     def commands(self) -> dict[str, CommandHandler]:
         return {}
+
+    def has_reader(self, reader: str) -> bool:
+        return any(device.reader == reader for device in self._all_devices())
+
+    def on_card(self, reader: str, operation: CardOperation) -> Future[JsonObject]:
+        for device in self._all_devices():
+            if device.reader == reader and device.present:
+                return device.submit(operation)
+        return failed(UnknownReaderError(f"no nfc reader {reader!r}"))

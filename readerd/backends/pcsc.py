@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
@@ -30,6 +31,7 @@ from protocols.errors import (
 from protocols.felica import is_felica_atr
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
+from readerd.backends import CardOperation, failed
 from readerd.backends.pcsc_state import (
     FEATURE_GET_TLV_PROPERTIES,
     PNP_READER,
@@ -44,8 +46,9 @@ from readerd.backends.pcsc_state import (
 )
 from readerd.bus import CommandHandler, JsonObject
 from readerd.config import PcscConfig
+from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import AbortReason, CardKind
-from readerd.sessions import CardSessions
+from readerd.sessions import CardSessions, SessionTimeoutError, run_with_deadline
 
 log = structlog.get_logger("readerd.backends.pcsc")
 
@@ -58,6 +61,7 @@ VIRTUAL_READER_PREFIX = "Virtual PCD"
 CM_IOCTL_GET_FEATURE_REQUEST = scard.SCARD_CTL_CODE(3400)
 POLL_TIMEOUT_MS = 1000
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+ANY_PROTOCOL = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
 
 
 def _message(hresult: int) -> str:
@@ -129,6 +133,12 @@ class _Task:
     atr: bytes = b""
 
 
+@dataclass
+class _Operation:
+    operation: CardOperation
+    future: Future[JsonObject]
+
+
 class ReaderWorker:
     """Reads the cards of one reader on its own thread and PC/SC context."""
 
@@ -146,7 +156,7 @@ class ReaderWorker:
         self.card: CardKind | None = None
         self.abandoned = False
         self._on_wedged = on_wedged
-        self._tasks: queue.Queue[_Task | None] = queue.Queue()
+        self._tasks: queue.Queue[_Task | _Operation | None] = queue.Queue()
         self._context: int | None = None
         self._capabilities: ReaderCapabilities | None = None
         self._thread = threading.Thread(target=self._run, name=f"pcsc:{name}", daemon=True)
@@ -154,7 +164,7 @@ class ReaderWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, task: _Task) -> None:
+    def submit(self, task: _Task | _Operation) -> None:
         self._tasks.put(task)
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -170,6 +180,9 @@ class ReaderWorker:
             task = self._tasks.get()
             if task is None or self.abandoned:
                 break
+            if isinstance(task, _Operation):
+                self._operate(task)
+                continue
             try:
                 if task.change is Change.INSERTED:
                     self._read(task.atr)
@@ -208,7 +221,7 @@ class ReaderWorker:
                 context,
                 self.name,
                 scard.SCARD_SHARE_SHARED,
-                scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1,
+                ANY_PROTOCOL,
             )
             if hresult != scard.SCARD_S_SUCCESS:
                 if hresult in SERVICE_GONE:
@@ -239,6 +252,44 @@ class ReaderWorker:
             return
         if transaction:
             scard.SCardEndTransaction(hcard, scard.SCARD_LEAVE_CARD)
+        scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
+
+    def _operate(self, task: _Operation) -> None:
+        """One exclusive transaction on the present card, ended with a reset (DESIGN decision 4)."""
+        if self.card is not CardKind.JPKI:
+            task.future.set_exception(CardAbsentError(f"no My Number Card on {self.name}"))
+            return
+        try:
+            context = self._ensure_context()
+            hresult, hcard, protocol = scard.SCardConnect(
+                context,
+                self.name,
+                scard.SCARD_SHARE_SHARED,
+                ANY_PROTOCOL,
+            )
+            if hresult != scard.SCARD_S_SUCCESS:
+                raise _error_for(hresult, "SCardConnect")
+            hresult = scard.SCardBeginTransaction(hcard)
+            if hresult != scard.SCARD_S_SUCCESS:
+                scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
+                raise _error_for(hresult, "SCardBeginTransaction")
+        except TransportError as e:
+            task.future.set_exception(e)
+            return
+        transport = PcscTransport(hcard, protocol, self._capabilities or ReaderCapabilities(None))
+        try:
+            result = run_with_deadline(lambda: task.operation(transport), self.sessions.deadline)
+        except SessionTimeoutError as e:
+            task.future.set_exception(e)
+            self.sessions.sink(ev.reader_error(self.name, "session", "wedged", "the card stopped answering"))
+            self.abandoned = True  # the operation's thread may still be inside SCardTransmit
+            self._on_wedged(self)
+            return
+        except Exception as e:  # handed to the caller with the Future
+            task.future.set_exception(e)
+        else:
+            task.future.set_result(result)
+        scard.SCardEndTransaction(hcard, scard.SCARD_RESET_CARD)
         scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
 
     def _removed(self) -> None:
@@ -289,6 +340,19 @@ class PcscBackend:
 
     def commands(self) -> dict[str, CommandHandler]:
         return {}
+
+    def has_reader(self, reader: str) -> bool:
+        with self._lock:
+            return reader in self.workers
+
+    def on_card(self, reader: str, operation: CardOperation) -> Future[JsonObject]:
+        with self._lock:
+            worker = self.workers.get(reader)
+        if worker is None:
+            return failed(UnknownReaderError(f"no PC/SC reader {reader!r}"))
+        future: Future[JsonObject] = Future()
+        worker.submit(_Operation(operation, future))
+        return future
 
     # -- reader list ----------------------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:

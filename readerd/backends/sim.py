@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,12 @@ import structlog
 from protocols.errors import ReaderdError
 from protocols.felica import build_polling, parse_polling_response
 from readerd import events as ev
+from readerd.backends import CardOperation, failed
 from readerd.bus import CommandError, CommandHandler, ControlRequest, JsonObject
 from readerd.config import SimConfig
+from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
-from readerd.sessions import CardSessions
+from readerd.sessions import CardSessions, run_with_deadline
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
 from simulators.felica import (
     FelicaCardProfile,
@@ -41,6 +44,13 @@ log = structlog.get_logger("readerd.backends.sim")
 
 
 FELICA_KINDS = ("bathhouse", "checkin", "transport")
+
+
+@dataclass
+class _Operation:
+    reader: str
+    operation: CardOperation
+    future: Future[JsonObject]
 
 
 @dataclass
@@ -75,7 +85,7 @@ class SimBackend:
             )
             for name in config.readers
         }
-        self._commands: queue.Queue[tuple[str, str, JsonObject] | None] = queue.Queue()
+        self._commands: queue.Queue[tuple[str, str, JsonObject] | _Operation | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -101,6 +111,31 @@ class SimBackend:
 
     def commands(self) -> dict[str, CommandHandler]:
         return {"tap": self.tap, "remove": self.remove}
+
+    def has_reader(self, reader: str) -> bool:
+        return reader in self._slots
+
+    def on_card(self, reader: str, operation: CardOperation) -> Future[JsonObject]:
+        if reader not in self._slots:
+            return failed(UnknownReaderError(f"no simulated reader {reader!r}"))
+        future: Future[JsonObject] = Future()
+        self._commands.put(_Operation(reader, operation, future))
+        return future
+
+    def _operate(self, item: _Operation) -> None:
+        slot = self._slots[item.reader]
+        if slot.kind is not CardKind.JPKI or slot.reader.card is None:
+            item.future.set_exception(CardAbsentError(f"no My Number Card on {item.reader}"))
+            return
+        try:
+            item.future.set_result(
+                run_with_deadline(lambda: item.operation(slot.reader), self.sessions.deadline)
+            )
+        except Exception as e:  # handed to the caller with the Future
+            item.future.set_exception(e)
+        finally:
+            if slot.reader.card is not None:
+                slot.reader.reset()  # as SCARD_RESET_CARD: the card's security state is gone
 
     # -- control commands (called on the bus thread: only validate and enqueue) ------------------------
     def _slot_name(self, args: JsonObject) -> str:
@@ -141,6 +176,9 @@ class SimBackend:
             item = self._commands.get()
             if item is None:
                 return
+            if isinstance(item, _Operation):
+                self._operate(item)
+                continue
             action, reader, args = item
             try:
                 if action == "tap":

@@ -96,6 +96,7 @@ class Bus:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._closed = False
+        self._beat_now = False
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,6 +124,11 @@ class Bus:
             return False
         self._wake()
         return True
+
+    def heartbeat_now(self) -> None:
+        """Send a heartbeat at once (any thread): a new subscriber learns that its subscription is live."""
+        self._beat_now = True
+        self._wake()
 
     def _wake(self) -> None:
         if self._closed:
@@ -209,7 +215,8 @@ class Bus:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_heartbeat:
+                if now >= next_heartbeat or self._beat_now:
+                    self._beat_now = False
                     beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
                     self._send(pub, private, beat)
                     next_heartbeat = now + self.config.heartbeat_interval

@@ -104,6 +104,19 @@ class FelicaConfig:
 
 
 @dataclass(frozen=True)
+class PluginsConfig:
+    """The plugin host; ``[plugins.<name>]`` tables are the plugins' own sections (free-form)."""
+
+    enabled: bool = True  # run the embedded plugin host in `readerd run`
+    disabled: tuple[str, ...] = ()  # plugin names not to load
+    autoload: bool = True  # third-party plugins from the `readerd` entry-point group
+    hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
+    quarantine_after: int = 3  # failures in a row before a plugin is quarantined
+    trace: bool = False  # log every hook call with its duration
+    sections: dict[str, dict[str, object]] = field(default_factory=dict, metadata={"extra_tables": True})
+
+
+@dataclass(frozen=True)
 class SimConfig:
     readers: tuple[str, ...] = ("Simulated Reader 00",)
     extended_length: bool = True
@@ -121,6 +134,7 @@ class Config:
     pcsc: PcscConfig = field(default_factory=PcscConfig)
     nfc: NfcConfig = field(default_factory=NfcConfig)
     felica: FelicaConfig = field(default_factory=FelicaConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
 
     @property
@@ -185,6 +199,10 @@ def _convert(default: object, value: object, key: str, item: type | None = None)
         return _build(type(default), value, key)
     if isinstance(default, tuple):
         return _convert_list(value, key, item)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return {str(k): dict(v) if isinstance(v, dict) else v for k, v in value.items()}
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")
@@ -216,6 +234,13 @@ def _convert_list(value: object, key: str, item: type | None) -> tuple[object, .
 def _build(cls: type[_T], section: dict[str, object], where: str) -> _T:
     defaults = cls()
     known = {f.name: f for f in fields(defaults)}  # type: ignore[arg-type] # cls is a config dataclass
+    extra = next((f.name for f in known.values() if f.metadata.get("extra_tables")), None)
+    if extra is not None:
+        # Unknown keys holding tables belong to the free-form field (plugins' own sections).
+        tables = {k: v for k, v in section.items() if k not in known and isinstance(v, dict)}
+        section = {k: v for k, v in section.items() if k not in tables}
+        if tables:
+            section[extra] = {**dict(section.get(extra) or {}), **tables}  # type: ignore[call-overload]
     unknown = set(section) - set(known)
     if unknown:
         raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(sorted(unknown))}")

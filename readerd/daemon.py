@@ -8,21 +8,25 @@ the daemon restarted. Stop order is the reverse, within ``SHUTDOWN_BUDGET`` seco
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
 from protocols.mykey import key_fingerprint
+from readerd import events as ev
 from readerd.backends import Backend
-from readerd.bus import Bus, JsonObject
+from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
 from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
+from readerd.plugin_host import PluginHost
 from readerd.sdnotify import Notifier
 from readerd.sessions import CardSessions
 
@@ -32,9 +36,22 @@ SHUTDOWN_BUDGET = 2.0
 PRIVATE_FEED = "inproc://readerd-private"
 
 
+def _plugin_command(host: PluginHost, request: ControlRequest) -> Future[JsonObject]:
+    try:
+        return host.run_command(request.cmd, request.args)
+    except ValueError as e:  # the arguments do not match the command's schema
+        raise CommandError("bad_request", str(e)) from e
+
+
 class Daemon:
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, notifier: Notifier | None = None, *, plugins: dict[str, object] | None = None
+    ) -> None:
+        """``plugins``: plugin objects loaded beside the discovered ones (tests, embedding applications)."""
         self.config = config.validate()
+        self.extra_plugins = plugins
+        self.host: PluginHost | None = None
+        self.started = threading.Event()  # set once the bus, the plugins and every backend run
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
         self.backends: list[Backend] = []
@@ -113,8 +130,11 @@ class Daemon:
         self._register_commands(bus)
         bus.start()
         try:
+            if config.plugins.enabled:
+                self.host = self._start_plugins(bus)
             for backend in self.backends:
                 backend.start()
+            self.started.set()
             self.notifier.ready(f"{len(self.readers())} readers")
             log.info(
                 "readerd started",
@@ -131,7 +151,9 @@ class Daemon:
             self.notifier.stopping()
             for backend in reversed(self.backends):
                 backend.stop(SHUTDOWN_BUDGET / 2)
-            bus.stop(SHUTDOWN_BUDGET / 2)
+            if self.host is not None:
+                self.host.stop(SHUTDOWN_BUDGET / 4)
+            bus.stop(SHUTDOWN_BUDGET / 4)
             directory.close()
             log.info("readerd stopped")
         return ExitCode.OK
@@ -145,7 +167,32 @@ class Daemon:
                 log.error("a backend or the bus thread died; withholding the watchdog ping")
 
     def healthy(self) -> bool:
-        return self.bus is not None and self.bus.alive and all(b.alive() for b in self.backends)
+        host_ok = self.host is None or self.host.alive
+        return self.bus is not None and self.bus.alive and host_ok and all(b.alive() for b in self.backends)
+
+    def _start_plugins(self, bus: Bus) -> PluginHost:
+        """The embedded plugin host: a subscriber of the private feed; its results go out through the bus."""
+
+        def publish(plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
+            bus.publish(ev.plugin_result(plugin, event, data, reader))
+
+        def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
+            bus.publish(ev.plugin_error(plugin, hook, error, message, quarantined=quarantined))
+
+        host = PluginHost(
+            self.config.plugins,
+            kiosk=self.config.kiosk,
+            publish=publish,
+            report=report,
+            plugins=self.extra_plugins,
+        )
+        host.load()
+        for name in host.commands:
+            bus.register_command(name, functools.partial(_plugin_command, host))
+        bus.register_command("plugins", lambda _req: host.status())
+        bus.add_status(lambda: {"plugins_quarantined": host.status()["quarantined"]})
+        host.start(PRIVATE_FEED, bus.context, heartbeat_now=bus.heartbeat_now)
+        return host
 
     def readers(self) -> list[JsonObject]:
         return [reader for backend in self.backends for reader in backend.readers()]

@@ -30,6 +30,7 @@ class EventType(StrEnum):
     CARD_REMOVED = "card.removed"
     CARD_READ_ABORTED = "card.read_aborted"
     HEARTBEAT = "heartbeat"
+    PLUGIN_ERROR = "plugin.error"
 
 
 @unique
@@ -55,9 +56,12 @@ class AbortReason(StrEnum):
 
 @dataclass(frozen=True)
 class Event:
-    """One event before the bus stamps it. ``private`` never reaches a non-plugin subscriber."""
+    """One event before the bus stamps it. ``private`` never reaches a non-plugin subscriber.
 
-    type: EventType
+    ``type`` is an :class:`EventType`, or ``plugin.<name>.<event>`` for a plugin's result.
+    """
+
+    type: EventType | str
     reader: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     private: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +155,16 @@ def card_read_aborted(
     if simulated:
         data["simulated"] = True
     return Event(EventType.CARD_READ_ABORTED, reader, data)
+
+
+def plugin_result(plugin: str, event: str, data: dict[str, Any], reader: str | None = None) -> Event:
+    """A plugin's result, published by the daemon so that it gets its place in ``seq``."""
+    return Event(f"plugin.{plugin}.{event}", reader, data)
+
+
+def plugin_error(plugin: str, hook: str, error: str, message: str, *, quarantined: bool) -> Event:
+    data = {"plugin": plugin, "hook": hook, "error": error, "message": message, "quarantined": quarantined}
+    return Event(EventType.PLUGIN_ERROR, None, data)
 
 
 def heartbeat(*, uptime_s: float, readers: int) -> Event:

@@ -122,6 +122,15 @@ class TapTracker:
 
 
 @dataclass(frozen=True)
+class PresentCard:
+    """An identified My Number Card in a reader; ``insertion`` tells this tap from any later one."""
+
+    reader: str
+    insertion: int
+    identity: Identity
+
+
+@dataclass(frozen=True)
 class ReadResult:
     """What a read found: the kind of card (also when the read aborted) and the identity, if any."""
 
@@ -151,6 +160,8 @@ class CardSessions:
         self.felica_reads = felica_reads
         self.taps = TapTracker(repeat_window)
         self._read_paths: dict[tuple[str, bytes], ReadPath] = {}
+        self._present: dict[str, PresentCard] = {}
+        self._insertions = 0
         self._lock = threading.Lock()
 
     def read_contact_card(self, reader: str, transport: Transport, atr: bytes) -> ReadResult:
@@ -197,6 +208,9 @@ class CardSessions:
                 "not_after": cert.not_after.isoformat(),
             }
             emit(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
+            with self._lock:
+                self._insertions += 1
+                self._present[reader] = PresentCard(reader, self._insertions, identity)
             return ReadResult(CardKind.JPKI, identity)
 
         try:
@@ -314,5 +328,12 @@ class CardSessions:
         return ReadResult(kind, timed_out=reason is AbortReason.TIMEOUT)
 
     def card_removed(self, reader: str, kind: CardKind) -> None:
+        with self._lock:
+            self._present.pop(reader, None)
         self.taps.removed(reader)
         self.sink(ev.card_removed(reader, kind, simulated=self.simulated))
+
+    def present(self, reader: str) -> PresentCard | None:
+        """The identified My Number Card on ``reader`` now, if any (what ``auth.begin`` binds to)."""
+        with self._lock:
+            return self._present.get(reader)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,19 @@ from readerd.keys import load_pseudonym_key
 from simulators.mynumber import CardProfile, build_card
 from simulators.mynumber_nfc import MyNumberUdpCard
 from simulators.pki import PkiStore
-from tests.support.daemon import hardware_config, running_daemon
+from tests.support.daemon import RunningDaemon, hardware_config, running_daemon
 
 pytestmark = pytest.mark.timeout(90)
+
+
+def _readers_once_listed(d: RunningDaemon, timeout: float = 10) -> list[dict[str, object]]:
+    """The device thread opens its nfcpy device after the daemon is up: poll ``readers`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        readers: list[dict[str, object]] = d.request("readers")["result"]["readers"]
+        if readers or time.monotonic() > deadline:
+            return readers
+        time.sleep(0.02)
 
 
 def test_my_number_card_over_nfc_is_identified_and_removed(tmp_path: Path) -> None:
@@ -26,9 +37,10 @@ def test_my_number_card_over_nfc_is_identified_and_removed(tmp_path: Path) -> No
         config = hardware_config(tmp_path / "state", ("nfc",), nfc=NfcConfig(devices=(emulated.path,)))
         with running_daemon(config) as d, d.subscriber("card.", "reader.") as sub:
             reader = f"nfc {emulated.path}"
-            readers = d.request("readers")["result"]["readers"]
+            readers = _readers_once_listed(d)
             emulated.insert()
-            events = sub.until(lambda e: e["type"] == "card.identified", timeout=20)
+            seen = sub.until(lambda e: e["type"] == "card.identified", timeout=20)
+            events = [e for e in seen if e["type"].startswith("card.")]
             emulated.remove()
             removed = sub.until(lambda e: e["type"] == "card.removed", timeout=20)[-1]
     assert readers == [{"name": reader, "backend": "nfc", "card": None}]

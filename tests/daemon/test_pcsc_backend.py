@@ -211,6 +211,10 @@ def test_felica_blocks_through_the_transparent_session(private_pcscd: PrivatePcs
     ):
         identified = sub.until(lambda e: e["type"] == "card.identified", timeout=10)[-1]
         full = feed.until(lambda e: e["type"] == "card.identified", timeout=5)[-1]
+        # The session is ended right after the event is out: wait for it (bounded).
+        deadline = time.monotonic() + 5
+        while card.session and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert identified["data"]["services"] == {"bathhouse": "read"}
     assert identified["data"]["system_code"] == "88B4"
     assert full["private"]["blocks"]["bathhouse"] == [b.hex().upper() for b in profile.services[0x000B]]

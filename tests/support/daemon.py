@@ -147,15 +147,17 @@ def private_feed(*prefixes: str) -> Iterator[Subscriber]:
 
 
 @contextmanager
-def running_daemon(config: Config, notifier: Notifier | None = None) -> Iterator[RunningDaemon]:
-    daemon = Daemon(config, notifier or Notifier(address=""))
+def running_daemon(
+    config: Config, notifier: Notifier | None = None, *, plugins: dict[str, object] | None = None
+) -> Iterator[RunningDaemon]:
+    daemon = Daemon(config, notifier or Notifier(address=""), plugins=plugins)
     result: dict[str, int] = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("rc", daemon.run()), name="daemon", daemon=True
     )
     thread.start()
     deadline = time.monotonic() + 10
-    while daemon.bus is None or not daemon.bus.alive or daemon.bus.publish_endpoint.endswith(":0"):
+    while not daemon.started.is_set() or daemon.bus is None:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError(f"the daemon did not start (rc={result.get('rc')})")
         time.sleep(0.005)

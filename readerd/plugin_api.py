@@ -1,0 +1,228 @@
+"""What plugins are given and give back: the public API of readerd for plugin authors.
+
+Everything here is a plain dataclass, so a plugin can be tested without a daemon (``readerd.testing``
+gives fixtures that run a real one on the simulator).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+JsonObject = dict[str, Any]
+
+#: Event types a plugin receives when it does not say otherwise.
+DEFAULT_EVENT_TYPES = frozenset(
+    {
+        "card.identified",
+        "card.authenticated",
+        "card.removed",
+        "card.read_aborted",
+        "reader.added",
+        "reader.removed",
+        "reader.error",
+    }
+)
+
+#: Private fields a plugin may ask for, by event kind; anything else never reaches a plugin.
+PRIVATE_FIELDS = frozenset(
+    {"idm", "pmm", "blocks", "serial", "issuer_der", "subject_cn", "not_before", "not_after"}
+)
+
+_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})*")
+
+
+def check_plugin_name(name: str) -> str:
+    if not _PLUGIN_NAME.fullmatch(name):
+        raise ValueError(f"plugin name {name!r}: lower case letters, digits and _, 1..32, a letter first")
+    return name
+
+
+@dataclass(frozen=True)
+class EventInterest:
+    """Which events a plugin receives, and which private fields of them (data minimisation).
+
+    ``felica_services`` names configured FeliCa reads (``[[felica.reads]] name``) whose blocks the plugin
+    may see; asking for ``blocks`` in ``private`` without naming services gives none.
+    """
+
+    types: frozenset[str] = DEFAULT_EVENT_TYPES
+    private: frozenset[str] = frozenset()
+    felica_services: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.private) - PRIVATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"no private field(s) {', '.join(sorted(unknown))}; choose from {sorted(PRIVATE_FIELDS)}"
+            )
+
+    def wants(self, event_type: str) -> bool:
+        return event_type in self.types
+
+    def strip(self, private: Mapping[str, Any]) -> JsonObject:
+        """The private fields this plugin may see; FeliCa blocks only for the services it named."""
+        kept: JsonObject = {}
+        for key, value in private.items():
+            if key not in self.private:
+                continue
+            if key == "blocks" and isinstance(value, Mapping):
+                kept[key] = {name: blocks for name, blocks in value.items() if name in self.felica_services}
+            else:
+                kept[key] = value
+        return kept
+
+
+@dataclass(frozen=True)
+class PluginEvent:
+    """One bus event as a plugin receives it (``private`` already reduced to what it declared)."""
+
+    type: str
+    seq: int
+    id: str
+    ts: str
+    kiosk: str
+    reader: str | None
+    data: JsonObject
+    private: JsonObject = field(default_factory=dict)
+    run_id: str = ""
+
+    @classmethod
+    def from_envelope(cls, envelope: Mapping[str, Any], private: JsonObject | None = None) -> PluginEvent:
+        return cls(
+            type=str(envelope["type"]),
+            seq=int(envelope["seq"]),
+            id=str(envelope["id"]),
+            ts=str(envelope["ts"]),
+            kiosk=str(envelope["kiosk"]),
+            reader=envelope.get("reader"),
+            data=dict(envelope.get("data") or {}),
+            private=private or {},
+            run_id=str(envelope.get("run_id", "")),
+        )
+
+
+class ArgType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    OBJECT = "object"
+
+
+_PY_TYPES: dict[ArgType, tuple[type, ...]] = {
+    ArgType.STRING: (str,),
+    ArgType.INTEGER: (int,),
+    ArgType.NUMBER: (int, float),
+    ArgType.BOOLEAN: (bool,),
+    ArgType.OBJECT: (dict,),
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a plugin command: its JSON type, whether it must be given, and what it means."""
+
+    type: ArgType
+    required: bool = True
+    help: str = ""
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) and self.type is not ArgType.BOOLEAN:
+            return False
+        return isinstance(value, _PY_TYPES[self.type])
+
+
+CommandHandler = Callable[[JsonObject], JsonObject]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A control command a plugin answers: ``name`` is ``<plugin>.<verb>`` (``points.redeem``)."""
+
+    name: str
+    handler: CommandHandler
+    args: Mapping[str, Arg] = field(default_factory=dict)
+    help: str = ""
+
+    def check_args(self, args: Mapping[str, Any]) -> JsonObject:
+        """The arguments if they match the schema; ValueError naming the first mismatch otherwise."""
+        unknown = set(args) - set(self.args)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown argument(s) {', '.join(sorted(unknown))}")
+        for name, spec in self.args.items():
+            if name not in args:
+                if spec.required:
+                    raise ValueError(f"{self.name}: missing argument {name!r}")
+                continue
+            if not spec.accepts(args[name]):
+                raise ValueError(f"{self.name}: argument {name!r} must be a {spec.type}")
+        return dict(args)
+
+    def schema(self) -> JsonObject:
+        return {
+            "name": self.name,
+            "help": self.help,
+            "args": {
+                n: {"type": str(a.type), "required": a.required, "help": a.help} for n, a in self.args.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class CtlCommand:
+    """A ``readerctl`` subcommand: ``configure(parser)`` adds its arguments, ``run(args, call)`` does it,
+    where ``call(cmd, args)`` sends a control request to the daemon and returns the result object."""
+
+    name: str
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any, Callable[[str, JsonObject], JsonObject]], int]
+
+
+class CheckStatus(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    PROBLEM = "problem"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: CheckStatus
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class DoctorCheck:
+    """One ``readerctl doctor`` check contributed by a plugin."""
+
+    name: str
+    run: Callable[[], CheckResult]
+
+
+class Publisher(Protocol):
+    def __call__(self, plugin: str, event: str, data: JsonObject, reader: str | None) -> None: ...
+
+
+@dataclass
+class PluginContext:
+    """What a plugin gets at startup and with every hook call."""
+
+    name: str
+    config: JsonObject
+    kiosk: str
+    store: Any  # readerd.store handle (None until the store is configured)
+    log: Any  # structlog logger bound to the plugin's name
+    _publish: Publisher
+
+    def publish(self, event: str, data: JsonObject, *, reader: str | None = None) -> None:
+        """Publish a result as ``plugin.<name>.<event>`` (kiosk screens show these); the daemon gives it
+        its ``seq``. ``data`` must be JSON and carry no personal data beyond what the screen needs."""
+        if not _EVENT_NAME.fullmatch(event):
+            raise ValueError(f"plugin event name {event!r}: lower case words joined by dots")
+        self._publish(self.name, event, data, reader)

@@ -1,0 +1,382 @@
+"""The plugin host: loads plugins, feeds them bus events, runs their commands, keeps them apart.
+
+The host is a subscriber of the daemon's private feed like any client (DESIGN decision 1), on a thread of
+its own (embedded in ``readerd run``) or in its own process (``readerd plugins``), so a slow or hung plugin
+can never delay card reading. Each hook call of each plugin runs separately, under ``hook_timeout``: pluggy's
+own ``hook(...)`` would stop at the first implementation that raises and keep the event from the rest.
+
+Failure policy (DESIGN decision 15): an exception counts as a failure and ``quarantine_after`` failures in a
+row quarantine the plugin; a timeout quarantines it at once, since its thread is abandoned still running.
+A quarantined plugin receives nothing until the host is reloaded; ``readerctl status`` and
+``readerctl plugins`` show it, and every failure is published as ``plugin.error``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+import structlog
+import zmq
+
+from readerd import hookspecs
+from readerd.config import PluginsConfig
+from readerd.errors import PluginError, ReaderdError
+from readerd.plugin_api import (
+    CommandSpec,
+    EventInterest,
+    JsonObject,
+    PluginContext,
+    PluginEvent,
+    Publisher,
+    check_plugin_name,
+)
+from readerd.sessions import SessionTimeoutError, run_with_deadline
+
+log = structlog.get_logger("readerd.plugins")
+
+ENTRY_POINT_GROUP = "readerd"
+#: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
+DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
+#: The built-in plugins: name -> module (loaded like third-party ones, and disabled the same way).
+BUILTIN: dict[str, str] = {}
+
+#: Which hook an event type goes to.
+EVENT_HOOKS: dict[str, str] = {
+    "card.identified": "readerd_card_identified",
+    "card.authenticated": "readerd_card_authenticated",
+    "card.removed": "readerd_card_removed",
+    "card.read_aborted": "readerd_card_read_aborted",
+    "reader.added": "readerd_reader_changed",
+    "reader.removed": "readerd_reader_changed",
+    "reader.error": "readerd_reader_changed",
+}
+
+
+@dataclass
+class LoadedPlugin:
+    name: str
+    plugin: object
+    source: str  # builtin | entrypoint | given
+    version: str | None
+    context: PluginContext
+    interest: EventInterest = field(default_factory=EventInterest)
+    failures: int = 0
+    quarantined: str | None = None  # why, once quarantined
+    calls: int = 0
+    last_seq: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.quarantined is None
+
+    def info(self, hooks: list[str]) -> JsonObject:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "version": self.version,
+            "hooks": hooks,
+            "quarantined": self.quarantined,
+            "failures_in_a_row": self.failures,
+            "calls": self.calls,
+            "last_seq": self.last_seq,
+            "receives": sorted(self.interest.types),
+            "private_fields": sorted(self.interest.private),
+        }
+
+
+class PluginHost:
+    def __init__(
+        self,
+        config: PluginsConfig,
+        *,
+        kiosk: str,
+        publish: Publisher,
+        report: Callable[[str, str, str, str, bool], None] | None = None,
+        store: Any = None,  # noqa: ANN401 - the store handle plugins get (readerd.store)
+        plugins: dict[str, object] | None = None,
+    ) -> None:
+        """``plugins`` adds plugin objects by name beside discovery (tests, embedding applications);
+        ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``."""
+        self.config = config
+        self.kiosk = kiosk
+        self.store = store
+        self._publish = publish
+        self._report = report or (lambda *_args: None)
+        self._given = dict(plugins or {})
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, LoadedPlugin] = {}
+        self.rejected: dict[str, str] = {}  # plugins that could not be loaded, and why
+        self.commands: dict[str, tuple[str, CommandSpec]] = {}
+        self.gaps: list[tuple[int, int]] = []  # (first missing seq, last missing seq) of the feed
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin-command")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._feed_seq: tuple[str, int] | None = None  # (run_id, last seq) seen on the feed
+        self._lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Find, register and start every enabled plugin; a broken one is reported and skipped."""
+        for name, module in BUILTIN.items():
+            self._add(name, functools.partial(importlib.import_module, module), "builtin", None)
+        if self.config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
+            for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                version = entry.dist.version if entry.dist is not None else None
+                self._add(entry.name, entry.load, "entrypoint", version)
+        for name, plugin in self._given.items():
+            self._add(name, functools.partial(_identity, plugin), "given", None)
+        for loaded in list(self.plugins.values()):
+            self._start_plugin(loaded)
+
+    def _add(self, name: str, load: Callable[[], object], source: str, version: str | None) -> None:
+        if name in self.config.disabled:
+            log.info("plugin disabled by configuration", plugin=name)
+            return
+        try:
+            check_plugin_name(name)
+            if name in self.plugins:
+                raise PluginError(name, "load", "a plugin of this name is already loaded")
+            plugin = load()
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as e:
+            self._reject(name, f"bad hook implementation: {e}")
+            return
+        except (ImportError, ValueError, ReaderdError, AttributeError) as e:
+            self._reject(name, f"{type(e).__name__}: {e}")
+            return
+        if version is None and isinstance(plugin, ModuleType):
+            version = getattr(plugin, "__version__", None)
+        context = PluginContext(
+            name=name,
+            config=dict(self.config.sections.get(name, {})),
+            kiosk=self.kiosk,
+            store=self.store,
+            log=structlog.get_logger(f"readerd.plugin.{name}"),
+            _publish=self._publish,
+        )
+        self.plugins[name] = LoadedPlugin(name, plugin, source, version, context)
+        log.info("plugin loaded", plugin=name, source=source, version=version)
+
+    def _reject(self, name: str, why: str) -> None:
+        self.rejected[name] = why
+        log.error("plugin not loaded", plugin=name, error=why)
+        self._report(name, "load", "plugin_rejected", why, True)
+
+    def _start_plugin(self, loaded: LoadedPlugin) -> None:
+        interest = self._call(loaded, "readerd_event_interest", {})
+        if loaded.quarantined:
+            return
+        if interest is not None:
+            if not isinstance(interest, EventInterest):
+                self._quarantine(
+                    loaded, "readerd_event_interest", "bad_result", "did not return an EventInterest"
+                )
+                return
+            loaded.interest = interest
+        self._call(loaded, "readerd_startup", {"context": loaded.context})
+        if not loaded.healthy:
+            return
+        specs = self._call(loaded, "readerd_commands", {"context": loaded.context}) or []
+        for spec in specs if isinstance(specs, list) else []:
+            if not isinstance(spec, CommandSpec) or not spec.name.startswith(f"{loaded.name}."):
+                self._fail(
+                    loaded, "readerd_commands", "bad_result", f"command {spec!r} is not <plugin>.<verb>"
+                )
+                continue
+            self.commands[spec.name] = (loaded.name, spec)
+
+    # -- calling one plugin's hook -----------------------------------------------------------------------
+    def hooks_of(self, name: str) -> list[str]:
+        plugin = self.pm.get_plugin(name)
+        return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []) if plugin else []
+
+    def _call(self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject) -> Any:  # noqa: ANN401 - a hook's result
+        """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure."""
+        impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == loaded.name]
+        if not impls:
+            return None
+        impl = impls[0]
+        args = {name: kwargs[name] for name in impl.argnames}
+        started = time.perf_counter()
+        try:
+            result = run_with_deadline(
+                lambda: impl.function(**args), self.config.hook_timeout, name=f"plugin:{loaded.name}"
+            )
+        except SessionTimeoutError:
+            self._quarantine(loaded, hook, "timeout", f"no return within {self.config.hook_timeout} s")
+            return None
+        except Exception as e:  # a plugin's exception is its own failure, never the host's
+            self._fail(loaded, hook, "exception", f"{type(e).__name__}: {e}")
+            return None
+        finally:
+            loaded.calls += 1
+            if self.config.trace:
+                duration = round((time.perf_counter() - started) * 1000, 3)
+                log.info("hook call", plugin=loaded.name, hook=hook, duration_ms=duration)
+        loaded.failures = 0
+        return result
+
+    def _fail(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
+        loaded.failures += 1
+        if loaded.failures >= self.config.quarantine_after:
+            self._quarantine(loaded, hook, code, message)
+            return
+        log.error("plugin hook failed", plugin=loaded.name, hook=hook, error=code, message=message)
+        self._report(loaded.name, hook, code, message, False)
+
+    def _quarantine(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
+        loaded.quarantined = f"{hook}: {code}: {message}"
+        log.error("plugin quarantined", plugin=loaded.name, hook=hook, error=code, message=message)
+        self._report(loaded.name, hook, code, message, True)
+
+    # -- events -------------------------------------------------------------------------------------
+    def dispatch(self, envelope: JsonObject) -> None:
+        """Hand one private-feed envelope to every plugin that wants it, one plugin at a time."""
+        self._track_seq(envelope)
+        hook = EVENT_HOOKS.get(str(envelope.get("type")))
+        if hook is None:
+            return
+        private = envelope.get("private") or {}
+        for loaded in list(self.plugins.values()):
+            if loaded.quarantined or not loaded.interest.wants(envelope["type"]):
+                continue
+            event = PluginEvent.from_envelope(envelope, loaded.interest.strip(private))
+            self._call(loaded, hook, {"event": event, "context": loaded.context})
+            loaded.last_seq = event.seq
+
+    def _track_seq(self, envelope: JsonObject) -> None:
+        """Record gaps in the feed's ``seq`` (replay arrives with the LAN bus's ``events.since``)."""
+        run_id, seq = str(envelope.get("run_id")), int(envelope.get("seq", 0))
+        if envelope.get("type") == "heartbeat":
+            if self._feed_seq is not None and self._feed_seq[0] == run_id and seq > self._feed_seq[1]:
+                self._gap(self._feed_seq[1] + 1, seq)
+                self._feed_seq = (run_id, seq)
+            elif self._feed_seq is None or self._feed_seq[0] != run_id:
+                self._feed_seq = (run_id, seq)
+            return
+        if self._feed_seq is not None and self._feed_seq[0] == run_id and seq > self._feed_seq[1] + 1:
+            self._gap(self._feed_seq[1] + 1, seq - 1)
+        self._feed_seq = (run_id, seq)
+
+    def _gap(self, first: int, last: int) -> None:
+        self.gaps.append((first, last))
+        log.error("events missed on the feed", first_seq=first, last_seq=last)
+
+    # -- commands -----------------------------------------------------------------------------------
+    def run_command(self, name: str, args: JsonObject) -> Future[JsonObject]:
+        """Run a plugin command off the caller's thread (the bus thread must not wait for a plugin)."""
+        owner, spec = self.commands[name]
+        loaded = self.plugins[owner]
+        checked = spec.check_args(args)
+        return self._executor.submit(self._command, loaded, spec, checked)
+
+    def _command(self, loaded: LoadedPlugin, spec: CommandSpec, args: JsonObject) -> JsonObject:
+        if loaded.quarantined:
+            raise PluginError(loaded.name, spec.name, f"quarantined ({loaded.quarantined})")
+        try:
+            result = run_with_deadline(
+                lambda: spec.handler(args), self.config.hook_timeout, name=f"cmd:{spec.name}"
+            )
+        except SessionTimeoutError as e:
+            self._quarantine(loaded, spec.name, "timeout", f"no return within {self.config.hook_timeout} s")
+            raise PluginError(loaded.name, spec.name, "timed out") from e
+        except ReaderdError:
+            raise  # a refusal with its own code (insufficient_points ...), not a failure of the plugin
+        except Exception as e:
+            self._fail(loaded, spec.name, "exception", f"{type(e).__name__}: {e}")
+            raise PluginError(loaded.name, spec.name, type(e).__name__) from e
+        if not isinstance(result, dict):
+            raise PluginError(loaded.name, spec.name, "the handler did not return a JSON object")
+        return result
+
+    # -- the feed thread ----------------------------------------------------------------------------
+    def start(
+        self,
+        feed_endpoint: str,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        *,
+        heartbeat_now: Callable[[], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Subscribe to the feed and return once the subscription is live (ZeroMQ's slow joiner): the
+        first message proves it; ``heartbeat_now`` asks the daemon for one so that needs no waiting."""
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(feed_endpoint, context or zmq.Context.instance(), ready),
+            name="plugin-host",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.05):
+            if heartbeat_now is not None:
+                heartbeat_now()
+            if time.monotonic() > deadline:
+                raise PluginError("host", "start", f"no message on {feed_endpoint} within {timeout} s")
+
+    def _run(self, endpoint: str, context: zmq.Context[zmq.Socket[bytes]], ready: threading.Event) -> None:
+        sock = context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)  # the private feed is local: keep every event for the plugins
+        sock.connect(endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(50):
+                    continue
+                topic, body = sock.recv_multipart()
+                ready.set()
+                if topic.startswith(b"plugin."):
+                    continue  # results of plugins, published through the daemon: not input for plugins
+                try:
+                    self.dispatch(_json(body))
+                except Exception:  # the host thread must outlive any event
+                    log.exception("plugin dispatch failed", topic=topic.decode(errors="replace"))
+        finally:
+            sock.close()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for loaded in list(self.plugins.values()):
+            if not loaded.quarantined:
+                self._call(loaded, "readerd_shutdown", {"context": loaded.context})
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> JsonObject:
+        return {
+            "plugins": [p.info(self.hooks_of(p.name)) for p in self.plugins.values()],
+            "rejected": dict(self.rejected),
+            "quarantined": sorted(p.name for p in self.plugins.values() if p.quarantined),
+            "feed_gaps": [list(g) for g in self.gaps],
+        }
+
+
+def _identity(plugin: object) -> object:
+    return plugin
+
+
+def _json(body: bytes) -> JsonObject:
+    value = json.loads(body)
+    if not isinstance(value, dict):
+        raise ValueError("an envelope is a JSON object")
+    return value

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kiosk", help="this kiosk's ID, carried by every event")
     run.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 5)")
     run.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ... or TRACE (APDU traces)")
+    run.add_argument("--trace-plugins", action="store_true", help="log each plugin hook call, timed")
+    run.add_argument("--no-plugins", action="store_true", help="run without the embedded plugin host")
     run.add_argument(
         "--log-format",
         choices=["auto", "json", "console"],
@@ -82,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "bus.control": args.control,
             "bus.heartbeat_interval": args.heartbeat,
             "nfc.devices": tuple(args.nfc_device) if args.nfc_device else None,
+            "plugins.trace": True if args.trace_plugins else None,
+            "plugins.enabled": False if args.no_plugins else None,
         },
     ).validate()
 

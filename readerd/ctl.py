@@ -28,7 +28,6 @@ REQUEST_TIMEOUT_MS = 3000
 
 # Subcommands arriving with later issues, listed so --help shows the plan honestly.
 PLANNED = {
-    "plugins": "list plugins with versions and hooks (plugin framework issue)",
     "doctor": "check pcscd, readers, permissions, config and store, with a fix for each (deployment issue)",
 }
 
@@ -131,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tap.add_argument("--faults", type=Path, help="a fault script (JSON) for this card")
     tap.add_argument("--release", action="store_true", help="take the card away right after the read")
+    sub.add_parser("plugins", help="the loaded plugins: versions, hooks, quarantine, what they receive")
     rm = sub.add_parser("remove", help="take the simulated card off a reader")
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     add_keys_parser(sub)
@@ -214,6 +214,16 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
                 _out(f"{key:>10}: {result.get(key)}")
         for reader in result.get("readers", []):
             _out(f"  {reader.get('name')} [{reader.get('backend')}] card={reader.get('card') or '-'}")
+        return
+    if command == "plugins":
+        for plugin in result.get("plugins", []):
+            state = f"QUARANTINED ({plugin['quarantined']})" if plugin.get("quarantined") else "ok"
+            _out(f"{plugin['name']} {plugin.get('version') or '-'} [{plugin['source']}] {state}")
+            _out(f"    hooks: {', '.join(plugin.get('hooks', []))}")
+            if plugin.get("private_fields"):
+                _out(f"    private fields: {', '.join(plugin['private_fields'])}")
+        for name, why in result.get("rejected", {}).items():
+            _out(f"{name} NOT LOADED: {why}")
         return
     _out(json.dumps(result, ensure_ascii=False))
 

@@ -318,3 +318,27 @@ def test_trace_logs_every_hook_call(tmp_path: Path) -> None:
     assert calls[0]["plugin"] == "recorder"
     assert calls[0]["hook"] == "readerd_card_identified"
     assert calls[0]["duration_ms"] >= 0
+
+
+def test_readerctl_plugins_lists_versions_hooks_and_rejections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from readerd.ctl import main as ctl_main  # noqa: PLC0415
+
+    plugins: dict[str, object] = {"recorder": Recorder(), "bad": BadSignature()}
+    with running_daemon(_config(tmp_path), plugins=plugins) as d:
+        capsys.readouterr()
+        assert ctl_main(["--control", d.control, "plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "recorder - [given] ok" in out
+    assert "hooks: readerd_card_identified, readerd_event_interest, readerd_startup" in out
+    assert "bad NOT LOADED" in out
+
+
+def test_run_flags_turn_on_tracing_and_turn_off_the_host() -> None:
+    from readerd.cli import build_parser, config_from_args  # noqa: PLC0415
+
+    traced = config_from_args(build_parser().parse_args(["run", "--simulate", "--trace-plugins"]))
+    off = config_from_args(build_parser().parse_args(["run", "--simulate", "--no-plugins"]))
+    assert (traced.plugins.trace, traced.plugins.enabled) == (True, True)
+    assert (off.plugins.trace, off.plugins.enabled) == (False, False)

@@ -342,3 +342,10 @@ def test_run_flags_turn_on_tracing_and_turn_off_the_host() -> None:
     off = config_from_args(build_parser().parse_args(["run", "--simulate", "--no-plugins"]))
     assert (traced.plugins.trace, traced.plugins.enabled) == (True, True)
     assert (off.plugins.trace, off.plugins.enabled) == (False, False)
+
+
+def test_docs_carry_the_generated_hook_reference() -> None:
+    from readerd.plugin_docs import reference  # noqa: PLC0415
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert reference() in text, "regenerate with: python -m readerd.plugin_docs"

@@ -188,7 +188,9 @@ def test_readme_flow_run_simulate_tap_tail(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         log, _ = daemon.communicate(timeout=15)
-    assert [e["type"] for e in events] == ["card.presented", "card.identified", "card.removed"]
+    # Installed plugins (e.g. the docs' example) may add plugin.* results between the card events.
+    card_events = [e["type"] for e in events if str(e["type"]).startswith("card.")]
+    assert card_events == ["card.presented", "card.identified", "card.removed"]
     assert "Simulated Reader 00" in readers.stdout
     assert daemon.returncode == 0, log
     assert (tmp_path / ".readerd" / "pseudonym.key").exists()

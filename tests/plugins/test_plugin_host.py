@@ -3,14 +3,15 @@ commands, discovery and disabling. Plugins here are small objects with real ``@h
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 
+import readerd.logging
 from readerd.config import FelicaConfig, FelicaRead, PluginsConfig
 from readerd.errors import ReaderdError
 from readerd.hookspecs import hookimpl
@@ -304,15 +305,20 @@ def test_gaps_in_the_feed_are_detected() -> None:
     assert host.status()["feed_gaps"] == [[3, 4], [6, 8]]
 
 
-def test_trace_logs_every_hook_call(tmp_path: Path) -> None:
+def test_trace_logs_every_hook_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Through the daemon's own logging setup (structlog -> stdlib), as `readerd run` logs.
+    readerd.logging.configure("INFO", "json")
+    logging.getLogger().addHandler(caplog.handler)  # configure() replaced the root handlers
     recorder = Recorder()
     with (
+        caplog.at_level("INFO"),
         running_daemon(_config(tmp_path, trace=True), plugins={"recorder": recorder}) as d,
         d.subscriber("plugin.") as sub,
-        structlog.testing.capture_logs() as logs,
     ):
+        caplog.clear()
         d.tap("alice")
         sub.next()
+    logs = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
     calls = [entry for entry in logs if entry["event"] == "hook call"]
     assert calls
     assert calls[0]["plugin"] == "recorder"

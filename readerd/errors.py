@@ -18,6 +18,20 @@ class StoreUnavailableError(ReaderdError):
     code = "store_unavailable"
 
 
+class StoreBusyError(ReaderdError):
+    """A transaction kept meeting serialization failures, deadlocks or locks through every retry
+    (``readerd.store``); nothing was written and the caller may try again later."""
+
+    code = "store_busy"
+
+
+class StoreSchemaError(ReaderdError):
+    """A plugin's tables cannot be brought to the version its code expects: the database is newer than
+    the code, a migration failed, or a table or plugin name is not allowed (``readerd.store``)."""
+
+    code = "store_schema"
+
+
 class BusError(ReaderdError):
     """The ZeroMQ bus could not bind or send."""
 
@@ -45,3 +59,71 @@ class PluginError(ReaderdError):
         self.plugin = plugin
         self.hook = hook
         super().__init__(f"plugin {plugin!r}, hook {hook}: {message}")
+
+
+# --- certificate validation (readerd.certvalidation) -------------------------------------------------
+class TrustAnchorError(ConfigError):
+    """A configured trust anchor file or directory is missing, unreadable, empty or holds no usable CA.
+
+    A configuration error: the daemon exits 78 rather than run without knowing whom it trusts.
+    """
+
+    code = "bad_trust_anchors"
+
+
+class CrlUnavailableError(ReaderdError):
+    """A configured CRL file is missing, unreadable or not a CRL. ``reason`` is a fixed code
+    (``missing``, ``unreadable``, ``corrupt``); the validator turns it into a ``crl_unavailable`` result."""
+
+    code = "crl_unavailable"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class CertificateRejectedError(ReaderdError):
+    """A validator did not accept the card's certificate; ``outcome`` says why (never which certificate)."""
+
+    code = "certificate_rejected"
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+        super().__init__(f"certificate not accepted: {outcome}")
+
+
+# --- proof of possession (readerd.challenges) --------------------------------------------------------
+class ChallengeError(ReaderdError):
+    """A challenge could not be redeemed; nothing signed against it may be accepted."""
+
+    code = "challenge_invalid"
+
+
+class ChallengeUnknownError(ChallengeError):
+    """No such challenge: never issued here, or evicted from the bounded store."""
+
+    code = "challenge_unknown"
+
+
+class ChallengeUsedError(ChallengeError):
+    """The challenge was already redeemed: each one is good for one attempt only."""
+
+    code = "challenge_used"
+
+
+class ChallengeExpiredError(ChallengeError):
+    """The challenge is older than its time to live."""
+
+    code = "challenge_expired"
+
+
+class ChallengeMismatchError(ChallengeError):
+    """The challenge was issued for another reader; it is spent all the same."""
+
+    code = "challenge_mismatch"
+
+
+class SignatureInvalidError(ReaderdError):
+    """The card's signature over a challenge does not verify with the certificate's public key."""
+
+    code = "signature_invalid"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 TEST_CA_ORGANIZATION = "JPKI TEST"
@@ -51,10 +51,21 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
 def _key_usage(
     *, digital_signature: bool = False, non_repudiation: bool = False, ca: bool = False
 ) -> x509.KeyUsage:
+    return key_usage(digital_signature=digital_signature, non_repudiation=non_repudiation, ca=ca)
+
+
+def key_usage(
+    *,
+    digital_signature: bool = False,
+    non_repudiation: bool = False,
+    key_encipherment: bool = False,
+    ca: bool = False,
+) -> x509.KeyUsage:
+    """A KeyUsage extension for tests that need a leaf with the wrong usage (see ``issue_user_auth``)."""
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=non_repudiation,
-        key_encipherment=False,
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=ca,
@@ -85,8 +96,24 @@ class Attributes:
     sex: str = "1"
 
 
+def foreign_ca_name(organization: str = "FOREIGN TEST CA") -> x509.Name:
+    """A CA name that is not J-LIS's: for a CA no deployment configures as a trust anchor."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, CaKind.USER_AUTH.value),
+        ]
+    )
+
+
 class SimulatedCa:
-    """A self-signed root, like the real 2015/2023 J-LIS roots."""
+    """A self-signed root, like the real 2015/2023 J-LIS roots.
+
+    ``subject`` (default: the J-LIS-shaped :func:`ca_name`) gives a CA another name, e.g. a foreign CA
+    (:func:`foreign_ca_name`); a second ``SimulatedCa()`` with the default name is an impostor of the
+    first: same name, another key.
+    """
 
     def __init__(
         self,
@@ -94,17 +121,20 @@ class SimulatedCa:
         key: rsa.RSAPrivateKey | None = None,
         certificate: x509.Certificate | None = None,
         not_before: datetime = datetime(2023, 7, 15, tzinfo=UTC),
+        *,
+        subject: x509.Name | None = None,
     ) -> None:
         self.kind = kind
         self.key = key or new_rsa_key()
+        self._subject = subject or ca_name(kind)
         self.certificate = certificate or self._self_sign(not_before)
 
     def _self_sign(self, not_before: datetime) -> x509.Certificate:
         public = self.key.public_key()
         return (
             x509.CertificateBuilder()
-            .subject_name(ca_name(self.kind))
-            .issuer_name(ca_name(self.kind))
+            .subject_name(self._subject)
+            .issuer_name(self._subject)
             .public_key(public)
             .serial_number(1)
             .not_valid_before(not_before)
@@ -119,6 +149,10 @@ class SimulatedCa:
     def der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
     def issue_user_auth(
         self,
         key: rsa.RSAPrivateKey,
@@ -127,8 +161,17 @@ class SimulatedCa:
         common_name: str | None = None,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        usage: x509.KeyUsage | None = None,
+        omit_key_usage: bool = False,
+        hash_algorithm: hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
+        rsa_padding: padding.PSS | None = None,
     ) -> x509.Certificate:
-        """A user-authentication certificate: subject ``C=JP, CN=<opaque>``, no SAN, ~5 years."""
+        """A user-authentication certificate: subject ``C=JP, CN=<opaque>``, no SAN, ~5 years.
+
+        For certificates a verifier must refuse: ``usage`` replaces the KeyUsage (digitalSignature),
+        ``omit_key_usage`` leaves the extension out, ``hash_algorithm`` (default SHA-256) and
+        ``rsa_padding`` (default PKCS#1 v1.5; a PSS padding) change how the CA signs.
+        """
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
@@ -138,9 +181,16 @@ class SimulatedCa:
                 ),
             ]
         )
-        usage = _key_usage(digital_signature=True)
         return self._issue(
-            key, subject, serial=serial, not_before=not_before, not_after=not_after, usage=usage, san=None
+            key,
+            subject,
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
+            usage=None if omit_key_usage else usage or _key_usage(digital_signature=True),
+            san=None,
+            hash_algorithm=hash_algorithm,
+            rsa_padding=rsa_padding,
         )
 
     def issue_signature(
@@ -184,8 +234,10 @@ class SimulatedCa:
         serial: int | None,
         not_before: datetime | None,
         not_after: datetime | None,
-        usage: x509.KeyUsage,
+        usage: x509.KeyUsage | None,
         san: x509.SubjectAlternativeName | None,
+        hash_algorithm: hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
+        rsa_padding: padding.PSS | None = None,
     ) -> x509.Certificate:
         start = not_before or datetime(2025, 10, 27, tzinfo=UTC)
         end = not_after or start + timedelta(days=5 * 365 + 1)
@@ -197,14 +249,15 @@ class SimulatedCa:
             .serial_number(serial if serial is not None else secrets.randbits(62) + 1)
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(usage, critical=True)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
+        )
+        if usage is not None:
+            builder = builder.add_extension(usage, critical=True)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
         )
         if san is not None:
             builder = builder.add_extension(san, critical=False)
-        return builder.sign(self.key, hashes.SHA256())
+        return builder.sign(self.key, hash_algorithm or hashes.SHA256(), rsa_padding=rsa_padding)
 
     def crl(
         self,
@@ -212,8 +265,13 @@ class SimulatedCa:
         *,
         this_update: datetime | None = None,
         next_update: datetime | None = None,
+        signing_key: rsa.RSAPrivateKey | None = None,
     ) -> x509.CertificateRevocationList:
-        """A CRL revoking ``revoked_serials`` (what an approved verifier would receive from J-LIS)."""
+        """A CRL revoking ``revoked_serials`` (what an approved verifier would receive from J-LIS).
+
+        A stale CRL: ``this_update`` and ``next_update`` in the past. A forged one: ``signing_key``
+        other than the CA's (the CRL still names this CA as its issuer).
+        """
         now = this_update or datetime.now(UTC).replace(microsecond=0)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -225,7 +283,21 @@ class SimulatedCa:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
             )
-        return builder.sign(self.key, hashes.SHA256())
+        return builder.sign(signing_key or self.key, hashes.SHA256())
+
+
+def pem(item: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+    """PEM of a certificate or CRL, as an operator would install it."""
+    return item.public_bytes(serialization.Encoding.PEM)
+
+
+def write_pem(path: Path, *items: x509.Certificate | x509.CertificateRevocationList) -> Path:
+    """Write ``items`` as one PEM file, atomically (a reader never sees half a file); returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(b"".join(pem(item) for item in items))
+    tmp.replace(path)
+    return path
 
 
 def _utf8_der(text: str) -> bytes:

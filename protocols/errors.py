@@ -17,6 +17,11 @@ class ReaderdError(Exception):
     #: Stable machine-readable code, used on the control channel and in events.
     code: str = "error"
 
+    def details(self) -> dict[str, object]:
+        """Machine-readable facts a caller acts on (``tries_left``); the control channel sends them
+        beside the code. Never personal data, never a PIN."""
+        return {}
+
 
 # --- transport ---------------------------------------------------------------------------------------
 class TransportError(ReaderdError):
@@ -141,11 +146,17 @@ class InvalidPinError(ApduError):
         self.tries_left = tries_left
         super().__init__(sw, message=f"wrong PIN, {tries_left} tries left")
 
+    def details(self) -> dict[str, object]:
+        return {"tries_left": self.tries_left}
+
 
 class PinBlockedError(ApduError):
     """6984 / 6983 (or 63C0): the PIN is blocked; only the municipal office can reset it."""
 
     code = "pin_blocked"
+
+    def details(self) -> dict[str, object]:
+        return {"tries_left": 0}
 
 
 # --- PIN policy, enforced before anything reaches the card -------------------------------------------
@@ -169,6 +180,9 @@ class LastTryRefusedError(PinPolicyError):
     def __init__(self, message: str = "only one PIN try left; refusing without allow_last_try") -> None:
         self.tries_left = 1
         super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        return {"tries_left": 1}
 
 
 class PinStatusUnknownError(PinPolicyError):

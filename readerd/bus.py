@@ -60,9 +60,13 @@ CommandHandler = Callable[[ControlRequest], CommandResult]
 class CommandError(ReaderdError):
     """Raised by a command handler for a refusal with a fixed error code (``bad_request``, ...)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **details: object) -> None:
         self.code = code
+        self._details = details
         super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        return dict(self._details)
 
 
 @dataclass
@@ -314,7 +318,7 @@ class Bus:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(request_id, "bad_request", "the request is not JSON")
         except ReaderdError as e:
-            return _error(request_id, e.code, str(e))
+            return _error(request_id, e.code, str(e), e.details())
         except Exception as e:  # a handler bug must not kill the bus thread
             log.exception("control handler failed")
             return _error(request_id, "internal_error", type(e).__name__)
@@ -329,7 +333,7 @@ def _reply_when_done(request_id: str | None, result: Future[JsonObject]) -> Futu
         if error is None:
             reply.set_result({"id": request_id, "ok": True, "result": done.result()})
         elif isinstance(error, ReaderdError):
-            reply.set_result(_error(request_id, error.code, str(error)))
+            reply.set_result(_error(request_id, error.code, str(error), error.details()))
         else:
             log.error("deferred control handler failed", error_type=type(error).__name__)
             reply.set_result(_error(request_id, "internal_error", type(error).__name__))
@@ -338,5 +342,10 @@ def _reply_when_done(request_id: str | None, result: Future[JsonObject]) -> Futu
     return reply
 
 
-def _error(request_id: str | None, code: str, message: str) -> JsonObject:
-    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+def _error(
+    request_id: str | None, code: str, message: str, details: dict[str, object] | None = None
+) -> JsonObject:
+    error: JsonObject = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"id": request_id, "ok": False, "error": error}

@@ -123,6 +123,58 @@ class SimConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Plugin data (``readerd.store``, DESIGN decision 16): ``local`` is always a SQLite file, ``shared``
+    is PostgreSQL when ``shared_url`` is set and otherwise the same SQLite file."""
+
+    local_path: str = ""  # SQLite file of the local store; empty: <state_dir>/store.db
+    shared_url: str = ""  # postgresql+psycopg://user@host/db for ledgers shared by kiosks; empty: local
+    busy_timeout: float = 5.0  # seconds a write waits for a lock (SQLite busy_timeout, PG lock_timeout)
+    connect_timeout: float = 5.0  # seconds to reach PostgreSQL before store_unavailable (whole seconds, >= 2)
+    retries: int = 10  # further attempts after a serialization failure, deadlock or lock timeout
+    retry_backoff: float = 0.01  # seconds before the first retry, doubled each time, with full jitter
+    retry_backoff_max: float = 0.5  # longest single wait between attempts
+    pool_size: int = 5  # connections kept open per database (as many again are opened on demand)
+
+    def validate(self) -> StoreConfig:
+        if self.shared_url and not self.shared_url.startswith(("postgresql+psycopg://", "postgresql://")):
+            raise ConfigError("store.shared_url: a postgresql+psycopg:// URL (or empty for the local SQLite)")
+        if self.busy_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigError("store.busy_timeout and store.connect_timeout must be positive")
+        if not 0 <= self.retries <= 100:
+            raise ConfigError("store.retries: 0..100")
+        if not 0 <= self.retry_backoff <= self.retry_backoff_max:
+            raise ConfigError("store.retry_backoff: 0 <= retry_backoff <= retry_backoff_max")
+        if not 1 <= self.pool_size <= 100:
+            raise ConfigError("store.pool_size: 1..100")
+        return self
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """JPKI proof of possession (``auth.begin`` / ``auth.pin``, docs/authentication.md).
+
+    With the sim backend and no anchors configured, the simulator's test CA and CRL are used; on real
+    readers, no anchors means every authentication is refused (``auth_not_configured``).
+    """
+
+    trust_anchors: tuple[str, ...] = ()  # PEM files or directories of the JPKI user-auth CA certificates
+    crl_files: tuple[str, ...] = ()  # the user-auth CRLs (PEM or DER), re-read when a file changes
+    stale_crl: str = "refuse"  # or "allow_with_warning": past nextUpdate or older than crl_max_age_hours
+    crl_max_age_hours: float = 0.0  # 0: a CRL is stale only after its nextUpdate
+    session_ttl: float = 60.0  # seconds between auth.begin and auth.pin (and an enrolment after it)
+
+    def validate(self) -> AuthConfig:
+        if self.stale_crl not in ("refuse", "allow_with_warning"):
+            raise ConfigError('auth.stale_crl: "refuse" or "allow_with_warning"')
+        if self.crl_max_age_hours < 0 or not 5 <= self.session_ttl <= 600:
+            raise ConfigError("auth.crl_max_age_hours >= 0 and 5 <= auth.session_ttl <= 600")
+        if bool(self.trust_anchors) != bool(self.crl_files):
+            raise ConfigError("auth.trust_anchors and auth.crl_files go together (a validator needs both)")
+        return self
+
+
+@dataclass(frozen=True)
 class Config:
     kiosk: str = "kiosk"
     state_dir: str = "/var/lib/readerd"
@@ -136,6 +188,8 @@ class Config:
     felica: FelicaConfig = field(default_factory=FelicaConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def simulated(self) -> bool:
@@ -165,6 +219,7 @@ class Config:
             read.validate(f"felica.reads[{i}]")
         if len(set(names)) != len(names):
             raise ConfigError("felica.reads: names must be unique")
+        self.auth.validate()
         return self
 
 

@@ -19,6 +19,8 @@ import structlog
 
 from protocols.mykey import key_fingerprint
 from readerd import events as ev
+from readerd.audit import AuditLog
+from readerd.auth import AuthManager, build_validator
 from readerd.backends import Backend
 from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
@@ -56,6 +58,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
+        self.auth: AuthManager | None = None
 
     def _build_backends(self, sessions: CardSessions, state_dir: Path) -> list[Backend]:
         backends: list[Backend] = []
@@ -118,8 +121,9 @@ class Daemon:
         directory = SqliteDirectory(state_dir / "members.db")
         bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED)
         self.bus = bus
+        resolver = IdentityResolver(key, directory)
         sessions = CardSessions(
-            IdentityResolver(key, directory),
+            resolver,
             bus.publish,
             deadline=config.sessions.deadline,
             repeat_window=config.sessions.repeat_window,
@@ -128,6 +132,7 @@ class Daemon:
         )
         self.backends = self._build_backends(sessions, state_dir)
         self._register_commands(bus)
+        self.auth = self._auth(sessions, resolver, bus, state_dir)
         bus.start()
         try:
             if config.plugins.enabled:
@@ -157,6 +162,30 @@ class Daemon:
             directory.close()
             log.info("readerd stopped")
         return ExitCode.OK
+
+    def _auth(
+        self, sessions: CardSessions, resolver: IdentityResolver, bus: Bus, state_dir: Path
+    ) -> AuthManager:
+        simulated_trust = None
+        for backend in self.backends:
+            trust_files = getattr(backend, "trust_files", None)  # the sim backend's test CA and CRL
+            if callable(trust_files):
+                simulated_trust = trust_files()
+        validator = build_validator(self.config.auth, simulated_trust=simulated_trust)
+        if validator is None:
+            log.warning("no trust anchors configured: JPKI authentication is refused", hint="see [auth]")
+        auth = AuthManager(
+            self.config.auth,
+            kiosk=self.config.kiosk,
+            sessions=sessions,
+            backends=self.backends,
+            resolver=resolver,
+            validator=validator,
+            publish=bus.publish,
+            audit=AuditLog(state_dir / "audit.log", kiosk=self.config.kiosk),
+        )
+        auth.register(bus)
+        return auth
 
     def _wait(self) -> None:
         interval = (self.notifier.watchdog_interval or 20.0) / 2

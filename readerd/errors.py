@@ -91,6 +91,31 @@ class CertificateRejectedError(ReaderdError):
         self.outcome = outcome
         super().__init__(f"certificate not accepted: {outcome}")
 
+    def details(self) -> dict[str, object]:
+        return {"validation": self.outcome}
+
+
+# --- JPKI authentication on the control channel (readerd.auth) ---------------------------------------
+class AuthNotConfiguredError(ReaderdError):
+    """No trust anchors and CRL are configured: a proof of possession could not be judged, so none is
+    attempted (no PIN is asked for)."""
+
+    code = "auth_not_configured"
+
+
+class AuthSessionInvalidError(ReaderdError):
+    """The ``auth_id`` is unknown, expired, spent, belongs to another caller, or its card left the reader.
+    Nothing was sent to the card. ``reason`` is a fixed code."""
+
+    code = "auth_session_invalid"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        return {"reason": self.reason}
+
 
 # --- proof of possession (readerd.challenges) --------------------------------------------------------
 class ChallengeError(ReaderdError):

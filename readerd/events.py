@@ -27,6 +27,7 @@ class EventType(StrEnum):
     CARD_PRESENTED = "card.presented"
     CARD_IDENTIFIED = "card.identified"
     CARD_AUTHENTICATED = "card.authenticated"
+    CARD_AUTH_FAILED = "card.auth_failed"
     CARD_REMOVED = "card.removed"
     CARD_READ_ABORTED = "card.read_aborted"
     HEARTBEAT = "heartbeat"
@@ -155,6 +156,21 @@ def card_read_aborted(
     if simulated:
         data["simulated"] = True
     return Event(EventType.CARD_READ_ABORTED, reader, data)
+
+
+def card_authenticated(
+    reader: str, identity: dict[str, Any], assurance: str, validation: dict[str, Any]
+) -> Event:
+    """The citizen proved possession (PIN + signature) and the certificate validated. Carries the identity
+    and the validator's public fields (an ``expires_within_days`` bucket at most): never the certificate,
+    its serial, CN or dates, never the PIN."""
+    return Event(EventType.CARD_AUTHENTICATED, reader, {**identity, "assurance": assurance, **validation})
+
+
+def card_auth_failed(reader: str, reason: str, **facts: object) -> Event:
+    """An authentication ended without proof: ``reason`` is the error code (``wrong_pin``, ``revoked``...),
+    ``facts`` fixed fields such as ``tries_left`` (a kiosk screen shows them)."""
+    return Event(EventType.CARD_AUTH_FAILED, reader, {"reason": reason, **facts})
 
 
 def plugin_result(plugin: str, event: str, data: dict[str, Any], reader: str | None = None) -> Event:

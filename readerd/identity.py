@@ -57,6 +57,17 @@ class MyKeyDirectory(Protocol):
 
     def enroll(self, pseudonym: str, *, mykey_id: str | None = None) -> DirectoryEntry: ...
 
+    def by_member_id(self, member_id: str) -> DirectoryEntry | None: ...
+
+    def unenroll(self, pseudonym: str) -> DirectoryEntry | None:
+        """Remove the pseudonym's entry; the removed entry, or ``None`` if there was none."""
+        ...
+
+    def relink(self, member_id: str, pseudonym: str) -> DirectoryEntry:
+        """Move ``member_id`` to a new pseudonym (a renewed certificate); raises ``KeyError`` for an
+        unknown member and ``ValueError`` when the new pseudonym is enrolled already."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -126,6 +137,51 @@ class SqliteDirectory:
         except sqlite3.Error as e:
             raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
         return entry
+
+    def by_member_id(self, member_id: str) -> DirectoryEntry | None:
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE member_id = ?",
+                    (member_id,),
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return DirectoryEntry(*row) if row else None
+
+    def unenroll(self, pseudonym: str) -> DirectoryEntry | None:
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "DELETE FROM members WHERE pseudonym = ? "
+                    "RETURNING pseudonym, member_id, mykey_id, created_at",
+                    (pseudonym,),
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return DirectoryEntry(*row) if row else None
+
+    def relink(self, member_id: str, pseudonym: str) -> DirectoryEntry:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._db.execute("SELECT 1 FROM members WHERE pseudonym = ?", (pseudonym,)).fetchone():
+                        raise ValueError("the new card is enrolled already")
+                    row = self._db.execute(
+                        "UPDATE members SET pseudonym = ? WHERE member_id = ? "
+                        "RETURNING pseudonym, member_id, mykey_id, created_at",
+                        (pseudonym, member_id),
+                    ).fetchone()
+                    if row is None:
+                        raise KeyError(member_id)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return DirectoryEntry(*row)
 
     def _insert(self, pseudonym: str, mykey_id: str | None) -> DirectoryEntry:
         created = datetime.now(UTC).isoformat(timespec="seconds")

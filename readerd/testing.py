@@ -29,7 +29,7 @@ import pytest
 import zmq
 
 from readerd.config import BusConfig, Config, SessionConfig, SimConfig
-from readerd.ctl import request
+from readerd.ctl import ControlSession, request
 from readerd.daemon import Daemon
 from readerd.errors import ReaderdError
 from readerd.sdnotify import Notifier
@@ -109,6 +109,10 @@ class RunningDaemon:
 
     def request(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         return request(self.control, cmd, args)
+
+    def session(self) -> ControlSession:
+        """A control session of its own (one caller identity: what ``auth.begin``/``auth.pin`` need)."""
+        return ControlSession(self.control)
 
     def tap(self, card: str = "alice", **args: object) -> dict[str, Any]:
         reply = self.request("tap", {"card": card, **args})

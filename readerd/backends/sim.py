@@ -38,7 +38,7 @@ from simulators.felica import (
 )
 from simulators.inprocess import CardModel, InProcessFelicaField, InProcessReader
 from simulators.mynumber import CardBehavior, CardProfile, blank_card, build_card
-from simulators.pki import PkiStore
+from simulators.pki import CaKind, PkiStore, write_pem
 
 log = structlog.get_logger("readerd.backends.sim")
 
@@ -79,6 +79,7 @@ class SimBackend:
         self.config = config
         self.sessions = sessions
         self.store = PkiStore(pki_dir)
+        self._revoked: set[int] = set()  # serials of cards tapped with revoked=true
         self._slots = {
             name: _Slot(
                 InProcessReader(name, extended_length=config.extended_length), InProcessFelicaField(name)
@@ -115,6 +116,17 @@ class SimBackend:
     def has_reader(self, reader: str) -> bool:
         return reader in self._slots
 
+    def trust_files(self) -> tuple[Path, Path]:
+        """The simulator's user-auth CA (the trust anchor of a simulated daemon) and its CRL, which lists
+        the cards tapped with ``revoked: true``; the validator re-reads it when it changes."""
+        ca = self.store.ca(CaKind.USER_AUTH)
+        anchor = write_pem(self.store.root / "trust-anchor.pem", ca.certificate)
+        return anchor, self._write_crl()
+
+    def _write_crl(self) -> Path:
+        ca = self.store.ca(CaKind.USER_AUTH)
+        return write_pem(self.store.root / "user-auth.crl", ca.crl(sorted(self._revoked)))
+
     def on_card(self, reader: str, operation: CardOperation) -> Future[JsonObject]:
         if reader not in self._slots:
             return failed(UnknownReaderError(f"no simulated reader {reader!r}"))
@@ -150,6 +162,9 @@ class SimBackend:
         card = args.get("card", "alice")
         if not isinstance(card, str) or not card or len(card) > 64:
             raise CommandError("bad_request", "card is a profile name of 1..64 characters")
+        pin = args.get("pin", "1234")
+        if not isinstance(pin, str) or len(pin) != 4 or not pin.isascii() or not pin.isdigit():
+            raise CommandError("bad_request", "pin is the simulated card's 4-digit PIN")
         if "faults" in args:
             try:
                 FaultScript.from_data(args["faults"])
@@ -194,11 +209,15 @@ class SimBackend:
             return blank_card()
         profile = CardProfile(
             name=str(args.get("card", "alice")),
+            auth_pin=str(args.get("pin", "1234")),
             auth_tries_left=int(args.get("tries", 3)),
             expired=bool(args.get("expired", False)),
             behavior=CardBehavior(extended_length=not args.get("no_extended", False)),
         )
         card: CardModel = build_card(profile, self.store)
+        if args.get("revoked"):
+            self._revoked.add(self.store.user_auth_certificate(profile.name).serial_number)
+            self._write_crl()
         if "faults" in args:
             card = FaultyCard(card, FaultScript.from_data(args["faults"]))
         return card

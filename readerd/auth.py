@@ -1,0 +1,382 @@
+"""JPKI proof of possession on the control channel: ``auth.begin``, ``auth.pin`` and MyKey enrolment.
+
+Reading a certificate proves nothing (anyone can copy one); a signature over a fresh challenge, made by
+the card after the citizen's PIN, does. This module owns the flow and its fail-closed rules (DESIGN
+decision 4); the card commands and the PIN policy are ``protocols.jpki.JpkiSession``'s, the challenge
+format ``readerd.challenges``', the certificate checks ``readerd.certvalidation``'s.
+
+The flow, as a kiosk UI drives it::
+
+    auth.begin {reader}                      -> {auth_id, tries_left, last_try, expires_in}
+    auth.pin   {auth_id, pin, allow_last_try} -> {verified: true, member_id?/pseudonym, assurance, ...}
+    mykey.enroll {auth_id}                   -> {member_id, created}      (optional, after a success)
+
+Rules, each tested on the card's own APDU record:
+
+* An ``auth_id`` is bound to the ROUTER identity that asked for it and to the card insertion it was
+  made for (``PresentCard.insertion``), lives ``session_ttl`` seconds and is spent by its first
+  ``auth.pin``, whatever the outcome. Another caller, an unknown, expired or spent id, or a card that left
+  the reader get ``auth_session_invalid`` and nothing is sent to the card.
+* Inside the one card operation (one PC/SC transaction, reset at the end) the certificate is read again
+  and its pseudonym compared with the bound card's before the tries query: a card swapped between two
+  polls of the reader is caught there, before any VERIFY.
+* The tries are read before every VERIFY; blocked and (without ``allow_last_try: true``) last-try cards
+  are refused without a VERIFY; exactly one VERIFY per ``auth.pin``, never repeated; a link failure
+  during VERIFY is ``pin_result_unknown``. PINs are 4 digits (full-width digits NFKC-normalised).
+* The PIN is held as a ``bytearray`` that is zeroed once the VERIFY has been built and sent. The JSON
+  string it arrived in is immutable and is dropped with the request: Python cannot scrub it, so it is
+  never logged, stored, put in an exception or an event.
+* Success needs all of: VERIFY 9000, a signature over the challenge's DigestInfo that verifies with the
+  certificate's key, and the validator's ``valid`` for the certificate. Then ``card.authenticated`` is
+  published (identity, assurance, an ``expires_within_days`` bucket; no certificate field).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+
+import structlog
+
+from protocols.errors import PinBlockedError, ReaderdError
+from protocols.jpki import JpkiSession, UserAuthCertificate, normalize_pin
+from protocols.transport import Transport
+from readerd import events as ev
+from readerd.audit import AuditLog
+from readerd.backends import Backend
+from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
+from readerd.certvalidation import CertificateValidator, LocalValidator, StaleCrlPolicy
+from readerd.challenges import ChallengeStore, verify_signature
+from readerd.config import AuthConfig
+from readerd.errors import (
+    AuthNotConfiguredError,
+    AuthSessionInvalidError,
+    CardAbsentError,
+    CertificateRejectedError,
+    UnknownReaderError,
+)
+from readerd.identity import Identity, IdentityResolver
+from readerd.sessions import CardSessions, PresentCard
+
+log = structlog.get_logger("readerd.auth")
+
+#: What ``card.authenticated`` says was proven: the PIN and a signature by the card's user-auth key.
+ASSURANCE = "jpki_pin_signature"
+
+
+class _State(Enum):
+    PENDING = "pending"  # auth.begin answered; auth.pin may come
+    AUTHENTICATED = "authenticated"  # auth.pin succeeded; one mykey.* command may come
+
+
+@dataclass
+class _AuthSession:
+    auth_id: str
+    peer: bytes
+    reader: str
+    insertion: int
+    pseudonym: str
+    expires_at: float
+    state: _State = _State.PENDING
+    identity: Identity | None = field(default=None)
+
+
+def build_validator(
+    config: AuthConfig, *, simulated_trust: tuple[Path, Path] | None
+) -> CertificateValidator | None:
+    """The local validator from the configuration; on the sim backend without configured anchors, the
+    simulator's test CA and CRL (``simulated_trust``). ``None``: nothing configured, auth refused."""
+    anchors: Sequence[Path | str] = config.trust_anchors
+    crls: Sequence[Path | str] = config.crl_files
+    if not anchors and simulated_trust is not None:
+        anchors, crls = [simulated_trust[0]], [simulated_trust[1]]
+    if not anchors:
+        return None
+    max_age = timedelta(hours=config.crl_max_age_hours) if config.crl_max_age_hours else None
+    return LocalValidator(anchors, crls, stale_policy=StaleCrlPolicy(config.stale_crl), crl_max_age=max_age)
+
+
+class AuthManager:
+    """The ``auth.*`` and ``mykey.*`` control commands of one daemon."""
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        kiosk: str,
+        sessions: CardSessions,
+        backends: Sequence[Backend],
+        resolver: IdentityResolver,
+        validator: CertificateValidator | None,
+        publish: Callable[[ev.Event], object],
+        audit: AuditLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.backends = backends
+        self.resolver = resolver
+        self.validator = validator
+        self.publish = publish
+        self.audit = audit
+        self.clock = clock
+        self.challenges = ChallengeStore(kiosk, ttl=timedelta(seconds=config.session_ttl))
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _AuthSession] = {}
+
+    def register(self, bus: Bus) -> None:
+        bus.register_command("auth.begin", self.begin)
+        bus.register_command("auth.pin", self.pin)
+        bus.register_command("mykey.enroll", self.enroll)
+        bus.register_command("mykey.unenroll", self.unenroll)
+        bus.register_command("mykey.relink", self.relink)
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _backend(self, reader: str) -> Backend:
+        for backend in self.backends:
+            if backend.has_reader(reader):
+                return backend
+        raise UnknownReaderError(f"no reader {reader!r}")
+
+    def _pseudonym(self, certificate: UserAuthCertificate) -> str:
+        return self.resolver.jpki(certificate).pseudonym
+
+    def _read_bound_card(self, session: JpkiSession, bound: str) -> UserAuthCertificate:
+        """The certificate of the card now in the reader if it is the bound one; else nothing more is sent."""
+        certificate = session.identify().certificate
+        if self._pseudonym(certificate) != bound:
+            raise AuthSessionInvalidError("another card is in the reader", reason="card_changed")
+        return certificate
+
+    def _take(self, args: JsonObject, peer: bytes, state: _State) -> _AuthSession:
+        """The caller's session in ``state``, removed from the table (single use)."""
+        auth_id = args.get("auth_id")
+        if not isinstance(auth_id, str) or not auth_id:
+            raise CommandError("bad_request", "auth_id is required")
+        with self._lock:
+            now = self.clock()
+            for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+                del self._sessions[key]
+            session = self._sessions.get(auth_id)
+            if session is None or session.state is not state:
+                raise AuthSessionInvalidError(
+                    "no such authentication (unknown, expired or spent)", reason="unknown"
+                )
+            if not secrets.compare_digest(session.peer, peer):
+                log.warning("auth_id used by another caller", reader=session.reader)
+                self.audit.append("auth_foreign_caller", reader=session.reader)
+                raise AuthSessionInvalidError(
+                    "this authentication belongs to another caller", reason="other_caller"
+                )
+            del self._sessions[auth_id]
+        return session
+
+    def _still_present(self, session: _AuthSession) -> PresentCard:
+        present = self.sessions.present(session.reader)
+        if present is None or present.insertion != session.insertion:
+            raise AuthSessionInvalidError("the card left the reader since auth.begin", reason="card_changed")
+        return present
+
+    def _failed(self, reader: str, error: BaseException) -> None:
+        code = error.code if isinstance(error, ReaderdError) else "internal_error"
+        facts = error.details() if isinstance(error, ReaderdError) else {}
+        self.publish(ev.card_auth_failed(reader, code, **facts))
+        log.info("authentication failed", reader=reader, reason=code, **facts)
+
+    # -- auth.begin -----------------------------------------------------------------------------------
+    def begin(self, request: ControlRequest) -> Future[JsonObject]:
+        reader = request.args.get("reader")
+        if not isinstance(reader, str) or not reader:
+            raise CommandError("bad_request", "reader is required")
+        if self.validator is None:
+            raise AuthNotConfiguredError("no trust anchors or CRL configured ([auth] in the configuration)")
+        backend = self._backend(reader)
+        present = self.sessions.present(reader)
+        if present is None:
+            raise CardAbsentError(f"no identified My Number Card on {reader}")
+        bound = present.identity.pseudonym
+
+        def operation(transport: Transport) -> JsonObject:
+            session = JpkiSession(transport)
+            self._read_bound_card(session, bound)
+            status = session.pin_status()
+            return {"tries_left": status.tries_left, "blocked": status.blocked}
+
+        result: Future[JsonObject] = Future()
+
+        def done(card: Future[JsonObject]) -> None:
+            try:
+                status = card.result()
+                if status["blocked"]:
+                    raise PinBlockedError(
+                        0x6984, message="the PIN is blocked: the citizen must visit the office"
+                    )
+                auth = _AuthSession(
+                    auth_id=secrets.token_urlsafe(16),
+                    peer=request.peer,
+                    reader=reader,
+                    insertion=present.insertion,
+                    pseudonym=bound,
+                    expires_at=self.clock() + self.config.session_ttl,
+                )
+                self._still_present(auth)
+                with self._lock:
+                    self._sessions[auth.auth_id] = auth
+                tries = int(status["tries_left"])
+                log.info("authentication begun", reader=reader, tries_left=tries)
+                result.set_result(
+                    {
+                        "auth_id": auth.auth_id,
+                        "reader": reader,
+                        "tries_left": tries,
+                        "last_try": tries == 1,
+                        "expires_in": self.config.session_ttl,
+                    }
+                )
+            except BaseException as e:  # handed to the caller with the reply
+                self._failed(reader, e)
+                result.set_exception(e)
+
+        backend.on_card(reader, operation).add_done_callback(done)
+        return result
+
+    # -- auth.pin -------------------------------------------------------------------------------------
+    def pin(self, request: ControlRequest) -> Future[JsonObject]:
+        args = request.args
+        allow_last_try = args.get("allow_last_try", False)
+        if not isinstance(allow_last_try, bool):
+            raise CommandError("bad_request", "allow_last_try must be true or false")
+        raw_pin = args.get("pin")
+        if not isinstance(raw_pin, str):
+            raise CommandError("bad_request", "pin is required (a string of 4 digits)")
+        auth = self._take(args, request.peer, _State.PENDING)
+        pin = normalize_pin(raw_pin)  # PinFormatError (no PIN in it) before the card is touched
+        try:
+            self._still_present(auth)
+            backend = self._backend(auth.reader)
+            challenge = self.challenges.issue(auth.reader)
+        except BaseException:
+            pin[:] = bytes(len(pin))
+            raise
+
+        def operation(transport: Transport) -> JsonObject:
+            try:
+                session = JpkiSession(transport)
+                certificate = self._read_bound_card(session, auth.pseudonym)
+                session.verify(pin, allow_last_try=allow_last_try)
+            finally:
+                pin[:] = bytes(len(pin))
+            signature = session.sign(challenge.digest_info())
+            session.logout()
+            return {"certificate": certificate, "signature": signature}
+
+        result: Future[JsonObject] = Future()
+
+        def done(card: Future[JsonObject]) -> None:
+            pin[:] = bytes(len(pin))  # also when the operation never ran (card gone, reader unknown)
+            try:
+                result.set_result(self._conclude(auth, card.result(), challenge.id, allow_last_try))
+            except BaseException as e:  # handed to the caller with the reply
+                self._failed(auth.reader, e)
+                result.set_exception(e)
+
+        if allow_last_try:
+            self.audit.append("pin_allow_last_try", reader=auth.reader, pseudonym=auth.pseudonym)
+        backend.on_card(auth.reader, operation).add_done_callback(done)
+        return result
+
+    def _conclude(
+        self, auth: _AuthSession, card: JsonObject, challenge_id: str, last_try: bool
+    ) -> JsonObject:
+        certificate: UserAuthCertificate = card["certificate"]
+        challenge = self.challenges.redeem(challenge_id, reader=auth.reader)
+        verify_signature(certificate, challenge, card["signature"])
+        if self.validator is None:  # auth.begin refuses without one; a reload may not take it away
+            raise AuthNotConfiguredError("no certificate validator")
+        validation = self.validator.validate(certificate)
+        if not validation.valid:
+            raise CertificateRejectedError(validation.outcome.value)
+        identity = self.resolver.jpki(certificate)
+        auth.identity = identity
+        auth.state = _State.AUTHENTICATED
+        auth.expires_at = self.clock() + self.config.session_ttl
+        with self._lock:
+            self._sessions[auth.auth_id] = auth
+        public = identity.public_fields()
+        fields = validation.event_fields()
+        self.publish(ev.card_authenticated(auth.reader, public, ASSURANCE, fields))
+        log.info("card authenticated", reader=auth.reader, pseudonym=identity.pseudonym, last_try=last_try)
+        return {"verified": True, "auth_id": auth.auth_id, **public, "assurance": ASSURANCE, **fields}
+
+    # -- MyKey enrolment ------------------------------------------------------------------------------
+    def _authenticated(self, request: ControlRequest) -> tuple[_AuthSession, Identity]:
+        auth = self._take(request.args, request.peer, _State.AUTHENTICATED)
+        if auth.identity is None:  # set together with the AUTHENTICATED state
+            raise AuthSessionInvalidError("not authenticated", reason="unknown")
+        return auth, auth.identity
+
+    def enroll(self, request: ControlRequest) -> JsonObject:
+        """Issue (or give back: idempotent) the member ID of the authenticated card."""
+        auth, identity = self._authenticated(request)
+        known = self.resolver.directory.lookup(identity.pseudonym)
+        entry = known or self.resolver.directory.enroll(identity.pseudonym)
+        if known is None:
+            self.audit.append(
+                "enroll", reader=auth.reader, pseudonym=entry.pseudonym, member_id=entry.member_id
+            )
+        return _entry_reply(entry.member_id, entry.mykey_id, created=known is None)
+
+    def unenroll(self, request: ControlRequest) -> JsonObject:
+        """Remove the authenticated card's enrolment (the citizen withdraws)."""
+        auth, identity = self._authenticated(request)
+        entry = self.resolver.directory.unenroll(identity.pseudonym)
+        if entry is not None:
+            self.audit.append(
+                "unenroll", reader=auth.reader, pseudonym=entry.pseudonym, member_id=entry.member_id
+            )
+        return {"unenrolled": entry is not None}
+
+    def relink(self, request: ControlRequest) -> JsonObject:
+        """Move a member ID to the authenticated card's new certificate (renewal after 5 years).
+
+        The renewed certificate has a new serial, hence a new pseudonym, and the old one is revoked, so it
+        cannot prove anything any more: staff confirm the person and give a ``reason``, which the audit
+        log keeps with both pseudonyms (DESIGN decision 11).
+        """
+        member_id = request.args.get("member_id")
+        reason = request.args.get("reason")
+        if not isinstance(member_id, str) or not member_id:
+            raise CommandError("bad_request", "member_id is required")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            raise CommandError("bad_request", "a reason of 1..200 characters is required (it is audited)")
+        auth, identity = self._authenticated(request)
+        before = self.resolver.directory.by_member_id(member_id)
+        try:
+            entry = self.resolver.directory.relink(member_id, identity.pseudonym)
+        except KeyError:
+            raise CommandError("unknown_member", "no such member_id") from None
+        except ValueError as e:
+            raise CommandError("already_enrolled", str(e)) from None
+        self.audit.append(
+            "relink",
+            reader=auth.reader,
+            member_id=member_id,
+            old_pseudonym=before.pseudonym if before else None,
+            pseudonym=entry.pseudonym,
+            reason=reason.strip(),
+        )
+        return _entry_reply(entry.member_id, entry.mykey_id, created=False)
+
+
+def _entry_reply(member_id: str, mykey_id: str | None, *, created: bool) -> JsonObject:
+    reply: JsonObject = {"member_id": member_id, "created": created}
+    if mykey_id is not None:
+        reply["mykey_id"] = mykey_id
+    return reply

@@ -19,6 +19,7 @@ import zmq
 
 from readerd import __version__
 from readerd.config import Config, load_config
+from readerd.ctl_auth import add_auth_parser, run_auth
 from readerd.ctl_keys import add_keys_parser, run_keys
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
@@ -152,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--tries", type=int, help="user-auth PIN tries left on this card")
     tap.add_argument("--no-extended", action="store_true", help="the card refuses extended length")
     tap.add_argument("--expired", action="store_true", help="the card's certificate has expired")
+    tap.add_argument(
+        "--revoked", action="store_true", help="the simulator's CRL lists the card's certificate"
+    )
+    tap.add_argument("--pin", help="the simulated card's user-auth PIN (default 1234)")
     tap.add_argument("--blank", action="store_true", help="a card without the JPKI application")
     tap.add_argument(
         "--felica",
@@ -164,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("remove", help="take the simulated card off a reader")
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     add_keys_parser(sub)
+    add_auth_parser(sub)
     for name, text in PLANNED.items():
         sub.add_parser(name, help=text)
     return parser
@@ -185,6 +191,10 @@ def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
         out["no_extended"] = True
     if args.expired:
         out["expired"] = True
+    if args.revoked:
+        out["revoked"] = True
+    if args.pin:
+        out["pin"] = args.pin
     if args.blank:
         out["blank"] = True
     if args.felica:
@@ -218,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout=args.timeout,
                 topics=args.topics,
             )
+        if args.command == "auth":
+            with ControlSession(control) as session:
+                return run_auth(args, session)
         cmd_args: dict[str, Any] = {}
         if args.command == "tap":
             cmd_args = _tap_args(args)

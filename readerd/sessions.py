@@ -207,10 +207,10 @@ class CardSessions:
                 "not_before": cert.not_before.isoformat(),
                 "not_after": cert.not_after.isoformat(),
             }
-            emit(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
-            with self._lock:
+            with self._lock:  # before the event: a UI that reacts to it with auth.begin finds the card
                 self._insertions += 1
                 self._present[reader] = PresentCard(reader, self._insertions, identity)
+            emit(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
             return ReadResult(CardKind.JPKI, identity)
 
         try:

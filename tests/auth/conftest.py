@@ -4,6 +4,7 @@ chain to, an impostor with the same name and another key, CAs with other names, 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from protocols.jpki import UserAuthCertificate
 from readerd.certvalidation import LocalValidator
+from simulators.mynumber import VirtualMyNumberCard, observe_cards
 from simulators.pki import CaKind, PkiStore, SimulatedCa, foreign_ca_name, new_rsa_key, write_pem
 
 #: "Now" for every validation unless a test moves the clock: inside the default leaf validity
@@ -111,3 +113,11 @@ def auth(
 ) -> AuthPki:
     ca, impostor, foreign, second, key = cas
     return AuthPki(ca, impostor, foreign, second, key, tmp_path)
+
+
+@pytest.fixture
+def cards() -> Iterator[list[VirtualMyNumberCard]]:
+    made: list[VirtualMyNumberCard] = []
+    stop = observe_cards(made.append)
+    yield made
+    stop()

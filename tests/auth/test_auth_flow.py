@@ -10,59 +10,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from readerd.config import AuthConfig, Config
 from readerd.ctl import ControlSession
-from simulators.mynumber import VirtualMyNumberCard, observe_cards
+from simulators.mynumber import VirtualMyNumberCard
 from simulators.pki import SimulatedCa, foreign_ca_name, write_pem
-from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config
+from tests.support.auth import READER, error, ok, pin_verifies, tap, tries_queries
+from tests.support.daemon import RunningDaemon, running_daemon, sim_config
 
 pytestmark = pytest.mark.timeout(60)
-
-READER = "Sim 00"
-
-
-def pin_verifies(card: VirtualMyNumberCard) -> int:
-    """VERIFY commands that carried a PIN (``00 20 00 80 04 …``), not the bare tries query."""
-    return sum(1 for r in card.log if r.raw[1] == 0x20 and len(r.raw) > 5)
-
-
-def tries_queries(card: VirtualMyNumberCard) -> int:
-    return sum(1 for r in card.log if r.raw[1] == 0x20 and len(r.raw) == 4)
-
-
-@pytest.fixture
-def cards() -> Iterator[list[VirtualMyNumberCard]]:
-    made: list[VirtualMyNumberCard] = []
-    stop = observe_cards(made.append)
-    yield made
-    stop()
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
     with running_daemon(sim_config(tmp_path)) as d:
         yield d
-
-
-def tap(d: RunningDaemon, sub: Subscriber, card: str = "alice", **args: object) -> dict[str, Any]:
-    d.tap(card, **args)
-    return sub.until(lambda e: e["type"] in ("card.identified", "card.read_aborted"))[-1]
-
-
-def ok(reply: dict[str, Any]) -> dict[str, Any]:
-    assert reply["ok"], reply
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
-def error(reply: dict[str, Any]) -> dict[str, Any]:
-    assert not reply["ok"], reply
-    err: dict[str, Any] = reply["error"]
-    return err
 
 
 def test_correct_pin_sends_one_verify_and_publishes_authenticated(

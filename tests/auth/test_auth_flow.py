@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from protocols.jpki import UserAuthCertificate
 from readerd.config import AuthConfig, Config
 from readerd.ctl import ControlSession
 from simulators.mynumber import VirtualMyNumberCard
-from simulators.pki import SimulatedCa, foreign_ca_name, write_pem
+from simulators.pki import PkiStore, SimulatedCa, foreign_ca_name, write_pem
 from tests.support.auth import READER, error, ok, pin_verifies, tap, tries_queries
 from tests.support.daemon import RunningDaemon, running_daemon, sim_config
 
@@ -321,3 +323,32 @@ def test_identification_and_auth_begin_never_move_the_pin_counter(
     assert answers == [2, 2, 2, 2, 2]
     assert tries_queries(cards[-1]) == 5
     assert pin_verifies(cards[-1]) == 0
+
+
+def test_no_certificate_field_in_events_or_stored_records(tmp_path: Path) -> None:
+    """Serial, CN and validity dates (notAfter gives the birthday away) stay out of the public events,
+    the member directory and the audit log; the simulator's own files (``sim-pki``) are not readerd's."""
+    state = tmp_path / "state"
+    with running_daemon(sim_config(state)) as d, d.subscriber("") as sub, d.session() as ui:
+        tap(d, sub, "grace")
+        begun = ok(ui.request("auth.begin", {"reader": READER}))
+        auth_id = ok(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))["auth_id"]
+        ok(ui.request("mykey.enroll", {"auth_id": auth_id}))
+        events = sub.until(lambda e: e["type"] == "card.authenticated")
+    cert = PkiStore(state / "sim-pki").user_auth_certificate("grace")
+    card = UserAuthCertificate.from_der(cert.public_bytes(serialization.Encoding.DER))
+    secrets_of_the_card = [
+        format(card.serial_number, "X"),
+        format(card.serial_number, "x"),
+        str(card.serial_number),
+        card.subject_cn,
+        card.not_after.date().isoformat(),
+        card.not_after.strftime("%Y%m%d"),
+    ]
+    blobs = {"events": json.dumps(events).encode()}
+    for path in state.rglob("*"):
+        if path.is_file() and "sim-pki" not in path.parts:
+            blobs[path.name] = path.read_bytes()
+    assert {"members.db", "audit.log", "events"} <= set(blobs)
+    found = {name: [s for s in secrets_of_the_card if s.encode() in blob] for name, blob in blobs.items()}
+    assert {name: hits for name, hits in found.items() if hits} == {}

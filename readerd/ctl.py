@@ -18,11 +18,13 @@ from typing import Any
 import zmq
 
 from readerd import __version__
-from readerd.config import Config, load_config
+from readerd.config import Config, PluginsConfig, load_config
 from readerd.ctl_auth import add_auth_parser, run_auth
 from readerd.ctl_keys import add_keys_parser, run_keys
-from readerd.errors import ConfigError
+from readerd.errors import CommandRefusedError, ConfigError
 from readerd.exitcodes import ExitCode
+from readerd.plugin_api import CtlCommand
+from readerd.plugin_discovery import discover
 
 DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 REQUEST_TIMEOUT_MS = 3000
@@ -130,7 +132,8 @@ def tail(
     return ExitCode.OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argparse.ArgumentParser:
+    """readerctl's parser; ``plugin_commands`` are the subcommands installed plugins contribute."""
     parser = argparse.ArgumentParser(prog="readerctl", description="Control a running readerd.")
     parser.add_argument("--version", action="version", version=f"readerctl {__version__}")
     parser.add_argument(
@@ -170,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     add_keys_parser(sub)
     add_auth_parser(sub)
+    for name, command in (plugin_commands or {}).items():
+        plugin_parser = sub.add_parser(name, help=command.help)
+        command.configure(plugin_parser)
+        plugin_parser.set_defaults(plugin_command=command)
     for name, text in PLANNED.items():
         sub.add_parser(name, help=text)
     return parser
@@ -206,8 +213,52 @@ def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _plugin_commands(argv: Sequence[str] | None) -> dict[str, CtlCommand]:
+    """Subcommands of the plugins the configuration (``--config`` or the default file) enables."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    path = known.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    try:
+        plugins = load_config(path).plugins if path else PluginsConfig()
+    except (ConfigError, OSError):
+        plugins = PluginsConfig()  # the bad file is reported when the command reads it
+    found = discover(plugins)
+    reserved = set(_subcommands(build_parser()))
+    commands = found.ctl_commands(reserved)
+    for plugin, why in found.problems.items():
+        sys.stderr.write(f"readerctl: plugin {plugin} left out: {why}\n")
+    return commands
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
+def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
+    control, _ = _endpoints(args)
+
+    def call(cmd: str, cmd_args: dict[str, Any]) -> dict[str, Any]:
+        reply = request(control, cmd, cmd_args)
+        if not reply.get("ok"):
+            error = reply.get("error", {})
+            raise CommandRefusedError(str(error.get("code")), str(error.get("message")), error.get("details"))
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    try:
+        return command.run(args, call)
+    except CommandRefusedError as e:
+        extra = f" {json.dumps(e.details(), ensure_ascii=False)}" if e.details() else ""
+        sys.stderr.write(f"readerctl {command.name}: {e.code}: {e}{extra}\n")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_plugin_commands(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -218,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return run_keys(args)
     try:
+        if getattr(args, "plugin_command", None) is not None:
+            return _run_plugin_command(args, args.plugin_command)
         control, publish = _endpoints(args)
         if args.command == "tail":
             return tail(

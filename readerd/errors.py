@@ -50,6 +50,19 @@ class UnknownReaderError(ReaderdError):
     code = "unknown_reader"
 
 
+class CommandRefusedError(ReaderdError):
+    """The daemon answered a control request with an error (``readerctl`` and plugin subcommands raise
+    it from their ``call``); ``code`` and ``details`` are the daemon's."""
+
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+        self.code = code
+        self._details = details or {}
+        super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        return dict(self._details)
+
+
 class PluginError(ReaderdError):
     """A plugin hook raised or timed out; the plugin is named, the daemon goes on."""
 

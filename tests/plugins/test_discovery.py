@@ -1,0 +1,78 @@
+"""Built-in plugins are found by module name and ``readerctl`` grows the subcommands plugins contribute.
+
+``probe_plugin`` stands in for a module of ``plugins/``: the host and ``readerctl`` load it through
+``BUILTIN`` exactly as they will load the municipal plugins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from readerd import ctl, plugin_host
+from readerd.config import PluginsConfig
+from readerd.plugin_api import CheckStatus
+from readerd.plugin_discovery import discover
+from tests.support.daemon import running_daemon, sim_config
+
+PROBE = "tests.plugins.probe_plugin"
+
+
+@pytest.fixture
+def builtin_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(plugin_host.BUILTIN, "probe", PROBE)
+    monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")  # only the built-ins
+
+
+def test_a_builtin_plugin_is_loaded_with_its_commands(builtin_probe: None, tmp_path: Path) -> None:
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig())) as d:
+        listed = d.request("plugins")["result"]
+        echoed = d.request("probe.echo", {"text": "hi"})
+    probe = next(p for p in listed["plugins"] if p["name"] == "probe")
+    assert probe["source"] == "builtin"
+    assert probe["version"] == "0.1"
+    assert echoed == {"id": echoed["id"], "ok": True, "result": {"echo": "hi"}}
+
+
+def test_a_disabled_builtin_is_not_loaded(builtin_probe: None, tmp_path: Path) -> None:
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(disabled=("probe",)))) as d:
+        names = [p["name"] for p in d.request("plugins")["result"]["plugins"]]
+        unknown = d.request("probe.echo", {"text": "hi"})
+    assert "probe" not in names
+    assert unknown["error"]["code"] == "unknown_command"
+    assert discover(PluginsConfig(disabled=("probe",))).ctl_commands(set()) == {}
+
+
+def test_readerctl_runs_a_plugin_subcommand(
+    builtin_probe: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig())) as d:
+        code = ctl.main(["--control", d.control, "probe", "hello"])
+    assert code == 0
+    assert "probe says hello" in capsys.readouterr().out
+
+
+def test_readerctl_reports_a_refusal_from_the_daemon(
+    builtin_probe: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The daemon runs without the plugin (readerctl has it): the command is unknown there.
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(disabled=("probe",)))) as d:
+        code = ctl.main(["--control", d.control, "probe", "hello"])
+    assert code == 1
+    assert "readerctl probe: unknown_command" in capsys.readouterr().err
+
+
+def test_a_plugin_cannot_take_a_readerctl_name_and_a_broken_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")
+    monkeypatch.setitem(plugin_host.BUILTIN, "probe", PROBE)
+    monkeypatch.setitem(plugin_host.BUILTIN, "missing", "tests.plugins.no_such_module")
+    found = discover(PluginsConfig())
+    assert found.ctl_commands({"probe"}) == {}
+    assert found.problems["probe"] == "readerctl probe exists already"
+    assert "ModuleNotFoundError" in found.problems["missing"]
+    checks = found.doctor_checks()
+    assert [(plugin, check.name) for plugin, check in checks] == [("probe", "probe")]
+    assert checks[0][1].run().status is CheckStatus.OK

@@ -89,6 +89,16 @@ def readerd_reader_changed(event: PluginEvent, context: PluginContext) -> None:
     """A reader came, went or failed (``reader.added`` / ``reader.removed`` / ``reader.error``)."""
 
 
+@hookspec
+def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
+    """Another plugin published a result (``plugin.<name>.<event>``): how plugins cooperate without
+    importing each other (the points plugin awards points for ``plugin.checkin.checked_in``).
+
+    Only the types the plugin declared in :func:`readerd_event_interest` arrive (exact names, e.g.
+    ``"plugin.checkin.checked_in"``); a plugin never receives its own results.
+    """
+
+
 # --- what a plugin offers ----------------------------------------------------------------------------
 @hookspec
 def readerd_commands(context: PluginContext) -> list[CommandSpec]:

@@ -12,7 +12,24 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from protocols.errors import ReaderdError
+
 JsonObject = dict[str, Any]
+
+
+class Refusal(ReaderdError):
+    """What a command handler raises to refuse with a code of its own (``insufficient_points``,
+    ``unknown_item``...): the caller gets ``code``, the message and ``details``; it is not a failure of the
+    plugin (no ``plugin.error``, no quarantine)."""
+
+    def __init__(self, code: str, message: str, **details: object) -> None:
+        self.code = code
+        self._details = details
+        super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        return dict(self._details)
+
 
 #: Event types a plugin receives when it does not say otherwise.
 DEFAULT_EVENT_TYPES = frozenset(

@@ -22,7 +22,7 @@ import pluggy
 from readerd import hookspecs
 from readerd.config import PluginsConfig
 from readerd.plugin_api import CtlCommand, DoctorCheck
-from readerd.plugin_host import BUILTIN, DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
+from readerd.plugin_host import BUILTIN, DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
 
 
 @dataclass
@@ -66,7 +66,7 @@ def discover(config: PluginsConfig) -> Discovered:
     pm.add_hookspecs(hookspecs)
     found = Discovered(pm)
     loaders: list[tuple[str, Callable[[], object]]] = [
-        (name, functools.partial(importlib.import_module, module)) for name, module in BUILTIN.items()
+        (name, functools.partial(load_object, module)) for name, module in BUILTIN.items()
     ]
     if config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
         loaders += [(e.name, e.load) for e in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
@@ -74,7 +74,8 @@ def discover(config: PluginsConfig) -> Discovered:
         if name in config.disabled:
             continue
         try:
-            pm.register(load(), name=name)
+            plugin = load()
+            pm.register(plugin() if isinstance(plugin, type) else plugin, name=name)
         except Exception as e:  # ImportError, a bad hookimpl (PluginValidationError), a plugin's bug
             found.problems[name] = f"{type(e).__name__}: {e}"
     return found

@@ -49,8 +49,22 @@ log = structlog.get_logger("readerd.plugins")
 ENTRY_POINT_GROUP = "readerd"
 #: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
 DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
-#: The built-in plugins: name -> module (loaded like third-party ones, and disabled the same way).
+#: The built-in plugins: name -> ``module`` or ``module:object`` (loaded like third-party ones, and
+#: disabled the same way). A class is instantiated once per host: a plugin's state lives in its instance.
 BUILTIN: dict[str, str] = {}
+
+#: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
+PLUGIN_RESULT_HOOK = "readerd_plugin_result"
+
+
+def load_object(spec: str) -> object:
+    """``module`` or ``module:attribute``, as in entry points."""
+    module, _, attribute = spec.partition(":")
+    loaded: object = importlib.import_module(module)
+    for part in filter(None, attribute.split(".")):
+        loaded = getattr(loaded, part)
+    return loaded
+
 
 #: Which hook an event type goes to.
 EVENT_HOOKS: dict[str, str] = {
@@ -131,7 +145,7 @@ class PluginHost:
     def load(self) -> None:
         """Find, register and start every enabled plugin; a broken one is reported and skipped."""
         for name, module in BUILTIN.items():
-            self._add(name, functools.partial(importlib.import_module, module), "builtin", None)
+            self._add(name, functools.partial(load_object, module), "builtin", None)
         if self.config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
             for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = entry.dist.version if entry.dist is not None else None
@@ -150,6 +164,8 @@ class PluginHost:
             if name in self.plugins:
                 raise PluginError(name, "load", "a plugin of this name is already loaded")
             plugin = load()
+            if isinstance(plugin, type):
+                plugin = plugin()
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as e:
             self._reject(name, f"bad hook implementation: {e}")
@@ -246,13 +262,18 @@ class PluginHost:
     def dispatch(self, envelope: JsonObject) -> None:
         """Hand one private-feed envelope to every plugin that wants it, one plugin at a time."""
         self._track_seq(envelope)
-        hook = EVENT_HOOKS.get(str(envelope.get("type")))
+        event_type = str(envelope.get("type"))
+        hook = EVENT_HOOKS.get(event_type)
+        if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
+            hook = PLUGIN_RESULT_HOOK
         if hook is None:
             return
         private = envelope.get("private") or {}
         for loaded in list(self.plugins.values()):
-            if loaded.quarantined or not loaded.interest.wants(envelope["type"]):
+            if loaded.quarantined or not loaded.interest.wants(event_type):
                 continue
+            if event_type.startswith(f"plugin.{loaded.name}."):
+                continue  # never its own results: a plugin answering itself would loop
             event = PluginEvent.from_envelope(envelope, loaded.interest.strip(private))
             self._call(loaded, hook, {"event": event, "context": loaded.context})
             loaded.last_seq = event.seq
@@ -340,8 +361,6 @@ class PluginHost:
                     continue
                 topic, body = sock.recv_multipart()
                 ready.set()
-                if topic.startswith(b"plugin."):
-                    continue  # results of plugins, published through the daemon: not input for plugins
                 try:
                     self.dispatch(_json(body))
                 except Exception:  # the host thread must outlive any event

@@ -220,6 +220,7 @@ class Config:
         if len(set(names)) != len(names):
             raise ConfigError("felica.reads: names must be unique")
         self.auth.validate()
+        self.store.validate()
         return self
 
 

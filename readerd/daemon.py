@@ -25,6 +25,7 @@ from readerd.backends import Backend
 from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
 from readerd.errors import ConfigError
+from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
 from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
@@ -119,7 +120,12 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = self._pseudonym_key(state_dir)
         directory = SqliteDirectory(state_dir / "members.db")
-        bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED)
+        event_log = EventLog(
+            state_dir / "events.db",
+            max_events=config.bus.log_max_events,
+            max_age_s=config.bus.log_retention_days * DAY,
+        )
+        bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED, event_log=event_log)
         self.bus = bus
         resolver = IdentityResolver(key, directory)
         sessions = CardSessions(
@@ -160,6 +166,7 @@ class Daemon:
                 self.host.stop(SHUTDOWN_BUDGET / 4)
             bus.stop(SHUTDOWN_BUDGET / 4)
             directory.close()
+            event_log.close()
             log.info("readerd stopped")
         return ExitCode.OK
 

@@ -10,6 +10,7 @@ import pytest
 
 from simulators.mynumber import VirtualMyNumberCard, observe_cards
 from tests.support.pcscd import PrivatePcscd, attach_logs_on_failure, private_pcscd_fixture
+from tests.support.postgres import PrivatePostgres, private_postgres_fixture
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,29 @@ def private_pcscd(pcscd_socket_dir: Path) -> Iterator[PrivatePcscd]:
     pcscd = private_pcscd_fixture(pcscd_socket_dir)
     yield pcscd
     pcscd.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PrivatePostgres]:
+    """One private PostgreSQL cluster for the whole session (tests/support/postgres.py), removed at the end.
+
+    Skips when the server binaries are missing, except under CI (CI set), where that fails.
+    """
+    cluster = private_postgres_fixture()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PrivatePostgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database in the private cluster for this test (its SQLAlchemy URL); a failed test gets
+    the cluster's log as a report section."""
+    if not postgres_cluster.running:  # a test stopped it and failed before starting it again
+        postgres_cluster.start()
+    yield postgres_cluster.create_database()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        postgres_cluster.attach_log(report)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,681 @@
+"""The store plugins get (issue 5 item 6, DESIGN decision 16): SQLAlchemy Core on SQLite or PostgreSQL.
+
+Two databases, one set of rules
+-------------------------------
+``store.local`` is always a SQLite file in the state directory: it works with the network down (check-in
+outboxes, caches). ``store.shared`` is PostgreSQL when ``[store] shared_url`` is set, so that the kiosks of
+a ward share one points ledger or loan list, and otherwise the very same SQLite file (one kiosk on its
+own). Plugin code is the same either way: it names the role, never the engine.
+
+Every transaction goes through :meth:`Database.transaction` (or, for one attempt, :meth:`Database.begin`):
+
+* **SQLite**: WAL, ``busy_timeout``, ``synchronous=FULL`` (a points ledger must survive a power cut),
+  foreign keys on. Write transactions start with ``BEGIN IMMEDIATE``, so a writer takes the write lock
+  before it reads and two writers can never both read a balance and then both spend it; a writer that
+  cannot get the lock within ``busy_timeout`` gets "database is locked", which is retried. pysqlite
+  starts transactions itself (a deferred ``BEGIN`` before the first write); SQLAlchemy's documented
+  recipe (``isolation_level = None`` on connect, our own ``BEGIN`` in the ``begin`` event) takes that
+  over. Read-only transactions use a deferred ``BEGIN`` and never block a writer (WAL).
+* **PostgreSQL**: ``SERIALIZABLE`` for every transaction, ``lock_timeout`` = ``busy_timeout``,
+  ``pool_pre_ping`` (a restarted server costs no failed request). Serialization failures (SQLSTATE
+  40001), deadlocks (40P01) and lock timeouts (55P03) are retried.
+* Retries are bounded (``retries``) with exponential backoff and full jitter; when they run out:
+  :class:`~readerd.errors.StoreBusyError`. **The function passed to** :meth:`Database.transaction`
+  **may therefore run more than once**: it must have no effect outside its connection (no publishing,
+  no counters, no card I/O) and must not swallow database errors. Exceptions of its own are not retried:
+  they roll back and propagate unchanged.
+* A database that cannot be reached, opened or written (server down, connection lost, unwritable or
+  corrupt file, disk full) is :class:`~readerd.errors.StoreUnavailableError` with the role and the
+  database named (passwords redacted); no driver exception escapes. Such failures are *not* retried: a
+  connection lost during COMMIT leaves the outcome unknown, and only the plugin's idempotency keys can
+  tell. Constraint violations and SQL errors are the plugin's own: SQLAlchemy's ``IntegrityError`` etc.
+
+Schemas: a small equivalent of Alembic
+--------------------------------------
+Each plugin owns its tables in each database, named ``<plugin>__<table>`` (shared) and
+``<plugin>__local__<table>`` (local), so two plugins never collide and a plugin's local and shared tables
+stay apart even when both roles are the same SQLite file. A plugin declares its schema as an ordered list
+of migration functions; version N is the N-th function. :meth:`PluginDatabase.migrate` records applied
+versions per (plugin, role) in ``readerd_migrations``, applies the missing ones in one transaction (all
+or none), and refuses (:class:`~readerd.errors.StoreSchemaError`) when the database is at a version the
+code does not know, i.e. a newer readerd or plugin already migrated it. Concurrent starts (two kiosks on
+one PostgreSQL) are serialised by a transaction-scoped advisory lock, on SQLite by ``BEGIN IMMEDIATE``.
+
+Why not Alembic: its value is autogeneration and branching for one application's schema, driven by a
+command line and an ``alembic.ini``/``env.py`` per project. Here each of many third-party plugins owns a
+few tables, migrations run inside the daemon at plugin start on two backends and two roles, and their
+history must be recorded per plugin, with table prefixing, in a database the plugin does not own. That is
+about 150 lines on top of SQLAlchemy Core (the same DDL constructs Alembic's ``op`` emits), with no
+second dependency and no per-plugin migration environment. Migrations are append-only: never edit or
+reorder a released one (the recorded function names are compared and a mismatch is logged).
+
+Names are checked: a plugin name or table name of lower-case words joined by single underscores, so the
+double underscore of the prefix is unambiguous; a full name fits PostgreSQL's 63-byte identifiers.
+Prefixing prevents accidents, not malice: plugins run in readerd's process and share its connections.
+
+Business time: :meth:`Store.now` gives the ward's clock (``readerd.business_time``, Asia/Tokyo) through
+an injectable clock, so plugin tests can fix the instant.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.schema import CreateColumn
+
+from readerd import business_time
+from readerd.config import StoreConfig
+from readerd.errors import StoreBusyError, StoreSchemaError, StoreUnavailableError
+
+log = structlog.get_logger("readerd.store")
+
+T = TypeVar("T")
+Role = Literal["local", "shared"]
+
+LOCAL_FILE: Final = "store.db"
+MIGRATIONS_TABLE: Final = "readerd_migrations"
+PLUGIN_NAME_MAX: Final = 32
+PG_MAX_IDENTIFIER: Final = 63
+# pg_advisory_xact_lock key for migrations: b"readerd\0" as a big-endian signed 64-bit number.
+MIGRATION_LOCK_KEY: Final = int.from_bytes(b"readerd\0", "big")
+
+_NAME: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+_READONLY: Final = "readerd_readonly"  # execution option read by the SQLite "begin" listener
+# PostgreSQL: serialization_failure, deadlock_detected, lock_not_available (lock_timeout).
+_PG_RETRY: Final = frozenset({"40001", "40P01", "55P03"})
+# ... connection exception, insufficient resources, operator intervention (shutdown, cancel), system error.
+_PG_UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57", "58"})
+# SQLite primary result codes: BUSY, LOCKED (retried) and what makes a file unusable.
+_SQLITE_RETRY: Final = frozenset({5, 6})
+_SQLITE_UNAVAILABLE: Final = frozenset({3, 8, 10, 11, 13, 14, 15, 22, 23, 26})
+
+_RETRY: Final = "retry"
+_UNAVAILABLE: Final = "unavailable"
+_BUSY: Final = "busy"
+
+_metadata = sa.MetaData()
+_migrations = sa.Table(
+    MIGRATIONS_TABLE,
+    _metadata,
+    sa.Column("plugin", sa.String(PLUGIN_NAME_MAX), primary_key=True),
+    sa.Column("role", sa.String(8), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.String(32), nullable=False),
+)
+
+
+def _classify(error: BaseException, *, readonly: bool = False) -> str | None:
+    """``_RETRY``, ``_UNAVAILABLE``, ``_BUSY``, or None for an error that is not the store's business.
+
+    ``readonly``: SQLITE_READONLY in a read-only transaction is the caller writing (``query_only``), not
+    an unwritable file."""
+    if isinstance(error, sa_exc.TimeoutError):  # no free connection in the pool within pool_timeout
+        return _BUSY
+    if not isinstance(error, sa_exc.DBAPIError):
+        return None
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate in _PG_RETRY:
+            return _RETRY
+        if sqlstate[:2] in _PG_UNAVAILABLE_CLASSES:
+            return _UNAVAILABLE
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(orig, sqlite3.Error) and isinstance(code, int):
+        if code & 0xFF in _SQLITE_RETRY:
+            return _RETRY
+        if readonly and code & 0xFF == sqlite3.SQLITE_READONLY:
+            return None
+        if code & 0xFF in _SQLITE_UNAVAILABLE:
+            return _UNAVAILABLE
+        return None
+    if error.connection_invalidated:
+        return _UNAVAILABLE
+    if sqlstate is None and isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return _UNAVAILABLE  # no server answer at all: refused, unreachable, closed mid-way
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass
+class StoreStats:
+    """Counters for ``readerctl status`` and tests (monotonic since the database was opened)."""
+
+    transactions: int = 0  # committed
+    retries: int = 0  # attempts repeated after a retryable failure
+    busy: int = 0  # transactions given up as StoreBusyError
+    unavailable: int = 0  # transactions failed with StoreUnavailableError
+
+
+class Database:
+    """One database with readerd's transaction rules (see the module docstring).
+
+    Plugins use it through :class:`PluginDatabase`; the daemon's own code may use it directly.
+    """
+
+    def __init__(self, engine: Engine, role: Role, config: StoreConfig) -> None:
+        self.engine = engine
+        self.role: Role = role
+        self.config = config
+        self.dialect: str = engine.dialect.name
+        self.stats = StoreStats()
+        self._stats_lock = threading.Lock()
+        self._sleep: Callable[[float], None] = time.sleep  # tests replace it to act during a backoff
+
+    @property
+    def where(self) -> str:
+        """The database for messages: a SQLite path, or the PostgreSQL URL without its password."""
+        url = self.engine.url
+        if self.dialect == "sqlite":
+            return str(url.database)
+        return url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"<Database {self.role} {self.where}>"
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    # -- transactions -------------------------------------------------------------------------------
+    @contextmanager
+    def _connection(self, *, readonly: bool, isolation: str | None = None) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            options: dict[str, object] = {_READONLY: readonly}
+            if self.dialect == "postgresql" and readonly:
+                options["postgresql_readonly"] = True
+            if isolation is not None:
+                options["isolation_level"] = isolation
+            conn.execution_options(**options)
+            yield conn
+
+    def transaction(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
+        """Run ``fn(conn)`` in one transaction and commit; retried on serialization failures, deadlocks
+        and lock timeouts, so **fn may run more than once** (module docstring). Returns fn's result.
+
+        ``readonly``: no writes (SQLite: a deferred BEGIN that never waits for the writer, and
+        ``query_only``; PostgreSQL: ``READ ONLY``); a write in it raises SQLAlchemy's error.
+
+        Raises :class:`StoreBusyError` when the retries run out, :class:`StoreUnavailableError` when
+        the database cannot be used; fn's own exceptions roll back and propagate unchanged.
+        """
+        return self._transaction(fn, readonly=readonly, isolation=None)
+
+    def _transaction(self, fn: Callable[[Connection], T], *, readonly: bool, isolation: str | None) -> T:
+        attempt = 1
+        while True:
+            try:
+                with self._connection(readonly=readonly, isolation=isolation) as conn, conn.begin():
+                    result = fn(conn)
+            except Exception as e:
+                kind = _classify(e, readonly=readonly)
+                if kind is None:
+                    raise
+                if kind == _RETRY and attempt <= self.config.retries:
+                    delay = self._backoff(attempt)
+                    self._count("retries")
+                    log.info(
+                        "store transaction retried",
+                        role=self.role,
+                        attempt=attempt,
+                        delay=round(delay, 4),
+                        reason=_first_line(e),
+                    )
+                    self._sleep(delay)
+                    attempt += 1
+                    continue
+                raise self._error(kind, e, attempt) from e
+            self._count("transactions")
+            return result
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.retry_backoff_max, self.config.retry_backoff * 2.0 ** (attempt - 1))
+        return ceiling * random.random()  # noqa: S311 - jitter, not a secret
+
+    def _error(
+        self, kind: str, error: BaseException, attempts: int
+    ) -> StoreBusyError | StoreUnavailableError:
+        reason = _first_line(error)
+        if kind == _UNAVAILABLE:
+            self._count("unavailable")
+            log.warning("store unavailable", role=self.role, database=self.where, error=reason)
+            return StoreUnavailableError(f"{self.role} store ({self.where}) unavailable: {reason}")
+        self._count("busy")
+        log.warning("store busy", role=self.role, attempts=attempts, error=reason)
+        return StoreBusyError(f"{self.role} store busy: gave up after {attempts} attempt(s): {reason}")
+
+    @contextmanager
+    def begin(self, *, readonly: bool = False) -> Iterator[Connection]:
+        """``with db.begin() as conn:`` one transaction, committed when the block ends, **never retried**
+        (a ``with`` block cannot run twice): a serialization failure or lock timeout is
+        :class:`StoreBusyError` at once. Prefer :meth:`transaction` for anything that writes under
+        contention."""
+        try:
+            with self._connection(readonly=readonly) as conn, conn.begin():
+                yield conn
+        except Exception as e:
+            kind = _classify(e, readonly=readonly)
+            if kind is None:
+                raise
+            raise self._error(_BUSY if kind == _RETRY else kind, e, 1) from e
+        self._count("transactions")
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailableError` unless the database answers (``readerctl doctor``)."""
+        self.transaction(lambda conn: conn.exec_driver_sql("SELECT 1").scalar_one(), readonly=True)
+
+    def insert_or_ignore(self, table: sa.Table) -> sa.Insert:
+        """``INSERT … ON CONFLICT DO NOTHING`` for this dialect: the idempotent write of DESIGN decision 2
+        (a row keyed by an event id or idempotency key is written once however often it arrives)."""
+        if self.dialect == "postgresql":
+            return pg_dialect.insert(table).on_conflict_do_nothing()
+        return sqlite_dialect.insert(table).on_conflict_do_nothing()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    # SQLAlchemy's pysqlite recipe: no transaction handling by the driver, our own BEGIN below.
+    dbapi_connection.isolation_level = None
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+        dbapi_connection.execute(f"PRAGMA {pragma}").close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    # Read-only: a deferred BEGIN (no write lock; WAL readers never wait) and query_only, so a write in a
+    # read-only transaction fails on SQLite as it does on PostgreSQL instead of passing unnoticed.
+    readonly = bool(conn.get_execution_options().get(_READONLY, False))
+    conn.exec_driver_sql(f"PRAGMA query_only = {'ON' if readonly else 'OFF'}")
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def sqlite_database(path: Path, role: Role, config: StoreConfig) -> Database:
+    """A SQLite database at ``path`` (created, mode 0600, if missing; its directory must exist)."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            path.touch(mode=0o600)
+    except OSError as e:
+        raise StoreUnavailableError(f"{role} store ({path}) unavailable: {e}") from e
+    engine = sa.create_engine(
+        URL.create("sqlite+pysqlite", database=str(path)),
+        connect_args={"timeout": config.busy_timeout},
+        pool_size=config.pool_size,
+        max_overflow=config.pool_size,
+    )
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return Database(engine, role, config)
+
+
+def postgres_database(url: str, config: StoreConfig) -> Database:
+    """The shared PostgreSQL database (no connection is made until the first transaction)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(
+        parsed,
+        isolation_level="SERIALIZABLE",
+        pool_pre_ping=True,
+        pool_size=config.pool_size,
+        max_overflow=config.pool_size,
+        connect_args={
+            # libpq: whole seconds, and 2 is its minimum
+            "connect_timeout": max(2, math.ceil(config.connect_timeout)),
+            "application_name": "readerd",
+            "options": f"-c lock_timeout={max(1, round(config.busy_timeout * 1000))}",
+        },
+    )
+    return Database(engine, "shared", config)
+
+
+# --- plugins' schemas ----------------------------------------------------------------------------------
+def check_name(kind: str, name: str, *, max_length: int = PG_MAX_IDENTIFIER) -> str:
+    """``name`` if it is lower-case words joined by single underscores and at most ``max_length`` long,
+    else :class:`StoreSchemaError` (the prefix's double underscore must stay unambiguous)."""
+    if not _NAME.fullmatch(name) or len(name) > max_length:
+        raise StoreSchemaError(
+            f"{kind} name {name!r}: lower-case letters and digits in words joined by single underscores, "
+            f"at most {max_length} characters"
+        )
+    return name
+
+
+class MigrationContext:
+    """What a migration function gets: the open transaction and the plugin's naming.
+
+    Write DDL through these helpers (or :attr:`connection` for data migrations): they add the plugin's
+    prefix, so ``create_table("accounts", …)`` makes ``points__accounts``. Everything runs in the one
+    migration transaction (PostgreSQL and SQLite both have transactional DDL; avoid statements that cannot
+    run in a transaction, such as ``CREATE INDEX CONCURRENTLY``).
+    """
+
+    def __init__(self, connection: Connection, target: PluginDatabase) -> None:
+        self.connection = connection
+        self.dialect: str = connection.dialect.name
+        self._target = target
+        self.metadata = sa.MetaData()  # tables made in this run, so ForeignKey(accounts.c.id) works
+
+    def table_name(self, name: str) -> str:
+        return self._target.table_name(name)
+
+    def create_table(self, name: str, *items: sa.schema.SchemaItem) -> sa.Table:
+        table = sa.Table(self.table_name(name), self.metadata, *items)
+        table.create(self.connection)
+        return table
+
+    def drop_table(self, name: str) -> None:
+        sa.Table(self.table_name(name), sa.MetaData()).drop(self.connection)
+
+    def add_column(self, table: str, column: sa.Column[Any]) -> None:
+        """``ALTER TABLE … ADD COLUMN`` (SQLite: no primary key or unique column, a constant default)."""
+        sa.Table(self.table_name(table), sa.MetaData(), column)  # binds the column for compilation
+        preparer = self.connection.dialect.identifier_preparer
+        ddl = CreateColumn(column).compile(dialect=self.connection.dialect)
+        self.connection.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(self.table_name(table))} ADD COLUMN {ddl}"
+        )
+
+    def create_index(self, name: str, table: str, *columns: str, unique: bool = False) -> None:
+        """An index named ``<full table name>__<name>`` (index names share one namespace per database)."""
+        full = self.table_name(table)
+        index_name = f"{full}__{check_name('index', name)}"
+        _check_length(index_name)
+        bound = sa.Table(full, sa.MetaData(), *(sa.Column(c) for c in columns))
+        sa.Index(index_name, *(bound.c[c] for c in columns), unique=unique).create(self.connection)
+
+    def execute(self, statement: str | sa.Executable, parameters: dict[str, object] | None = None) -> None:
+        """Run SQL text (use :meth:`table_name` for names) or a SQLAlchemy statement."""
+        if isinstance(statement, str):
+            self.connection.execute(sa.text(statement), parameters or {})
+        else:
+            self.connection.execute(statement, parameters or {})
+
+
+Migration = Callable[[MigrationContext], None]
+"""One schema version: a function that changes the plugin's tables through a MigrationContext."""
+
+
+def _check_length(name: str) -> None:
+    if len(name.encode()) > PG_MAX_IDENTIFIER:
+        raise StoreSchemaError(f"{name!r} is longer than {PG_MAX_IDENTIFIER} bytes (PostgreSQL's limit)")
+
+
+def _migration_name(step: Migration) -> str:
+    return str(getattr(step, "__qualname__", None) or getattr(step, "__name__", None) or repr(step))[:200]
+
+
+class PluginDatabase:
+    """A plugin's view of one database: its prefixed tables, its migrations, and transactions that are
+    refused once the plugin is revoked (quarantined, DESIGN decision 15)."""
+
+    def __init__(self, database: Database, plugin: str, role: Role, owner: PluginStore) -> None:
+        self.database = database
+        self.plugin = plugin
+        self.role: Role = role  # the slot, not the engine: `shared` may be the local SQLite file
+        self.prefix = f"{plugin}__" if self.role == "shared" else f"{plugin}__local__"
+        self.metadata = sa.MetaData()
+        self._owner = owner
+        self._tables_lock = threading.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
+
+    def __repr__(self) -> str:
+        return f"<PluginDatabase {self.plugin} {self.role} {self.database.where}>"
+
+    # -- names and tables ---------------------------------------------------------------------------
+    def table_name(self, name: str) -> str:
+        """The table's name in the database: ``<plugin>__<name>`` or ``<plugin>__local__<name>``."""
+        full = self.prefix + check_name("table", name)
+        _check_length(full)
+        return full
+
+    def table(self, name: str, *items: sa.schema.SchemaItem) -> sa.Table:
+        """The plugin's table ``name`` for queries. With columns: declared here (it must match what the
+        migrations made); without: the one declared before, or else reflected from the database."""
+        full = self.table_name(name)
+        # Hooks run on several threads: without the lock, one could see a table another is still
+        # reflecting (registered in the MetaData before its columns are).
+        with self._tables_lock:
+            if full in self.metadata.tables:
+                return self.metadata.tables[full]  # a hook may call this on every event: declared once
+            if items:
+                return sa.Table(full, self.metadata, *items)
+            return self._call(lambda conn: sa.Table(full, self.metadata, autoload_with=conn), readonly=True)
+
+    # -- migrations ---------------------------------------------------------------------------------
+    def version(self) -> int:
+        """The schema version recorded for this plugin and role (0: never migrated)."""
+
+        def read(conn: Connection) -> int:
+            if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+                return 0
+            query = sa.select(sa.func.count()).where(
+                _migrations.c.plugin == self.plugin, _migrations.c.role == self.role
+            )
+            return int(conn.execute(query).scalar_one())
+
+        return self._call(read, readonly=True)
+
+    def migrate(self, migrations: Sequence[Migration]) -> int:
+        """Bring the plugin's tables to version ``len(migrations)``; returns that version.
+
+        Already applied versions are skipped (a re-run is a no-op); the missing ones run in order in one
+        transaction, each recorded in ``readerd_migrations``. Raises :class:`StoreSchemaError` when the
+        database records a version beyond the list (newer code migrated it) or a migration fails, and
+        :class:`StoreUnavailableError` / :class:`StoreBusyError` as transactions do.
+        """
+        known = len(migrations)
+        names = [_migration_name(step) for step in migrations]
+        pg = self.dialect == "postgresql"
+
+        def run(conn: Connection) -> tuple[int, int]:
+            if pg:  # kiosks starting together: one migrates, the others wait and then find it done
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            _migrations.create(conn, checkfirst=True)
+            rows = conn.execute(
+                sa.select(_migrations.c.version, _migrations.c.name)
+                .where(_migrations.c.plugin == self.plugin, _migrations.c.role == self.role)
+                .order_by(_migrations.c.version)
+            ).all()
+            applied = [int(row.version) for row in rows]
+            if applied != list(range(1, len(applied) + 1)):
+                raise StoreSchemaError(f"{self}: recorded versions {applied} have gaps")
+            current = len(applied)
+            if current > known:
+                raise StoreSchemaError(
+                    f"plugin {self.plugin!r} ({self.role} store, {self.database.where}): the database is at "
+                    f"schema version {current}, this code knows {known}; run the newer plugin or restore"
+                )
+            for row in rows:
+                if row.name != names[row.version - 1]:
+                    log.warning(
+                        "applied migration differs from the code's",
+                        plugin=self.plugin,
+                        role=self.role,
+                        version=row.version,
+                        recorded=row.name,
+                        code=names[row.version - 1],
+                    )
+            context = MigrationContext(conn, self)
+            now = business_time.utc_now().isoformat(timespec="seconds")
+            for version in range(current + 1, known + 1):
+                migrations[version - 1](context)
+                conn.execute(
+                    _migrations.insert().values(
+                        plugin=self.plugin,
+                        role=self.role,
+                        version=version,
+                        name=names[version - 1],
+                        applied_at=now,
+                    )
+                )
+            return current, known
+
+        try:
+            # READ COMMITTED on PostgreSQL: after waiting for the advisory lock, the next statement must
+            # see what the kiosk that held it committed (a SERIALIZABLE snapshot would predate it).
+            before, after = self._call(run, readonly=False, isolation="READ COMMITTED" if pg else None)
+        except (StoreUnavailableError, StoreBusyError, StoreSchemaError):
+            raise
+        except Exception as e:
+            raise StoreSchemaError(
+                f"plugin {self.plugin!r} ({self.role} store): migration failed: {e}"
+            ) from e
+        if after != before:
+            with self._tables_lock:
+                self.metadata.clear()  # tables reflected or declared before the migration may have changed
+            log.info("plugin schema migrated", plugin=self.plugin, role=self.role, old=before, new=after)
+        return after
+
+    # -- transactions -------------------------------------------------------------------------------
+    def transaction(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
+        """:meth:`Database.transaction` (fn may run more than once); refused once the plugin is revoked,
+        and a transaction running when it is revoked is rolled back instead of committed."""
+        return self._call(fn, readonly=readonly)
+
+    @contextmanager
+    def begin(self, *, readonly: bool = False) -> Iterator[Connection]:
+        """:meth:`Database.begin` (one attempt, no retry), with the revocation check before commit."""
+        self._owner.check()
+        with self.database.begin(readonly=readonly) as conn:
+            yield conn
+            self._owner.check()
+
+    def insert_or_ignore(self, table: sa.Table) -> sa.Insert:
+        return self.database.insert_or_ignore(table)
+
+    def _call(self, fn: Callable[[Connection], T], *, readonly: bool, isolation: str | None = None) -> T:
+        self._owner.check()
+
+        def guarded(conn: Connection) -> T:
+            result = fn(conn)
+            self._owner.check()  # raising here rolls back: a revoked plugin's late write never lands
+            return result
+
+        return self.database._transaction(guarded, readonly=readonly, isolation=isolation)
+
+
+class PluginStore:
+    """What one plugin gets as ``context.store``: its ``local`` and ``shared`` databases and the clock."""
+
+    def __init__(self, store: Store, plugin: str) -> None:
+        self.plugin = check_name("plugin", plugin, max_length=PLUGIN_NAME_MAX)  # readerd_migrations.plugin
+        self._store = store
+        self._revoked: str | None = None
+        self.local = PluginDatabase(store.local, plugin, "local", self)
+        self.shared = PluginDatabase(store.shared, plugin, "shared", self)
+
+    def now(self) -> datetime:
+        """The current instant on the ward's clock (JST, aware)."""
+        return self._store.now()
+
+    def revoke(self, reason: str = "revoked") -> None:
+        """Refuse every further transaction of this plugin (quarantine, reload): a thread abandoned in a
+        hook can no longer commit."""
+        self._revoked = reason
+        log.info("plugin store revoked", plugin=self.plugin, reason=reason)
+
+    @property
+    def revoked(self) -> bool:
+        return self._revoked is not None
+
+    def check(self) -> None:
+        if self._revoked is not None:
+            raise StoreUnavailableError(f"plugin {self.plugin!r}: store access revoked ({self._revoked})")
+
+
+class Store:
+    """The two databases and the clock; :meth:`for_plugin` gives each plugin its own view."""
+
+    def __init__(
+        self, local: Database, shared: Database | None = None, *, clock: business_time.Clock | None = None
+    ) -> None:
+        self.local = local
+        self.shared = shared if shared is not None else local
+        self.clock: business_time.Clock = clock or business_time.utc_now
+
+    @classmethod
+    def open(
+        cls, config: StoreConfig, state_dir: Path | str, *, clock: business_time.Clock | None = None
+    ) -> Store:
+        """Open the store of a configuration (``ConfigError`` if it is invalid).
+
+        The local SQLite file is opened and checked at once (:class:`StoreUnavailableError` if it cannot
+        be used: the daemon exits 69). PostgreSQL is not contacted here: a kiosk must start offline, and
+        ``shared`` reports :class:`StoreUnavailableError` per transaction until the server answers.
+        """
+        config.validate()
+        path = Path(config.local_path) if config.local_path else Path(state_dir) / LOCAL_FILE
+        local = sqlite_database(path, "local", config)
+        try:
+            local.ping()
+        except StoreUnavailableError:
+            local.close()
+            raise
+        # Without a URL, shared is the same SQLite file under its own name, so that errors and
+        # counters say which role the plugin used.
+        shared = (
+            postgres_database(config.shared_url, config)
+            if config.shared_url
+            else Database(local.engine, "shared", config)
+        )
+        store = cls(local, shared, clock=clock)
+        log.info("store opened", local=local.where, shared=store.shared.where)
+        return store
+
+    def for_plugin(self, name: str) -> PluginStore:
+        """The handle for plugin ``name`` (tables prefixed with its name, revocable on its own)."""
+        return PluginStore(self, name)
+
+    def now(self) -> datetime:
+        """The current instant on the ward's clock (JST, aware); see ``readerd.business_time``."""
+        return business_time.to_business(self.clock())
+
+    def status(self) -> dict[str, object]:
+        """For ``readerctl status``: each database and its counters."""
+        return {
+            role: {"database": db.where, "dialect": db.dialect, **vars(db.stats)}
+            for role, db in (("local", self.local), ("shared", self.shared))
+        }
+
+    def close(self) -> None:
+        self.local.close()
+        if self.shared.engine is not self.local.engine:
+            self.shared.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

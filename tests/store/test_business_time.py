@@ -13,7 +13,8 @@ from readerd.store import Store
 from tests.store.conftest import FAST
 
 
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+def utc(year: int, month: int, day: int, *hms: int) -> datetime:
+    hour, minute, second = (*hms, 0, 0, 0)[:3]
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 

@@ -9,8 +9,9 @@ The bus thread stamps each event with the next ``seq`` and sends it on:
 
 A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name.
 PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
-(detected by ``seq`` gaps, healed by catch-up once the event log lands). If the queue itself is full the
-event is dropped and counted, and the count is in ``status``.
+(detected by ``seq`` gaps, healed by catch-up: every event is appended to the durable event log before it
+is sent, and ``events.since`` on the control socket replays it). If the queue itself is full the event is
+dropped before it gets a seq and counted, and the count is in ``status``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ import structlog
 import zmq
 
 from readerd.config import BusConfig
-from readerd.errors import BusError, ReaderdError
-from readerd.events import Envelope, Event, EventType, heartbeat, stamp
+from readerd.errors import BusError, ReaderdError, StoreUnavailableError
+from readerd.eventlog import EventLog
+from readerd.events import Envelope, Event, heartbeat, stamp
 
 log = structlog.get_logger("readerd.bus")
+
+#: Events stamped, logged and sent per round of the bus loop (one log transaction each).
+DRAIN_BATCH = 500
+#: The most events one ``events.since`` answer carries; a client asks again while ``more`` is true.
+SINCE_LIMIT = 1000
 
 JsonObject = dict[str, Any]
 
@@ -74,6 +81,7 @@ class BusStats:
     published: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     control_requests: int = 0
+    log_failures: int = 0
 
 
 class Bus:
@@ -84,14 +92,18 @@ class Bus:
         kiosk: str,
         private_endpoint: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        event_log: EventLog | None = None,
     ) -> None:
+        """``event_log``: where events are appended before they go out and ``events.since`` reads; the
+        first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed."""
         self.config = config
+        self.event_log = event_log
         self.kiosk = kiosk
         self.private_endpoint = private_endpoint
         self.run_id = str(uuid.uuid4())
         self.context = context or zmq.Context.instance()
         self.stats = BusStats()
-        self.last_seq = 0
+        self.last_seq = event_log.last_seq if event_log is not None else 0
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=config.queue_size)
         self._commands: dict[str, CommandHandler] = {}
         self._replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
@@ -109,6 +121,7 @@ class Bus:
         self.publish_endpoint = config.publish
         self.control_endpoint = config.control
         self.register_command("status", lambda _req: self.status())
+        self.register_command("events.since", self._events_since)
 
     # -- wiring (before start) ------------------------------------------------------------------------
     def register_command(self, name: str, handler: CommandHandler) -> None:
@@ -150,11 +163,41 @@ class Bus:
             "queue_depth": self._queue.qsize(),
             "published": self.stats.published,
             "dropped": dict(self.stats.dropped),
+            "event_log": self._log_status(),
             "endpoints": {"publish": self.publish_endpoint, "control": self.control_endpoint},
         }
         for provider in self._status_providers:
             out.update(provider())
         return out
+
+    def _log_status(self) -> JsonObject | None:
+        if self.event_log is None:
+            return None
+        return {
+            "oldest_seq": self.event_log.oldest_seq(),
+            "last_seq": self.event_log.last_seq,
+            "append_failures": self.stats.log_failures,
+        }
+
+    def _events_since(self, request: ControlRequest) -> JsonObject:
+        """``events.since {seq, limit?}``: the public envelopes after ``seq``, in order (Clone pattern's
+        snapshot). Answered on the bus thread, so no event can slip between the answer and the live feed:
+        everything with a higher seq than the answer's ``last_seq`` is still to come on the PUB socket."""
+        seq = request.args.get("seq")
+        limit = request.args.get("limit", SINCE_LIMIT)
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise CommandError("bad_request", "seq: a non-negative integer")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= SINCE_LIMIT:
+            raise CommandError("bad_request", f"limit: 1..{SINCE_LIMIT}")
+        if self.event_log is None:
+            raise CommandError("unavailable", "this bus keeps no event log")
+        answer = self.event_log.since(seq, limit=limit)
+        return {
+            "run_id": self.run_id,
+            "last_seq": answer.last_seq,
+            "more": answer.more,
+            "events": answer.events,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self, timeout: float = 5.0) -> None:
@@ -239,19 +282,40 @@ class Bus:
                 sock.close()
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
+        """Stamp what is queued, append it to the event log in one transaction, then send it.
+
+        The append comes first (DESIGN decision 2): an event a client saw is always there for
+        ``events.since``, and the next seq after a restart is the last logged one plus one.
+        """
         while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
+            batch: list[Envelope] = []
+            while len(batch) < DRAIN_BATCH:
+                try:
+                    event = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self.last_seq += 1
+                batch.append(stamp(event, seq=self.last_seq, run_id=self.run_id, kiosk=self.kiosk))
+            if not batch:
                 return
-            self._send(pub, private, event)
+            if self.event_log is not None:
+                try:
+                    self.event_log.append(batch)
+                except StoreUnavailableError as e:
+                    # Live subscribers still get the events; only catch-up of these is lost.
+                    self.stats.log_failures += len(batch)
+                    log.error("event log append failed", error=str(e), events=len(batch))
+            for envelope in batch:
+                self._emit(pub, private, envelope)
 
     def _send(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, event: Event) -> Envelope:
-        # A heartbeat carries the seq of the last event and takes none of its own: seq counts events,
-        # and a client that sees a heartbeat ahead of what it received knows it missed something.
-        if event.type is not EventType.HEARTBEAT:
-            self.last_seq += 1
+        """Send a heartbeat: it carries the seq of the last event and takes none of its own (seq counts
+        events, and a client that sees a heartbeat ahead of what it received knows it missed some)."""
         envelope = stamp(event, seq=self.last_seq, run_id=self.run_id, kiosk=self.kiosk)
+        self._emit(pub, private, envelope)
+        return envelope
+
+    def _emit(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, envelope: Envelope) -> None:
         topic = envelope.topic.encode()
         try:
             pub.send_multipart([topic, envelope.public_json()], flags=zmq.NOBLOCK)
@@ -260,7 +324,6 @@ class Bus:
         except zmq.Again:
             self.stats.dropped["hwm"] += 1
         self.stats.published += 1
-        return envelope
 
     def _reader_count(self) -> int:
         for provider in self._status_providers:

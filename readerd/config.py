@@ -26,6 +26,8 @@ class BusConfig:
     send_hwm: int = 1000
     queue_size: int = 10000
     insecure_lan: bool = False
+    log_retention_days: float = 7.0  # the event log (events.since) keeps events this long ...
+    log_max_events: int = 100_000  # ... and at most this many
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ class Config:
                 )
             if self.simulated and not is_loopback_endpoint(endpoint):
                 raise ConfigError("the sim backend only runs with loopback endpoints (no injection on a LAN)")
+        if self.bus.log_retention_days <= 0 or self.bus.log_max_events < 1:
+            raise ConfigError("bus.log_retention_days and bus.log_max_events must be positive")
         if self.bus.heartbeat_interval <= 0 or self.sessions.deadline <= 0:
             raise ConfigError("intervals and deadlines must be positive")
         if not self.kiosk or len(self.kiosk) > 64:

@@ -165,3 +165,32 @@ class SignatureInvalidError(ReaderdError):
     """The card's signature over a challenge does not verify with the certificate's public key."""
 
     code = "signature_invalid"
+
+
+# --- the LAN bus (readerd.bus, readerd.eventlog, readerd.client) -------------------------------------
+class GapUnrecoverableError(ReaderdError):
+    """``events.since`` was asked for events the log no longer holds (older than its retention): the
+    caller lost events for good and must know it. ``oldest_seq`` is the oldest event still held."""
+
+    code = "gap_unrecoverable"
+
+    def __init__(self, *, oldest_seq: int, asked: int) -> None:
+        self.oldest_seq = oldest_seq
+        self.asked = asked
+        super().__init__(f"events after seq {asked} are no longer logged; the oldest held is {oldest_seq}")
+
+    def details(self) -> dict[str, object]:
+        return {"oldest_seq": self.oldest_seq}
+
+
+class ForbiddenError(ReaderdError):
+    """The caller's CURVE key is allowed on the bus but not for this command (a subscribe-only key)."""
+
+    code = "forbidden"
+
+
+class BusSilentError(ReaderdError):
+    """A client heard neither an event nor a heartbeat within its heartbeat timeout: the daemon is dead,
+    the network silent, or this client's key was revoked. The client keeps its sockets and may go on."""
+
+    code = "bus_silent"

@@ -1,0 +1,178 @@
+"""The durable event log: every published event, with its ``seq``, in SQLite in the state directory.
+
+Why it exists (DESIGN decision 2): ZeroMQ PUB drops for late joiners and slow subscribers, so a client
+that sees a gap in ``seq`` asks ``events.since`` on the control channel and gets the missed events from
+here; and ``seq`` survives a restart because the next one is the last logged plus one.
+
+Only the bus thread writes (it owns the order of events); ``events.since`` is answered on the same
+thread, so one connection and no lock would do, but a lock keeps the class safe for the plugin host's
+in-process reads. WAL with ``synchronous=NORMAL``: a commit is not fsynced, the WAL is at checkpoints, so
+a power cut can lose the last few events but never corrupt the file, and an append costs microseconds
+instead of a disk flush per card tap.
+
+It is personal data (pseudonyms, member IDs, and in the ``private`` column what only plugins may see), so
+it is bounded by age (default 7 days) and by count, pruned as it grows; docs/privacy.md says who reads it.
+The highest ``seq`` ever logged is kept in ``meta`` too, so a log pruned to nothing still continues the
+numbering after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from readerd.errors import GapUnrecoverableError, StoreUnavailableError
+from readerd.events import Envelope
+
+log = structlog.get_logger("readerd.eventlog")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    logged_at REAL NOT NULL,
+    type TEXT NOT NULL,
+    public TEXT NOT NULL,
+    private TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+#: Prune at most every this many appends (and at open): a DELETE per event would double the cost.
+PRUNE_EVERY = 256
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Since:
+    """What ``events.since`` answers: the events after a seq, in order, and whether more follow."""
+
+    events: list[dict[str, Any]]
+    last_seq: int  # the highest seq logged when the answer was made
+    more: bool  # the limit cut the answer: ask again from the last event's seq
+
+
+class EventLog:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_events: int = 100_000,
+        max_age_s: float = 7 * DAY,
+        clock: Any = time.time,  # noqa: ANN401 - a () -> float, injectable for retention tests
+    ) -> None:
+        self.path = Path(path)
+        self.max_events = max_events
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._appends = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                self.path.touch(mode=0o600)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreUnavailableError(f"event log {self.path}: {e}") from e
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+        self.last_seq = self._read_last_seq()
+        self.prune()
+
+    def _read_last_seq(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        top = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return max(int(row[0]) if row else 0, int(top[0]) if top and top[0] is not None else 0)
+
+    def append(self, envelopes: Sequence[Envelope]) -> None:
+        """Log stamped envelopes in one transaction (the bus appends a drained batch before sending it)."""
+        if not envelopes:
+            return
+        now = self._clock()
+        rows = [
+            (e.seq, now, e.topic, e.public_json().decode(), json.dumps(e.event.private, ensure_ascii=False))
+            for e in envelopes
+        ]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(key) DO UPDATE SET value = "
+                    "MAX(value, excluded.value)",
+                    (envelopes[-1].seq,),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise StoreUnavailableError(f"event log append: {e}") from e
+            self.last_seq = max(self.last_seq, envelopes[-1].seq)
+            self._appends += len(envelopes)
+        if self._appends >= PRUNE_EVERY:
+            self.prune()
+
+    def prune(self) -> int:
+        """Drop events past the retention (age or count); the number dropped."""
+        with self._lock:
+            self._appends = 0
+            try:
+                cur = self._db.execute(
+                    "DELETE FROM events WHERE logged_at < ? OR seq <= ?",
+                    (self._clock() - self.max_age_s, self.last_seq - self.max_events),
+                )
+            except sqlite3.Error as e:
+                log.error("event log prune failed", error=str(e))
+                return 0
+            dropped = cur.rowcount
+        if dropped:
+            log.info("event log pruned", dropped=dropped)
+        return dropped
+
+    def oldest_seq(self) -> int:
+        """The oldest seq still held; ``last_seq + 1`` when the log holds nothing."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(seq) FROM events").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_seq + 1
+
+    def since(self, seq: int, *, limit: int = 1000, private: bool = False) -> Since:
+        """The events after ``seq``, oldest first, at most ``limit``.
+
+        Raises :class:`GapUnrecoverableError` when some of them were already pruned: the caller must know
+        it lost events rather than get a stream that silently skips. ``private`` adds the plugin-only
+        fields (the in-process plugin host; never on the control channel).
+        """
+        with self._lock:
+            last = self.last_seq
+            rows = self._db.execute(
+                "SELECT seq, public, private FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit + 1),
+            ).fetchall()
+        if seq < last and (not rows or rows[0][0] != seq + 1):
+            oldest = int(rows[0][0]) if rows else last + 1
+            raise GapUnrecoverableError(oldest_seq=oldest, asked=seq)
+        more = len(rows) > limit
+        events = []
+        for _seq, public, private_json in rows[:limit]:
+            envelope: dict[str, Any] = json.loads(public)
+            if private:
+                envelope["private"] = json.loads(private_json)
+            events.append(envelope)
+        return Since(events, last, more)
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()

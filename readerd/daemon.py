@@ -60,6 +60,9 @@ class Daemon:
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
         self.auth: AuthManager | None = None
+        # Main-loop rounds that pinged the watchdog and that withheld the ping (tests wait on these).
+        self.watchdog_pings = 0
+        self.watchdog_withheld = 0
 
     def _build_backends(self, sessions: CardSessions, state_dir: Path) -> list[Backend]:
         backends: list[Backend] = []
@@ -199,8 +202,10 @@ class Daemon:
         while not self.stop_event.wait(interval):
             if self.healthy():
                 self.notifier.watchdog()
+                self.watchdog_pings += 1
             else:
-                log.error("a backend or the bus thread died; withholding the watchdog ping")
+                self.watchdog_withheld += 1
+                log.error("a backend or the bus thread died or is wedged; withholding the watchdog ping")
 
     def healthy(self) -> bool:
         host_ok = self.host is None or self.host.alive

@@ -10,9 +10,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protocols.errors import ReaderdError
+
+if TYPE_CHECKING:  # the store pulls in SQLAlchemy; plugin_api stays light to import
+    from readerd.store import PluginStore
 
 JsonObject = dict[str, Any]
 
@@ -129,6 +132,7 @@ class ArgType(StrEnum):
     NUMBER = "number"
     BOOLEAN = "boolean"
     OBJECT = "object"
+    ARRAY = "array"
 
 
 _PY_TYPES: dict[ArgType, tuple[type, ...]] = {
@@ -137,6 +141,7 @@ _PY_TYPES: dict[ArgType, tuple[type, ...]] = {
     ArgType.NUMBER: (int, float),
     ArgType.BOOLEAN: (bool,),
     ArgType.OBJECT: (dict,),
+    ArgType.ARRAY: (list,),
 }
 
 
@@ -233,7 +238,9 @@ class PluginContext:
     name: str
     config: JsonObject
     kiosk: str
-    store: Any  # readerd.store handle (None until the store is configured)
+    # Its own tables in the local and shared databases (docs/plugins.md, "Storing data"). The daemon and
+    # the `readerd` test fixture always give one; None only in a PluginHost built without a store.
+    store: PluginStore | None
     log: Any  # structlog logger bound to the plugin's name
     _publish: Publisher
 

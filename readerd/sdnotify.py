@@ -32,7 +32,9 @@ class Notifier:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             try:
                 sock.connect(target)
-                sock.sendall(message.encode())
+                # Never block: with systemd's queue full a blocking send would hang the main loop, and
+                # a main loop that hangs stops the very pings it was trying to send.
+                sock.send(message.encode(), socket.MSG_DONTWAIT)
             except OSError:
                 return False
         return True

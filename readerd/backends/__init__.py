@@ -35,7 +35,8 @@ class Backend(Protocol):
     def stop(self, timeout: float = 2.0) -> None: ...
 
     def alive(self) -> bool:
-        """False when a backend thread died: the watchdog stops pinging and systemd restarts us."""
+        """False when a backend thread died or a step of its loop is wedged (readerd/liveness.py): the
+        watchdog stops pinging and systemd restarts us."""
         ...
 
     def readers(self) -> list[JsonObject]: ...

@@ -48,6 +48,7 @@ from readerd.bus import CommandHandler, JsonObject
 from readerd.config import PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import AbortReason, CardKind
+from readerd.liveness import StepWatch
 from readerd.sessions import CardSessions, SessionTimeoutError, run_with_deadline
 
 log = structlog.get_logger("readerd.backends.pcsc")
@@ -60,6 +61,9 @@ READER_GONE = frozenset({scard.SCARD_E_READER_UNAVAILABLE, scard.SCARD_E_UNKNOWN
 VIRTUAL_READER_PREFIX = "Virtual PCD"
 CM_IOCTL_GET_FEATURE_REQUEST = scard.SCARD_CTL_CODE(3400)
 POLL_TIMEOUT_MS = 1000
+#: Longest a monitor step may take before the backend reports itself wedged (the watchdog then stops):
+#: one status poll, or re-listing readers, which stops up to 16 workers at 0.5 s each.
+MONITOR_STEP_BUDGET = POLL_TIMEOUT_MS / 1000 + 16 * 0.5 + 5.0
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 ANY_PROTOCOL = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
 
@@ -311,6 +315,7 @@ class PcscBackend:
         self._stop = threading.Event()
         self._context: int | None = None
         self._thread = threading.Thread(target=self._run, name="pcsc-monitor", daemon=True)
+        self._watch = StepWatch(MONITOR_STEP_BUDGET)
         self.service_up = False
 
     # -- Backend --------------------------------------------------------------------------------------
@@ -329,7 +334,7 @@ class PcscBackend:
             worker.stop(timeout / 2)
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._watch.wedged()
 
     def readers(self) -> list[JsonObject]:
         with self._lock:
@@ -419,7 +424,8 @@ class PcscBackend:
         backoff = BACKOFF_START
         while not self._stop.is_set():
             if self._context is None:
-                hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+                with self._watch.step():
+                    hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
                 if hresult != scard.SCARD_S_SUCCESS:
                     if self.service_up or backoff == BACKOFF_START:
                         log.warning(
@@ -454,17 +460,19 @@ class PcscBackend:
             self._drop_reader(name, reason="pcscd_unavailable")
 
     def _monitor(self, context: int) -> None:
-        names = self._list_readers(context)
-        if names is None:
-            raise _ServiceLost("SCardListReaders failed")
-        if not self.service_up:
-            log.info("pcscd connected", readers=names)
-        self.service_up = True
-        self._sync_readers(names)
+        with self._watch.step():
+            names = self._list_readers(context)
+            if names is None:
+                raise _ServiceLost("SCardListReaders failed")
+            if not self.service_up:
+                log.info("pcscd connected", readers=names)
+            self.service_up = True
+            self._sync_readers(names)
         states: list[tuple[str, int, list[int]]] = [(PNP_READER, STATE_UNAWARE, [])]
         states += [(name, STATE_UNAWARE, []) for name in names]
         while not self._stop.is_set():
-            hresult, new_states = scard.SCardGetStatusChange(context, POLL_TIMEOUT_MS, states)
+            with self._watch.step():
+                hresult, new_states = scard.SCardGetStatusChange(context, POLL_TIMEOUT_MS, states)
             if hresult == scard.SCARD_E_TIMEOUT:
                 continue
             if hresult == scard.SCARD_E_CANCELLED:

@@ -27,6 +27,7 @@ from readerd.bus import CommandError, CommandHandler, ControlRequest, JsonObject
 from readerd.config import SimConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
+from readerd.liveness import STEP_MARGIN, StepWatch
 from readerd.sessions import CardSessions, run_with_deadline
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
 from simulators.felica import (
@@ -88,6 +89,8 @@ class SimBackend:
         }
         self._commands: queue.Queue[tuple[str, str, JsonObject] | _Operation | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        # One command is at most a removal plus a read or operation under the session deadline.
+        self._watch = StepWatch(2 * sessions.deadline + STEP_MARGIN)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,7 +105,7 @@ class SimBackend:
             self._thread.join(timeout)
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self._watch.wedged()
 
     def readers(self) -> list[JsonObject]:
         return [
@@ -191,18 +194,22 @@ class SimBackend:
             item = self._commands.get()
             if item is None:
                 return
-            if isinstance(item, _Operation):
-                self._operate(item)
-                continue
-            action, reader, args = item
-            try:
-                if action == "tap":
-                    self._tap(reader, args)
-                else:
-                    self._remove(reader)
-            except (ReaderdError, OSError, ValueError) as e:
-                log.error("simulated tap failed", reader=reader, error=str(e))
-                self.sessions.sink(ev.reader_error(reader, self.name, "simulator", str(e)))
+            with self._watch.step():
+                self._handle(item)
+
+    def _handle(self, item: tuple[str, str, JsonObject] | _Operation) -> None:
+        if isinstance(item, _Operation):
+            self._operate(item)
+            return
+        action, reader, args = item
+        try:
+            if action == "tap":
+                self._tap(reader, args)
+            else:
+                self._remove(reader)
+        except (ReaderdError, OSError, ValueError) as e:
+            log.error("simulated tap failed", reader=reader, error=str(e))
+            self.sessions.sink(ev.reader_error(reader, self.name, "simulator", str(e)))
 
     def _build(self, args: JsonObject) -> CardModel:
         if args.get("blank"):

@@ -1,0 +1,206 @@
+"""Event check-in (built-in plugin ``checkin``): a tap at the door of an event admits the person once.
+
+Configuration (``[plugins.checkin]``)::
+
+    event = "bon-odori-2026"            # the event this kiosk admits to (or per reader, below)
+    readers = { "Reader 1" = "bon-odori-2026", "Reader 2" = "health-fair" }
+    allow_unenrolled = false            # admit My Number Cards not enrolled in MyKey, by pseudonym
+    sync_interval = 10                  # seconds between pushes of offline check-ins
+    retry_after = 30                    # seconds a failed shared store is left alone at taps
+
+Who: a My Number Card by its MyKey ID or member ID (``card.identified``), a FeliCa check-in card by the
+person it was registered to (``checkin.register_card``). Each tap publishes ``plugin.checkin.result``
+``{event_id, status, count?, capacity?, checkin_id?, points?, member_id?, offline?}`` with ``status`` one
+of ``accepted``, ``already_checked_in``, ``full``, ``not_open``, ``closed``, ``unknown_event``,
+``unknown_card``, ``not_enrolled``. The points plugin awards the event's participation points for
+``accepted`` results (through the bus: this plugin does not know it exists).
+
+Commands: ``checkin.define_event``, ``checkin.register_card``, ``checkin.status``, ``checkin.attendance``,
+``checkin.sync``; ``readerctl checkin status|attendance|sync``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from plugins.checkin.ctl import ctl_command
+from plugins.checkin.service import CheckinService
+from readerd.errors import StoreUnavailableError
+from readerd.hookspecs import hookimpl
+from readerd.plugin_api import (
+    Arg,
+    ArgType,
+    CommandSpec,
+    CtlCommand,
+    EventInterest,
+    JsonObject,
+    PluginContext,
+    PluginEvent,
+    Refusal,
+)
+
+__version__ = "1.0"
+
+log = structlog.get_logger("plugins.checkin")
+
+KEY = Arg(ArgType.STRING, help="idempotency key: the same key gets the same answer, applied once")
+
+
+def person_of(data: JsonObject, *, allow_unenrolled: bool) -> str | None:
+    """The person key of an identified My Number Card: MyKey ID, member ID, or (if allowed) pseudonym."""
+    if data.get("mykey_id"):
+        return f"mykey:{data['mykey_id']}"
+    if data.get("member_id"):
+        return f"member:{data['member_id']}"
+    if allow_unenrolled and data.get("pseudonym"):
+        return f"anon:{data['pseudonym']}"
+    return None
+
+
+class CheckinPlugin:
+    def __init__(self) -> None:
+        self.service: CheckinService | None = None
+        self.config: JsonObject = {}
+        self.on_reader: dict[str, tuple[str, str]] = {}  # reader -> (kind, pseudonym) of the card there
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @hookimpl
+    def readerd_startup(self, context: PluginContext) -> None:
+        self.config = context.config
+        readers = self.config.get("readers", {})
+        if not isinstance(readers, dict) or not all(isinstance(v, str) for v in readers.values()):
+            raise ValueError("[plugins.checkin] readers: a table of reader name = event id")
+        if context.store is None:
+            raise ValueError("the checkin plugin needs the store")
+        self.service = CheckinService(
+            context.store, context.kiosk, retry_after=float(self.config.get("retry_after", 30))
+        )
+        interval = float(self.config.get("sync_interval", 10))
+        self._thread = threading.Thread(
+            target=self._sync_loop, args=(interval,), name="checkin-sync", daemon=True
+        )
+        self._thread.start()
+
+    @hookimpl
+    def readerd_shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def _sync_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if self.service is None:
+                continue
+            try:
+                if self.service.pending():
+                    self.service.sync()
+            except StoreUnavailableError:
+                log.info(
+                    "shared store still unreachable; offline check-ins kept", pending=self.service.pending()
+                )
+            except Exception:  # the loop must outlive any one failure
+                log.exception("check-in sync failed")
+
+    def _service(self) -> CheckinService:
+        if self.service is None:
+            raise Refusal("not_ready", "the checkin plugin has not started")
+        return self.service
+
+    # -- events ---------------------------------------------------------------------------------------
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        return EventInterest(types=frozenset({"card.identified", "card.removed"}))
+
+    def event_for(self, reader: str) -> str | None:
+        readers: dict[str, str] = self.config.get("readers", {})
+        event = readers.get(reader) or self.config.get("event")
+        return str(event) if event else None
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        reader, data = event.reader or "", event.data
+        kind, pseudonym = str(data.get("kind")), str(data.get("pseudonym"))
+        self.on_reader[reader] = (kind, pseudonym)
+        event_id = self.event_for(reader)
+        if event_id is None:
+            return  # this reader admits to nothing
+        service = self._service()
+        if kind == "felica":
+            person = service.person_for_card(pseudonym)
+            refusal = "unknown_card"
+        else:
+            person = person_of(data, allow_unenrolled=bool(self.config.get("allow_unenrolled", False)))
+            refusal = "not_enrolled"
+        if person is None:
+            result: JsonObject = {"event_id": event_id, "status": refusal}
+        else:
+            result = service.check_in(event_id, person, kind, reader)
+            if person.startswith(("member:", "mykey:")) and result["status"] == "accepted":
+                result["member_id" if person.startswith("member:") else "mykey_id"] = person.split(":", 1)[1]
+        context.publish("result", result, reader=reader)
+
+    @hookimpl
+    def readerd_card_removed(self, event: PluginEvent) -> None:
+        self.on_reader.pop(event.reader or "", None)
+
+    # -- commands -------------------------------------------------------------------------------------
+    def _register_card(self, args: JsonObject) -> JsonObject:
+        reader = str(args["reader"])
+        kind, pseudonym = self.on_reader.get(reader, ("", ""))
+        if kind != "felica":
+            raise Refusal("no_card", f"no FeliCa card on {reader}: hold the check-in card on the reader")
+        member = str(args["member_id"]).strip()
+        if not member or len(member) > 32:
+            raise Refusal("bad_request", "member_id: 1..32 characters")
+        return self._service().register_card(pseudonym, f"member:{member}", args)
+
+    @hookimpl
+    def readerd_commands(self) -> list[CommandSpec]:
+        text, integer = ArgType.STRING, ArgType.INTEGER
+        event_id = {"event_id": Arg(text, help="the event")}
+        return [
+            CommandSpec(
+                "checkin.define_event",
+                lambda args: self._service().define_event(args),
+                {
+                    **event_id,
+                    "name": Arg(text),
+                    "place": Arg(text),
+                    "starts_at": Arg(text, help="ISO-8601 with offset, e.g. 2026-08-15T17:00:00+09:00"),
+                    "ends_at": Arg(text),
+                    "capacity": Arg(integer, required=False),
+                    "points": Arg(integer, required=False, help="participation points for each check-in"),
+                    "idempotency_key": KEY,
+                },
+                help="create or change an event",
+            ),
+            CommandSpec(
+                "checkin.register_card",
+                self._register_card,
+                {"reader": Arg(text), "member_id": Arg(text), "idempotency_key": KEY},
+                help="link the FeliCa check-in card on a reader to a member",
+            ),
+            CommandSpec(
+                "checkin.status",
+                lambda args: self._service().status(str(args["event_id"])),
+                event_id,
+                help="an event, its window and how many are in",
+            ),
+            CommandSpec(
+                "checkin.attendance",
+                lambda args: self._service().attendance(str(args["event_id"])),
+                event_id,
+                help="every check-in of an event (for the CSV export)",
+            ),
+            CommandSpec(
+                "checkin.sync", lambda _args: self._service().sync(), {}, help="push offline check-ins now"
+            ),
+        ]
+
+    @hookimpl
+    def readerd_ctl_commands(self) -> list[CtlCommand]:
+        return [ctl_command()]

@@ -1,0 +1,140 @@
+"""What the built-in plugins share, written against the public plugin API only (a model for authors).
+
+- **Idempotency keys.** A kiosk that lost a reply sends the same command again with the same
+  ``idempotency_key``; the plugin must apply it once and answer the same. :func:`idempotent` records the
+  key, a digest of the arguments and the JSON result in the plugin's ``requests`` table *inside the
+  command's own transaction*, so the effect and its record commit together or not at all. The same key
+  with other arguments is refused (``idempotency_conflict``): that is a client bug, not a retry.
+- **Instants** are stored as ISO-8601 UTC text of fixed width (``2026-11-23T01:00:00Z``), which sorts
+  and compares as text the same on SQLite and PostgreSQL; business dates come from ``context.store.now()``
+  and :mod:`readerd.business_time` (Asia/Tokyo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from readerd.plugin_api import JsonObject, Refusal
+from readerd.store import MigrationContext, PluginDatabase
+
+KEY_MAX = 128
+
+
+def iso(moment: datetime) -> str:
+    """An aware instant as fixed-width UTC text."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: business times are always aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(text: object, field: str) -> datetime:
+    """An ISO-8601 instant with its offset (``2026-11-23T10:00:00+09:00``); a naive one is refused,
+    because a kiosk must never guess the zone of a time it is told."""
+    if not isinstance(text, str):
+        raise Refusal("bad_request", f"{field}: an ISO-8601 time with its offset")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Refusal("bad_request", f"{field}: {text!r} is not an ISO-8601 time") from None
+    if moment.tzinfo is None:
+        raise Refusal("bad_request", f"{field}: give the offset (+09:00 for JST)")
+    return moment.astimezone(UTC)
+
+
+def parse_date(text: object, field: str) -> date:
+    if not isinstance(text, str):
+        raise Refusal("bad_request", f"{field}: a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise Refusal("bad_request", f"{field}: {text!r} is not a date YYYY-MM-DD") from None
+
+
+def text_arg(args: JsonObject, name: str, *, max_length: int = 64, required: bool = True) -> str:
+    """A non-empty, stripped string argument of at most ``max_length`` characters."""
+    value = args.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+        raise Refusal("bad_request", f"{name}: 1..{max_length} characters")
+    return value.strip()
+
+
+def create_requests_table(m: MigrationContext) -> None:
+    """Migration step: the table that remembers idempotency keys and their results."""
+    m.create_table(
+        "requests",
+        sa.Column("key", sa.String(KEY_MAX), primary_key=True),
+        sa.Column("command", sa.String(64), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("result", sa.Text, nullable=False),
+        sa.Column("created_at", sa.String(20), nullable=False),
+    )
+
+
+def requests_table(db: PluginDatabase) -> sa.Table:
+    return db.table(
+        "requests",
+        sa.Column("key", sa.String(KEY_MAX), primary_key=True),
+        sa.Column("command", sa.String(64)),
+        sa.Column("digest", sa.String(64)),
+        sa.Column("result", sa.Text),
+        sa.Column("created_at", sa.String(20)),
+    )
+
+
+def _digest(command: str, args: JsonObject) -> str:
+    body = {k: v for k, v in args.items() if k != "idempotency_key"}
+    return hashlib.sha256(json.dumps([command, body], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotent(  # noqa: PLR0917 - mirrors the command handler's own arguments
+    conn: Connection,
+    table: sa.Table,
+    command: str,
+    args: JsonObject,
+    now: datetime,
+    apply: Callable[[Connection], JsonObject],
+) -> JsonObject:
+    """Run ``apply`` once per ``args["idempotency_key"]``; a repeat gets the first result back.
+
+    Call it inside the command's transaction (``db.transaction(lambda conn: idempotent(conn, ...))``).
+    A refusal raised by ``apply`` is not recorded: the client may fix the cause and retry with the key.
+    """
+    key = text_arg(args, "idempotency_key", max_length=KEY_MAX)
+    digest = _digest(command, args)
+    row = conn.execute(
+        sa.select(table.c.command, table.c.digest, table.c.result).where(table.c.key == key)
+    ).first()
+    if row is not None:
+        if row.command != command or row.digest != digest:
+            raise Refusal("idempotency_conflict", "this idempotency_key was used for another request")
+        replay: dict[str, Any] = json.loads(row.result)
+        return {**replay, "replayed": True}
+    result = apply(conn)
+    conn.execute(
+        table.insert().values(
+            key=key,
+            command=command,
+            digest=digest,
+            result=json.dumps(result, ensure_ascii=False),
+            created_at=iso(now),
+        )
+    )
+    return result
+
+
+def upsert(conn: Connection, table: sa.Table, key: str, values: JsonObject) -> None:
+    """Insert or update the row whose ``key`` column is ``values[key]`` (portable, inside a transaction)."""
+    column = table.c[key]
+    if conn.execute(sa.select(column).where(column == values[key])).first() is None:
+        conn.execute(table.insert().values(**values))
+    else:
+        conn.execute(table.update().where(column == values[key]).values(**values))

@@ -1,0 +1,243 @@
+"""Municipal points (built-in plugin ``points``, the 自治体ポイント of the MyKey pilots).
+
+Configuration (``[plugins.points]``)::
+
+    earn_programme = "ward-points-2026"     # the programme check-in points are credited to
+
+Accounts are keyed by MyKey ID or member ID (what ``card.identified`` carries once a card is enrolled) or
+by a FeliCa card registered to one (``points.register_card``). Earning: ``plugin.checkin.result`` with
+``status = "accepted"`` and ``points`` credits the event's participation points once per check-in (the
+check-in plugin does not know this one exists: they meet on the bus), ``points.grant`` for campaigns,
+``points.import`` for converted points. Spending: ``points.redeem`` at shops, ``points.issue_ticket`` at
+ticket stations and ``points.use_ticket`` at shops. Reports: ``points.settlement`` per shop and area;
+``readerctl points settlement --from --to [--csv]``, ``readerctl points balance``.
+
+Results are published as ``plugin.points.<command>`` (``redeemed``, ``earned``, ...) with the reader when
+there is one: amounts and balances, never names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from plugins.common import parse_date
+from plugins.points.ctl import ctl_command
+from plugins.points.service import PointsService, account_of
+from readerd.errors import ReaderdError
+from readerd.hookspecs import hookimpl
+from readerd.plugin_api import (
+    Arg,
+    ArgType,
+    CommandSpec,
+    CtlCommand,
+    EventInterest,
+    JsonObject,
+    PluginContext,
+    PluginEvent,
+    Refusal,
+)
+
+__version__ = "1.0"
+
+log = structlog.get_logger("plugins.points")
+
+S, INT = ArgType.STRING, ArgType.INTEGER
+KEY = {"idempotency_key": Arg(S, help="the same key gets the same answer, applied once")}
+WHO = {
+    "member_id": Arg(S, required=False),
+    "mykey_id": Arg(S, required=False),
+    "reader": Arg(S, required=False, help="instead of an ID: the enrolled card on this reader"),
+}
+
+
+class PointsPlugin:
+    def __init__(self) -> None:
+        self.service: PointsService | None = None
+        self.context: PluginContext | None = None
+        self.earn_programme = ""
+        self.on_reader: dict[str, JsonObject] = {}  # reader -> the identified card's public fields
+
+    @hookimpl
+    def readerd_startup(self, context: PluginContext) -> None:
+        if context.store is None:
+            raise ValueError("the points plugin needs the store")
+        self.context = context
+        self.service = PointsService(context.store)
+        self.earn_programme = str(context.config.get("earn_programme", ""))
+
+    def _service(self) -> PointsService:
+        if self.service is None:
+            raise Refusal("not_ready", "the points plugin has not started")
+        return self.service
+
+    # -- events ---------------------------------------------------------------------------------------
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        return EventInterest(types=frozenset({"card.identified", "card.removed", "plugin.checkin.result"}))
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent) -> None:
+        if event.reader:
+            self.on_reader[event.reader] = dict(event.data)
+
+    @hookimpl
+    def readerd_card_removed(self, event: PluginEvent) -> None:
+        self.on_reader.pop(event.reader or "", None)
+
+    @hookimpl
+    def readerd_plugin_result(self, event: PluginEvent, context: PluginContext) -> None:
+        data = event.data
+        if event.type != "plugin.checkin.result" or data.get("status") != "accepted":
+            return
+        points, reference = data.get("points"), data.get("checkin_id")
+        if not self.earn_programme or not isinstance(points, int) or points <= 0 or not reference:
+            return
+        try:
+            account = account_of(data)
+        except Refusal:
+            return  # an anonymous check-in earns nothing
+        try:
+            result = self._service().earn(account, self.earn_programme, points, str(reference))
+        except ReaderdError as e:  # an expired programme, the store down: said on the bus, not raised
+            context.publish(
+                "earn_refused", {"reason": e.code, "event_id": data.get("event_id")}, reader=event.reader
+            )
+            return
+        context.publish("earned", {**result, "event_id": data.get("event_id")}, reader=event.reader)
+
+    # -- commands -------------------------------------------------------------------------------------
+    def _who(self, args: JsonObject) -> JsonObject:
+        """``reader`` replaced by the IDs of the enrolled card on it (what a shop terminal sends)."""
+        reader = args.get("reader")
+        if not isinstance(reader, str):
+            return args
+        card = self.on_reader.get(reader)
+        if card is None:
+            raise Refusal("no_card", f"no card on {reader}")
+        if card.get("kind") == "felica":
+            account = self._service().account_for_card(str(card.get("pseudonym")))
+            if account is None:
+                raise Refusal("unknown_card", "this FeliCa card is not registered for points")
+            kind, value = account.split(":", 1)
+            return {**args, f"{kind}_id": value}
+        if not card.get("mykey_id") and not card.get("member_id"):
+            raise Refusal("not_enrolled", "the card is not enrolled: enrol it with mykey.enroll first")
+        return {**args, "mykey_id": card.get("mykey_id"), "member_id": card.get("member_id")}
+
+    def _publishing(
+        self, event: str, run: Callable[[JsonObject], JsonObject]
+    ) -> Callable[[JsonObject], JsonObject]:
+        def handler(args: JsonObject) -> JsonObject:
+            result = run(self._who(args))
+            if self.context is not None and not result.get("replayed"):
+                public = {k: v for k, v in result.items() if k not in ("entry_id", "ticket")}
+                self.context.publish(
+                    event, public, reader=args.get("reader") if isinstance(args.get("reader"), str) else None
+                )
+            return result
+
+        return handler
+
+    def _register_card(self, args: JsonObject) -> JsonObject:
+        reader = str(args["reader"])
+        card = self.on_reader.get(reader)
+        if card is None or card.get("kind") != "felica":
+            raise Refusal("no_card", f"no FeliCa card on {reader}")
+        return self._service().register_card(
+            str(card["pseudonym"]), {k: v for k, v in args.items() if k != "reader"}
+        )
+
+    @hookimpl
+    def readerd_commands(self) -> list[CommandSpec]:
+        s = self._service
+        programme = {"programme_id": Arg(S)}
+        return [
+            CommandSpec(
+                "points.define_programme",
+                lambda a: s().define_programme(a),
+                {
+                    **programme,
+                    "name": Arg(S),
+                    "last_earning_day": Arg(S, help="YYYY-MM-DD (JST), inclusive"),
+                    "last_ticket_day": Arg(S),
+                    "last_use_day": Arg(S),
+                    "ticket_valid_days": Arg(INT, required=False),
+                    **KEY,
+                },
+                help="create or change a points programme",
+            ),
+            CommandSpec(
+                "points.define_shop",
+                lambda a: s().define_shop(a),
+                {"shop_id": Arg(S), "name": Arg(S), "area": Arg(S), **KEY},
+                help="a participating shop and its area",
+            ),
+            CommandSpec(
+                "points.redeem",
+                self._publishing("redeemed", lambda a: s().redeem(a)),
+                {**programme, **WHO, "shop_id": Arg(S), "amount": Arg(INT), **KEY},
+                help="spend points at a shop",
+            ),
+            CommandSpec(
+                "points.issue_ticket",
+                self._publishing("ticket_issued", lambda a: s().issue_ticket(a)),
+                {**programme, **WHO, "amount": Arg(INT), **KEY},
+                help="turn points into a single-use ticket",
+            ),
+            CommandSpec(
+                "points.use_ticket",
+                self._publishing("ticket_used", lambda a: s().use_ticket(a)),
+                {"ticket": Arg(S), "shop_id": Arg(S), **KEY},
+                help="take a ticket at a shop",
+            ),
+            CommandSpec(
+                "points.grant",
+                lambda a: s().grant(a),
+                {**programme, "campaign": Arg(S), "amount": Arg(INT), "members": Arg(ArgType.ARRAY), **KEY},
+                help="a campaign grant to eligible members",
+            ),
+            CommandSpec(
+                "points.import",
+                lambda a: s().import_points(a),
+                {**programme, **WHO, "amount": Arg(INT), "source_ref": Arg(S), **KEY},
+                help="points converted from another scheme",
+            ),
+            CommandSpec(
+                "points.expire",
+                lambda a: s().expire(a),
+                {**programme, **KEY},
+                help="write off what is left after the last use day",
+            ),
+            CommandSpec(
+                "points.balance",
+                lambda a: s().balance(account_of(self._who(a))),
+                WHO,
+                help="an account's balance per programme",
+            ),
+            CommandSpec(
+                "points.register_card",
+                self._register_card,
+                {
+                    "reader": Arg(S),
+                    "member_id": Arg(S, required=False),
+                    "mykey_id": Arg(S, required=False),
+                    **KEY,
+                },
+                help="use the FeliCa card on a reader for a member's points",
+            ),
+            CommandSpec(
+                "points.settlement",
+                self._settlement,
+                {"from": Arg(S, help="YYYY-MM-DD (JST)"), "to": Arg(S)},
+                help="per-shop and per-area totals for a period",
+            ),
+        ]
+
+    def _settlement(self, args: JsonObject) -> JsonObject:
+        return self._service().settlement(parse_date(args["from"], "from"), parse_date(args["to"], "to"))
+
+    @hookimpl
+    def readerd_ctl_commands(self) -> list[CtlCommand]:
+        return [ctl_command()]

@@ -1,0 +1,108 @@
+"""The points plugin's tables (all in the shared store: points are money-like and never spent offline).
+
+``ledger`` is append-only: a balance is the sum of an account's entries in a programme, nothing else. A
+redemption appends a negative entry; an expiry appends the negative of what was left; a correction is a
+new entry, never an update. ``accounts`` holds one row per (account, programme), created with the first
+entry, and exists to be locked: a redemption locks it (``SELECT … FOR UPDATE``) before it sums, so two
+kiosks redeeming from one account at the same instant are serialised on that row.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from plugins.common import create_requests_table
+from readerd.store import MigrationContext, PluginDatabase
+
+NAME = 64
+
+
+def _programme() -> list[sa.Column[object]]:
+    return [
+        sa.Column("programme_id", sa.String(NAME), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("last_earning_day", sa.String(10), nullable=False),
+        sa.Column("last_ticket_day", sa.String(10), nullable=False),
+        sa.Column("last_use_day", sa.String(10), nullable=False),
+        sa.Column("ticket_valid_days", sa.Integer, nullable=False),
+        sa.Column("updated_at", sa.String(20), nullable=False),
+    ]
+
+
+def _shop() -> list[sa.Column[object]]:
+    return [
+        sa.Column("shop_id", sa.String(NAME), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("area", sa.String(NAME), nullable=False),
+    ]
+
+
+def _account() -> list[sa.Column[object]]:
+    return [
+        sa.Column("account", sa.String(NAME), primary_key=True),
+        sa.Column("programme_id", sa.String(NAME), primary_key=True),
+        sa.Column("opened_at", sa.String(20), nullable=False),
+    ]
+
+
+def _entry() -> list[sa.Column[object]]:
+    return [
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("account", sa.String(NAME), nullable=False),
+        sa.Column("programme_id", sa.String(NAME), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column(
+            "kind", sa.String(16), nullable=False
+        ),  # earn grant import redeem ticket ticket_refund expire
+        sa.Column("shop_id", sa.String(NAME), nullable=True),
+        sa.Column("reference", sa.String(128), nullable=True),  # check-in id, campaign, source, ticket code
+        sa.Column("business_date", sa.String(10), nullable=False),  # JST date, for settlements
+        sa.Column("created_at", sa.String(20), nullable=False),
+    ]
+
+
+def _ticket() -> list[sa.Column[object]]:
+    return [
+        sa.Column("code", sa.String(16), primary_key=True),
+        sa.Column("account", sa.String(NAME), nullable=False),
+        sa.Column("programme_id", sa.String(NAME), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("expires_on", sa.String(10), nullable=False),
+        sa.Column("issued_at", sa.String(20), nullable=False),
+        sa.Column("used_at", sa.String(20), nullable=True),
+        sa.Column("used_shop_id", sa.String(NAME), nullable=True),
+        sa.Column("used_business_date", sa.String(10), nullable=True),
+    ]
+
+
+def _card() -> list[sa.Column[object]]:
+    return [
+        sa.Column("card", sa.String(NAME), primary_key=True),
+        sa.Column("account", sa.String(NAME), nullable=False),
+        sa.Column("registered_at", sa.String(20), nullable=False),
+    ]
+
+
+def shared_v1(m: MigrationContext) -> None:
+    m.create_table("programmes", *_programme())
+    m.create_table("shops", *_shop())
+    m.create_table("accounts", *_account())
+    m.create_table("ledger", *_entry())
+    m.create_index("by_account", "ledger", "account", "programme_id")
+    m.create_index("by_day", "ledger", "business_date", "kind")
+    m.create_table("tickets", *_ticket())
+    m.create_table("cards", *_card())
+    create_requests_table(m)
+
+
+SHARED = [shared_v1]
+
+
+class Tables:
+    def __init__(self, db: PluginDatabase) -> None:
+        self.programmes = db.table("programmes", *_programme())
+        self.shops = db.table("shops", *_shop())
+        self.accounts = db.table("accounts", *_account())
+        self.ledger = db.table("ledger", *_entry())
+        self.tickets = db.table("tickets", *_ticket())
+        self.cards = db.table("cards", *_card())

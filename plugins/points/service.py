@@ -1,0 +1,481 @@
+"""Municipal points (自治体ポイント): an append-only ledger on the shared store.
+
+Rules, each a test:
+
+* **A balance never goes negative**, even with many kiosks redeeming from one account at once. A
+  redemption runs in one transaction that locks the account's row (``SELECT … FOR UPDATE`` on PostgreSQL;
+  SQLite's ``BEGIN IMMEDIATE`` already serialises writers), sums the ledger, and appends the negative
+  entry only if the sum covers it. PostgreSQL runs it SERIALIZABLE as well, with the store's bounded
+  retries: the row lock makes concurrent redemptions wait instead of failing, SSI is the safety net.
+* **Applied once.** Every command that changes money carries an ``idempotency_key``; earning from a
+  check-in is keyed by the check-in's id. The key's record commits with the entries.
+* **Programmes have dates** (JST business dates, inclusive): earning and grants until
+  ``last_earning_day``, tickets issued until ``last_ticket_day``, points and tickets used until
+  ``last_use_day``; after it, ``points.expire`` writes off what is left (an entry per account, so the
+  ledger still sums to every balance).
+* **No offline spending**: the shared store must answer (``store_unavailable`` otherwise), or two kiosks
+  offline could spend the same points twice.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from plugins.common import idempotent, iso, parse_date, requests_table, text_arg, upsert
+from plugins.points.schema import SHARED, Tables
+from readerd import business_time
+from readerd.plugin_api import JsonObject, Refusal
+from readerd.store import PluginStore
+
+T = TypeVar("T")
+
+ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+MAX_AMOUNT = 1_000_000
+TICKET_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U to misread
+
+
+@dataclass(frozen=True)
+class Programme:
+    programme_id: str
+    name: str
+    last_earning_day: str
+    last_ticket_day: str
+    last_use_day: str
+    ticket_valid_days: int
+
+
+def slug(args: JsonObject, name: str) -> str:
+    value = text_arg(args, name)
+    if not ID.fullmatch(value):
+        raise Refusal("bad_request", f"{name}: lower-case letters, digits and -, 1..64")
+    return value
+
+
+def amount_arg(args: JsonObject, name: str = "amount") -> int:
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_AMOUNT:
+        raise Refusal("bad_amount", f"{name}: a whole number of points, 1..{MAX_AMOUNT}")
+    return value
+
+
+class PointsService:
+    def __init__(self, store: PluginStore, *, lock_accounts: bool = True) -> None:
+        self.store = store
+        self.db = store.shared
+        self.t = Tables(self.db)
+        self.requests = requests_table(self.db)
+        #: Off only to demonstrate (bench, tests) what the row lock prevents; never in production.
+        self.lock_accounts = lock_accounts
+        self._migrated = False
+
+    def _tx(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
+        if not self._migrated:
+            self.db.migrate(SHARED)
+            self._migrated = True
+        return self.db.transaction(fn, readonly=readonly)
+
+    def today(self) -> str:
+        return business_time.business_date(self.store.now()).isoformat()
+
+    def _once(self, command: str, args: JsonObject, apply: Callable[[Connection], JsonObject]) -> JsonObject:
+        now = self.store.now()
+        return self._tx(lambda conn: idempotent(conn, self.requests, command, args, now, apply))
+
+    # -- programmes and shops -------------------------------------------------------------------------
+    def define_programme(self, args: JsonObject) -> JsonObject:
+        programme_id = slug(args, "programme_id")
+        days = [parse_date(args.get(k), k) for k in ("last_earning_day", "last_ticket_day", "last_use_day")]
+        if not days[0] <= days[2] or not days[1] <= days[2]:
+            raise Refusal(
+                "bad_request", "last_earning_day and last_ticket_day must not be after last_use_day"
+            )
+        valid = args.get("ticket_valid_days", 30)
+        if isinstance(valid, bool) or not isinstance(valid, int) or not 1 <= valid <= 366:
+            raise Refusal("bad_request", "ticket_valid_days: 1..366")
+        values = {
+            "programme_id": programme_id,
+            "name": text_arg(args, "name", max_length=200),
+            "last_earning_day": days[0].isoformat(),
+            "last_ticket_day": days[1].isoformat(),
+            "last_use_day": days[2].isoformat(),
+            "ticket_valid_days": valid,
+        }
+
+        def apply(conn: Connection) -> JsonObject:
+            upsert(conn, self.t.programmes, "programme_id", {**values, "updated_at": iso(self.store.now())})
+            return {"programme": values}
+
+        return self._once("points.define_programme", args, apply)
+
+    def define_shop(self, args: JsonObject) -> JsonObject:
+        values = {
+            "shop_id": slug(args, "shop_id"),
+            "name": text_arg(args, "name", max_length=200),
+            "area": slug(args, "area"),
+        }
+
+        def apply(conn: Connection) -> JsonObject:
+            upsert(conn, self.t.shops, "shop_id", values)
+            return {"shop": values}
+
+        return self._once("points.define_shop", args, apply)
+
+    def _programme(self, conn: Connection, programme_id: str) -> Programme:
+        p = self.t.programmes
+        row = conn.execute(sa.select(p).where(p.c.programme_id == programme_id)).first()
+        if row is None:
+            raise Refusal("unknown_programme", f"no programme {programme_id!r}")
+        m: Any = row._mapping
+        return Programme(
+            m["programme_id"],
+            m["name"],
+            m["last_earning_day"],
+            m["last_ticket_day"],
+            m["last_use_day"],
+            m["ticket_valid_days"],
+        )
+
+    def _shop(self, conn: Connection, shop_id: str) -> None:
+        if (
+            conn.execute(sa.select(self.t.shops.c.shop_id).where(self.t.shops.c.shop_id == shop_id)).first()
+            is None
+        ):
+            raise Refusal("unknown_shop", f"no shop {shop_id!r}")
+
+    # -- the ledger -----------------------------------------------------------------------------------
+    def _open_account(self, conn: Connection, account: str, programme_id: str) -> None:
+        a = self.t.accounts
+        conn.execute(
+            self.db.insert_or_ignore(a).values(
+                account=account, programme_id=programme_id, opened_at=iso(self.store.now())
+            )
+        )
+
+    def _balance(self, conn: Connection, account: str, programme_id: str, *, lock: bool) -> int:
+        """The sum of the account's entries; with ``lock``, after locking its row for this transaction."""
+        a, ledger = self.t.accounts, self.t.ledger
+        if lock:
+            self._open_account(conn, account, programme_id)
+            locking = sa.select(a.c.account).where(a.c.account == account, a.c.programme_id == programme_id)
+            conn.execute(locking.with_for_update() if self.lock_accounts else locking)
+        total = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(ledger.c.amount), 0)).where(
+                ledger.c.account == account, ledger.c.programme_id == programme_id
+            )
+        ).scalar_one()
+        return int(total)
+
+    def _entry(
+        self,
+        conn: Connection,
+        account: str,
+        programme_id: str,
+        amount: int,
+        kind: str,
+        *,
+        reference: str | None = None,
+        shop_id: str | None = None,
+    ) -> str:
+        self._open_account(conn, account, programme_id)
+        entry_id = str(uuid.uuid4())
+        conn.execute(
+            self.t.ledger.insert().values(
+                id=entry_id,
+                account=account,
+                programme_id=programme_id,
+                amount=amount,
+                kind=kind,
+                shop_id=shop_id,
+                reference=reference,
+                business_date=self.today(),
+                created_at=iso(self.store.now()),
+            )
+        )
+        return entry_id
+
+    def _debit(self, conn: Connection, account: str, programme_id: str, amount: int) -> int:
+        balance = self._balance(conn, account, programme_id, lock=True)
+        if balance < amount:
+            raise Refusal("insufficient_points", f"the balance is {balance} points", balance=balance)
+        return balance - amount
+
+    # -- earning --------------------------------------------------------------------------------------
+    def earn(self, account: str, programme_id: str, amount: int, reference: str) -> JsonObject:
+        """Points for taking part (a check-in): applied once per ``reference``."""
+        args = {
+            "account": account,
+            "programme_id": programme_id,
+            "amount": amount,
+            "idempotency_key": f"earn:{reference}",
+        }
+
+        def apply(conn: Connection) -> JsonObject:
+            programme = self._programme(conn, programme_id)
+            if self.today() > programme.last_earning_day:
+                raise Refusal(
+                    "programme_expired", f"{programme_id}: no earning after {programme.last_earning_day}"
+                )
+            self._entry(conn, account, programme_id, amount, "earn", reference=reference)
+            return {"balance": self._balance(conn, account, programme_id, lock=False), "earned": amount}
+
+        return self._once("points.earn", args, apply)
+
+    def grant(self, args: JsonObject) -> JsonObject:
+        """A campaign's grant to the people the ward office found eligible (e.g. the long-life gift)."""
+        programme_id = slug(args, "programme_id")
+        campaign = text_arg(args, "campaign", max_length=128)
+        amount = amount_arg(args)
+        members = args.get("members")
+        if not isinstance(members, list) or not members or len(members) > 10_000:
+            raise Refusal("bad_request", "members: a list of 1..10000 member IDs")
+        accounts = [account_of({"member_id": m}) for m in members]
+        if len(set(accounts)) != len(accounts):
+            raise Refusal("bad_request", "members: each member once")
+
+        def apply(conn: Connection) -> JsonObject:
+            programme = self._programme(conn, programme_id)
+            if self.today() > programme.last_earning_day:
+                raise Refusal(
+                    "programme_expired", f"{programme_id}: no grants after {programme.last_earning_day}"
+                )
+            for account in accounts:
+                self._entry(conn, account, programme_id, amount, "grant", reference=campaign)
+            return {"granted": len(accounts), "amount": amount, "campaign": campaign}
+
+        return self._once("points.grant", args, apply)
+
+    def import_points(self, args: JsonObject) -> JsonObject:
+        """Points converted from an earlier scheme, with the source's reference for the audit."""
+        programme_id = slug(args, "programme_id")
+        account = account_of(args)
+        amount = amount_arg(args)
+        source = text_arg(args, "source_ref", max_length=128)
+
+        def apply(conn: Connection) -> JsonObject:
+            self._programme(conn, programme_id)
+            self._entry(conn, account, programme_id, amount, "import", reference=source)
+            return {"balance": self._balance(conn, account, programme_id, lock=False), "imported": amount}
+
+        return self._once("points.import", args, apply)
+
+    # -- spending -------------------------------------------------------------------------------------
+    def redeem(self, args: JsonObject) -> JsonObject:
+        programme_id = slug(args, "programme_id")
+        account = account_of(args)
+        shop_id = slug(args, "shop_id")
+        amount = amount_arg(args)
+
+        def apply(conn: Connection) -> JsonObject:
+            programme = self._programme(conn, programme_id)
+            if self.today() > programme.last_use_day:
+                raise Refusal(
+                    "programme_expired", f"{programme_id}: points usable until {programme.last_use_day}"
+                )
+            self._shop(conn, shop_id)
+            balance = self._debit(conn, account, programme_id, amount)
+            entry = self._entry(conn, account, programme_id, -amount, "redeem", shop_id=shop_id)
+            return {"redeemed": amount, "balance": balance, "shop_id": shop_id, "entry_id": entry}
+
+        return self._once("points.redeem", args, apply)
+
+    def issue_ticket(self, args: JsonObject) -> JsonObject:
+        programme_id = slug(args, "programme_id")
+        account = account_of(args)
+        amount = amount_arg(args)
+
+        def apply(conn: Connection) -> JsonObject:
+            programme = self._programme(conn, programme_id)
+            today = self.today()
+            if today > programme.last_ticket_day:
+                raise Refusal(
+                    "programme_expired", f"{programme_id}: tickets until {programme.last_ticket_day}"
+                )
+            balance = self._debit(conn, account, programme_id, amount)
+            code = "".join(secrets.choice(TICKET_ALPHABET) for _ in range(10))
+            until = date.fromisoformat(today) + timedelta(days=programme.ticket_valid_days - 1)
+            expires_on = min(until.isoformat(), programme.last_use_day)
+            self._entry(conn, account, programme_id, -amount, "ticket", reference=code)
+            conn.execute(
+                self.t.tickets.insert().values(
+                    code=code,
+                    account=account,
+                    programme_id=programme_id,
+                    amount=amount,
+                    expires_on=expires_on,
+                    issued_at=iso(self.store.now()),
+                )
+            )
+            return {"ticket": code, "amount": amount, "expires_on": expires_on, "balance": balance}
+
+        return self._once("points.issue_ticket", args, apply)
+
+    def use_ticket(self, args: JsonObject) -> JsonObject:
+        code = text_arg(args, "ticket", max_length=16).upper()
+        shop_id = slug(args, "shop_id")
+        tickets = self.t.tickets
+
+        def apply(conn: Connection) -> JsonObject:
+            self._shop(conn, shop_id)
+            row = conn.execute(sa.select(tickets).where(tickets.c.code == code).with_for_update()).first()
+            if row is None:
+                raise Refusal("unknown_ticket", "no such ticket")
+            if row.used_at is not None:
+                raise Refusal("ticket_used", "this ticket was used already", used_on=row.used_business_date)
+            today = self.today()
+            if today > row.expires_on:
+                raise Refusal("ticket_expired", f"the ticket expired on {row.expires_on}")
+            conn.execute(
+                tickets.update()
+                .where(tickets.c.code == code)
+                .values(used_at=iso(self.store.now()), used_shop_id=shop_id, used_business_date=today)
+            )
+            return {"ticket": code, "amount": int(row.amount), "shop_id": shop_id}
+
+        return self._once("points.use_ticket", args, apply)
+
+    def expire(self, args: JsonObject) -> JsonObject:
+        """Write off what is left of a programme after its last use day: one entry per account."""
+        programme_id = slug(args, "programme_id")
+        ledger = self.t.ledger
+
+        def apply(conn: Connection) -> JsonObject:
+            programme = self._programme(conn, programme_id)
+            if self.today() <= programme.last_use_day:
+                raise Refusal("programme_active", f"points are usable until {programme.last_use_day}")
+            totals = conn.execute(
+                sa.select(ledger.c.account, sa.func.sum(ledger.c.amount))
+                .where(ledger.c.programme_id == programme_id)
+                .group_by(ledger.c.account)
+            ).all()
+            expired = 0
+            accounts = 0
+            for account, total in totals:
+                if int(total) > 0:
+                    self._entry(conn, account, programme_id, -int(total), "expire")
+                    expired += int(total)
+                    accounts += 1
+            return {"accounts": accounts, "points": expired}
+
+        return self._once("points.expire", args, apply)
+
+    # -- reading --------------------------------------------------------------------------------------
+    def balance(self, account: str) -> JsonObject:
+        ledger = self.t.ledger
+
+        def read(conn: Connection) -> JsonObject:
+            rows = conn.execute(
+                sa.select(ledger.c.programme_id, sa.func.sum(ledger.c.amount))
+                .where(ledger.c.account == account)
+                .group_by(ledger.c.programme_id)
+                .order_by(ledger.c.programme_id)
+            ).all()
+            return {"balances": {programme: int(total) for programme, total in rows}}
+
+        return self._tx(read, readonly=True)
+
+    def settlement(self, first: date, last: date) -> JsonObject:
+        """What each shop (and area) took in points between two JST dates, inclusive: redemptions and
+        tickets used there. The ward pays the shops from this."""
+        if last < first:
+            raise Refusal("bad_request", "the period ends before it starts")
+        ledger, tickets, shops = self.t.ledger, self.t.tickets, self.t.shops
+        lo, hi = first.isoformat(), last.isoformat()
+
+        def read(conn: Connection) -> JsonObject:
+            redeemed = {
+                shop: (-int(total), int(count))
+                for shop, total, count in conn.execute(
+                    sa.select(ledger.c.shop_id, sa.func.sum(ledger.c.amount), sa.func.count())
+                    .where(ledger.c.kind == "redeem", ledger.c.business_date.between(lo, hi))
+                    .group_by(ledger.c.shop_id)
+                )
+            }
+            ticketed = {
+                shop: (int(total), int(count))
+                for shop, total, count in conn.execute(
+                    sa.select(tickets.c.used_shop_id, sa.func.sum(tickets.c.amount), sa.func.count())
+                    .where(tickets.c.used_business_date.between(lo, hi))
+                    .group_by(tickets.c.used_shop_id)
+                )
+            }
+            rows = []
+            areas: dict[str, int] = {}
+            for shop in conn.execute(sa.select(shops).order_by(shops.c.area, shops.c.shop_id)):
+                points, redemptions = redeemed.get(shop.shop_id, (0, 0))
+                ticket_points, used = ticketed.get(shop.shop_id, (0, 0))
+                if not redemptions and not used:
+                    continue
+                total = points + ticket_points
+                areas[shop.area] = areas.get(shop.area, 0) + total
+                rows.append(
+                    {
+                        "shop_id": shop.shop_id,
+                        "name": shop.name,
+                        "area": shop.area,
+                        "redeemed_points": points,
+                        "redemptions": redemptions,
+                        "ticket_points": ticket_points,
+                        "tickets": used,
+                        "total_points": total,
+                    }
+                )
+            return {"from": lo, "to": hi, "shops": rows, "areas": areas, "total_points": sum(areas.values())}
+
+        return self._tx(read, readonly=True)
+
+    def ledger_check(self) -> JsonObject:
+        """Every account: balance = sum of its entries, and none negative (soak tests, doctor)."""
+        ledger = self.t.ledger
+
+        def read(conn: Connection) -> JsonObject:
+            negative = conn.execute(
+                sa.select(ledger.c.account, ledger.c.programme_id)
+                .group_by(ledger.c.account, ledger.c.programme_id)
+                .having(sa.func.sum(ledger.c.amount) < 0)
+            ).all()
+            total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(ledger.c.amount), 0))).scalar_one()
+            return {"negative_accounts": len(negative), "outstanding_points": int(total)}
+
+        return self._tx(read, readonly=True)
+
+    # -- cards ----------------------------------------------------------------------------------------
+    def register_card(self, card: str, args: JsonObject) -> JsonObject:
+        account = account_of(args)
+
+        def apply(conn: Connection) -> JsonObject:
+            upsert(
+                conn,
+                self.t.cards,
+                "card",
+                {"card": card, "account": account, "registered_at": iso(self.store.now())},
+            )
+            return {"registered": True, "account": account}
+
+        return self._once("points.register_card", {**args, "card": card}, apply)
+
+    def account_for_card(self, card: str) -> str | None:
+        cards = self.t.cards
+        row = self._tx(
+            lambda conn: conn.execute(sa.select(cards.c.account).where(cards.c.card == card)).first(),
+            readonly=True,
+        )
+        return None if row is None else str(row.account)
+
+
+def account_of(args: JsonObject) -> str:
+    """The account key of a request: ``mykey_id`` or ``member_id`` (as the card events carry them)."""
+    mykey, member = args.get("mykey_id"), args.get("member_id")
+    if isinstance(mykey, str) and mykey.strip() and len(mykey) <= 32:
+        return f"mykey:{mykey.strip()}"
+    if isinstance(member, str) and member.strip() and len(member) <= 32:
+        return f"member:{member.strip()}"
+    raise Refusal("unknown_account", "give member_id or mykey_id (1..32 characters)")

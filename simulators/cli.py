@@ -11,13 +11,29 @@ import structlog
 
 from readerd import logging as rlog
 from simulators.demo import run_demo
-from simulators.faults import FaultScript, FaultyCard
+from simulators.faults import FaultScript, FaultScriptError, FaultyCard
+from simulators.felica_udp import add_felica_parser, run_felica_command
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardBehavior, CardProfile, build_card
 from simulators.pki import PkiStore, default_store_root
-from simulators.vicc import ViccBridge, parse_endpoint
+from simulators.vicc import DEFAULT_VPCD_PORT, ViccBridge, parse_endpoint
 
 log = structlog.get_logger("readerd.sim")
+
+
+def _vpcd_endpoint(text: str) -> tuple[str, int]:
+    """``--vpcd``: refused at parse time, with the reason, unless it is a loopback endpoint.
+
+    The card's APDUs (certificates, PINs typed in tests) must not cross a network, so a remote vpcd is
+    an error of the command line (exit 2 with the message), not a traceback.
+    """
+    try:
+        host, port = parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 < port <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"port {port} out of range")
+    return host, port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connects a virtual My Number Card to vsmartcard's vpcd (inside pcscd). Reads commands "
         "from stdin, one per line: 'insert', 'remove', 'quit' (end of input also quits).",
     )
-    card.add_argument("--vpcd", default="127.0.0.1:35963", help="vpcd endpoint host:port (loopback only)")
+    card.add_argument(
+        "--vpcd",
+        type=_vpcd_endpoint,
+        default=("127.0.0.1", DEFAULT_VPCD_PORT),
+        help="vpcd endpoint host:port (loopback only)",
+    )
     card.add_argument(
         "--profile", default="alice", help="card name: keys and certificate are cached per name"
     )
@@ -53,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", type=Path, default=None, help="PKI cache directory (default ~/.cache/readerd-sim)"
     )
     card.add_argument("--removed", action="store_true", help="start with the card off the reader")
+
+    add_felica_parser(sub)
     return parser
 
 
@@ -72,12 +95,24 @@ def _card_from_args(args: argparse.Namespace) -> CardModel:
 
 
 def run_mynumber(args: argparse.Namespace) -> int:
-    host, port = parse_endpoint(args.vpcd)
-    bridge = ViccBridge(
-        _card_from_args(args), host, port, on_event=lambda e: log.info("card " + e, port=port)
-    )
+    """0 on a clean quit; 78 for a bad profile or fault script, 69 when no vpcd answers (as readerd)."""
+    host, port = args.vpcd
+    try:
+        card = _card_from_args(args)
+    except (FaultScriptError, OSError, ValueError) as e:
+        log.error("cannot build the card", error=str(e))
+        return 78
+    bridge = ViccBridge(card, host, port, on_event=lambda e: log.info("card " + e, port=port))
     if not args.removed:
-        bridge.insert()
+        try:
+            bridge.insert()
+        except OSError as e:
+            log.error(
+                "no vpcd listening (is pcscd with vsmartcard-vpcd running?)",
+                vpcd=f"{host}:{port}",
+                error=str(e),
+            )
+            return 69
     log.info(
         "virtual My Number Card ready",
         vpcd=f"{host}:{port}",
@@ -88,7 +123,10 @@ def run_mynumber(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             command = line.strip().lower()
             if command == "insert":
-                bridge.insert()
+                try:
+                    bridge.insert()
+                except OSError as e:  # pcscd went away meanwhile: say so and keep taking commands
+                    log.warning("no vpcd listening", vpcd=f"{host}:{port}", error=str(e))
             elif command == "remove":
                 bridge.remove()
                 log.info("card removed", port=port)
@@ -99,6 +137,8 @@ def run_mynumber(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if isinstance(card, FaultyCard):
+            card.interrupt()  # a stall in progress must not hold the exit up
         bridge.remove()
     return 1 if bridge.errors else 0
 
@@ -111,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(taps=args.taps, state_dir=args.state_dir, interval=args.interval)
     if args.command == "mynumber":
         return run_mynumber(args)
+    if args.command == "felica":
+        return run_felica_command(args)
     parser.print_help()
     return 64
 

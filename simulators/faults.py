@@ -12,12 +12,13 @@ A script is plain data (JSON or TOML) so tests and users can write one without P
     sw = "6F00"
     match = "00B0"           # on the first READ BINARY (hex prefix of the command)
 
-Actions: ``remove``, ``garbage`` (answer ``data`` hex, default ``DEADBEEF``), ``truncate`` (the real answer
-cut to ``keep`` bytes, status word included), ``stall`` (wait ``seconds``, then answer), ``status``
-(answer ``sw`` alone), ``set_pin_tries`` (set the user-auth PIN counter to ``tries_left`` before the
-command, as if another terminal had used tries), and ``vanish`` (the reader link drops for ``seconds``:
-vicc disconnect and reconnect). Each fault fires once, at the first APDU that is past ``after_apdus`` and
-matches ``match`` (when given).
+Actions: ``remove``, ``garbage`` (answer ``data`` hex, default ``DEADBEEF``), ``truncate`` (the real
+answer cut to ``keep`` bytes, at least 1, status word included), ``stall`` (wait ``seconds``, then
+answer), ``status`` (answer ``sw`` alone), ``set_pin_tries`` (set the user-auth PIN counter to
+``tries_left`` before the command, as if another terminal had used tries), and ``vanish`` (the reader
+link drops for ``seconds``: vicc disconnect and reconnect). Each fault fires once, at the first APDU that
+is past ``after_apdus`` and matches ``match`` (when given). What the reading side sees for each, through
+pcscd and vpcd, is in docs/simulator.md (tests/simulators/test_faults_on_the_wire.py shows it).
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class Fault:
             raise FaultScriptError(f"{where}: {e}") from e
         if fault.after_apdus < 0 or fault.seconds < 0 or fault.keep < 0 or not 0 <= fault.sw <= 0xFFFF:
             raise FaultScriptError(f"{where}: negative or out-of-range value")
+        # An empty answer is no answer: vpcd then waits for bytes that never come and wedges its reader
+        # slot in pcscd until the card disconnects (measured). 'stall' and 'remove' say that honestly.
+        if action is FaultAction.TRUNCATE and fault.keep < 1:
+            raise FaultScriptError(f"{where}: truncate needs keep >= 1 (for no answer use stall or remove)")
+        if action is FaultAction.GARBAGE and not fault.data:
+            raise FaultScriptError(f"{where}: garbage needs data (for no answer use stall or remove)")
         return fault
 
     def applies(self, index: int, apdu: bytes) -> bool:

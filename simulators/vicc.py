@@ -14,6 +14,7 @@ clears it) bring a round trip through pyscard -> pcscd -> vpcd -> here to ~0.1 m
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import threading
 from collections.abc import Callable
@@ -34,13 +35,35 @@ DEFAULT_VPCD_PORT = 35963
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
+def check_loopback(host: str) -> str:
+    """``host`` if it is a loopback address (or ``localhost``); ValueError otherwise.
+
+    vpcd itself listens on every interface (CARD-FACTS §10), but the virtual card only ever dials a
+    loopback address: its APDUs carry certificates and PINs and must not cross a network.
+    """
+    if host == "localhost":
+        return host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the simulator talks to loopback only, not {host!r}")
+    return host
+
+
 def parse_endpoint(text: str) -> tuple[str, int]:
-    """``host:port`` (or just ``port``); the simulator refuses anything but loopback."""
+    """``host:port`` (or just ``port``, or ``[::1]:port``); the simulator refuses anything but loopback."""
     host, _, port = text.rpartition(":")
-    host = host or "127.0.0.1"
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"the simulator talks to loopback only, not {host}")
-    return host, int(port)
+    host = check_loopback(host.strip("[]") or "127.0.0.1")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ValueError(f"bad port {port!r}") from None
+
+
+class EmptyAnswerError(RuntimeError):
+    """The card model answered an APDU with no bytes, which vpcd cannot carry (see ``ViccBridge._handle``)."""
 
 
 @dataclass
@@ -65,6 +88,7 @@ class ViccBridge:
         *,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
+        check_loopback(host)
         if len(card.atr) > MAX_ATR:
             raise ValueError(f"ATR of {len(card.atr)} bytes exceeds pcsc-lite's {MAX_ATR}")
         self.card = card
@@ -167,6 +191,10 @@ class ViccBridge:
             if not self._closing.wait(gone.seconds):
                 self._thread = None
                 self.insert()
+        except EmptyAnswerError as e:
+            self.errors.append(e)
+            log.error("virtual card gave an empty answer; disconnected", port=self.port, error=str(e))
+            self._drop(sock)
         except OSError as e:
             if not self._closing.is_set():
                 self.errors.append(e)
@@ -196,4 +224,9 @@ class ViccBridge:
                 self.card.power_on()
             return None
         self.stats.apdus += 1
-        return self.card.process(payload)
+        answer = self.card.process(payload)
+        if not answer:
+            # vpcd reads an empty message as "wait for more" and would hang pcscd's slot until we
+            # disconnect: a card model that answers nothing is a bug, so fail loudly and let go.
+            raise EmptyAnswerError(f"the card answered {payload[:4].hex()} with no bytes")
+        return answer

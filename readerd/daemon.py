@@ -1,6 +1,7 @@
 """The daemon: wires configuration, identity, the bus and the backends, and lives until told to stop.
 
-Start order: state directory, pseudonym key, member directory, bus (binds, so a port conflict fails
+Start order: state directory, pseudonym key, member directory, plugin store (with plugins enabled; a
+local file that cannot be opened exits 69), bus (binds, so a port conflict fails
 before any reader is touched), backends, then ``READY=1``. The main thread only waits: it pings the
 systemd watchdog while every backend thread and the bus thread are alive, so a hung or dead thread gets
 the daemon restarted. Stop order is the reverse, within ``SHUTDOWN_BUDGET`` seconds.
@@ -32,6 +33,7 @@ from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.plugin_host import PluginHost
 from readerd.sdnotify import Notifier
 from readerd.sessions import CardSessions
+from readerd.store import Store
 
 log = structlog.get_logger("readerd")
 
@@ -60,6 +62,7 @@ class Daemon:
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
         self.auth: AuthManager | None = None
+        self.store: Store | None = None  # the plugins' store, open while the daemon runs with plugins
         # Main-loop rounds that pinged the watchdog and that withheld the ping (tests wait on these).
         self.watchdog_pings = 0
         self.watchdog_withheld = 0
@@ -123,6 +126,8 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = self._pseudonym_key(state_dir)
         directory = SqliteDirectory(state_dir / "members.db")
+        if config.plugins.enabled:  # only plugins use it: without them a broken store must not stop readers
+            self.store = Store.open(config.store, state_dir)
         event_log = EventLog(
             state_dir / "events.db",
             max_events=config.bus.log_max_events,
@@ -145,7 +150,7 @@ class Daemon:
         bus.start()
         try:
             if config.plugins.enabled:
-                self.host = self._start_plugins(bus)
+                self.host = self._start_plugins(bus, self.store)
             for backend in self.backends:
                 backend.start()
             self.started.set()
@@ -170,6 +175,8 @@ class Daemon:
             bus.stop(SHUTDOWN_BUDGET / 4)
             directory.close()
             event_log.close()
+            if self.store is not None:
+                self.store.close()  # after the host: readerd_shutdown hooks may still write
             log.info("readerd stopped")
         return ExitCode.OK
 
@@ -211,7 +218,7 @@ class Daemon:
         host_ok = self.host is None or self.host.alive
         return self.bus is not None and self.bus.alive and host_ok and all(b.alive() for b in self.backends)
 
-    def _start_plugins(self, bus: Bus) -> PluginHost:
+    def _start_plugins(self, bus: Bus, store: Store | None) -> PluginHost:
         """The embedded plugin host: a subscriber of the private feed; its results go out through the bus."""
 
         def publish(plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
@@ -226,12 +233,15 @@ class Daemon:
             publish=publish,
             report=report,
             plugins=self.extra_plugins,
+            store=store,
         )
         host.load()
         for name in host.commands:
             bus.register_command(name, functools.partial(_plugin_command, host))
         bus.register_command("plugins", lambda _req: host.status())
         bus.add_status(lambda: {"plugins_quarantined": host.status()["quarantined"]})
+        if store is not None:
+            bus.add_status(lambda: {"store": store.status()})  # databases (password hidden) and counters
         host.start(PRIVATE_FEED, bus.context, heartbeat_now=bus.heartbeat_now)
         return host
 

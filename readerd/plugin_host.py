@@ -8,7 +8,15 @@ own ``hook(...)`` would stop at the first implementation that raises and keep th
 Failure policy (DESIGN decision 15): an exception counts as a failure and ``quarantine_after`` failures in a
 row quarantine the plugin; a timeout quarantines it at once, since its thread is abandoned still running.
 A quarantined plugin receives nothing until the host is reloaded; ``readerctl status`` and
-``readerctl plugins`` show it, and every failure is published as ``plugin.error``.
+``readerctl plugins`` show it, and every failure is published as ``plugin.error``. Quarantine also revokes
+the plugin's store handle, so a thread abandoned in a hook can never commit a late write.
+
+Store failures are not the plugin's: a hook that raises :class:`StoreUnavailableError` (database down,
+unreachable, unwritable) or :class:`StoreBusyError` (retries ran out) is published as ``plugin.error``
+with that code (``store_unavailable``, ``store_busy``) and ``quarantined: false`` every time, and neither
+counts towards ``quarantine_after`` nor resets the count. Quarantine needs a reload to undo; a shared
+PostgreSQL that is down for a minute must not leave every ledger plugin quarantined after it is back,
+and a plugin such as check-in keeps working offline on its local store between such failures.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import zmq
 
 from readerd import hookspecs
 from readerd.config import PluginsConfig
-from readerd.errors import PluginError, ReaderdError
+from readerd.errors import PluginError, ReaderdError, StoreBusyError, StoreUnavailableError
 from readerd.plugin_api import (
     CommandSpec,
     EventInterest,
@@ -43,6 +51,7 @@ from readerd.plugin_api import (
     check_plugin_name,
 )
 from readerd.sessions import SessionTimeoutError, run_with_deadline
+from readerd.store import PluginStore, Store
 
 log = structlog.get_logger("readerd.plugins")
 
@@ -90,6 +99,7 @@ class LoadedPlugin:
     quarantined: str | None = None  # why, once quarantined
     calls: int = 0
     last_seq: int = 0
+    store_failures: int = 0  # hook calls that failed with store_unavailable / store_busy (not counted above)
 
     @property
     def healthy(self) -> bool:
@@ -104,6 +114,7 @@ class LoadedPlugin:
             "quarantined": self.quarantined,
             "failures_in_a_row": self.failures,
             "calls": self.calls,
+            "store_failures": self.store_failures,
             "last_seq": self.last_seq,
             "receives": sorted(self.interest.types),
             "private_fields": sorted(self.interest.private),
@@ -118,11 +129,12 @@ class PluginHost:
         kiosk: str,
         publish: Publisher,
         report: Callable[[str, str, str, str, bool], None] | None = None,
-        store: Any = None,  # noqa: ANN401 - the store handle plugins get (readerd.store)
+        store: Store | None = None,
         plugins: dict[str, object] | None = None,
     ) -> None:
         """``plugins`` adds plugin objects by name beside discovery (tests, embedding applications);
-        ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``."""
+        ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``; ``store``
+        gives each plugin ``store.for_plugin(name)`` as ``context.store`` (None: plugins get None)."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
@@ -163,6 +175,8 @@ class PluginHost:
             check_plugin_name(name)
             if name in self.plugins:
                 raise PluginError(name, "load", "a plugin of this name is already loaded")
+            # Before loading: a name the store cannot prefix its tables with rejects the plugin cleanly.
+            plugin_store = self.store.for_plugin(name) if self.store is not None else None
             plugin = load()
             if isinstance(plugin, type):
                 plugin = plugin()
@@ -179,7 +193,7 @@ class PluginHost:
             name=name,
             config=dict(self.config.sections.get(name, {})),
             kiosk=self.kiosk,
-            store=self.store,
+            store=plugin_store,
             log=structlog.get_logger(f"readerd.plugin.{name}"),
             _publish=self._publish,
         )
@@ -234,6 +248,9 @@ class PluginHost:
         except SessionTimeoutError:
             self._quarantine(loaded, hook, "timeout", f"no return within {self.config.hook_timeout} s")
             return None
+        except (StoreUnavailableError, StoreBusyError) as e:  # the database's failure (module docstring)
+            self._store_failure(loaded, hook, e)
+            return None
         except Exception as e:  # a plugin's exception is its own failure, never the host's
             self._fail(loaded, hook, "exception", f"{type(e).__name__}: {e}")
             return None
@@ -253,8 +270,17 @@ class PluginHost:
         log.error("plugin hook failed", plugin=loaded.name, hook=hook, error=code, message=message)
         self._report(loaded.name, hook, code, message, False)
 
+    def _store_failure(self, loaded: LoadedPlugin, hook: str, error: ReaderdError) -> None:
+        loaded.store_failures += 1
+        log.warning(
+            "plugin store failure", plugin=loaded.name, hook=hook, error=error.code, message=str(error)
+        )
+        self._report(loaded.name, hook, error.code, str(error), False)
+
     def _quarantine(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
         loaded.quarantined = f"{hook}: {code}: {message}"
+        if isinstance(loaded.context.store, PluginStore):
+            loaded.context.store.revoke("quarantined")
         log.error("plugin quarantined", plugin=loaded.name, hook=hook, error=code, message=message)
         self._report(loaded.name, hook, code, message, True)
 

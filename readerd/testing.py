@@ -10,8 +10,10 @@ This module is also a pytest plugin (entry point ``pytest11``), so a plugin pack
 
 The daemon runs the sim backend on ephemeral loopback ports with every installed plugin (entry-point group
 ``readerd``) loaded, exactly as ``readerd run --simulate`` would; events are read from its PUB socket like
-any LAN client does. Override the ``readerd_config`` fixture to change the configuration (plugin sections,
-FeliCa reads).
+any LAN client does. Plugins get a real store: a SQLite file in the test's temporary state directory
+(``ReaderdHarness.store(name)`` reads it back); point ``store.shared_url`` of ``readerd_config`` at a
+PostgreSQL database to test the shared role on the real thing. Override the ``readerd_config`` fixture
+to change the configuration (plugin sections, FeliCa reads, the store).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from readerd.ctl import ControlSession, request
 from readerd.daemon import Daemon
 from readerd.errors import ReaderdError
 from readerd.sdnotify import Notifier
+from readerd.store import PluginStore
 
 Envelope = dict[str, Any]
 
@@ -229,6 +232,14 @@ class ReaderdHarness:
         """The next event whose type starts with ``what`` (or for which ``what`` is true)."""
         match = what if callable(what) else (lambda e: str(e["type"]).startswith(what))
         return self.events.until(match, timeout)[-1]
+
+    def store(self, plugin: str) -> PluginStore:
+        """The store of plugin ``plugin`` in the daemon's (temporary) state directory, to look at what
+        the plugin wrote: the same databases the plugin's ``context.store`` uses."""
+        store = self.running.daemon.store
+        if store is None:
+            raise RuntimeError("the daemon runs without plugins, so without a store")
+        return store.for_plugin(plugin)
 
 
 @pytest.fixture

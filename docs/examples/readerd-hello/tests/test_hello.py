@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import readerd_hello
+import sqlalchemy as sa
 
 from readerd.config import Config, PluginsConfig
 from readerd.testing import CommandFailedError, ReaderdHarness, sim_config
@@ -44,3 +45,15 @@ def test_the_command_checks_its_arguments(readerd: ReaderdHarness) -> None:
 
 def test_the_plugin_is_installed_not_imported_from_the_source_tree() -> None:
     assert "site-packages" in Path(readerd_hello.__file__).parts
+
+
+def test_each_visit_is_stored_once_under_its_event_id(readerd: ReaderdHarness) -> None:
+    identified = readerd.tap("dave")
+    readerd.wait_for("plugin.hello.greeting")
+    store = readerd.store("hello")
+    visits = store.shared.table("visits")
+    rows = store.shared.transaction(
+        lambda conn: conn.execute(sa.select(visits.c.event_id, visits.c.pseudonym)).all(), readonly=True
+    )
+    assert [tuple(row) for row in rows] == [(identified["id"], identified["data"]["pseudonym"])]
+    assert store.shared.version() == len(readerd_hello.MIGRATIONS)

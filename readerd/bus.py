@@ -34,7 +34,8 @@ import structlog
 import zmq
 
 from readerd.config import BusConfig
-from readerd.errors import BusError, ReaderdError, StoreUnavailableError
+from readerd.curve import SUBSCRIBE_COMMANDS, ZAP_DOMAIN, ZAP_ENDPOINT, Allowlist, KeyPair, zap_reply
+from readerd.errors import BusError, ForbiddenError, ReaderdError, StoreUnavailableError
 from readerd.eventlog import EventLog
 from readerd.events import Envelope, Event, heartbeat, stamp
 
@@ -56,6 +57,7 @@ class ControlRequest:
     args: JsonObject
     peer: bytes
     request_id: str | None
+    user: str | None = None  # the CURVE key's ``<role>:<name>`` (ZAP User-Id); None without CURVE
 
 
 #: A handler answers at once (a dict) or later (a Future): a command that talks to a card (``auth.pin``)
@@ -76,12 +78,23 @@ class CommandError(ReaderdError):
         return dict(self._details)
 
 
+@dataclass(frozen=True)
+class CurveServer:
+    """CURVE on the bus's TCP endpoints: the daemon's key pair, the client allowlist (re-read every
+    ``poll`` seconds) and so the ZAP handler the bus thread runs."""
+
+    keys: KeyPair
+    allowlist: Allowlist
+    poll: float = 0.5
+
+
 @dataclass
 class BusStats:
     published: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     control_requests: int = 0
     log_failures: int = 0
+    rebinds: int = 0  # CURVE endpoints re-bound after a revocation
 
 
 class Bus:
@@ -93,11 +106,13 @@ class Bus:
         private_endpoint: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         event_log: EventLog | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         """``event_log``: where events are appended before they go out and ``events.since`` reads; the
         first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed."""
         self.config = config
         self.event_log = event_log
+        self.curve = curve
         self.kiosk = kiosk
         self.private_endpoint = private_endpoint
         self.run_id = str(uuid.uuid4())
@@ -116,6 +131,8 @@ class Bus:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pub: zmq.Socket[bytes]  # both owned by the bus thread, replaced by a CURVE re-bind
+        self._router: zmq.Socket[bytes]
         self._started = time.monotonic()
         self._startup_error: BaseException | None = None
         self.publish_endpoint = config.publish
@@ -165,6 +182,7 @@ class Bus:
             "dropped": dict(self.stats.dropped),
             "event_log": self._log_status(),
             "endpoints": {"publish": self.publish_endpoint, "control": self.control_endpoint},
+            "curve": self.curve is not None,
         }
         for provider in self._status_providers:
             out.update(provider())
@@ -224,62 +242,131 @@ class Bus:
         return self._thread is not None and self._thread.is_alive()
 
     # -- the bus thread -------------------------------------------------------------------------------
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    def _uses_curve(self, endpoint: str) -> bool:
+        return self.curve is not None and endpoint.startswith("tcp://")
+
+    def _bind(self, kind: int, endpoint: str, *, retry_for: float = 0.0) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 200)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        if self.curve is not None and self._uses_curve(endpoint):
+            sock.curve_server = True
+            sock.curve_secretkey = self.curve.keys.secret or b""
+            sock.curve_publickey = self.curve.keys.public
+            sock.zap_domain = ZAP_DOMAIN.encode()
         if endpoint.endswith(":0"):
-            sock.bind(endpoint.rsplit(":", 1)[0] + ":*")  # an ephemeral port, for tests
-            return sock
-        sock.bind(endpoint)
-        return sock
+            endpoint = endpoint.rsplit(":", 1)[0] + ":*"  # an ephemeral port, for tests
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                sock.bind(endpoint)
+                return sock
+            except zmq.ZMQError as e:
+                # A re-bind: the old listener closes asynchronously in libzmq's reaper.
+                if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    sock.close(0)
+                    raise
+                time.sleep(0.01)
 
-    def _run(self) -> None:
+    def _open(self) -> tuple[list[zmq.Socket[bytes]], zmq.Socket[bytes] | None, zmq.Socket[bytes] | None]:
+        """Bind every socket (bus thread): all of them, the ZAP handler and the private feed."""
         sockets: list[zmq.Socket[bytes]] = []
+        zap: zmq.Socket[bytes] | None = None
         try:
-            pub = self._bind(zmq.PUB, self.config.publish)
-            sockets.append(pub)
-            self.publish_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-            router = self._bind(zmq.ROUTER, self.config.control)
-            sockets.append(router)
-            self.control_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.curve is not None:
+                # Bound before any CURVE socket, so no handshake ever finds no handler (which libzmq
+                # would treat as "allow").
+                zap = self.context.socket(zmq.REP)
+                zap.setsockopt(zmq.LINGER, 0)
+                sockets.append(zap)
+                zap.bind(ZAP_ENDPOINT)
+            self._pub = self._bind(zmq.PUB, self.config.publish)
+            sockets.append(self._pub)
+            self.publish_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._router = self._bind(zmq.ROUTER, self.config.control)
+            sockets.append(self._router)
+            self.control_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
             private = None
             if self.private_endpoint:
                 private = self._bind(zmq.PUB, self.private_endpoint)
                 sockets.append(private)
+        except zmq.ZMQError:
+            for sock in sockets:
+                sock.close(0)
+            raise
+        return sockets, zap, private
+
+    def _run(self) -> None:
+        try:
+            sockets, zap, private = self._open()
         except zmq.ZMQError as e:
             self._startup_error = e
             self._ready.set()
-            for sock in sockets:
-                sock.close(0)
             return
         self._ready.set()
         poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
+        poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        next_heartbeat = time.monotonic()
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
+        now = time.monotonic()
+        next_heartbeat = now
+        next_allowlist = now + (self.curve.poll if self.curve is not None else 0)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_heartbeat or self._beat_now:
                     self._beat_now = False
                     beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
-                    self._send(pub, private, beat)
+                    self._send(self._pub, private, beat)
                     next_heartbeat = now + self.config.heartbeat_interval
-                timeout_ms = max(0, int((next_heartbeat - time.monotonic()) * 1000))
+                if self.curve is not None and now >= next_allowlist:
+                    next_allowlist = now + self.curve.poll
+                    cut = self.curve.allowlist.refresh() | self.curve.allowlist.pending_cut
+                    self.curve.allowlist.pending_cut = set()
+                    if cut:
+                        self._rebind(poller)
+                wake_at = min(next_heartbeat, next_allowlist) if self.curve is not None else next_heartbeat
+                timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 ready = dict(poller.poll(timeout_ms))
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                self._drain(pub, private)
-                if router in ready:
-                    self._serve_control(router)
-                self._send_replies(router)
-            self._drain(pub, private)  # what was queued before stop still goes out
+                if zap is not None and zap in ready:
+                    self._serve_zap(zap)
+                self._drain(self._pub, private)
+                if self._router in ready:
+                    self._serve_control(self._router)
+                self._send_replies(self._router)
+            self._drain(self._pub, private)  # what was queued before stop still goes out
         finally:
-            for sock in sockets:
+            for sock in (*sockets, self._pub, self._router):
                 sock.close()
+
+    def _serve_zap(self, zap: zmq.Socket[bytes]) -> None:
+        assert self.curve is not None  # noqa: S101 - only polled with CURVE
+        while True:
+            try:
+                frames = zap.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            zap.send_multipart(zap_reply(self.curve.allowlist, frames))
+
+    def _rebind(self, poller: zmq.Poller) -> None:
+        """Close and re-bind every CURVE endpoint: the only way to cut connections whose key was revoked,
+        as ZAP is asked only at the handshake (DESIGN decision 14). Allowed clients reconnect on their
+        own (and catch up what they missed meanwhile through ``events.since``)."""
+        log.warning("allowlist lost keys: re-binding the CURVE endpoints to cut their connections")
+        if self._uses_curve(self.publish_endpoint):
+            self._pub.close(0)
+            self._pub = self._bind(zmq.PUB, self.publish_endpoint, retry_for=2.0)
+        if self._uses_curve(self.control_endpoint):
+            poller.unregister(self._router)
+            self._router.close(0)
+            self._router = self._bind(zmq.ROUTER, self.control_endpoint, retry_for=2.0)
+            poller.register(self._router, zmq.POLLIN)
+        self.stats.rebinds += 1
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
@@ -333,15 +420,19 @@ class Bus:
         return 0
 
     def _serve_control(self, router: zmq.Socket[bytes]) -> None:
+        curve = self._uses_curve(self.control_endpoint)
         while True:
             try:
-                frames = router.recv_multipart(flags=zmq.NOBLOCK)
+                parts = router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.stats.control_requests += 1
+            # The ZAP handler's User-Id (<role>:<name>) rides on every message of a CURVE connection.
+            user = str(parts[-1].get("User-Id")) if curve else None
+            frames = [part.bytes for part in parts]
             # Echo every routing/delimiter frame: REQ and DEALER clients, with or without an empty frame.
             envelope = frames[:-1]
-            reply = self._answer(frames[0], frames[-1])
+            reply = self._answer(frames[0], frames[-1], user)
             if isinstance(reply, Future):
                 reply.add_done_callback(functools.partial(self._deferred, envelope))
                 continue
@@ -360,7 +451,7 @@ class Bus:
                 return
             router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
 
-    def _answer(self, peer: bytes, body: bytes) -> JsonObject | Future[JsonObject]:
+    def _answer(self, peer: bytes, body: bytes, user: str | None = None) -> JsonObject | Future[JsonObject]:
         request_id: str | None = None
         try:
             obj = json.loads(body)
@@ -374,7 +465,9 @@ class Bus:
             handler = self._commands.get(obj["cmd"])
             if handler is None:
                 raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
-            result = handler(ControlRequest(obj["cmd"], args, peer, request_id))
+            if user is not None and not user.startswith("control:") and obj["cmd"] not in SUBSCRIBE_COMMANDS:
+                raise ForbiddenError(f"this key may subscribe only; {obj['cmd']!r} needs the control role")
+            result = handler(ControlRequest(obj["cmd"], args, peer, request_id, user))
             if isinstance(result, Future):
                 return _reply_when_done(request_id, result)
             return {"id": request_id, "ok": True, "result": result}

@@ -1,0 +1,163 @@
+"""CURVE on the bus, on loopback with real sockets: the allowlist, roles, revocation while connected."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from readerd import events as ev
+from readerd.bus import Bus, CurveServer
+from readerd.client import BusClient, CurveKeys
+from readerd.config import BusConfig
+from readerd.curve import Allowlist, allowlist_dir, generate, load_or_create_server_keys, read_certificate
+from readerd.errors import BusSilentError
+from readerd.eventlog import EventLog
+
+
+@dataclass
+class CurveBus:
+    bus: Bus
+    curve_dir: Path
+    allowlist: Allowlist
+
+    def keys(self, name: str, role: str | None = "control") -> CurveKeys:
+        """A client key pair; allowed with ``role`` unless None."""
+        public_path, secret_path = generate(self.curve_dir.parent / "clients-own", name)
+        if role is not None:
+            pair, _ = read_certificate(public_path)
+            Allowlist(allowlist_dir(self.curve_dir)).allow(name, pair.public, role)
+        return CurveKeys.from_files(self.curve_dir / "server.key", secret_path)
+
+    def client(self, keys: CurveKeys, **kwargs: Any) -> BusClient:
+        return BusClient(self.bus.publish_endpoint, self.bus.control_endpoint, curve=keys, **kwargs)
+
+
+@pytest.fixture
+def curve_bus(tmp_path: Path) -> Iterator[CurveBus]:
+    curve_dir = tmp_path / "curve"
+    keys, created = load_or_create_server_keys(curve_dir)
+    assert created
+    assert (curve_dir / "server.key_secret").stat().st_mode & 0o777 == 0o600
+    allowlist = Allowlist(allowlist_dir(curve_dir))
+    config = BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0", heartbeat_interval=0.05)
+    log = EventLog(tmp_path / "events.db")
+    bus = Bus(config, kiosk="k", event_log=log, curve=CurveServer(keys, allowlist, poll=0.1))
+    bus.register_command("points.redeem", lambda _req: {"redeemed": True})
+    bus.start()
+    yield CurveBus(bus, curve_dir, allowlist)
+    bus.stop()
+    log.close()
+
+
+def raw_request(endpoint: str, keys: CurveKeys | None, cmd: str, timeout_ms: int) -> dict[str, Any] | None:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(sock)
+    sock.connect(endpoint)
+    sock.send_multipart([b"", json.dumps({"id": "1", "cmd": cmd, "args": {}}).encode()])
+    try:
+        if not sock.poll(timeout_ms):
+            return None
+        reply: dict[str, Any] = json.loads(sock.recv_multipart()[-1])
+        return reply
+    finally:
+        sock.close()
+
+
+def raw_sub(endpoint: str, keys: CurveKeys | None) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.apply(sock)
+    sock.connect(endpoint)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    return sock
+
+
+def test_unknown_and_plain_clients_receive_nothing_and_cannot_command(curve_bus: CurveBus) -> None:
+    allowed = curve_bus.keys("screen", "subscribe")
+    stranger = curve_bus.keys("stranger", role=None)
+    subs = {"allowed": raw_sub(curve_bus.bus.publish_endpoint, allowed)}
+    subs["stranger"] = raw_sub(curve_bus.bus.publish_endpoint, stranger)
+    subs["plain"] = raw_sub(curve_bus.bus.publish_endpoint, None)
+    try:
+        # The allowed subscriber hears 20 heartbeats (a second at 0.05 s) while the others hear none.
+        for _ in range(20):
+            assert subs["allowed"].poll(5000)
+            subs["allowed"].recv_multipart()
+        assert subs["stranger"].poll(0) == 0
+        assert subs["plain"].poll(0) == 0
+    finally:
+        for sock in subs.values():
+            sock.close()
+    control = curve_bus.bus.control_endpoint
+    assert raw_request(control, stranger, "points.redeem", 500) is None
+    assert raw_request(control, None, "status", 500) is None
+    assert curve_bus.bus.stats.control_requests == 0  # nothing got through to the bus
+
+
+def test_a_subscribe_only_key_can_catch_up_but_not_redeem(curve_bus: CurveBus) -> None:
+    screen = curve_bus.keys("screen", "subscribe")
+    counter = curve_bus.keys("counter", "control")
+    control = curve_bus.bus.control_endpoint
+    refused = raw_request(control, screen, "points.redeem", 5000)
+    assert refused is not None
+    assert refused["error"]["code"] == "forbidden"
+    since = raw_request(control, screen, "events.since", 5000)
+    assert since is not None
+    assert since["error"]["code"] == "bad_request"  # admitted: only the missing seq is wrong
+    redeemed = raw_request(control, counter, "points.redeem", 5000)
+    assert redeemed == {"id": "1", "ok": True, "result": {"redeemed": True}}
+    for i in range(5):
+        curve_bus.bus.publish(ev.Event("card.presented", "R", {"i": i}))
+    with curve_bus.client(screen, since=0) as client:
+        assert [client.next(timeout=10)["data"]["i"] for _ in range(5)] == list(range(5))
+
+
+def test_revoked_while_connected_stops_receiving_and_the_others_catch_up(curve_bus: CurveBus) -> None:
+    doomed_keys = curve_bus.keys("doomed", "subscribe")
+    kept_keys = curve_bus.keys("kept", "subscribe")
+    doomed = raw_sub(curve_bus.bus.publish_endpoint, doomed_keys)
+    kept = curve_bus.client(kept_keys, since=0, heartbeat_timeout=10)
+    try:
+        assert doomed.poll(5000)  # connected and hearing heartbeats
+        for i in range(10):
+            curve_bus.bus.publish(ev.Event("card.presented", "R", {"i": i}))
+        assert [kept.next(timeout=10)["data"]["i"] for i in range(10)] == list(range(10))
+        Allowlist(allowlist_dir(curve_dir := curve_bus.curve_dir)).revoke("doomed")
+        revoked_at = time.monotonic()
+        for i in range(10, 20):  # published around the re-bind: the kept client gets them by catch-up
+            curve_bus.bus.publish(ev.Event("card.presented", "R", {"i": i}))
+        # The doomed subscriber stops receiving within 2 s: drain it until it has been silent for 1 s.
+        last_heard = revoked_at
+        while doomed.poll(1000):
+            doomed.recv_multipart()
+            last_heard = time.monotonic()
+            assert last_heard - revoked_at < 2.0, "still receiving 2 s after the revocation"
+        for i in range(20, 30):
+            curve_bus.bus.publish(ev.Event("card.presented", "R", {"i": i}))
+        got = [kept.next(timeout=10) for _ in range(20)]
+    finally:
+        doomed.close()
+        kept.close()
+    assert [e["data"]["i"] for e in got] == list(range(10, 30))  # no gap, no duplicate
+    assert curve_bus.bus.stats.rebinds == 1
+    assert not (allowlist_dir(curve_dir) / "doomed.key").exists()
+    with pytest.raises(BusSilentError), curve_bus.client(doomed_keys, heartbeat_timeout=0.5) as again:
+        again.next(timeout=5)
+
+
+def test_a_key_allowed_while_running_is_admitted_without_restart(curve_bus: CurveBus) -> None:
+    late = curve_bus.keys("late", "control")  # written after the bus started
+    reply = raw_request(curve_bus.bus.control_endpoint, late, "status", 5000)
+    assert reply is not None
+    assert reply["result"]["curve"] is True
+    assert curve_bus.bus.stats.rebinds == 0  # adding a key needs no re-bind

@@ -215,7 +215,7 @@ def run_felica_udp(
         raise card.error
 
 
-# --- command line (wired into simulators/cli.py by its owner) -----------------------------------------
+# --- command line (readerd-sim felica, wired in simulators/cli.py) -----------------------------------------
 def parse_loopback_endpoint(text: str) -> tuple[str, int]:
     """``host:port`` or ``port``; only a loopback IP literal (or ``localhost``) is accepted."""
     host, _, port_text = text.rpartition(":")
@@ -223,11 +223,13 @@ def parse_loopback_endpoint(text: str) -> tuple[str, int]:
     if host == "localhost":
         host = "127.0.0.1"
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        loopback = False
-    if not loopback:
+        address = None
+    if address is None or not address.is_loopback:
         raise argparse.ArgumentTypeError(f"the simulator listens on loopback only, not {host!r}")
+    if address.version != 4:
+        raise argparse.ArgumentTypeError("nfcpy's udp driver speaks IPv4 only: use 127.0.0.1")
     try:
         port = int(port_text)
     except ValueError:

@@ -228,8 +228,11 @@ class LoopbackListenerDevice(nfc.clf.udp.Device):  # type: ignore[misc]  # nfcpy
     addr: tuple[str, int]
 
     def __init__(self, host: str, port: int) -> None:
-        if not ipaddress.ip_address(host).is_loopback:
+        address = ipaddress.ip_address(host)
+        if not address.is_loopback:
             raise ValueError(f"the simulated card listens on loopback only, not {host}")
+        if address.version != 4:  # nfcpy resolves with gethostbyname: IPv4 only
+            raise ValueError("nfcpy's udp driver speaks IPv4 only: use 127.0.0.1")
         super().__init__(host, port)  # resolves the address and creates the (unbound) socket
         sock = self.socket
         if sock is None:

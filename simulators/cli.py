@@ -12,7 +12,8 @@ import structlog
 from readerd import logging as rlog
 from simulators.demo import run_demo
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
-from simulators.felica_udp import add_felica_parser, run_felica_command
+from simulators.felica import FelicaPcscCard
+from simulators.felica_udp import add_felica_parser, profile_from_args, run_felica_command
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardBehavior, CardProfile, build_card
 from simulators.pki import PkiStore, default_store_root
@@ -75,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     card.add_argument("--removed", action="store_true", help="start with the card off the reader")
 
-    add_felica_parser(sub)
+    felica = add_felica_parser(sub)
+    felica.add_argument(
+        "--vpcd",
+        type=_vpcd_endpoint,
+        default=None,
+        help="instead of --udp: behind pcscd's vpcd driver at host:port, as on an RC-S300 (loopback only)",
+    )
     return parser
 
 
@@ -96,14 +103,42 @@ def _card_from_args(args: argparse.Namespace) -> CardModel:
 
 def run_mynumber(args: argparse.Namespace) -> int:
     """0 on a clean quit; 78 for a bad profile or fault script, 69 when no vpcd answers (as readerd)."""
-    host, port = args.vpcd
     try:
         card = _card_from_args(args)
     except (FaultScriptError, OSError, ValueError) as e:
         log.error("cannot build the card", error=str(e))
         return 78
+    return serve_on_vpcd(
+        card, args.vpcd, removed=args.removed, what="virtual My Number Card", profile=args.profile
+    )
+
+
+def run_felica(args: argparse.Namespace) -> int:
+    """``readerd-sim felica``: on nfcpy's udp driver, or with ``--vpcd`` behind pcscd (RC-S300 style)."""
+    if args.vpcd is None:
+        return run_felica_command(args)
+    try:
+        profile = profile_from_args(args)
+    except ValueError as e:
+        log.error("cannot build the FeliCa card", error=str(e))
+        return 78
+    return serve_on_vpcd(
+        FelicaPcscCard(profile),
+        args.vpcd,
+        removed=args.removed,
+        what="virtual FeliCa card (PC/SC)",
+        kind=profile.kind.value,
+        idm=profile.idm.hex(),
+    )
+
+
+def serve_on_vpcd(
+    card: CardModel, vpcd: tuple[str, int], *, removed: bool, what: str, **details: object
+) -> int:
+    """Attach ``card`` to vpcd and take 'insert', 'remove', 'quit' from stdin until quit or end of input."""
+    host, port = vpcd
     bridge = ViccBridge(card, host, port, on_event=lambda e: log.info("card " + e, port=port))
-    if not args.removed:
+    if not removed:
         try:
             bridge.insert()
         except OSError as e:
@@ -113,12 +148,7 @@ def run_mynumber(args: argparse.Namespace) -> int:
                 error=str(e),
             )
             return 69
-    log.info(
-        "virtual My Number Card ready",
-        vpcd=f"{host}:{port}",
-        profile=args.profile,
-        commands="insert|remove|quit",
-    )
+    log.info(f"{what} ready", vpcd=f"{host}:{port}", commands="insert|remove|quit", **details)
     try:
         for line in sys.stdin:
             command = line.strip().lower()
@@ -152,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "mynumber":
         return run_mynumber(args)
     if args.command == "felica":
-        return run_felica_command(args)
+        return run_felica(args)
     parser.print_help()
     return 64
 

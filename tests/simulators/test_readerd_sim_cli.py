@@ -25,7 +25,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from smartcard import scard  # noqa: TID251 - the test reads the card as pyscard sees it
 
-from simulators.felica import FelicaCardProfile, bathhouse_card, checkin_card, transport_card
+from simulators.felica import (
+    ATR_FELICA_PCSC,
+    PMM_LITE_S,
+    FelicaCardProfile,
+    bathhouse_card,
+    checkin_card,
+    transport_card,
+)
 from simulators.pki import CaKind, PkiStore
 from tests.simulators.netsockets import inet_sockets
 from tests.simulators.wire import SELECT_JPKI, SW_OK, connected, pcsc_context, select_ef, verify, wait_state
@@ -287,17 +294,38 @@ def test_readerd_sim_felica_answers_nfcpy(kind: str) -> None:
         assert sim.quit() == 0
 
 
+@pytest.mark.pcscd
+def test_readerd_sim_felica_behind_pcscd_like_an_rc_s300(private_pcscd: PrivatePcscd) -> None:
+    reader = private_pcscd.readers[0]
+    vpcd = f"127.0.0.1:{private_pcscd.ports[0]}"
+    with readerd_sim(
+        "felica", "--vpcd", vpcd, "--kind", "checkin", "--member", "42", "--idm", IDM.hex()
+    ) as sim:
+        sim.wait_event("virtual FeliCa card (PC/SC) ready")
+        with pcsc_context() as ctx:
+            wait_state(ctx, reader, scard.SCARD_STATE_PRESENT)
+            with connected(ctx, reader) as card:
+                assert card.status()[2] == ATR_FELICA_PCSC  # PC/SC part 3, FeliCa 212K
+                assert card.send(bytes.fromhex("FFCA000000")) == IDM + SW_OK  # GET DATA: the IDm
+                assert card.send(bytes.fromhex("FFCA010000")) == PMM_LITE_S + SW_OK  # ... and the PMm
+                assert card.send(SELECT_JPKI) == b"\x6e\x00"  # not an ISO 7816-4 card
+            assert_loopback_only(sim.pid)
+            assert sim.quit() == 0
+            wait_state(ctx, reader, scard.SCARD_STATE_EMPTY)
+
+
 @pytest.mark.parametrize(
-    ("udp", "message"),
+    ("option", "endpoint", "message"),
     [
-        ("0.0.0.0:54321", "loopback only, not '0.0.0.0'"),
-        ("192.168.1.10:54321", "loopback only"),
-        ("[::]:54321", "loopback only"),
-        ("[::1]:54321", "IPv4 only"),
+        ("--udp", "0.0.0.0:54321", "loopback only, not '0.0.0.0'"),
+        ("--udp", "192.168.1.10:54321", "loopback only"),
+        ("--udp", "[::]:54321", "loopback only"),
+        ("--udp", "[::1]:54321", "IPv4 only"),
+        ("--vpcd", "192.0.2.1:35963", "loopback only, not '192.0.2.1'"),
     ],
 )
-def test_readerd_sim_felica_refuses_non_loopback(udp: str, message: str) -> None:
-    code, stderr = run_to_end("felica", "--udp", udp)
+def test_readerd_sim_felica_refuses_non_loopback(option: str, endpoint: str, message: str) -> None:
+    code, stderr = run_to_end("felica", option, endpoint)
     assert code == 2
     assert message in stderr
 

@@ -18,8 +18,10 @@ from typing import Any
 import zmq
 
 from readerd import __version__
+from readerd.client import CurveKeys
 from readerd.config import Config, PluginsConfig, load_config
 from readerd.ctl_auth import add_auth_parser, run_auth
+from readerd.ctl_doctor import add_doctor_parser, run_doctor_command
 from readerd.ctl_keys import add_keys_parser, run_keys
 from readerd.errors import CommandRefusedError, ConfigError
 from readerd.exitcodes import ExitCode
@@ -30,9 +32,7 @@ DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 REQUEST_TIMEOUT_MS = 3000
 
 # Subcommands arriving with later issues, listed so --help shows the plan honestly.
-PLANNED = {
-    "doctor": "check pcscd, readers, permissions, config and store, with a fix for each (deployment issue)",
-}
+PLANNED: dict[str, str] = {}
 
 
 class Unreachable(Exception):
@@ -51,12 +51,16 @@ class ControlSession:
     ``auth.begin`` is good only for ``auth.pin`` sent through the same session.
     """
 
-    def __init__(self, endpoint: str, timeout_ms: int = REQUEST_TIMEOUT_MS) -> None:
+    def __init__(
+        self, endpoint: str, timeout_ms: int = REQUEST_TIMEOUT_MS, curve: CurveKeys | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.connect(endpoint)
 
     def request(
@@ -88,10 +92,14 @@ class ControlSession:
 
 
 def request(
-    endpoint: str, cmd: str, args: dict[str, Any] | None = None, timeout_ms: int = REQUEST_TIMEOUT_MS
+    endpoint: str,
+    cmd: str,
+    args: dict[str, Any] | None = None,
+    timeout_ms: int = REQUEST_TIMEOUT_MS,
+    curve: CurveKeys | None = None,
 ) -> dict[str, Any]:
     """One request/response on the daemon's ROUTER, on a socket of its own."""
-    with ControlSession(endpoint, timeout_ms) as session:
+    with ControlSession(endpoint, timeout_ms, curve) as session:
         return session.request(cmd, args)
 
 
@@ -103,11 +111,20 @@ def _format_event(env: dict[str, Any]) -> str:
 
 
 def tail(
-    endpoint: str, *, as_json: bool, count: int, heartbeats: bool, timeout: float, topics: list[str]
+    endpoint: str,
+    *,
+    as_json: bool,
+    count: int,
+    heartbeats: bool,
+    timeout: float,
+    topics: list[str],
+    curve: CurveKeys | None = None,
 ) -> int:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
     sock.connect(endpoint)
     for prefix in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
@@ -142,6 +159,12 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
     parser.add_argument("--control", help="control endpoint (default from the config, tcp://127.0.0.1:7411)")
     parser.add_argument("--publish", help="event endpoint (default from the config, tcp://127.0.0.1:7410)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--client-key", type=Path, help="this client's CURVE NAME.key_secret, for a daemon with bus.curve"
+    )
+    parser.add_argument(
+        "--server-key", type=Path, help="the daemon's CURVE server.key (default <curve_dir>/server.key)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("status", help="the daemon's state: readers, bus counters, uptime")
     sub.add_parser("readers", help="the readers and what is on them")
@@ -173,6 +196,7 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     add_keys_parser(sub)
     add_auth_parser(sub)
+    add_doctor_parser(sub)
     for name, command in (plugin_commands or {}).items():
         plugin_parser = sub.add_parser(name, help=command.help)
         command.configure(plugin_parser)
@@ -186,6 +210,18 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     config = load_config(path) if path else Config()
     return args.control or config.bus.control, args.publish or config.bus.publish
+
+
+def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:
+    """CURVE for readerctl's own sockets when ``--client-key`` is given (docs/clients.md)."""
+    if args.client_key is None:
+        return None
+    server = args.server_key
+    if server is None:
+        path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        config = load_config(path) if path else Config()
+        server = config.bus.curve_path(config.state_dir) / "server.key"
+    return CurveKeys.from_files(server, args.client_key)
 
 
 def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,7 +278,7 @@ def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
     control, _ = _endpoints(args)
 
     def call(cmd: str, cmd_args: dict[str, Any]) -> dict[str, Any]:
-        reply = request(control, cmd, cmd_args)
+        reply = request(control, cmd, cmd_args, curve=_curve_keys(args))
         if not reply.get("ok"):
             error = reply.get("error", {})
             raise CommandRefusedError(str(error.get("code")), str(error.get("message")), error.get("details"))
@@ -257,21 +293,32 @@ def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
         return 1
 
 
+def _local_command(args: argparse.Namespace) -> int | None:
+    """Subcommands that need no daemon (their exit code), or None for those that talk to it."""
+    if args.command in PLANNED:
+        sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
+        return ExitCode.UNAVAILABLE
+    if args.command == "keys":
+        return run_keys(args)
+    if args.command == "doctor":
+        return run_doctor_command(args, args.config or DEFAULT_CONFIG)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_plugin_commands(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    if args.command in PLANNED:
-        sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
-        return ExitCode.UNAVAILABLE
-    if args.command == "keys":
-        return run_keys(args)
+    local = _local_command(args)
+    if local is not None:
+        return local
     try:
         if getattr(args, "plugin_command", None) is not None:
             return _run_plugin_command(args, args.plugin_command)
         control, publish = _endpoints(args)
+        curve = _curve_keys(args)
         if args.command == "tail":
             return tail(
                 publish,
@@ -280,17 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 heartbeats=args.heartbeats,
                 timeout=args.timeout,
                 topics=args.topics,
+                curve=curve,
             )
         if args.command == "auth":
-            with ControlSession(control) as session:
+            with ControlSession(control, curve=curve) as session:
                 return run_auth(args, session)
         cmd_args: dict[str, Any] = {}
         if args.command == "tap":
             cmd_args = _tap_args(args)
         elif args.command == "remove" and args.reader:
             cmd_args = {"reader": args.reader}
-        reply = request(control, args.command, cmd_args)
-    except (ConfigError, OSError, json.JSONDecodeError) as e:
+        reply = request(control, args.command, cmd_args, curve=curve)
+    except (ConfigError, OSError, ValueError) as e:
         sys.stderr.write(f"readerctl: {e}\n")
         return ExitCode.CONFIG
     except Unreachable as e:

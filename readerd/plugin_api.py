@@ -207,9 +207,13 @@ class CtlCommand:
 
 
 class CheckStatus(StrEnum):
+    """A doctor check's verdict: only ``problem`` makes ``readerctl doctor`` exit non-zero; ``skipped``
+    is a check that does not apply to this configuration (the message says why)."""
+
     OK = "ok"
     WARNING = "warning"
     PROBLEM = "problem"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,24 @@ def _message(hresult: int) -> str:
     return f"{scard.SCardGetErrorMessage(hresult)} (0x{hresult & 0xFFFFFFFF:08X})"
 
 
+def list_pcscd_readers() -> list[str]:
+    """Every reader pcscd knows now, virtual ones included (``readerctl doctor``; fresh context each
+    time, since a context made before a pcscd restart keeps failing). ReaderUnavailableError names why
+    pcscd cannot be reached."""
+    hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    if hresult != scard.SCARD_S_SUCCESS:
+        raise ReaderUnavailableError(f"pcscd: {_message(hresult)}")
+    try:
+        hresult, names = scard.SCardListReaders(context, [])
+        if hresult == scard.SCARD_E_NO_READERS_AVAILABLE:
+            return []
+        if hresult != scard.SCARD_S_SUCCESS:
+            raise ReaderUnavailableError(f"pcscd: {_message(hresult)}")
+        return sorted(names)
+    finally:
+        scard.SCardReleaseContext(context)
+
+
 def _error_for(hresult: int, what: str) -> TransportError:
     if hresult in CARD_GONE:
         return CardRemovedError(f"{what}: {_message(hresult)}")

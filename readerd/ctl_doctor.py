@@ -1,0 +1,62 @@
+"""``readerctl doctor``: run :mod:`readerd.doctor`'s checks and print each with its fix.
+
+Exit 0 when nothing is a problem (warnings and skipped checks allowed), 1 otherwise, so a monitoring job
+or the installer can act on it; ``--json`` prints one object with every finding for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from readerd import logging as rlog
+from readerd.doctor import DoctorEnv, Finding, healthy, run_doctor
+from readerd.exitcodes import ExitCode
+from readerd.plugin_api import CheckStatus
+
+MARKS = {
+    CheckStatus.OK: "ok  ",
+    CheckStatus.WARNING: "WARN",
+    CheckStatus.PROBLEM: "FAIL",
+    CheckStatus.SKIPPED: "skip",
+}
+#: Exit code when a check found a problem (readerctl's "the answer was no").
+PROBLEM_EXIT = 1
+
+
+def add_doctor_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action is private
+    doctor = sub.add_parser(
+        "doctor",
+        help="check pcscd, readers, permissions, config, store, CRLs, clock; with a fix for each",
+        description="Check this kiosk from outside the daemon (it need not run); changes nothing. "
+        "Exit 1 when a check finds a problem. docs/kiosk.md explains every check.",
+    )
+    # SUPPRESS: without the flag here, readerctl's own --json (before the command) still counts.
+    doctor.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object")
+    doctor.add_argument("--no-plugins", action="store_true", help="skip the checks plugins contribute")
+
+
+def _print(findings: list[Finding]) -> None:
+    for f in findings:
+        sys.stdout.write(f"[{MARKS[f.status]}] {f.name}: {f.message}\n")
+        if f.fix and f.status in (CheckStatus.PROBLEM, CheckStatus.WARNING):
+            sys.stdout.write(f"       fix: {f.fix}\n")
+    problems = sum(f.status is CheckStatus.PROBLEM for f in findings)
+    sys.stdout.write(f"{problems} problem(s)\n" if problems else "no problems\n")
+    sys.stdout.flush()
+
+
+def run_doctor_command(args: argparse.Namespace, config_path: Path) -> int:
+    rlog.configure("WARNING", "console")  # library log lines go to stderr, never into the report
+    env = DoctorEnv(config_path=config_path, load_plugins=not args.no_plugins)
+    findings = run_doctor(env)
+    if getattr(args, "json", False):
+        body = {"ok": healthy(findings), "checks": [f.as_json() for f in findings]}
+        sys.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        _print(findings)
+    return ExitCode.OK if healthy(findings) else PROBLEM_EXIT

@@ -323,8 +323,12 @@ class Bus:
                     next_heartbeat = now + self.config.heartbeat_interval
                 if self.curve is not None and now >= next_allowlist:
                     next_allowlist = now + self.curve.poll
-                    cut = self.curve.allowlist.refresh() | self.curve.allowlist.pending_cut
-                    self.curve.allowlist.pending_cut = set()
+                    allowlist = self.curve.allowlist
+                    before = len(allowlist.keys)
+                    cut = allowlist.refresh() | allowlist.pending_cut
+                    allowlist.pending_cut = set()
+                    if cut or len(allowlist.keys) != before:
+                        log.info("allowlist reloaded", keys=len(allowlist.keys), cut=len(cut))
                     if cut:
                         self._rebind(poller)
                 wake_at = min(next_heartbeat, next_allowlist) if self.curve is not None else next_heartbeat

@@ -28,6 +28,12 @@ class BusConfig:
     insecure_lan: bool = False
     log_retention_days: float = 7.0  # the event log (events.since) keeps events this long ...
     log_max_events: int = 100_000  # ... and at most this many
+    curve: bool = False  # CURVE on every tcp:// endpoint (a non-loopback one needs it or insecure_lan)
+    curve_dir: str = ""  # server.key(_secret) and clients/ (the allowlist); empty: <state_dir>/curve
+    allowlist_poll: float = 0.5  # seconds between looks at the allowlist (a revocation re-binds)
+
+    def curve_path(self, state_dir: str) -> Path:
+        return Path(self.curve_dir) if self.curve_dir else Path(state_dir) / "curve"
 
 
 @dataclass(frozen=True)
@@ -205,13 +211,15 @@ class Config:
                 )
         for name in ("publish", "control"):
             endpoint = getattr(self.bus, name)
-            if not is_loopback_endpoint(endpoint) and not self.bus.insecure_lan:
+            if not is_loopback_endpoint(endpoint) and not self.bus.curve and not self.bus.insecure_lan:
                 raise ConfigError(
-                    f"bus.{name} = {endpoint!r} is not loopback; LAN endpoints need CURVE "
-                    "(or insecure_lan = true, which is logged as a warning at every start)"
+                    f"bus.{name} = {endpoint!r} is not loopback; LAN endpoints need CURVE (bus.curve = true) "
+                    "or insecure_lan = true, which is logged as a warning at every start"
                 )
             if self.simulated and not is_loopback_endpoint(endpoint):
                 raise ConfigError("the sim backend only runs with loopback endpoints (no injection on a LAN)")
+        if self.bus.allowlist_poll <= 0:
+            raise ConfigError("bus.allowlist_poll must be positive")
         if self.bus.log_retention_days <= 0 or self.bus.log_max_events < 1:
             raise ConfigError("bus.log_retention_days and bus.log_max_events must be positive")
         if self.bus.heartbeat_interval <= 0 or self.sessions.deadline <= 0:

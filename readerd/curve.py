@@ -208,8 +208,6 @@ class Allowlist:
             for k, old in self.keys.items()
             if k not in keys or (old.role, old.name) != (keys[k].role, keys[k].name)
         }
-        if keys.keys() != self.keys.keys() or cut:
-            log.info("allowlist loaded", keys=len(keys), revoked=len(cut), directory=str(self.directory))
         self.keys = keys
         return cut
 
@@ -217,6 +215,10 @@ class Allowlist:
         check_name(name)
         if role not in ROLES:
             raise ConfigError(f"role: one of {', '.join(ROLES)}")
+        self.refresh()
+        other = self.keys.get(public)
+        if other is not None and other.name != name:
+            raise ConfigError(f"this key is already allowed as {other.name!r} (revoke that first)")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{name}.key"
         write_certificate(path, KeyPair(public, None), {"role": role})

@@ -23,8 +23,9 @@ from readerd import events as ev
 from readerd.audit import AuditLog
 from readerd.auth import AuthManager, build_validator
 from readerd.backends import Backend
-from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
+from readerd.bus import Bus, CommandError, ControlRequest, CurveServer, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
+from readerd.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.errors import ConfigError
 from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
@@ -114,14 +115,35 @@ class Daemon:
         log.info("pseudonym key loaded", fingerprint=key_fingerprint(key))
         return key
 
+    def _curve(self) -> CurveServer | None:
+        """The bus's CURVE keys and allowlist (``bus.curve``); the server key is made on first start."""
+        bus = self.config.bus
+        if not bus.curve:
+            return None
+        directory = bus.curve_path(self.config.state_dir)
+        keys, created = load_or_create_server_keys(directory)
+        allowlist = Allowlist(allowlist_dir(directory))
+        log.info(
+            "CURVE on the bus",
+            server_key=keys.public.decode(),
+            created=created,
+            allowed_keys=len(allowlist.keys),
+            allowlist=str(allowlist.directory),
+        )
+        return CurveServer(keys, allowlist, poll=bus.allowlist_poll)
+
     def run(self) -> int:
         config = self.config
         if not config.backends:
             log.error("no reader backend configured", hint="use `readerd run --simulate` or --backend pcsc")
             return ExitCode.CONFIG
         for endpoint in (config.bus.publish, config.bus.control):
-            if not is_loopback_endpoint(endpoint):
-                log.warning("insecure LAN endpoint: events travel unencrypted", endpoint=endpoint)
+            if not is_loopback_endpoint(endpoint) and not config.bus.curve:
+                log.warning(
+                    "insecure LAN endpoint: events travel unencrypted and anyone may connect",
+                    endpoint=endpoint,
+                    hint="bus.curve = true (docs/clients.md)",
+                )
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = self._pseudonym_key(state_dir)
@@ -133,7 +155,13 @@ class Daemon:
             max_events=config.bus.log_max_events,
             max_age_s=config.bus.log_retention_days * DAY,
         )
-        bus = Bus(config.bus, kiosk=config.kiosk, private_endpoint=PRIVATE_FEED, event_log=event_log)
+        bus = Bus(
+            config.bus,
+            kiosk=config.kiosk,
+            private_endpoint=PRIVATE_FEED,
+            event_log=event_log,
+            curve=self._curve(),
+        )
         self.bus = bus
         resolver = IdentityResolver(key, directory)
         sessions = CardSessions(

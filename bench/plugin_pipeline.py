@@ -1,0 +1,562 @@
+"""Taps per second through daemon -> bus -> plugin host -> 4 no-op plugins, beside raw pyzmq PUB/SUB.
+
+What is measured, all in one run on one machine:
+
+- ``pipeline``: completed taps per second. One **tap** is the control command ``tap`` with a simulated My
+  Number Card and ``hold: false`` on the sim backend: the backend builds the virtual card and inserts it,
+  the daemon identifies it (SELECT AP + READ BINARY of the certificate, in process; HMAC pseudonym; member
+  directory lookup), publishes ``card.presented``, ``card.identified`` and ``card.removed``; the plugin
+  host gets ``card.identified`` on the private feed and calls ``readerd_card_identified`` of each of four
+  no-op plugins, one after the other; each publishes ``plugin.noopN.done`` back through the daemon. A tap
+  is complete when a plain SUB socket on the daemon's PUB endpoint has all four results. Taps alternate
+  over two readers and two cards so none is a ``repeat``; at most ``--window`` taps are in flight.
+- ``raw``: pyzmq alone, PUB -> SUB over TCP loopback, messages of the size of the ``card.identified``
+  envelope the plugin host receives, ``[topic, payload]`` frames like the daemon's: the floor of one bus hop.
+- ``latency``: one tap at a time, the time from sending ``tap`` to each stage (the LAN subscriber sees
+  ``card.identified``, the first plugin hook starts, the last plugin publishes, the last result arrives).
+- CPU time of the whole process per tap and per raw message: steadier than rates on a shared machine.
+
+The simulator re-reads and re-validates its RSA keys from PEM files on every tap (130-400 ms per card,
+which would make this a benchmark of the simulator); the bench memoizes ``PkiStore._key`` in this process
+(``--no-sim-key-cache`` turns that off) and prints both card-build costs. Everything runs in one Python
+process (daemon, host, plugins, driver): the GIL is shared, as it is in ``readerd run``. The daemon's
+state directory (store, event log) is a temporary directory; ``--state-in /dev/shm`` shows what the
+disk's fsyncs cost.
+
+Run: ``python -m bench.plugin_pipeline [--taps 500] [--runs 5] [--quick] [--json out.json]``; results and
+how to read them: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from readerd.hookspecs import hookimpl
+from readerd.logging import configure as configure_logging
+from readerd.plugin_api import PluginContext, PluginEvent
+
+READERS: Final = ("Sim 00", "Sim 01")
+CARDS: Final = ("alice", "bob")
+TIMEOUT: Final = 30.0  # seconds without progress before a run is declared stuck
+
+
+# -- the plugins --------------------------------------------------------------------------------------
+@dataclass(eq=False)  # pluggy tells plugins apart by equality
+class NoopPlugin:
+    """Does nothing but say it saw the card; stamps its calls for the latency breakdown."""
+
+    entered: dict[int, float] = field(default_factory=dict)  # card.identified seq -> hook entered
+    publishing: dict[int, float] = field(default_factory=dict)  # -> about to publish its result
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        self.entered[event.seq] = time.perf_counter()
+        self.publishing[event.seq] = time.perf_counter()  # stamped first: the result may arrive at once
+        context.publish("done", {"seq": event.seq}, reader=event.reader)
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, Any]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "runs": [round(v, digits) for v in values],
+    }
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 0.99), 3)}
+
+
+# -- the simulator's key cache ------------------------------------------------------------------------
+_SIM_KEY_LOADER: list[Callable[..., Any]] = []  # the simulator's own PkiStore._key, once replaced
+
+
+def cache_sim_keys() -> None:
+    """Memoize the simulator's RSA key loading (a cost of the test rig, not of readerd)."""
+    from simulators.pki import PkiStore
+
+    load = PkiStore._key
+    _SIM_KEY_LOADER.append(load)
+    cache: dict[tuple[str, str], Any] = {}
+    lock = threading.Lock()
+
+    def cached(self: PkiStore, name: str) -> Any:  # noqa: ANN401 - rsa.RSAPrivateKey
+        key = (str(self.root), name)
+        with lock:
+            if key not in cache:
+                cache[key] = load(self, name)
+            return cache[key]
+
+    PkiStore._key = cached  # type: ignore[method-assign]
+
+
+def sim_card_build_ms(pki: Path) -> dict[str, float]:
+    """What the simulator spends making one card for a tap (ms, median of 3, keys made already): as the
+    bench ran, and with the simulator's own key loading (PEM parse and RSA check of 4 keys per card)."""
+    from simulators.mynumber import CardProfile, build_card
+    from simulators.pki import PkiStore
+
+    def median_ms() -> float:
+        store = PkiStore(pki)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            build_card(CardProfile(name=CARDS[0]), store)
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1000, 2)
+
+    out = {"as_run": median_ms()}
+    if _SIM_KEY_LOADER:
+        cached = PkiStore._key
+        PkiStore._key = _SIM_KEY_LOADER[0]  # type: ignore[method-assign]
+        try:
+            out["keys_reloaded"] = median_ms()
+        finally:
+            PkiStore._key = cached  # type: ignore[method-assign]
+    else:
+        out["keys_reloaded"] = out["as_run"]
+    return out
+
+
+def hook_call_overhead_us(calls: int = 2000) -> dict[str, float]:
+    """The host runs every hook call through ``run_with_deadline`` (a new thread per call): its cost for a
+    function that does nothing, beside calling that function directly (microseconds per call)."""
+    from readerd.sessions import run_with_deadline
+
+    def noop() -> None:
+        return None
+
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        noop()
+    direct = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        run_with_deadline(noop, 5.0, name="bench")
+    threaded = time.perf_counter() - t0
+    return {
+        "direct_us": round(direct / calls * 1e6, 2),
+        "run_with_deadline_us": round(threaded / calls * 1e6, 1),
+    }
+
+
+# -- the daemon side ----------------------------------------------------------------------------------
+@dataclass
+class Tap:
+    sent: float
+    identified: float | None = None  # card.identified seen by the LAN subscriber
+    seq: int | None = None
+    results: int = 0
+    done: float | None = None
+
+
+@dataclass
+class _RunState:
+    pending: list[Tap] = field(default_factory=list)  # sent, not identified yet (the backend keeps order)
+    by_seq: dict[int, Tap] = field(default_factory=dict)  # identified, results outstanding
+    done: list[Tap] = field(default_factory=list)
+
+
+class Driver:
+    """Sends taps on one DEALER socket and watches the daemon's PUB endpoint on one SUB socket."""
+
+    def __init__(self, control: str, publish: str, heartbeat_now: Callable[[], None], plugins: int) -> None:
+        self.plugins = plugins
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.control = context.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(control)
+        self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.connect(publish)
+        for prefix in (b"card.identified", b"card.read_aborted", b"plugin.", b"heartbeat"):
+            self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.sent = 0
+        self.envelope_bytes: dict[str, int] = {}
+        # Slow joiner: ask for heartbeats until one arrives; then the subscription is live.
+        deadline = time.monotonic() + 10
+        while not self.sub.poll(20):
+            heartbeat_now()
+            if time.monotonic() > deadline:
+                raise RuntimeError("no heartbeat from the daemon within 10 s")
+
+    def close(self) -> None:
+        self.control.close()
+        self.sub.close()
+
+    def send_tap(self) -> float:
+        i = self.sent
+        self.sent += 1
+        args = {"card": CARDS[(i // 2) % 2], "reader": READERS[i % 2], "hold": False}
+        body = {"id": str(i), "cmd": "tap", "args": args}
+        sent = time.perf_counter()
+        self.control.send_multipart([b"", json.dumps(body).encode()])
+        return sent
+
+    def run(self, taps: int, window: int) -> list[Tap]:
+        """Drive ``taps`` taps with at most ``window`` in flight; every tap once complete."""
+        state = _RunState()
+        done = state.done
+        sent = 0
+        last_progress = time.monotonic()
+        while len(done) < taps:
+            while sent < taps and sent - len(done) < window:
+                state.pending.append(Tap(self.send_tap()))
+                sent += 1
+            events = dict(self.poller.poll(1000))
+            now = time.perf_counter()
+            if self.control in events:
+                while self.control.poll(0):
+                    reply = json.loads(self.control.recv_multipart()[-1])
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"tap refused: {reply}")
+            if self.sub in events:
+                while self.sub.poll(0):
+                    topic, body = self.sub.recv_multipart()
+                    self._event(topic, body, now, state)
+                    last_progress = time.monotonic()
+            if time.monotonic() - last_progress > TIMEOUT:
+                raise RuntimeError(f"stuck: {len(done)} of {taps} taps complete after {TIMEOUT} s")
+        return done
+
+    def _event(self, topic: bytes, body: bytes, now: float, state: _RunState) -> None:
+        pending, by_seq, done = state.pending, state.by_seq, state.done
+        if topic == b"heartbeat":
+            return
+        env = json.loads(body)
+        if topic == b"card.read_aborted":
+            raise RuntimeError(f"a tap aborted: {env['data']}")
+        if topic == b"card.identified":
+            self.envelope_bytes.setdefault("public", len(body))
+            tap = pending.pop(0)
+            tap.identified, tap.seq = now, int(env["seq"])
+            by_seq[tap.seq] = tap
+            return
+        if topic.startswith(b"plugin.noop"):
+            tap = by_seq[int(env["data"]["seq"])]
+            tap.results += 1
+            if tap.results == self.plugins:
+                tap.done = now
+                done.append(tap)
+                del by_seq[int(env["data"]["seq"])]
+            return
+        if topic == b"plugin.error":
+            raise RuntimeError(f"a plugin failed: {env['data']}")
+
+
+def private_envelope_bytes(heartbeat_now: Callable[[], None], tap: Callable[[], object]) -> int:
+    """The size of one ``card.identified`` as the plugin host receives it (the private feed)."""
+    from readerd.daemon import PRIVATE_FEED
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(PRIVATE_FEED)
+    sock.setsockopt(zmq.SUBSCRIBE, b"card.identified")
+    sock.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.poll(20):  # slow joiner: a heartbeat proves the subscription
+            heartbeat_now()
+            if time.monotonic() > deadline:
+                raise RuntimeError("no heartbeat on the private feed within 10 s")
+        tap()
+        while True:
+            if not sock.poll(10_000):
+                raise RuntimeError("no card.identified on the private feed within 10 s")
+            topic, body = sock.recv_multipart()
+            if topic == b"card.identified":
+                return len(body)
+    finally:
+        sock.close()
+
+
+@dataclass
+class PipelineResult:
+    taps_per_s: list[float]
+    cpu_s_per_tap: list[float]  # this process, every thread (the bench's driver included)
+    latency: dict[str, dict[str, float]]
+    envelope_bytes: dict[str, int]
+    daemon: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    taps: int
+    runs: int
+    window: int
+    latency_taps: int
+    plugins: int
+
+
+def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
+    from readerd.config import PluginsConfig
+    from tests.support.daemon import running_daemon, sim_config
+
+    taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
+    plugins = [NoopPlugin() for _ in range(plan.plugins)]
+    from readerd.plugin_host import BUILTIN
+
+    # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out.
+    only_ours = PluginsConfig(autoload=False, disabled=tuple(BUILTIN))
+    config = sim_config(work / "state", plugins=only_ours)
+    with running_daemon(config, plugins={f"noop{i}": p for i, p in enumerate(plugins)}) as running:
+        bus, host = running.daemon.bus, running.daemon.host
+        if bus is None or host is None or len(host.plugins) != plan.plugins:
+            loaded = sorted(host.plugins) if host is not None else None
+            raise RuntimeError(f"want exactly the {plan.plugins} no-op plugins, loaded: {loaded}")
+        driver = Driver(running.control, running.publish, bus.heartbeat_now, plan.plugins)
+        try:
+            driver.run(4, 1)  # warm-up: the simulator makes the cards' keys and certificates
+            private = private_envelope_bytes(bus.heartbeat_now, lambda: driver.run(1, 1))
+            envelope_bytes = {"private": private, "public": driver.envelope_bytes["public"]}
+            # Closed loop: one tap at a time, where the time goes.
+            stages: dict[str, list[float]] = {
+                "tap_to_identified_on_lan": [],
+                "tap_to_first_plugin_hook": [],
+                "tap_to_last_plugin_publish": [],
+                "tap_to_last_result_on_lan": [],
+            }
+            for tap in driver.run(latency_taps, 1):
+                assert tap.seq is not None  # noqa: S101 - set when card.identified arrived
+                assert tap.identified is not None  # noqa: S101
+                assert tap.done is not None  # noqa: S101
+                entered = [p.entered[tap.seq] for p in plugins]
+                publishing = [p.publishing[tap.seq] for p in plugins]
+                stages["tap_to_identified_on_lan"].append(tap.identified - tap.sent)
+                stages["tap_to_first_plugin_hook"].append(min(entered) - tap.sent)
+                stages["tap_to_last_plugin_publish"].append(max(publishing) - tap.sent)
+                stages["tap_to_last_result_on_lan"].append(tap.done - tap.sent)
+            latency = {name: latency_summary(values) for name, values in stages.items()}
+            # Throughput: `window` taps in flight.
+            rates, cpu = [], []
+            for _ in range(runs):
+                started, cpu_started = time.perf_counter(), time.process_time()
+                completed = driver.run(taps, window)
+                finished = max(t.done for t in completed if t.done is not None)
+                rates.append(taps / (finished - started))
+                cpu.append((time.process_time() - cpu_started) / taps)
+        finally:
+            driver.close()
+        status = host.status()
+        daemon = {
+            "bus_dropped": dict(bus.stats.dropped),
+            "plugin_calls": sum(p["calls"] for p in status["plugins"]),
+            "plugins_quarantined": status["quarantined"],
+            "feed_gaps_recorded": len(host.gaps),
+        }
+    return PipelineResult(rates, cpu, latency, envelope_bytes, daemon)
+
+
+# -- the baseline -------------------------------------------------------------------------------------
+def measure_raw(payload_bytes: int, messages: int) -> tuple[float, float]:
+    """Messages per second from a PUB thread to a SUB socket over TCP loopback (no drops: HWM off)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    sub = context.socket(zmq.SUB)
+    for sock in (pub, sub):
+        sock.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.RCVTIMEO, int(TIMEOUT * 1000))
+    pub.bind("tcp://127.0.0.1:*")
+    sub.connect(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+    topic = b"card.identified"
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    payload = b"x" * payload_bytes
+    joined = threading.Event()
+    started: list[float] = []
+
+    def publisher() -> None:
+        # Slow joiner: probes until the subscriber has received one, then the measured messages.
+        while not joined.is_set():
+            pub.send_multipart([topic, b"probe"])
+            joined.wait(0.001)
+        started.append(time.perf_counter())
+        started.append(time.process_time())
+        for _ in range(messages):
+            pub.send_multipart([topic, payload])
+
+    thread = threading.Thread(target=publisher, name="raw-pub", daemon=True)
+    try:
+        thread.start()
+        received = 0
+        while received < messages:
+            try:
+                _, body = sub.recv_multipart()
+            except zmq.Again:
+                raise RuntimeError(
+                    f"raw PUB/SUB: {received} of {messages} messages after {TIMEOUT} s"
+                ) from None
+            if len(body) == payload_bytes:
+                received += 1
+            else:
+                joined.set()
+        finished, cpu_finished = time.perf_counter(), time.process_time()
+        thread.join()
+    finally:
+        pub.close()
+        sub.close()
+        context.term()
+    return messages / (finished - started[0]), (cpu_finished - started[1]) / messages
+
+
+# -- the command --------------------------------------------------------------------------------------
+def markdown(result: dict[str, Any]) -> str:
+    pipe, raw = result["pipeline"], result["raw_pubsub"]
+    size = result["payload_bytes"]
+    overhead = result["hook_call_overhead"]
+    sim = result["sim_card_build_ms"]
+    lines = [
+        f"plugin pipeline bench, {result['date']}, {result['machine']['cpus']} CPUs, "
+        f"Python {result['machine']['python']}, pyzmq {result['machine']['pyzmq']} "
+        f"(libzmq {result['machine']['libzmq']})",
+        "",
+        "| what | per second (median) | min | max | runs |",
+        "|---|---:|---:|---:|---:|",
+        f"| taps through daemon -> bus -> host -> {pipe['plugins']} no-op plugins "
+        f"({pipe['taps']} taps, window {pipe['window']}) "
+        f"| {pipe['taps_per_s']['median']:,.1f} | {pipe['taps_per_s']['min']:,.1f} "
+        f"| {pipe['taps_per_s']['max']:,.1f} | {len(pipe['taps_per_s']['runs'])} |",
+        f"| raw pyzmq PUB/SUB messages, tcp loopback, {size['private']} B payload "
+        f"({raw['messages']} messages) "
+        f"| {raw['msgs_per_s']['median']:,.0f} | {raw['msgs_per_s']['min']:,.0f} "
+        f"| {raw['msgs_per_s']['max']:,.0f} | {len(raw['msgs_per_s']['runs'])} |",
+        "",
+        f"ratio raw msgs/s : taps/s = {result['ratio_raw_to_pipeline']:,.0f} : 1 "
+        f"(one tap = {result['bus_messages_per_tap']} bus messages on each of two PUB sockets)",
+        f"CPU time of this process (all threads, median): {pipe['cpu_ms_per_tap']['median']} ms per tap, "
+        f"{raw['cpu_us_per_msg']['median']} us per raw message",
+        "",
+        "| one tap at a time, from sending `tap` to | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+    ]
+    for stage, values in result["latency"].items():
+        lines.append(
+            f"| {stage.removeprefix('tap_to_').replace('_', ' ')} | {values['p50_ms']} | {values['p99_ms']} |"
+        )
+    lines += [
+        "",
+        f"payload: card.identified envelope {size['private']} B on the private feed (the host's input), "
+        f"{size['public']} B on the LAN PUB",
+        f"one tap: control `tap` (My Number Card, hold=false) on {' / '.join(READERS)}, cards "
+        f"{' / '.join(CARDS)} alternating (never a repeat); complete when all {pipe['plugins']} "
+        "plugin.noopN.done results reached a LAN subscriber",
+        f"simulator: card build per tap {sim['as_run']} ms as run (key cache "
+        f"{'on' if result['sim_key_cache'] else 'off'}), {sim['keys_reloaded']} ms with the simulator's own "
+        "key loading",
+        f"hook call overhead (no-op, outside the daemon): direct {overhead['direct_us']} us, through "
+        f"run_with_deadline (a thread per call, as the host does) {overhead['run_with_deadline_us']} us",
+        f"daemon: {json.dumps(result['daemon'])}, state directory under {result['state_dir_in']}",
+    ]
+    if result["daemon"]["feed_gaps_recorded"] or result["daemon"]["bus_dropped"]:
+        lines.append("warning: the plugin host missed events (seq gaps) or the bus dropped some: see above")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--taps", type=int, help="taps per throughput run (default 500, quick 100)")
+    parser.add_argument("--runs", type=int, help="throughput runs of each kind (default 5, quick 3)")
+    parser.add_argument("--window", type=int, default=8, help="taps in flight at most (default 8)")
+    parser.add_argument("--plugins", type=int, default=4, help="no-op plugins (default 4)")
+    parser.add_argument("--messages", type=int, help="raw PUB/SUB messages per run (default 100000)")
+    parser.add_argument("--quick", action="store_true", help="small counts: finishes in well under 20 s")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-sim-key-cache", action="store_true", help="let the simulator reload keys")
+    parser.add_argument(
+        "--state-in",
+        type=Path,
+        metavar="DIR",
+        help="where the daemon's temporary state directory goes (default: the system's temp dir; "
+        "/dev/shm takes the disk's fsync out of the store's and event log's commits)",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="the daemon's log level (stderr)")
+    args = parser.parse_args(argv)
+    taps = args.taps or (100 if args.quick else 500)
+    runs = args.runs or (3 if args.quick else 5)
+    messages = args.messages or (20_000 if args.quick else 100_000)
+    latency_taps = min(taps, 20) if args.quick else 200
+    if min(taps, runs, args.window, messages, args.plugins) < 1:
+        parser.error("--taps, --runs, --window, --plugins and --messages must be positive")
+
+    work = Path(tempfile.mkdtemp(prefix="readerd-bench-", dir=args.state_in))
+    if not args.no_sim_key_cache:
+        cache_sim_keys()
+    configure_logging(args.log_level, "console")  # the daemon's log lines, to stderr
+    try:
+        pipeline = measure_pipeline(work, Plan(taps, runs, args.window, latency_taps, args.plugins))
+        sim_build = sim_card_build_ms(work / "state" / "sim-pki")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    raw = [measure_raw(pipeline.envelope_bytes["private"], messages) for _ in range(runs)]
+    raw_rates = [rate for rate, _ in raw]
+    taps_median = statistics.median(pipeline.taps_per_s)
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+        },
+        "payload_bytes": pipeline.envelope_bytes,
+        "pipeline": {
+            "taps": taps,
+            "window": args.window,
+            "plugins": args.plugins,
+            "taps_per_s": spread(pipeline.taps_per_s),
+            "cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.cpu_s_per_tap], 3),
+        },
+        "raw_pubsub": {
+            "messages": messages,
+            "msgs_per_s": spread(raw_rates, 0),
+            "cpu_us_per_msg": spread([c * 1e6 for _, c in raw], 2),
+        },
+        "ratio_raw_to_pipeline": round(statistics.median(raw_rates) / taps_median, 1),
+        # card.presented, card.identified, card.removed and one result per plugin
+        "bus_messages_per_tap": 3 + args.plugins,
+        "latency": pipeline.latency,
+        "latency_taps": latency_taps,
+        "sim_key_cache": not args.no_sim_key_cache,
+        "sim_card_build_ms": sim_build,
+        "hook_call_overhead": hook_call_overhead_us(),
+        "daemon": pipeline.daemon,
+        "state_dir_in": str(work.parent),
+    }
+    sys.stdout.write(markdown(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The benchmarks still run and still print their numbers (docs/performance.md). No timing is asserted:
+the figures depend on the machine; these tests only keep the benches from rotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.pcscd import missing_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PCSCLITE_CSOCK_NAME", None)  # the suite's own private pcscd; a bench starts its own
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_bench_lists_the_benchmarks() -> None:
+    done = run_bench("bench")
+    assert done.returncode == 0, done.stderr
+    assert "plugin_pipeline" in done.stdout
+    assert "tap_latency" in done.stdout
+
+
+def test_plugin_pipeline_prints_taps_and_raw_messages_per_second(tmp_path) -> None:
+    out = tmp_path / "pipeline.json"
+    done = run_bench("bench.plugin_pipeline", "--quick", "--taps", "5", "--runs", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    number = r"\|\s*([\d,]+(?:\.\d+)?)\s*\|"
+    taps = re.search(r"\| taps through daemon -> bus -> host -> 4 no-op plugins [^|]*" + number, done.stdout)
+    raw = re.search(r"\| raw pyzmq PUB/SUB messages[^|]*" + number, done.stdout)
+    assert taps, done.stdout
+    assert raw, done.stdout
+    assert float(taps.group(1).replace(",", "")) > 0
+    assert float(raw.group(1).replace(",", "")) > 0
+    assert "ratio raw msgs/s : taps/s" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["pipeline"]["taps_per_s"]["median"] > 0
+    assert result["raw_pubsub"]["msgs_per_s"]["median"] > 0
+    assert result["payload_bytes"]["private"] > result["payload_bytes"]["public"] > 0
+    assert result["daemon"]["plugin_calls"] >= 4 * 5
+    assert not result["daemon"]["bus_dropped"]
+
+
+@pytest.mark.pcscd
+def test_tap_latency_prints_its_numbers() -> None:
+    missing = missing_tools()
+    if missing:
+        message = f"bench.tap_latency needs {', '.join(missing)} (scripts/bootstrap --test installs them)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(message)
+        pytest.skip(message)
+    done = run_bench("bench.tap_latency", "--taps", "2")
+    assert done.returncode == 0, done.stderr
+    # The daemon's log lines share stdout with the result (structlog's default when logging is not
+    # configured): the result is the JSON object that closes the output.
+    found = re.search(r"^\{$.*", done.stdout, re.MULTILINE | re.DOTALL)
+    assert found, done.stdout
+    result = json.loads(found.group(0))
+    assert result["daemon_first_apdu_to_event"]["n"] == 2
+    assert result["bare_pyscard_identification_apdus"]["n"] == 2

@@ -247,7 +247,7 @@ class Bus:
 
     def _bind(self, kind: int, endpoint: str, *, retry_for: float = 0.0) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 200)
+        sock.setsockopt(zmq.LINGER, 0 if kind == zmq.REP else 200)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         if self.curve is not None and self._uses_curve(endpoint):
@@ -277,10 +277,8 @@ class Bus:
             if self.curve is not None:
                 # Bound before any CURVE socket, so no handshake ever finds no handler (which libzmq
                 # would treat as "allow").
-                zap = self.context.socket(zmq.REP)
-                zap.setsockopt(zmq.LINGER, 0)
+                zap = self._bind(zmq.REP, ZAP_ENDPOINT, retry_for=2.0)  # a bus stopping just now
                 sockets.append(zap)
-                zap.bind(ZAP_ENDPOINT)
             self._pub = self._bind(zmq.PUB, self.config.publish)
             sockets.append(self._pub)
             self.publish_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -323,10 +323,12 @@ def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
 
     taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
     plugins = [NoopPlugin() for _ in range(plan.plugins)]
-    from readerd.plugin_host import BUILTIN
+    from readerd import plugin_host
 
-    # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out.
-    only_ours = PluginsConfig(autoload=False, disabled=tuple(BUILTIN))
+    # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out (whether
+    # they load by default or only when named in the configuration).
+    builtin = tuple(getattr(plugin_host, "BUILTIN", {}))
+    only_ours = PluginsConfig(autoload=False, disabled=builtin)
     config = sim_config(work / "state", plugins=only_ours)
     with running_daemon(config, plugins={f"noop{i}": p for i, p in enumerate(plugins)}) as running:
         bus, host = running.daemon.bus, running.daemon.host

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from readerd.builtin_plugins import BUILTIN
 from readerd.errors import ConfigError
 
 BACKENDS = ("pcsc", "nfc", "sim")
@@ -116,6 +117,9 @@ class PluginsConfig:
     """The plugin host; ``[plugins.<name>]`` tables are the plugins' own sections (free-form)."""
 
     enabled: bool = True  # run the embedded plugin host in `readerd run`
+    # built-in plugins to run (checkin, points, bathhouse...): opt-in, a plugin a kiosk does not use must
+    # not see its cards
+    builtins: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()  # plugin names not to load
     autoload: bool = True  # third-party plugins from the `readerd` entry-point group
     hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
@@ -232,6 +236,10 @@ class Config:
         if len(set(names)) != len(names):
             raise ConfigError("felica.reads: names must be unique")
         self.auth.validate()
+        unknown = set(self.plugins.builtins) - set(BUILTIN)
+        if unknown:
+            missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)
+            raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
         self.store.validate()
         return self
 

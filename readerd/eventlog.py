@@ -12,6 +12,9 @@ instead of a disk flush per card tap.
 
 It is personal data (pseudonyms, member IDs, and in the ``private`` column what only plugins may see), so
 it is bounded by age (default 7 days) and by count, pruned as it grows; docs/privacy.md says who reads it.
+The certificate's fields (serial, issuer, CN, validity dates: notAfter gives the birthday away) are never
+written (issue 6: no stored record carries them): a plugin that catches up through the log gets the event
+without them, as if it had not asked for them.
 The highest ``seq`` ever logged is kept in ``meta`` too, so a log pruned to nothing still continues the
 numbering after a restart.
 """
@@ -50,6 +53,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 #: Prune at most every this many appends (and at open): a DELETE per event would double the cost.
 PRUNE_EVERY = 256
 DAY = 86400.0
+
+
+#: Private fields that describe the card's certificate: never stored (see the module docstring).
+CERTIFICATE_FIELDS = frozenset({"serial", "issuer_der", "subject_cn", "not_before", "not_after"})
+
+
+def _storable(private: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in private.items() if key not in CERTIFICATE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,13 @@ class EventLog:
             return
         now = self._clock()
         rows = [
-            (e.seq, now, e.topic, e.public_json().decode(), json.dumps(e.event.private, ensure_ascii=False))
+            (
+                e.seq,
+                now,
+                e.topic,
+                e.public_json().decode(),
+                json.dumps(_storable(e.event.private), ensure_ascii=False),
+            )
             for e in envelopes
         ]
         with self._lock:

@@ -20,9 +20,10 @@ from typing import Any
 import pluggy
 
 from readerd import hookspecs
+from readerd.builtin_plugins import BUILTIN
 from readerd.config import PluginsConfig
 from readerd.plugin_api import CtlCommand, DoctorCheck
-from readerd.plugin_host import BUILTIN, DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
+from readerd.plugin_host import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
 
 
 @dataclass
@@ -66,7 +67,7 @@ def discover(config: PluginsConfig) -> Discovered:
     pm.add_hookspecs(hookspecs)
     found = Discovered(pm)
     loaders: list[tuple[str, Callable[[], object]]] = [
-        (name, functools.partial(load_object, module)) for name, module in BUILTIN.items()
+        (name, functools.partial(load_object, BUILTIN[name])) for name in config.builtins if name in BUILTIN
     ]
     if config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
         loaders += [(e.name, e.load) for e in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]

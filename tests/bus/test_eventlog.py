@@ -24,7 +24,9 @@ class Clock:
 def envelopes(first: int, n: int) -> list[Envelope]:
     out = []
     for seq in range(first, first + n):
-        event = ev.Event("card.identified", "R", {"pseudonym": f"P{seq}"}, {"serial": seq})
+        event = ev.Event(
+            "card.identified", "R", {"pseudonym": f"P{seq}"}, {"idm": f"{seq:016X}", "serial": seq}
+        )
         out.append(stamp(event, seq=seq, run_id="run", kiosk="k"))
     return out
 
@@ -64,7 +66,7 @@ def test_since_in_order_with_limit_and_private_only_on_request(tmp_path: Path) -
     rest = log.since(7, limit=100, private=True)
     assert [e["seq"] for e in rest.events] == [8, 9, 10]
     assert rest.more is False
-    assert rest.events[0]["private"] == {"serial": 8}
+    assert rest.events[0]["private"] == {"idm": "0000000000000008"}  # the serial is never stored
     assert rest.events[0]["data"] == {"pseudonym": "P8"}
     assert log.since(10).events == []
     assert log.since(0).events[0]["seq"] == 1

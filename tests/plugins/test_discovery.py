@@ -25,8 +25,15 @@ def builtin_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")  # only the built-ins
 
 
+def readerctl_config(tmp_path: Path) -> Path:
+    """The kiosk's configuration as readerctl reads it: the probe is one of its built-ins."""
+    path = tmp_path / "readerd.toml"
+    path.write_text('[plugins]\nbuiltins = ["probe"]\n', encoding="utf-8")
+    return path
+
+
 def test_a_builtin_plugin_is_loaded_with_its_commands(builtin_probe: None, tmp_path: Path) -> None:
-    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig())) as d:
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(builtins=("probe",)))) as d:
         listed = d.request("plugins")["result"]
         echoed = d.request("probe.echo", {"text": "hi"})
     probe = next(p for p in listed["plugins"] if p["name"] == "probe")
@@ -36,19 +43,26 @@ def test_a_builtin_plugin_is_loaded_with_its_commands(builtin_probe: None, tmp_p
 
 
 def test_a_disabled_builtin_is_not_loaded(builtin_probe: None, tmp_path: Path) -> None:
-    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(disabled=("probe",)))) as d:
+    with running_daemon(
+        sim_config(tmp_path, plugins=PluginsConfig(builtins=("probe",), disabled=("probe",)))
+    ) as d:
         names = [p["name"] for p in d.request("plugins")["result"]["plugins"]]
         unknown = d.request("probe.echo", {"text": "hi"})
     assert "probe" not in names
     assert unknown["error"]["code"] == "unknown_command"
-    assert discover(PluginsConfig(disabled=("probe",))).ctl_commands(set()) == {}
+    assert "probe" not in discover(PluginsConfig(builtins=("probe",), disabled=("probe",))).ctl_commands(
+        set()
+    )
+    assert "probe" not in discover(PluginsConfig()).ctl_commands(set())  # built-ins are opt-in
 
 
 def test_readerctl_runs_a_plugin_subcommand(
     builtin_probe: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig())) as d:
-        code = ctl.main(["--control", d.control, "probe", "hello"])
+    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(builtins=("probe",)))) as d:
+        code = ctl.main(
+            ["--config", str(readerctl_config(tmp_path)), "--control", d.control, "probe", "hello"]
+        )
     assert code == 0
     assert "probe says hello" in capsys.readouterr().out
 
@@ -57,8 +71,10 @@ def test_readerctl_reports_a_refusal_from_the_daemon(
     builtin_probe: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The daemon runs without the plugin (readerctl has it): the command is unknown there.
-    with running_daemon(sim_config(tmp_path, plugins=PluginsConfig(disabled=("probe",)))) as d:
-        code = ctl.main(["--control", d.control, "probe", "hello"])
+    with running_daemon(sim_config(tmp_path)) as d:
+        code = ctl.main(
+            ["--config", str(readerctl_config(tmp_path)), "--control", d.control, "probe", "hello"]
+        )
     assert code == 1
     assert "readerctl probe: unknown_command" in capsys.readouterr().err
 
@@ -69,7 +85,7 @@ def test_a_plugin_cannot_take_a_readerctl_name_and_a_broken_one_is_named(
     monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")
     monkeypatch.setitem(plugin_host.BUILTIN, "probe", PROBE)
     monkeypatch.setitem(plugin_host.BUILTIN, "missing", "tests.plugins.no_such_module")
-    found = discover(PluginsConfig())
+    found = discover(PluginsConfig(builtins=("probe", "missing")))
     assert found.ctl_commands({"probe"}) == {}
     assert found.problems["probe"] == "readerctl probe exists already"
     assert "ModuleNotFoundError" in found.problems["missing"]

@@ -31,7 +31,7 @@ from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
 from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
-from readerd.plugin_host import PluginHost
+from readerd.plugin_host import PluginHost, log_history
 from readerd.sdnotify import Notifier
 from readerd.sessions import CardSessions
 from readerd.store import Store
@@ -262,6 +262,7 @@ class Daemon:
             report=report,
             plugins=self.extra_plugins,
             store=store,
+            history=log_history(bus.event_log) if bus.event_log is not None else None,
         )
         host.load()
         for name in host.commands:

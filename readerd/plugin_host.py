@@ -38,9 +38,16 @@ import pluggy
 import structlog
 import zmq
 
-from readerd import builtin_plugins, hookspecs
+from readerd import hookspecs
 from readerd.config import PluginsConfig
-from readerd.errors import PluginError, ReaderdError, StoreBusyError, StoreUnavailableError
+from readerd.errors import (
+    GapUnrecoverableError,
+    PluginError,
+    ReaderdError,
+    StoreBusyError,
+    StoreUnavailableError,
+)
+from readerd.eventlog import EventLog
 from readerd.plugin_api import (
     CommandSpec,
     EventInterest,
@@ -58,8 +65,9 @@ log = structlog.get_logger("readerd.plugins")
 ENTRY_POINT_GROUP = "readerd"
 #: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
 DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
-#: The built-in plugins (readerd/builtin_plugins.py), the same dict: tests and tools patch it here.
-BUILTIN = builtin_plugins.BUILTIN
+#: The built-in plugins: name -> ``module`` or ``module:object`` (loaded like third-party ones, and
+#: disabled the same way). A class is instantiated once per host: a plugin's state lives in its instance.
+BUILTIN: dict[str, str] = {}
 
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
 PLUGIN_RESULT_HOOK = "readerd_plugin_result"
@@ -99,6 +107,8 @@ class LoadedPlugin:
     calls: int = 0
     last_seq: int = 0
     store_failures: int = 0  # hook calls that failed with store_unavailable / store_busy (not counted above)
+    cursor: int | None = None  # the last feed seq this plugin was given (persisted in the store)
+    missed: list[tuple[int, int]] = field(default_factory=list)  # seqs it never got, found at start
 
     @property
     def healthy(self) -> bool:
@@ -114,6 +124,8 @@ class LoadedPlugin:
             "failures_in_a_row": self.failures,
             "calls": self.calls,
             "store_failures": self.store_failures,
+            "cursor": self.cursor,
+            "missed": [list(gap) for gap in self.missed],
             "last_seq": self.last_seq,
             "receives": sorted(self.interest.types),
             "private_fields": sorted(self.interest.private),
@@ -130,10 +142,13 @@ class PluginHost:
         report: Callable[[str, str, str, str, bool], None] | None = None,
         store: Store | None = None,
         plugins: dict[str, object] | None = None,
+        history: Callable[[int, int], list[tuple[int, str]] | None] | None = None,
     ) -> None:
         """``plugins`` adds plugin objects by name beside discovery (tests, embedding applications);
         ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``; ``store``
-        gives each plugin ``store.for_plugin(name)`` as ``context.store`` (None: plugins get None)."""
+        gives each plugin ``store.for_plugin(name)`` as ``context.store`` (None: plugins get None), and
+        keeps each plugin's cursor there; ``history(after, upto)`` gives ``(seq, type)`` of the logged
+        events in ``(after, upto]``, or None when the log no longer holds them all (the event log)."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
@@ -150,23 +165,27 @@ class PluginHost:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._feed_seq: tuple[str, int] | None = None  # (run_id, last seq) seen on the feed
+        self._cursor_write_failing = False
+        self._history = history
+        self._drain_until = 0.0  # set by stop(): the feed thread delivers what arrived until then
+        self._pending_cursors: dict[str, int] = {}  # advanced but not yet written (no hook was called)
+        self._pending_run_id = ""
         self._lock = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
         """Find, register and start every enabled plugin; a broken one is reported and skipped."""
-        for name in self.config.builtins:
-            if name not in BUILTIN:
-                self._reject(name, f"no built-in plugin {name!r} (there are: {', '.join(sorted(BUILTIN))})")
-                continue
-            self._add(name, functools.partial(load_object, BUILTIN[name]), "builtin", None)
+        for name, module in BUILTIN.items():
+            self._add(name, functools.partial(load_object, module), "builtin", None)
         if self.config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
             for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = entry.dist.version if entry.dist is not None else None
                 self._add(entry.name, entry.load, "entrypoint", version)
         for name, plugin in self._given.items():
             self._add(name, functools.partial(_identity, plugin), "given", None)
+        recorded = self._read_cursors()
         for loaded in list(self.plugins.values()):
+            loaded.cursor = recorded.get(loaded.name)
             self._start_plugin(loaded)
 
     def _add(self, name: str, load: Callable[[], object], source: str, version: str | None) -> None:
@@ -235,6 +254,9 @@ class PluginHost:
         plugin = self.pm.get_plugin(name)
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []) if plugin else []
 
+    def _implements(self, loaded: LoadedPlugin, hook: str) -> bool:
+        return any(i.plugin_name == loaded.name for i in getattr(self.pm.hook, hook).get_hookimpls())
+
     def _call(self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject) -> Any:  # noqa: ANN401 - a hook's result
         """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure."""
         impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == loaded.name]
@@ -288,23 +310,158 @@ class PluginHost:
 
     # -- events -------------------------------------------------------------------------------------
     def dispatch(self, envelope: JsonObject) -> None:
-        """Hand one private-feed envelope to every plugin that wants it, one plugin at a time."""
+        """Hand one private-feed envelope to every plugin that wants it, one plugin at a time; then
+        record the plugins' cursors."""
+        if self._feed_seq is None:  # the first message since the host started
+            self._check_cursors(envelope)
         self._track_seq(envelope)
         event_type = str(envelope.get("type"))
+        if event_type == "heartbeat":
+            return
         hook = EVENT_HOOKS.get(event_type)
         if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
             hook = PLUGIN_RESULT_HOOK
-        if hook is None:
-            return
+        delivered = self._deliver(envelope, event_type, hook) if hook is not None else False
+        self._advance_cursors(int(envelope.get("seq", 0)), str(envelope.get("run_id", "")), flush=delivered)
+
+    def _deliver(self, envelope: JsonObject, event_type: str, hook: str) -> bool:
+        """True if some plugin's hook was called with the event."""
         private = envelope.get("private") or {}
+        delivered = False
         for loaded in list(self.plugins.values()):
             if loaded.quarantined or not loaded.interest.wants(event_type):
                 continue
             if event_type.startswith(f"plugin.{loaded.name}."):
                 continue  # never its own results: a plugin answering itself would loop
             event = PluginEvent.from_envelope(envelope, loaded.interest.strip(private))
+            delivered = delivered or self._implements(loaded, hook)
             self._call(loaded, hook, {"event": event, "context": loaded.context})
             loaded.last_seq = event.seq
+        return delivered
+
+    # -- cursors: which seqs each plugin was given, across restarts (DESIGN decision 2) ---------------
+    def _read_cursors(self) -> dict[str, int]:
+        if self.store is None:
+            return {}
+        try:
+            return self.store.read_cursors()
+        except (StoreUnavailableError, StoreBusyError) as e:
+            log.error("plugin cursors unreadable: no restart gap check this run", error=str(e))
+            return {}
+
+    def _advance_cursors(self, seq: int, run_id: str, *, flush: bool) -> None:
+        """Every plugin not quarantined was given ``seq`` (delivered, or not of a type it wants, or its
+        hook failed: that failure was reported on its own); a quarantined plugin's cursor stays, so the
+        events it misses show at the next start.
+
+        Written at once when a hook was called with the event; otherwise kept until the feed is idle or
+        the host stops (:meth:`flush_cursors`). A local write costs a disk flush (milliseconds) and a tap
+        brings several events no plugin handles; losing such an update in a crash is harmless, since
+        the check at the next start counts only events a plugin would have been handed."""
+        for loaded in self.plugins.values():
+            if not loaded.quarantined and (loaded.cursor is None or seq > loaded.cursor):
+                loaded.cursor = seq
+                self._pending_cursors[loaded.name] = seq
+        self._pending_run_id = run_id
+        if flush:
+            self.flush_cursors()
+
+    def flush_cursors(self) -> None:
+        """Write the cursors not yet recorded (feed thread only)."""
+        pending, self._pending_cursors = self._pending_cursors, {}
+        self._write_cursors(pending, self._pending_run_id)
+
+    def _write_cursors(self, cursors: dict[str, int], run_id: str) -> None:
+        if self.store is None or not cursors:
+            return
+        try:
+            self.store.write_cursors(cursors, run_id)
+        except (StoreUnavailableError, StoreBusyError) as e:
+            # Logged once per outage, never published: a plugin.error is itself a feed event, whose
+            # cursor write would fail again.
+            if not self._cursor_write_failing:
+                log.error("plugin cursors not recorded", error=str(e))
+            self._cursor_write_failing = True
+            return
+        if self._cursor_write_failing:
+            log.info("plugin cursors recorded again")
+        self._cursor_write_failing = False
+
+    def _check_cursors(self, envelope: JsonObject) -> None:
+        """At the first message after a start: each plugin's recorded cursor against the feed's position.
+
+        The feed's ``seq`` continues across restarts (the event log), so a plugin whose cursor is behind
+        the last seq before this message was not given those events: the previous run stopped its host
+        before the bus (results still in flight), ran without this plugin (disabled, quarantined,
+        ``--no-plugins``), or crashed. With ``history`` (the event log) only the events the plugin would
+        have been handed count (a type it wants, a hook it implements, not its own result); without
+        it, or when the log no longer holds them, the whole range does. Missed events are logged, kept
+        in the plugin's ``missed`` (``readerctl plugins``), published as ``plugin.error``
+        (``events_missed``) and added to ``feed_gaps``. They are not replayed (yet): docs/architecture.md.
+        """
+        seq, run_id = int(envelope.get("seq", 0)), str(envelope.get("run_id", ""))
+        before = seq if envelope.get("type") == "heartbeat" else seq - 1  # the last seq not seen here
+        lowest = min((p.cursor for p in self.plugins.values() if p.cursor is not None), default=before)
+        types = self._history(lowest, before) if self._history is not None and lowest < before else None
+        gaps: list[tuple[int, int]] = []
+        for loaded in self.plugins.values():
+            if loaded.quarantined or loaded.cursor is None or loaded.cursor == before:
+                continue
+            if loaded.cursor > before:
+                log.warning(
+                    "the feed is behind a plugin's cursor (event log removed?)",
+                    plugin=loaded.name,
+                    cursor=loaded.cursor,
+                    feed_seq=before,
+                )
+                continue
+            gap = self._missed(loaded, loaded.cursor, before, types)
+            if gap is not None:
+                gaps.append(gap)
+        if gaps:
+            self.gaps.append((min(g[0] for g in gaps), max(g[1] for g in gaps)))
+        # From here on every plugin is at `before`: a gap is reported once, not at every start.
+        moved = {}
+        for loaded in self.plugins.values():
+            if not loaded.quarantined:
+                loaded.cursor = before
+                moved[loaded.name] = before
+        self._write_cursors(moved, run_id)
+
+    def _missed(
+        self, loaded: LoadedPlugin, cursor: int, before: int, types: list[tuple[int, str]] | None
+    ) -> tuple[int, int] | None:
+        """Report the events in ``(cursor, before]`` this plugin would have been given; their range."""
+        if types is None:
+            seqs = [cursor + 1, before]
+            count = before - cursor
+        else:
+            seqs = [s for s, t in types if s > cursor and self._would_deliver(loaded, t)]
+            count = len(seqs)
+        if not seqs:
+            return None
+        gap = (seqs[0], seqs[-1])
+        loaded.missed.append(gap)
+        log.error(
+            "events missed by a plugin", plugin=loaded.name, first_seq=gap[0], last_seq=gap[1], count=count
+        )
+        message = (
+            f"{count} event(s) in seq {gap[0]}..{gap[1]} were never given to the plugin (before this start)"
+        )
+        self._report(loaded.name, "feed", "events_missed", message, False)
+        return gap
+
+    def _would_deliver(self, loaded: LoadedPlugin, event_type: str) -> bool:
+        """Whether an event of this type is handed to this plugin (what :meth:`_deliver` decides)."""
+        hook = EVENT_HOOKS.get(event_type)
+        if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
+            hook = PLUGIN_RESULT_HOOK
+        return (
+            hook is not None
+            and loaded.interest.wants(event_type)
+            and not event_type.startswith(f"plugin.{loaded.name}.")
+            and hook in self.hooks_of(loaded.name)
+        )
 
     def _track_seq(self, envelope: JsonObject) -> None:
         """Record gaps in the feed's ``seq`` (replay arrives with the LAN bus's ``events.since``)."""
@@ -385,18 +542,30 @@ class PluginHost:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             while not self._stop.is_set():
-                if not sock.poll(50):
-                    continue
-                topic, body = sock.recv_multipart()
-                ready.set()
-                try:
-                    self.dispatch(_json(body))
-                except Exception:  # the host thread must outlive any event
-                    log.exception("plugin dispatch failed", topic=topic.decode(errors="replace"))
+                if sock.poll(50):
+                    ready.set()
+                    self._receive(sock)
+                elif self._pending_cursors:
+                    self.flush_cursors()  # the feed is idle
+            # Stopping: the backends have stopped, so what already arrived is the rest of the run
+            # (card.removed, plugin results). Hand it over within the budget instead of dropping it:
+            # a dropped event is one the plugins never get (the cursors would show it at the next start).
+            while time.monotonic() < self._drain_until and sock.poll(0):
+                self._receive(sock)
+            self.flush_cursors()
         finally:
             sock.close()
 
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        topic, body = sock.recv_multipart()
+        try:
+            self.dispatch(_json(body))
+        except Exception:  # the host thread must outlive any event
+            log.exception("plugin dispatch failed", topic=topic.decode(errors="replace"))
+
     def stop(self, timeout: float = 2.0) -> None:
+        """Deliver what already arrived (within half of ``timeout``), then ``readerd_shutdown``."""
+        self._drain_until = time.monotonic() + timeout / 2
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -427,3 +596,27 @@ def _json(body: bytes) -> JsonObject:
     if not isinstance(value, dict):
         raise ValueError("an envelope is a JSON object")
     return value
+
+
+def log_history(event_log: EventLog) -> Callable[[int, int], list[tuple[int, str]] | None]:
+    """``history`` for :class:`PluginHost` from the daemon's event log (the embedded host reads it in
+    process): ``(seq, type)`` of the events in ``(after, upto]``, None once some were pruned."""
+
+    def history(after: int, upto: int) -> list[tuple[int, str]] | None:
+        found: list[tuple[int, str]] = []
+        seq = after
+        while seq < upto:
+            try:
+                answer = event_log.since(seq, limit=1000)
+            except GapUnrecoverableError:
+                return None
+            for envelope in answer.events:
+                if int(envelope["seq"]) > upto:
+                    return found
+                found.append((int(envelope["seq"]), str(envelope["type"])))
+            if not answer.more or not answer.events:
+                break
+            seq = int(answer.events[-1]["seq"])
+        return found
+
+    return history

@@ -94,6 +94,7 @@ Role = Literal["local", "shared"]
 LOCAL_FILE: Final = "store.db"
 MIGRATIONS_TABLE: Final = "readerd_migrations"
 PLUGIN_NAME_MAX: Final = 32
+CURSORS_TABLE: Final = "readerd_plugin_cursors"
 PG_MAX_IDENTIFIER: Final = 63
 # pg_advisory_xact_lock key for migrations: b"readerd\0" as a big-endian signed 64-bit number.
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"readerd\0", "big")
@@ -121,6 +122,16 @@ _migrations = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("applied_at", sa.String(32), nullable=False),
+)
+# The plugin host's cursors (DESIGN decision 2): the last feed seq each plugin was given. In the local
+# database because seq is per kiosk (its event log), not per ward.
+_cursors = sa.Table(
+    CURSORS_TABLE,
+    _metadata,
+    sa.Column("plugin", sa.String(PLUGIN_NAME_MAX), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
 )
 
 
@@ -622,6 +633,7 @@ class Store:
         self.local = local
         self.shared = shared if shared is not None else local
         self.clock: business_time.Clock = clock or business_time.utc_now
+        self._cursors_ready = False  # the cursor table exists (made on the first write_cursors)
 
     @classmethod
     def open(
@@ -659,6 +671,42 @@ class Store:
     def now(self) -> datetime:
         """The current instant on the ward's clock (JST, aware); see ``readerd.business_time``."""
         return business_time.to_business(self.clock())
+
+    # -- the plugin host's cursors ---------------------------------------------------------------------
+    def read_cursors(self) -> dict[str, int]:
+        """The last feed ``seq`` recorded per plugin (empty before the first record)."""
+
+        def read(conn: Connection) -> dict[str, int]:
+            if not sa.inspect(conn).has_table(CURSORS_TABLE):
+                return {}
+            rows = conn.execute(sa.select(_cursors.c.plugin, _cursors.c.seq)).all()
+            return {str(row.plugin): int(row.seq) for row in rows}
+
+        return self.local.transaction(read, readonly=True)
+
+    def write_cursors(self, cursors: dict[str, int], run_id: str) -> None:
+        """Record ``plugin -> seq`` for the plugins named, in one transaction of the local database."""
+        if not cursors:
+            return
+        now = business_time.utc_now().isoformat(timespec="seconds")
+
+        def write(conn: Connection) -> None:
+            if not self._cursors_ready:
+                _cursors.create(conn, checkfirst=True)
+            rows = [
+                {"plugin": p, "seq": seq, "run_id": run_id, "updated_at": now} for p, seq in cursors.items()
+            ]
+            insert = sqlite_dialect.insert(_cursors)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[_cursors.c.plugin],
+                    set_={"seq": insert.excluded.seq, "run_id": insert.excluded.run_id, "updated_at": now},
+                ),
+                rows,
+            )
+
+        self.local.transaction(write)
+        self._cursors_ready = True
 
     def status(self) -> dict[str, object]:
         """For ``readerctl status``: each database and its counters."""

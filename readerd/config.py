@@ -187,6 +187,34 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint (readerd/metrics.py); loopback only unless explicitly allowed, since tap
+    counts per reader and minute say when people come and go."""
+
+    listen: str = ""  # host:port, e.g. 127.0.0.1:9464 ([::1]:9464); empty: no endpoint
+    allow_non_loopback: bool = False
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, None when off; ConfigError (exit 78) for a malformed or refused one."""
+        if not self.listen:
+            return None
+        host, sep, port_text = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise ConfigError(f"metrics.listen = {self.listen!r}: host:port, e.g. 127.0.0.1:9464")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ConfigError(f"metrics.listen = {self.listen!r}: the host must be an IP address") from None
+        if not loopback and not self.allow_non_loopback:
+            raise ConfigError(
+                f"metrics.listen = {self.listen!r} is not loopback (tap counts would be on the network); "
+                "metrics.allow_non_loopback = true allows it"
+            )
+        return host, int(port_text)
+
+
+@dataclass(frozen=True)
 class Config:
     kiosk: str = "kiosk"
     state_dir: str = "/var/lib/readerd"
@@ -202,6 +230,7 @@ class Config:
     sim: SimConfig = field(default_factory=SimConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def simulated(self) -> bool:
@@ -236,6 +265,7 @@ class Config:
         if len(set(names)) != len(names):
             raise ConfigError("felica.reads: names must be unique")
         self.auth.validate()
+        self.metrics.address()
         unknown = set(self.plugins.builtins) - set(BUILTIN)
         if unknown:
             missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)

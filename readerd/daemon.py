@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,7 +27,7 @@ from readerd.backends import Backend
 from readerd.bus import Bus, CommandError, ControlRequest, CurveServer, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
 from readerd.curve import Allowlist, allowlist_dir, load_or_create_server_keys
-from readerd.errors import ConfigError
+from readerd.errors import ConfigError, MetricsUnavailableError
 from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
@@ -35,6 +36,9 @@ from readerd.plugin_host import PluginHost, log_history
 from readerd.sdnotify import Notifier
 from readerd.sessions import CardSessions
 from readerd.store import Store
+
+if TYPE_CHECKING:
+    from readerd.metrics import MetricsServer
 
 log = structlog.get_logger("readerd")
 
@@ -63,6 +67,7 @@ class Daemon:
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
         self.auth: AuthManager | None = None
+        self.metrics: MetricsServer | None = None
         self.store: Store | None = None  # the plugins' store, open while the daemon runs with plugins
         # Main-loop rounds that pinged the watchdog and that withheld the ping (tests wait on these).
         self.watchdog_pings = 0
@@ -177,6 +182,7 @@ class Daemon:
         self.auth = self._auth(sessions, resolver, bus, state_dir)
         bus.start()
         try:
+            self.metrics = self._start_metrics(bus)
             if config.plugins.enabled:
                 self.host = self._start_plugins(bus, self.store)
             for backend in self.backends:
@@ -200,6 +206,8 @@ class Daemon:
                 backend.stop(SHUTDOWN_BUDGET / 2)
             if self.host is not None:
                 self.host.stop(SHUTDOWN_BUDGET / 4)
+            if self.metrics is not None:
+                self.metrics.stop(SHUTDOWN_BUDGET / 4)
             bus.stop(SHUTDOWN_BUDGET / 4)
             directory.close()
             event_log.close()
@@ -231,6 +239,29 @@ class Daemon:
         )
         auth.register(bus)
         return auth
+
+    def _start_metrics(self, bus: Bus) -> MetricsServer | None:
+        """The Prometheus endpoint (``[metrics] listen``), counting the private feed; None when off.
+
+        Started before the plugins and backends, so the first ``reader.added`` events are counted."""
+        address = self.config.metrics.address()
+        if address is None:
+            return None
+        from readerd.metrics import DaemonView, Metrics, MetricsServer  # noqa: PLC0415 - only when on
+
+        view = DaemonView(
+            published=lambda: bus.stats.published,
+            dropped=lambda: dict(bus.stats.dropped),
+            queue_depth=lambda: int(bus.status()["queue_depth"]),
+            healthy=self.healthy,
+        )
+        server = MetricsServer(Metrics(view), *address)
+        try:
+            server.start(PRIVATE_FEED, bus.context, bus.heartbeat_now)
+        except OSError as e:
+            server.stop()
+            raise MetricsUnavailableError(f"metrics.listen = {self.config.metrics.listen}: {e}") from e
+        return server
 
     def _wait(self) -> None:
         interval = (self.notifier.watchdog_interval or 20.0) / 2

@@ -38,6 +38,12 @@ class BusError(ReaderdError):
     code = "bus_error"
 
 
+class MetricsUnavailableError(BusError):
+    """The metrics endpoint cannot listen (port in use): like a bus bind failure, the daemon exits 69."""
+
+    code = "metrics_unavailable"
+
+
 class CardAbsentError(ReaderdError):
     """A command needs the card on a reader and there is none (or another card came meanwhile)."""
 

@@ -242,8 +242,8 @@ class SimBackend:
         result = self.sessions.read_contact_card(reader, slot.reader, atr)
         slot.kind = result.kind
         if slot.reader.card is None:  # pulled during the read (fault script)
+            slot.kind = None  # before the event: a client answering card.removed sees the reader empty
             self.sessions.card_removed(reader, result.kind)
-            slot.kind = None
             return
         if args.get("hold") is False:
             self._remove(reader)

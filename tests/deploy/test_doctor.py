@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from readerd import doctor, plugin_discovery
+from readerd import doctor
 from readerd.backends.usb import UsbReader
+from readerd.builtin_plugins import BUILTIN
 from readerd.config import AuthConfig, BusConfig, Config, NfcConfig, PcscConfig, PluginsConfig, StoreConfig
 from readerd.doctor import DoctorEnv, run_doctor
 from readerd.plugin_api import CheckStatus
@@ -342,8 +343,9 @@ def test_clock(tmp_path: Path) -> None:
 def test_plugin_checks_are_run_and_a_broken_one_is_a_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plugin_discovery, "BUILTIN", {"probe": "tests.deploy.doctor_plugin"})
-    env = _env(tmp_path, Config(backends=("pcsc",), plugins=PluginsConfig(autoload=False)))
+    monkeypatch.setitem(BUILTIN, "probe", "tests.deploy.doctor_plugin")
+    plugins = PluginsConfig(autoload=False, builtins=("probe",))
+    env = _env(tmp_path, Config(backends=("pcsc",), plugins=plugins))
     findings = {f.name: f for f in doctor.plugin_findings(env)}
     assert findings["probe.ils"].status is OK
     assert findings["probe.printer"].status is PROBLEM
@@ -354,8 +356,9 @@ def test_plugin_checks_are_run_and_a_broken_one_is_a_problem(
 
 
 def test_a_plugin_that_does_not_load_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin_discovery, "BUILTIN", {"ghost": "tests.deploy.no_such_module"})
-    env = _env(tmp_path, Config(backends=("pcsc",), plugins=PluginsConfig(autoload=False)))
+    monkeypatch.setitem(BUILTIN, "ghost", "tests.deploy.no_such_module")
+    plugins = PluginsConfig(autoload=False, builtins=("ghost",))
+    env = _env(tmp_path, Config(backends=("pcsc",), plugins=plugins))
     (finding,) = doctor.plugin_findings(env)
     assert (finding.name, finding.status) == ("ghost.load", PROBLEM)
 

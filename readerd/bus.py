@@ -107,14 +107,24 @@ class Bus:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         event_log: EventLog | None = None,
         curve: CurveServer | None = None,
+        private_control: str | None = None,
     ) -> None:
         """``event_log``: where events are appended before they go out and ``events.since`` reads; the
-        first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed."""
+        first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed.
+        ``private_control``: a second ROUTER (``ipc://``, 0600) for the split plugin host only: its
+        commands (:meth:`register_private_command`), ``events.since`` with the private fields, and
+        requests the daemon sends to the host (:meth:`forward`)."""
         self.config = config
         self.event_log = event_log
         self.curve = curve
         self.kiosk = kiosk
         self.private_endpoint = private_endpoint
+        self.private_control_endpoint = private_control
+        self._private_commands: dict[str, CommandHandler] = {"events.since": self._events_since_private}
+        self._private_router: zmq.Socket[bytes] | None = None
+        self._forwards: dict[str, tuple[float, Future[JsonObject]]] = {}
+        self._forward_out: queue.SimpleQueue[tuple[bytes, JsonObject]] = queue.SimpleQueue()
+        self._private_replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
         self.run_id = str(uuid.uuid4())
         self.context = context or zmq.Context.instance()
         self.stats = BusStats()
@@ -146,6 +156,21 @@ class Bus:
 
     def add_status(self, provider: Callable[[], JsonObject]) -> None:
         self._status_providers.append(provider)
+
+    def register_private_command(self, name: str, handler: CommandHandler) -> None:
+        """A command of the private control socket (the split plugin host's link to the daemon)."""
+        self._private_commands[name] = handler
+
+    def forward(self, peer: bytes, cmd: str, args: JsonObject, timeout: float = 10.0) -> Future[JsonObject]:
+        """Send a request to ``peer`` on the private control socket (any thread); the Future gets its
+        ``result``, or raises :class:`CommandError` with the peer's error code, or ``plugin_host_unavailable``
+        after ``timeout`` seconds without an answer."""
+        forward_id = str(uuid.uuid4())
+        done: Future[JsonObject] = Future()
+        self._forwards[forward_id] = (time.monotonic() + timeout, done)
+        self._forward_out.put((peer, {"id": forward_id, "cmd": cmd, "args": args}))
+        self._wake()
+        return done
 
     # -- any thread -----------------------------------------------------------------------------------
     def publish(self, event: Event) -> bool:
@@ -197,7 +222,12 @@ class Bus:
             "append_failures": self.stats.log_failures,
         }
 
-    def _events_since(self, request: ControlRequest) -> JsonObject:
+    def _events_since_private(self, request: ControlRequest) -> JsonObject:
+        """``events.since`` on the private control socket: with the plugin-only fields (the split plugin
+        host catches up with what its plugins may receive)."""
+        return self._events_since(request, private=True)
+
+    def _events_since(self, request: ControlRequest, *, private: bool = False) -> JsonObject:
         """``events.since {seq, limit?}``: the public envelopes after ``seq``, in order (Clone pattern's
         snapshot). Answered on the bus thread, so no event can slip between the answer and the live feed:
         everything with a higher seq than the answer's ``last_seq`` is still to come on the PUB socket."""
@@ -209,7 +239,7 @@ class Bus:
             raise CommandError("bad_request", f"limit: 1..{SINCE_LIMIT}")
         if self.event_log is None:
             raise CommandError("unavailable", "this bus keeps no event log")
-        answer = self.event_log.since(seq, limit=limit)
+        answer = self.event_log.since(seq, limit=limit, private=private)
         return {
             "run_id": self.run_id,
             "last_seq": answer.last_seq,
@@ -289,6 +319,12 @@ class Bus:
             if self.private_endpoint:
                 private = self._bind(zmq.PUB, self.private_endpoint)
                 sockets.append(private)
+                _owner_only(self.private_endpoint)
+            if self.private_control_endpoint:
+                self._private_router = self._bind(zmq.ROUTER, self.private_control_endpoint)
+                self._private_router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                sockets.append(self._private_router)
+                _owner_only(self.private_control_endpoint)
         except zmq.ZMQError:
             for sock in sockets:
                 sock.close(0)
@@ -308,6 +344,8 @@ class Bus:
         poller.register(self._wake_r, zmq.POLLIN)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
+        if self._private_router is not None:
+            poller.register(self._private_router, zmq.POLLIN)
         now = time.monotonic()
         next_heartbeat = now
         next_allowlist = now + (self.curve.poll if self.curve is not None else 0)
@@ -321,14 +359,7 @@ class Bus:
                     next_heartbeat = now + self.config.heartbeat_interval
                 if self.curve is not None and now >= next_allowlist:
                     next_allowlist = now + self.curve.poll
-                    allowlist = self.curve.allowlist
-                    before = len(allowlist.keys)
-                    cut = allowlist.refresh() | allowlist.pending_cut
-                    allowlist.pending_cut = set()
-                    if cut or len(allowlist.keys) != before:
-                        log.info("allowlist reloaded", keys=len(allowlist.keys), cut=len(cut))
-                    if cut:
-                        self._rebind(poller)
+                    self._check_allowlist(poller)
                 wake_at = min(next_heartbeat, next_allowlist) if self.curve is not None else next_heartbeat
                 timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 ready = dict(poller.poll(timeout_ms))
@@ -341,10 +372,72 @@ class Bus:
                 if self._router in ready:
                     self._serve_control(self._router)
                 self._send_replies(self._router)
+                if self._private_router is not None:
+                    self._serve_private(self._private_router, ready)
             self._drain(self._pub, private)  # what was queued before stop still goes out
         finally:
             for sock in (*sockets, self._pub, self._router):
                 sock.close()
+
+    def _check_allowlist(self, poller: zmq.Poller) -> None:
+        assert self.curve is not None  # noqa: S101 - only called with CURVE
+        allowlist = self.curve.allowlist
+        before = len(allowlist.keys)
+        cut = allowlist.refresh() | allowlist.pending_cut
+        allowlist.pending_cut = set()
+        if cut or len(allowlist.keys) != before:
+            log.info("allowlist reloaded", keys=len(allowlist.keys), cut=len(cut))
+        if cut:
+            self._rebind(poller)
+
+    def _serve_private(self, router: zmq.Socket[bytes], ready: dict[Any, int]) -> None:
+        """The private control socket: the split host's requests, and its answers to forwarded ones."""
+        while router in ready:
+            try:
+                frames = router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                body = json.loads(frames[-1])
+            except ValueError:
+                body = None  # _answer says bad_request
+            if isinstance(body, dict) and "ok" in body and str(body.get("id")) in self._forwards:
+                _deadline, done = self._forwards.pop(str(body.get("id")))
+                _settle_forward(done, body)
+                continue
+            reply = self._answer(frames[0], frames[-1], commands=self._private_commands)
+            if isinstance(reply, Future):
+                reply.add_done_callback(functools.partial(self._deferred_private, frames[:-1]))
+                continue
+            _send_to_peer(router, [*frames[:-1], json.dumps(reply, ensure_ascii=False).encode()])
+        while True:
+            try:
+                envelope, answer = self._private_replies.get_nowait()
+            except queue.Empty:
+                break
+            _send_to_peer(router, [*envelope, json.dumps(answer, ensure_ascii=False).encode()])
+        self._send_forwards(router)
+
+    def _send_forwards(self, router: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                peer, request = self._forward_out.get_nowait()
+            except queue.Empty:
+                break
+            if not _send_to_peer(router, [peer, b"", json.dumps(request, ensure_ascii=False).encode()]):
+                entry = self._forwards.pop(str(request["id"]), None)
+                if entry is not None:
+                    error = CommandError("plugin_host_unavailable", "the plugin host is not connected")
+                    entry[1].set_exception(error)
+        now = time.monotonic()
+        for forward_id, (deadline, done) in list(self._forwards.items()):
+            if now > deadline:
+                del self._forwards[forward_id]
+                done.set_exception(CommandError("plugin_host_unavailable", "the plugin host did not answer"))
+
+    def _deferred_private(self, envelope: list[bytes], done: Future[JsonObject]) -> None:
+        self._private_replies.put((envelope, done.result()))
+        self._wake()
 
     def _serve_zap(self, zap: zmq.Socket[bytes]) -> None:
         assert self.curve is not None  # noqa: S101 - only polled with CURVE
@@ -453,7 +546,13 @@ class Bus:
                 return
             router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
 
-    def _answer(self, peer: bytes, body: bytes, user: str | None = None) -> JsonObject | Future[JsonObject]:
+    def _answer(
+        self,
+        peer: bytes,
+        body: bytes,
+        user: str | None = None,
+        commands: dict[str, CommandHandler] | None = None,
+    ) -> JsonObject | Future[JsonObject]:
         request_id: str | None = None
         try:
             obj = json.loads(body)
@@ -464,7 +563,7 @@ class Bus:
             args = obj.get("args") or {}
             if not isinstance(args, dict):
                 raise CommandError("bad_request", "args must be an object")
-            handler = self._commands.get(obj["cmd"])
+            handler = (self._commands if commands is None else commands).get(obj["cmd"])
             if handler is None:
                 raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
             if user is not None and not user.startswith("control:") and obj["cmd"] not in SUBSCRIBE_COMMANDS:
@@ -480,6 +579,34 @@ class Bus:
         except Exception as e:  # a handler bug must not kill the bus thread
             log.exception("control handler failed")
             return _error(request_id, "internal_error", type(e).__name__)
+
+
+def _send_to_peer(router: zmq.Socket[bytes], frames: list[bytes]) -> bool:
+    """Send on the private ROUTER (``ROUTER_MANDATORY``); False if that peer has gone."""
+    try:
+        router.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.ZMQError as e:
+        log.info("private control peer gone", error=str(e))
+        return False
+    return True
+
+
+def _owner_only(endpoint: str) -> None:
+    """An ``ipc://`` socket file readable and writable by the daemon's user only (the private feed)."""
+    if endpoint.startswith("ipc://"):
+        os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+
+
+def _settle_forward(done: Future[JsonObject], reply: JsonObject) -> None:
+    if reply.get("ok"):
+        result = reply.get("result")
+        done.set_result(result if isinstance(result, dict) else {})
+        return
+    raw = reply.get("error")
+    error: JsonObject = raw if isinstance(raw, dict) else {}
+    raw_details = error.get("details")
+    details: JsonObject = raw_details if isinstance(raw_details, dict) else {}
+    done.set_exception(CommandError(str(error.get("code")), str(error.get("message")), **details))
 
 
 def _reply_when_done(request_id: str | None, result: Future[JsonObject]) -> Future[JsonObject]:

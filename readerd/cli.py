@@ -59,7 +59,44 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: JSON under systemd or in a pipe, readable on a terminal",
     )
+    plugins = sub.add_parser(
+        "plugins",
+        help="run the plugin host as its own process (beside `readerd run` with plugins.enabled = false)",
+        description="The plugin host apart from the daemon: it follows the daemon's private feed over ipc "
+        "under plugins.runtime_dir, catching up on what it missed, and sends results back through it.",
+    )
+    plugins.add_argument(
+        "--config", type=Path, default=None, help=f"TOML configuration (default {DEFAULT_CONFIG})"
+    )
+    plugins.add_argument("--state-dir", help="the daemon's state directory (default /var/lib/readerd)")
+    plugins.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+    plugins.add_argument("--trace-plugins", action="store_true", help="log each plugin hook call, timed")
+    plugins.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     return parser
+
+
+def plugins_config_from_args(args: argparse.Namespace) -> Config:
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    overrides: dict[str, object] = {
+        "state_dir": args.state_dir,
+        "log_level": args.log_level,
+        "plugins.trace": True if args.trace_plugins else None,
+    }
+    return with_overrides(load_config(path), overrides).validate()
+
+
+def _run_plugins(args: argparse.Namespace) -> int:
+    """``readerd plugins``: SIGTERM/SIGINT stop it after the current event."""
+    import signal  # noqa: PLC0415
+
+    from readerd.plugin_link import SplitHost  # noqa: PLC0415 - loads zmq and pluggy
+
+    config = plugins_config_from_args(args)
+    rlog.configure(args.log_level or config.log_level, args.log_format)
+    host = SplitHost(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: host.stop_event.set())
+    return host.run()
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -99,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rlog.configure(args.log_level or "INFO", args.log_format)
     log = rlog.get_logger("readerd")
     try:
+        if args.command == "plugins":
+            return _run_plugins(args)
         config = config_from_args(args)
         rlog.configure(args.log_level or config.log_level, args.log_format)
         from readerd.daemon import Daemon  # noqa: PLC0415 - `readerd --help` must not load zmq

@@ -125,6 +125,9 @@ class PluginsConfig:
     hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
     quarantine_after: int = 3  # failures in a row before a plugin is quarantined
     trace: bool = False  # log every hook call with its duration
+    # with enabled = false: where the daemon binds the split host's ipc sockets (readerd plugins);
+    # empty: <state_dir>/run (systemd: /run/readerd)
+    runtime_dir: str = ""
     sections: dict[str, dict[str, object]] = field(default_factory=dict, metadata={"extra_tables": True})
 
 

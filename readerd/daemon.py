@@ -33,6 +33,8 @@ from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
 from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.plugin_host import PluginHost, log_history
+from readerd.plugin_link import SplitHostLink, prepare_runtime_dir
+from readerd.plugin_link import endpoints as split_endpoints
 from readerd.sdnotify import Notifier
 from readerd.sessions import CardSessions
 from readerd.store import Store
@@ -120,6 +122,26 @@ class Daemon:
         log.info("pseudonym key loaded", fingerprint=key_fingerprint(key))
         return key
 
+    def _make_bus(self, event_log: EventLog) -> Bus:
+        """The bus. Without the embedded host, the private feed and the split host's link are ipc
+        sockets (``readerd plugins``, readerd/plugin_link.py); with it, the feed stays in the process."""
+        config = self.config
+        split = not config.plugins.enabled
+        if split:
+            prepare_runtime_dir(config)
+        feed, plugin_control = split_endpoints(config) if split else (PRIVATE_FEED, None)
+        bus = Bus(
+            config.bus,
+            kiosk=config.kiosk,
+            private_endpoint=feed,
+            event_log=event_log,
+            curve=self._curve(),
+            private_control=plugin_control,
+        )
+        if split:
+            SplitHostLink(bus)
+        return bus
+
     def _curve(self) -> CurveServer | None:
         """The bus's CURVE keys and allowlist (``bus.curve``); the server key is made on first start."""
         bus = self.config.bus
@@ -160,13 +182,7 @@ class Daemon:
             max_events=config.bus.log_max_events,
             max_age_s=config.bus.log_retention_days * DAY,
         )
-        bus = Bus(
-            config.bus,
-            kiosk=config.kiosk,
-            private_endpoint=PRIVATE_FEED,
-            event_log=event_log,
-            curve=self._curve(),
-        )
+        bus = self._make_bus(event_log)
         self.bus = bus
         resolver = IdentityResolver(key, directory)
         sessions = CardSessions(

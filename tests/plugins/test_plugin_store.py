@@ -3,6 +3,7 @@ the database down, and revoked when the plugin is quarantined."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,11 @@ def test_without_plugins_no_store_is_opened(tmp_path: Path) -> None:
     assert not (tmp_path / "store.db").exists()
 
 
-def test_an_unusable_local_store_stops_the_start_with_69(tmp_path: Path) -> None:
+def test_an_unusable_local_store_stops_the_start_with_69(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the bus binds anything (so no port of --simulate is touched)."""
+    monkeypatch.setattr(signal, "signal", lambda *_args: None)  # keep pytest's own SIGINT handler
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "store.db").mkdir()  # a directory where the SQLite file should be
     assert main(["run", "--simulate", "--state-dir", str(tmp_path / "state")]) == ExitCode.UNAVAILABLE

@@ -107,9 +107,10 @@ def test_remove_mid_read(private_pcscd: PrivatePcscd, pki_store: PkiStore) -> No
 def test_vanish_drops_the_link_and_the_card_comes_back(
     private_pcscd: PrivatePcscd, pki_store: PkiStore
 ) -> None:
-    # 0.5 s: longer than pcscd's 0.4 s presence poll, so pcscd sees the card leave and come back.
+    # 1 s: well over pcscd's 0.4 s presence poll, so pcscd sees the card leave and come back (a poll
+    # delayed past the reconnect, on a loaded machine, would see the card still there).
     with faulty_card_on_pcscd(
-        private_pcscd, pki_store, {"action": "vanish", "after_apdus": 2, "seconds": 0.5}
+        private_pcscd, pki_store, {"action": "vanish", "after_apdus": 2, "seconds": 1}
     ) as w:
         before = event_count(reader_state(w.ctx, w.reader_name)[0])
         select_certificate(w.card)

@@ -158,8 +158,18 @@ def test_removal_mid_session_silences_the_card():
         tag = connect(clf)
         assert read_blocks(tag, 0x000B, 1)[:2] == b"42"
         sim.remove()
-        with pytest.raises(nfc.tag.tt3.Type3TagCommandError):
-            read_blocks(tag, 0x000B, 1)
+        # nfcpy waits a few ms per try (from the PMm) and tries 3 times; on a loaded machine an answer
+        # to an earlier try can arrive late and wait in the reader's socket, where the next read takes
+        # it. There are at most two such leftovers: after them, the removed card's silence shows.
+        outcomes = []
+        for _ in range(3):
+            try:
+                read_blocks(tag, 0x000B, 1)
+            except nfc.tag.tt3.Type3TagCommandError:
+                outcomes.append("silent")
+                break
+            outcomes.append("stale answer")
+        assert outcomes[-1] == "silent", outcomes
 
 
 def test_stray_datagrams_do_not_kill_the_card():

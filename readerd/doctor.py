@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -39,6 +40,7 @@ OK, WARNING, PROBLEM, SKIPPED = CheckStatus.OK, CheckStatus.WARNING, CheckStatus
 CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 #: A CRL whose next update is nearer than this is reported as a warning (the download job may be late).
 CRL_WARN_BEFORE = timedelta(hours=24)
+DAEMON_TIMEOUT_MS = 2000  # the daemon answers status from its bus thread at once; a hung one does not
 VIRTUAL_READER_PREFIX = "Virtual PCD"  # vpcd's readers (readerd.backends.pcsc, without loading pyscard)
 
 
@@ -58,6 +60,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _control_request(endpoint: str, cmd: str) -> dict[str, Any]:
+    """One control request; ``Unreachable`` when nothing answers (readerd.ctl, imported late: it imports
+    this module)."""
+    from readerd.ctl import request  # noqa: PLC0415 - import cycle, and zmq only when asked
+
+    return request(endpoint, cmd, timeout_ms=DAEMON_TIMEOUT_MS)
+
+
 @dataclass
 class DoctorEnv:
     """What the checks look at; the defaults are the real kiosk's."""
@@ -71,6 +81,7 @@ class DoctorEnv:
     now: Callable[[], datetime] = utc_now
     pcscd_readers: Callable[[], list[str]] = _pcscd_readers
     usb_readers: Callable[[], list[UsbReader]] = _usb_readers
+    control_request: Callable[[str, str], dict[str, Any]] = _control_request
     load_plugins: bool = True
     #: Filled by the config check; the other checks read it (the defaults when the file is bad).
     config: Config = field(default_factory=Config)
@@ -143,6 +154,39 @@ def check_virtual_readers(env: DoctorEnv) -> CheckResult:
         "pcsc.allow_virtual_readers = true: vpcd listens on every interface, so anyone on the network "
         "could present a fake card",
         "remove allow_virtual_readers from the configuration and uninstall vsmartcard-vpcd on kiosks",
+    )
+
+
+def check_daemon(env: DoctorEnv) -> CheckResult:
+    """The daemon itself, over the control endpoint: running, and healthy (what the watchdog sees)."""
+    bus = env.config.bus
+    if getattr(bus, "curve", False) and bus.control.startswith("tcp://"):
+        return CheckResult(
+            SKIPPED, "the control endpoint needs CURVE keys: `readerctl --client-key K status`"
+        )
+    try:
+        reply = env.control_request(bus.control, "status")
+    except Exception as e:  # Unreachable, a zmq error: the daemon is not there to ask
+        return CheckResult(
+            PROBLEM,
+            f"readerd does not answer at {bus.control} ({e})",
+            "systemctl status readerd; journalctl -u readerd -b says why it stopped (exit 78: the config)",
+        )
+    result = reply.get("result") or {}
+    if not reply.get("ok") or not isinstance(result, dict):
+        return CheckResult(
+            PROBLEM, f"readerd refused status: {reply.get('error')}", "journalctl -u readerd -b"
+        )
+    if result.get("healthy") is False:
+        return CheckResult(
+            PROBLEM,
+            "readerd runs but a backend or the bus thread is dead or wedged: the watchdog pings are withheld",
+            "systemd restarts it within WatchdogSec; if it keeps happening, journalctl -u readerd -b shows "
+            "the thread and the reader involved",
+        )
+    readers = result.get("readers") or []
+    return CheckResult(
+        OK, f"readerd runs and is healthy ({len(readers)} reader(s), up {result.get('uptime_s')} s)"
     )
 
 
@@ -461,6 +505,7 @@ def check_clock(env: DoctorEnv) -> CheckResult:
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("config", check_config),
     ("virtual_readers", check_virtual_readers),
+    ("daemon", check_daemon),
     ("pcscd", check_pcscd),
     ("readers_seen", check_readers_seen),
     ("configured_readers", check_configured_readers),

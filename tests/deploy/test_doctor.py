@@ -29,7 +29,9 @@ from readerd.config import AuthConfig, BusConfig, Config, NfcConfig, PcscConfig,
 from readerd.doctor import DoctorEnv, run_doctor
 from readerd.plugin_api import CheckStatus
 from tests.deploy.support import VENV_BIN
+from tests.support.daemon import running_daemon, sim_config
 from tests.support.pcscd import PrivatePcscd
+from tests.support.ports import free_tcp_port
 
 OK, WARNING, PROBLEM, SKIPPED = CheckStatus.OK, CheckStatus.WARNING, CheckStatus.PROBLEM, CheckStatus.SKIPPED
 NOW = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
@@ -81,6 +83,32 @@ def test_virtual_readers(tmp_path: Path) -> None:
     assert doctor.check_virtual_readers(_env(tmp_path)).status is OK
     vpcd = Config(backends=("pcsc",), pcsc=PcscConfig(allow_virtual_readers=True))
     assert doctor.check_virtual_readers(_env(tmp_path, vpcd)).status is PROBLEM
+
+
+# --- the daemon ------------------------------------------------------------------------------------
+def test_daemon_running_and_healthy(tmp_path: Path) -> None:
+    with running_daemon(sim_config(tmp_path / "d")) as d:
+        env = _env(tmp_path, Config(backends=("pcsc",), bus=BusConfig(control=d.control)))
+        result = doctor.check_daemon(env)
+    assert result.status is OK
+    assert "2 reader(s)" in result.message
+
+
+def test_daemon_not_running(tmp_path: Path) -> None:
+    env = _env(
+        tmp_path, Config(backends=("pcsc",), bus=BusConfig(control=f"tcp://127.0.0.1:{free_tcp_port()}"))
+    )
+    result = doctor.check_daemon(env)
+    assert result.status is PROBLEM
+    assert "journalctl -u readerd" in result.fix
+
+
+def test_daemon_unhealthy(tmp_path: Path) -> None:
+    """What ``status`` says while the watchdog pings are withheld (tests/deploy/test_watchdog.py)."""
+    env = _env(tmp_path, control_request=lambda _e, _c: {"ok": True, "result": {"healthy": False}})
+    result = doctor.check_daemon(env)
+    assert result.status is PROBLEM
+    assert "wedged" in result.message
 
 
 # --- pcscd (the private instance) ------------------------------------------------------------------
@@ -383,10 +411,12 @@ def test_readerctl_doctor_json_exit_codes(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     good = tmp_path / "good.toml"
-    good.write_text(
-        f'kiosk = "k1"\nstate_dir = "{state}"\nbackends = ["nfc"]\n[nfc]\ndevices = ["udp:127.0.0.1:9"]\n'
-    )
-    ok = _readerctl(tmp_path, "--config", str(good), "doctor", "--json")
+    with running_daemon(sim_config(tmp_path / "d")) as d:
+        good.write_text(
+            f'kiosk = "k1"\nstate_dir = "{state}"\nbackends = ["nfc"]\n[nfc]\ndevices = ["udp:127.0.0.1:9"]\n'
+            f'[bus]\ncontrol = "{d.control}"\n'
+        )
+        ok = _readerctl(tmp_path, "--config", str(good), "doctor", "--json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     body = json.loads(ok.stdout)
     assert body["ok"] is True
@@ -403,7 +433,9 @@ def test_readerctl_doctor_json_exit_codes(tmp_path: Path) -> None:
 
 def test_readerctl_doctor_text(tmp_path: Path) -> None:
     result = _readerctl(tmp_path, "--config", str(tmp_path / "none.toml"), "doctor", "--no-plugins")
+    # (nothing listens on the default control port here: the suite's daemons take free ports)
     assert result.returncode == 1
     assert result.stdout.splitlines()[0].startswith("[FAIL] config: no configuration file at ")
     assert "       fix: run scripts/install-kiosk" in result.stdout
-    assert result.stdout.splitlines()[-1] == "1 problem(s)"
+    assert "[FAIL] daemon: readerd does not answer at tcp://127.0.0.1:7411" in result.stdout  # the default
+    assert result.stdout.splitlines()[-1] == "2 problem(s)"

@@ -15,7 +15,7 @@ from readerd.config import Config, PluginsConfig, StoreConfig
 from readerd.errors import StoreUnavailableError
 from readerd.exitcodes import ExitCode
 from readerd.hookspecs import hookimpl
-from readerd.plugin_api import PluginContext, PluginEvent
+from readerd.plugin_api import CommandSpec, JsonObject, PluginContext, PluginEvent
 from readerd.store import MigrationContext, PluginStore
 from tests.support.daemon import running_daemon, sim_config
 from tests.support.ports import free_tcp_port
@@ -59,6 +59,17 @@ class Visits:
             return int(conn.execute(query).scalar_one())
 
         context.publish("counted", {"visits": db.transaction(record)}, reader=event.reader)
+
+    @hookimpl
+    def readerd_commands(self, context: PluginContext) -> list[CommandSpec]:
+        def count(args: JsonObject) -> JsonObject:
+            assert self.store is not None
+            db = self.store.shared
+            visits = db.table("visits")
+            query = sa.select(sa.func.count()).select_from(visits)
+            return {"visits": db.transaction(lambda c: c.execute(query).scalar_one(), readonly=True)}
+
+        return [CommandSpec("visits.count", count)]
 
 
 class Raiser:
@@ -110,8 +121,12 @@ def test_store_failures_are_reported_and_never_quarantine(tmp_path: Path) -> Non
         for _ in range(3):
             d.tap("alice", hold=False)
             errors.append(sub.until(lambda e: e["type"] == "plugin.error")[-1]["data"])
+        command = d.request("visits.count")
         plugins = d.request("plugins")["result"]
         status = d.request("status")["result"]
+    assert command["ok"] is False
+    assert command["error"]["code"] == "store_unavailable"  # a command's caller gets the code too
+    assert PASSWORD not in repr(command)
     assert [(e["plugin"], e["error"], e["quarantined"]) for e in errors] == [
         ("visits", "store_unavailable", False)
     ] * 3

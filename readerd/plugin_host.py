@@ -313,7 +313,10 @@ class PluginHost:
         """Hand one private-feed envelope to every plugin that wants it, one plugin at a time; then
         record the plugins' cursors."""
         if self._feed_seq is None:  # the first message since the host started
-            self._check_cursors(envelope)
+            try:
+                self._check_cursors(envelope)
+            except Exception:  # a broken check must not keep this (or any) event from the plugins
+                log.exception("plugin cursor check failed")
         self._track_seq(envelope)
         event_type = str(envelope.get("type"))
         if event_type == "heartbeat":

@@ -3,6 +3,7 @@ store, and at the next start events a plugin was never given are detected, repor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from readerd.config import Config, PluginsConfig
+from readerd.errors import StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import PluginContext, PluginEvent
 from readerd.plugin_host import BUILTIN, PluginHost
@@ -119,7 +121,12 @@ def envelope(seq: int, event_type: str = "card.identified", run_id: str = "run-1
     }
 
 
-def host_on(store: Store, reports: list[tuple[Any, ...]], **plugins: object) -> PluginHost:
+def host_on(
+    store: Store,
+    reports: list[tuple[Any, ...]],
+    history: Callable[[int, int], list[tuple[int, str]] | None] | None = None,
+    **plugins: object,
+) -> PluginHost:
     host = PluginHost(
         PluginsConfig(autoload=False, quarantine_after=1, disabled=tuple(BUILTIN)),
         kiosk="k",
@@ -127,6 +134,7 @@ def host_on(store: Store, reports: list[tuple[Any, ...]], **plugins: object) -> 
         report=lambda *a: reports.append(a),
         store=store,
         plugins=plugins,
+        history=history,
     )
     host.load()
     return host
@@ -182,3 +190,18 @@ def test_a_new_plugin_has_nothing_to_catch_up(tmp_path: Path) -> None:
         assert host.plugins["recorder"].missed == []
         assert reports == []
         assert store.read_cursors() == {"recorder": 120}
+
+
+def test_a_failing_check_does_not_keep_events_from_the_plugins(tmp_path: Path) -> None:
+    def broken(after: int, upto: int) -> list[tuple[int, str]] | None:
+        raise StoreUnavailableError("event log unreadable")
+
+    recorder = Recorder()
+    with Store.open(FAST, tmp_path) as store:
+        store.write_cursors({"recorder": 1}, "old-run")
+        host = host_on(store, [], broken, recorder=recorder)
+        with structlog.testing.capture_logs() as logs:
+            host.dispatch(envelope(5))
+            host.dispatch(envelope(6))
+        assert recorder.seqs == [5, 6]
+        assert [e["event"] for e in logs].count("plugin cursor check failed") == 1

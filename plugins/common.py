@@ -90,7 +90,8 @@ def requests_table(db: PluginDatabase) -> sa.Table:
     )
 
 
-def _digest(command: str, args: JsonObject) -> str:
+def request_digest(command: str, args: JsonObject) -> str:
+    """What identifies a request besides its key: the command and its other arguments (SHA-256, hex)."""
     body = {k: v for k, v in args.items() if k != "idempotency_key"}
     return hashlib.sha256(json.dumps([command, body], sort_keys=True, default=str).encode()).hexdigest()
 
@@ -109,7 +110,7 @@ def idempotent(  # noqa: PLR0917 - mirrors the command handler's own arguments
     A refusal raised by ``apply`` is not recorded: the client may fix the cause and retry with the key.
     """
     key = text_arg(args, "idempotency_key", max_length=KEY_MAX)
-    digest = _digest(command, args)
+    digest = request_digest(command, args)
     row = conn.execute(
         sa.select(table.c.command, table.c.digest, table.c.result).where(table.c.key == key)
     ).first()

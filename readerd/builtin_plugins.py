@@ -11,4 +11,5 @@ BUILTIN: dict[str, str] = {
     "checkin": "plugins.checkin:CheckinPlugin",
     "points": "plugins.points:PointsPlugin",
     "bathhouse": "plugins.bathhouse:BathhousePlugin",
+    "library": "plugins.library:LibraryPlugin",
 }

@@ -1,0 +1,274 @@
+"""Library lending (built-in plugin ``library``).
+
+Configuration (``[plugins.library]``)::
+
+    library_id = "chuo"             # this kiosk's library (a person is a patron of each library apart)
+    ils = "sip2"                    # or "local": loans in readerd's store, for a library without a system
+    sip2_host = "10.0.0.5"          # the library system's SIP2 server (ils = "sip2")
+    sip2_port = 6001
+    institution = "chuo"            # SIP2 AO
+    terminal_password = ""          # SIP2 AC, if the ACS wants one
+    loan_limit = 10                 # ils = "local": loans per patron
+    loan_days = 14
+    renewals = 2
+    registration_years = 1          # a registration runs this long, then needs a renewal by JPKI
+    auth_window = 120               # seconds a card.authenticated on a reader counts for register/renew
+    auto_renew_registration = true  # a JPKI authentication at the counter renews an expiring registration
+
+A tap publishes ``plugin.library.patron`` ``{status, loans?, overdue?, limit?, valid_until?}``; commands
+``library.register``, ``library.renew_registration``, ``library.checkout``, ``library.renew``,
+``library.return``, ``library.receipt``, ``library.overdue`` publish ``plugin.library.<command>`` with
+status codes, counts and due dates. Titles and names never leave the library system.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date, timedelta
+from typing import Any
+
+from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
+from plugins.library.service import LibraryService
+from readerd.errors import ReaderdError
+from readerd.hookspecs import hookimpl
+from readerd.plugin_api import (
+    Arg,
+    ArgType,
+    CommandSpec,
+    EventInterest,
+    JsonObject,
+    PluginContext,
+    PluginEvent,
+    Refusal,
+)
+from readerd.store import PluginStore
+
+__version__ = "1.0"
+
+S = ArgType.STRING
+KEY = {"idempotency_key": Arg(S)}
+READER = {"reader": Arg(S, help="the reader the patron's card is on")}
+
+
+def person_of(data: JsonObject) -> str | None:
+    if data.get("mykey_id"):
+        return f"mykey:{data['mykey_id']}"
+    if data.get("member_id"):
+        return f"member:{data['member_id']}"
+    return None
+
+
+def _int(config: JsonObject, key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"[plugins.library] {key}: a whole number >= 0")
+    return value
+
+
+class LibraryPlugin:
+    def __init__(self) -> None:
+        self.service: LibraryService | None = None
+        self.context: PluginContext | None = None
+        self.auth_window = 120.0
+        self.auto_renew = True
+        self.on_reader: dict[str, str | None] = {}  # reader -> person of the card on it
+        self.authenticated: dict[str, tuple[str, float]] = {}  # reader -> (person, when) of a JPKI proof
+        self.receipts: dict[str, list[JsonObject]] = {}  # reader -> this visit's checkouts
+
+    @hookimpl
+    def readerd_startup(self, context: PluginContext) -> None:
+        if context.store is None:
+            raise ValueError("the library plugin needs the store")
+        config = context.config
+        self.context = context
+        self.auth_window = float(config.get("auth_window", 120))
+        self.auto_renew = bool(config.get("auto_renew_registration", True))
+        self.service = LibraryService(
+            context.store,
+            str(config.get("library_id", "library")),
+            registration_years=_int(config, "registration_years", 1),
+        )
+        self.service.ils = self._ils(config, self.service, context.store)
+
+    def _ils(self, config: JsonObject, service: LibraryService, store: PluginStore) -> IlsAdapter:
+        kind = config.get("ils", "local")
+        if kind == "sip2":
+            return Sip2Ils(
+                str(config["sip2_host"]),
+                _int(config, "sip2_port", 6001),
+                institution=str(config.get("institution", service.library_id)),
+                terminal_password=str(config.get("terminal_password", "")),
+            )
+        if kind != "local":
+            raise ValueError('[plugins.library] ils: "sip2" or "local"')
+        rules = LoanRules(
+            _int(config, "loan_limit", 10), _int(config, "loan_days", 14), _int(config, "renewals", 2)
+        )
+        return LocalIls(store, rules, service.is_card)
+
+    @hookimpl
+    def readerd_shutdown(self) -> None:
+        ils = self.service.ils if self.service is not None else None
+        if isinstance(ils, Sip2Ils):
+            ils.close()
+
+    def _service(self) -> LibraryService:
+        if self.service is None:
+            raise Refusal("not_ready", "the library plugin has not started")
+        return self.service
+
+    # -- events ---------------------------------------------------------------------------------------
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        return EventInterest(types=frozenset({"card.identified", "card.authenticated", "card.removed"}))
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        reader = event.reader or ""
+        person = person_of(event.data) if event.data.get("kind") == "jpki" else None
+        self.on_reader[reader] = person
+        self.receipts[reader] = []
+        if person is None:
+            return
+        try:
+            status = self._service().status(person)
+        except IlsUnavailableError:
+            status = {"status": "ils_unavailable"}
+        context.publish("patron", status, reader=reader)
+
+    @hookimpl
+    def readerd_card_authenticated(self, event: PluginEvent, context: PluginContext) -> None:
+        reader = event.reader or ""
+        person = person_of(event.data)
+        if person is None:
+            return
+        self.authenticated[reader] = (person, time.monotonic())
+        if not self.auto_renew:
+            return
+        service = self._service()
+        patron = service.patron(person)
+        soon = service.today() + timedelta(days=30)
+        if patron is not None and date.fromisoformat(patron.valid_until) <= soon:
+            context.publish("registration_renewed", service.renew_registration(person), reader=reader)
+
+    @hookimpl
+    def readerd_card_removed(self, event: PluginEvent) -> None:
+        reader = event.reader or ""
+        self.on_reader.pop(reader, None)
+        self.authenticated.pop(reader, None)
+        self.receipts.pop(reader, None)
+
+    # -- commands -------------------------------------------------------------------------------------
+    def _person(self, args: JsonObject) -> str:
+        reader = str(args.get("reader"))
+        person = self.on_reader.get(reader)
+        if person is None:
+            raise Refusal("no_card", f"no enrolled My Number Card on {reader}")
+        return person
+
+    def _proven(self, args: JsonObject) -> str:
+        """The person on the reader, if they proved possession there within ``auth_window`` seconds."""
+        person = self._person(args)
+        proof = self.authenticated.get(str(args.get("reader")))
+        if proof is None or proof[0] != person or time.monotonic() - proof[1] > self.auth_window:
+            raise Refusal(
+                "authentication_required", "authenticate with the PIN on this reader first (auth.begin)"
+            )
+        return person
+
+    def _publish(self, event: str, result: JsonObject, reader: Any) -> JsonObject:  # noqa: ANN401 - a JSON value
+        if self.context is not None and not result.get("replayed"):
+            public = {k: v for k, v in result.items() if k not in ("item", "library_card")}
+            self.context.publish(
+                event, {"status": "ok", **public}, reader=reader if isinstance(reader, str) else None
+            )
+        return result
+
+    def _register(self, args: JsonObject) -> JsonObject:
+        person = self._proven(args)
+        return self._publish(
+            "register", self._service().register(person, _without(args, "reader")), args.get("reader")
+        )
+
+    def _renew_registration(self, args: JsonObject) -> JsonObject:
+        person = self._proven(args)
+        return self._publish(
+            "registration_renewed", self._service().renew_registration(person), args.get("reader")
+        )
+
+    def _checkout(self, args: JsonObject) -> JsonObject:
+        reader = str(args["reader"])
+        result = self._loan(
+            "checkout", lambda: self._service().checkout(self._person(args), _without(args, "reader")), reader
+        )
+        if not result.get("replayed"):
+            self.receipts.setdefault(reader, []).append({"item": result["item"], "due": result["due"]})
+        return result
+
+    def _renew(self, args: JsonObject) -> JsonObject:
+        return self._loan(
+            "renew",
+            lambda: self._service().renew(self._person(args), _without(args, "reader")),
+            args.get("reader"),
+        )
+
+    def _return(self, args: JsonObject) -> JsonObject:
+        return self._loan("return", lambda: self._service().checkin(args), None)
+
+    def _loan(self, event: str, run: Any, reader: Any) -> JsonObject:  # noqa: ANN401
+        try:
+            result: JsonObject = run()
+        except ReaderdError as e:
+            if self.context is not None:
+                self.context.publish(
+                    event, {"status": e.code}, reader=reader if isinstance(reader, str) else None
+                )
+            raise
+        return self._publish(event, result, reader)
+
+    def _receipt(self, args: JsonObject) -> JsonObject:
+        reader = str(args["reader"])
+        items = self.receipts.get(reader, [])
+        dues = sorted({str(i["due"]) for i in items if i.get("due")})
+        if self.context is not None:
+            self.context.publish(
+                "receipt", {"status": "ok", "count": len(items), "due_dates": dues}, reader=reader
+            )
+        return {"count": len(items), "items": list(items), "due_dates": dues}
+
+    def _overdue(self, _args: JsonObject) -> JsonObject:
+        ils = self._service().ils
+        if not isinstance(ils, LocalIls):
+            raise Refusal("not_supported", "the overdue list is the library system's (ils = sip2)")
+        rows = ils.overdue()
+        return {"count": len(rows), "rows": rows}
+
+    @hookimpl
+    def readerd_commands(self) -> list[CommandSpec]:
+        return [
+            CommandSpec(
+                "library.register",
+                self._register,
+                {**READER, "library_card": Arg(S), **KEY},
+                help="link a library card to the authenticated card",
+            ),
+            CommandSpec(
+                "library.renew_registration",
+                self._renew_registration,
+                {**READER, **KEY},
+                help="another year, after a JPKI authentication",
+            ),
+            CommandSpec(
+                "library.checkout", self._checkout, {**READER, "item": Arg(S), **KEY}, help="lend an item"
+            ),
+            CommandSpec(
+                "library.renew", self._renew, {**READER, "item": Arg(S), **KEY}, help="extend a loan"
+            ),
+            CommandSpec("library.return", self._return, {"item": Arg(S), **KEY}, help="take an item back"),
+            CommandSpec("library.receipt", self._receipt, READER, help="this visit's loans and due dates"),
+            CommandSpec("library.overdue", self._overdue, {}, help="overdue loans (ils = local)"),
+        ]
+
+
+def _without(args: JsonObject, key: str) -> JsonObject:
+    return {k: v for k, v in args.items() if k != key}

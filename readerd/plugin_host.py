@@ -38,7 +38,7 @@ import pluggy
 import structlog
 import zmq
 
-from readerd import hookspecs
+from readerd import builtin_plugins, hookspecs
 from readerd.config import PluginsConfig
 from readerd.errors import (
     GapUnrecoverableError,
@@ -65,9 +65,8 @@ log = structlog.get_logger("readerd.plugins")
 ENTRY_POINT_GROUP = "readerd"
 #: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
 DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
-#: The built-in plugins: name -> ``module`` or ``module:object`` (loaded like third-party ones, and
-#: disabled the same way). A class is instantiated once per host: a plugin's state lives in its instance.
-BUILTIN: dict[str, str] = {}
+#: The built-in plugins (readerd/builtin_plugins.py), the same dict: tests and tools patch it here.
+BUILTIN = builtin_plugins.BUILTIN
 
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
 PLUGIN_RESULT_HOOK = "readerd_plugin_result"
@@ -175,8 +174,11 @@ class PluginHost:
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
         """Find, register and start every enabled plugin; a broken one is reported and skipped."""
-        for name, module in BUILTIN.items():
-            self._add(name, functools.partial(load_object, module), "builtin", None)
+        for name in self.config.builtins:
+            if name not in BUILTIN:
+                self._reject(name, f"no built-in plugin {name!r} (there are: {', '.join(sorted(BUILTIN))})")
+                continue
+            self._add(name, functools.partial(load_object, BUILTIN[name]), "builtin", None)
         if self.config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
             for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = entry.dist.version if entry.dist is not None else None

@@ -161,6 +161,54 @@ def test_card_pulled_mid_command_is_card_removed(pki_store: PkiStore) -> None:
         assert not tag.is_present
 
 
+SELECT_CERT = [HEX("00A4040C0A") + JPKI_AID, HEX("00A4020C02000A")]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ({"action": "garbage", "match": "00B0", "data": "DEADBEEF"}, lambda cert: HEX("DEADBEEF")),
+        ({"action": "status", "match": "00B0", "sw": "6F00"}, lambda cert: HEX("6F00")),
+        ({"action": "truncate", "match": "00B0", "keep": 10}, lambda cert: cert[:10]),
+    ],
+    ids=["garbage", "status", "truncate"],
+)
+def test_answer_faults_reach_nfcpy_byte_for_byte(
+    pki_store: PkiStore, fault: dict[str, object], expected: Any
+) -> None:
+    """What nfcpy's reader gets from ``tag.transceive``: the scripted bytes, carried as they are."""
+    card = FaultyCard(build_card(CardProfile(name="alice"), pki_store), FaultScript.from_data([fault]))
+    with emulated(card) as sim, nfc_tag(sim) as tag:
+        for apdu in SELECT_CERT:
+            assert bytes(tag.transceive(bytearray(apdu))) == HEX("9000")
+        assert bytes(tag.transceive(bytearray(HEX("00B0000000")))) == expected(_der(pki_store, "alice"))
+        assert bytes(tag.transceive(bytearray(HEX("00B0000000"))))[-2:] == HEX("9000")  # fired once
+
+
+def test_set_pin_tries_over_nfcpy(pki_store: PkiStore) -> None:
+    fault = {"action": "set_pin_tries", "match": "00200080", "tries_left": 1}
+    card = FaultyCard(build_card(CardProfile(name="alice"), pki_store), FaultScript.from_data([fault]))
+    with emulated(card) as sim, nfc_tag(sim) as tag:
+        assert bytes(tag.transceive(bytearray(SELECT_CERT[0]))) == HEX("9000")
+        assert bytes(tag.transceive(bytearray(HEX("00A4020C020018")))) == HEX("9000")
+        assert bytes(tag.transceive(bytearray(HEX("00200080")))) == HEX("63C1")
+
+
+def test_vanish_takes_the_card_away_and_it_comes_back_with_a_new_pupi(pki_store: PkiStore) -> None:
+    fault = {"action": "vanish", "match": "00B0", "seconds": 1}
+    card = FaultyCard(build_card(CardProfile(name="alice"), pki_store), FaultScript.from_data([fault]))
+    with emulated(card) as sim:
+        with nfc_tag(sim) as tag, pytest.raises(CardRemovedError):
+            JpkiSession(NfcpyIsoDepTransport(tag)).identify()
+        # The reader polls again and finds the card once it is back: a new activation, a new PUPI.
+        with nfc_tag(sim) as tag:
+            identity = JpkiSession(NfcpyIsoDepTransport(tag)).identify()
+            assert bytes(tag.identifier) == sim.pupis[-1]
+    assert identity.certificate.der == _der(pki_store, "alice")
+    assert sim.activations == 2
+    assert sim.pupis[0] != sim.pupis[1]
+
+
 def test_the_card_listens_on_loopback_only() -> None:
     device = LoopbackListenerDevice("127.0.0.1", 0)
     try:

@@ -306,6 +306,38 @@ def test_readerd_sim_felica_answers_nfcpy(kind: str) -> None:
         assert sim.quit() == 0
 
 
+def test_felica_udp_peer_gone_and_back() -> None:
+    """The card's process ends mid-session: the reader sees silence (a timeout, as for a card taken
+    away), not an error of its own, and finds the card again when a new one serves the same port."""
+    args = ["--kind", "checkin", "--member", "42", "--idm", IDM.hex()]
+    with readerd_sim("felica", "--udp", "127.0.0.1:0", *args) as first:
+        path = first.wait_event("felica card ready")["path"]
+        clf = nfc.ContactlessFrontend(path)
+        try:
+            tag = _connect(clf)
+            assert _read(tag, 0x000B, 1)[:2] == b"42"
+            assert first.quit() == 0
+            # Up to two answers to earlier tries may still wait in the reader's socket on a loaded
+            # machine (see test_felica_udp.py); after them, the silence.
+            errors = []
+            for _ in range(3):
+                try:
+                    _read(tag, 0x000B, 1, attempts=1)
+                except nfc.tag.tt3.Type3TagCommandError as e:
+                    errors.append(e.errno)
+                    break
+            assert errors == [nfc.tag.TIMEOUT_ERROR]
+            assert not tag.is_present
+            with readerd_sim("felica", "--udp", path.removeprefix("udp:"), *args) as second:
+                second.wait_event("felica card ready")
+                again = _connect(clf)  # the same reader, still open
+                assert again is not None
+                assert bytes(again.idm) == IDM
+                assert second.quit() == 0
+        finally:
+            clf.close()
+
+
 @pytest.mark.pcscd
 def test_readerd_sim_felica_behind_pcscd_like_an_rc_s300(private_pcscd: PrivatePcscd) -> None:
     reader = private_pcscd.readers[0]

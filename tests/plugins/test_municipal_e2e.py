@@ -3,6 +3,7 @@ two plugins meeting only on the bus (participation points for an accepted check-
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,16 @@ def kiosk(tmp_path: Path) -> Iterator[tuple[RunningDaemon, Subscriber, ControlSe
         yield d, sub, ui
 
 
+def on_reader(ui: ControlSession, timeout: float = 5.0) -> None:
+    """Wait until the points plugin has seen the card on the reader: plugins get each event in turn, so
+    the check-in result can arrive before the points plugin's own card.identified hook has run."""
+    deadline = time.monotonic() + timeout
+    while (reply := ui.request("points.balance", {"reader": READER}))["ok"] is False:
+        assert reply["error"]["code"] == "no_card", reply
+        assert time.monotonic() < deadline, "the points plugin never saw the card"
+        time.sleep(0.02)
+
+
 def enrol(ui: ControlSession) -> str:
     begun = ok(ui.request("auth.begin", {"reader": READER}))
     auth_id = ok(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))["auth_id"]
@@ -98,6 +109,7 @@ def test_check_in_earns_points_once_and_points_are_spent(
     d.remove()
     tap(d, sub, "alice")
     again = result_of(sub, "plugin.checkin.result")
+    on_reader(ui)
     redeemed = ok(
         ui.request(
             "points.redeem",

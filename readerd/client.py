@@ -114,14 +114,15 @@ class Stream:
             if self.run_id is not None:
                 self.stats.restarts += 1
                 log.info("daemon restarted", run_id=run_id, seq=seq, last_seq=self.last_seq)
-                if self.last_seq is not None and (
-                    seq < self.last_seq or (not heartbeat and seq == self.last_seq)
-                ):
-                    # seq is persistent across restarts (DESIGN decision 2); going back means the
-                    # daemon's event log was lost, so the numbering starts over from here.
-                    self.stats.resets += 1
-                    log.warning("daemon seq went backwards: its event log was reset", seq=seq)
-                    self.last_seq = None
+            # The first message after connecting, or of a new run, shows where the daemon is now: it
+            # cannot be behind a cursor it gave us, since seq is persistent (DESIGN decision 2), unless
+            # its event log was lost. Then the numbering starts over from here. (Later in one run a
+            # heartbeat may well be behind: it waited on the SUB socket while events.since answered.)
+            last = self.last_seq
+            if last is not None and (seq < last or (not heartbeat and seq == last)):
+                self.stats.resets += 1
+                log.warning("the daemon is behind this client's cursor: its event log was reset", seq=seq)
+                self.last_seq = None
             self.run_id = run_id
         if self.last_seq is None:
             self.last_seq = seq if heartbeat else seq - 1

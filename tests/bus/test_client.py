@@ -166,3 +166,13 @@ def test_stream_bookkeeping() -> None:
     assert stream.stats.restarts == 1
     assert stream.live(envelope(3, run="r3")) is Verdict.DELIVER  # seq went back: the log was reset
     assert stream.stats.resets == 1
+
+
+def test_a_cursor_ahead_of_the_daemon_means_its_log_was_reset() -> None:
+    stale = Stream(500, ())  # a cursor saved from a daemon whose state directory was since wiped
+    assert stale.live(envelope(7, kind="heartbeat")) is Verdict.DROP
+    assert stale.stats.resets == 1
+    assert stale.live(envelope(8)) is Verdict.DELIVER  # and not dropped as a "duplicate" forever
+    fresh = Stream(5, ())
+    assert fresh.live(envelope(9, kind="heartbeat")) is Verdict.CATCH_UP  # an ordinary late start
+    assert fresh.stats.resets == 0

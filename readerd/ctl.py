@@ -18,12 +18,12 @@ from typing import Any
 import zmq
 
 from readerd import __version__
-from readerd.client import CurveKeys
+from readerd.client import BusClient, CurveKeys
 from readerd.config import Config, PluginsConfig, load_config
 from readerd.ctl_auth import add_auth_parser, run_auth
 from readerd.ctl_doctor import add_doctor_parser, run_doctor_command
 from readerd.ctl_keys import add_keys_parser, run_keys
-from readerd.errors import CommandRefusedError, ConfigError
+from readerd.errors import BusSilentError, CommandRefusedError, ConfigError, GapUnrecoverableError
 from readerd.exitcodes import ExitCode
 from readerd.plugin_api import CtlCommand
 from readerd.plugin_discovery import discover
@@ -149,6 +149,41 @@ def tail(
     return ExitCode.OK
 
 
+def tail_since(
+    publish: str,
+    control: str,
+    since: int,
+    *,
+    as_json: bool,
+    count: int,
+    timeout: float,
+    topics: list[str],
+    curve: CurveKeys | None = None,
+) -> int:
+    """``tail --since N``: every event after seq N (the daemon's event log), then the live ones, with no
+    gap and no duplicate (readerd.client): what an operator wants after a screen missed something."""
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    seen = 0
+    with BusClient(publish, control, since=since, topics=topics, curve=curve) as client:
+        try:
+            while count <= 0 or seen < count:
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return ExitCode.UNAVAILABLE if seen == 0 else ExitCode.OK
+                try:
+                    env = client.next(timeout=min(1.0, remaining))
+                except TimeoutError:
+                    continue
+                except (GapUnrecoverableError, BusSilentError) as e:
+                    sys.stderr.write(f"readerctl tail: {e}\n")
+                    continue
+                seen += 1
+                _out(json.dumps(env, ensure_ascii=False) if as_json else _format_event(env))
+        except KeyboardInterrupt:
+            pass
+    return ExitCode.OK
+
+
 def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argparse.ArgumentParser:
     """readerctl's parser; ``plugin_commands`` are the subcommands installed plugins contribute."""
     parser = argparse.ArgumentParser(prog="readerctl", description="Control a running readerd.")
@@ -172,6 +207,9 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
     t.add_argument("--count", type=int, default=0, help="exit after this many events")
     t.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     t.add_argument("--heartbeats", action="store_true", help="show heartbeats too")
+    t.add_argument(
+        "--since", type=int, help="first every event after this seq (from the event log), then live, gap-free"
+    )
     t.add_argument("topics", nargs="*", help="topic prefixes, e.g. card. reader.added")
     tap = sub.add_parser("tap", help="put a simulated card on a reader (daemon started with --simulate)")
     tap.add_argument("card", nargs="?", default="alice", help="card profile name (default alice)")
@@ -319,6 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_plugin_command(args, args.plugin_command)
         control, publish = _endpoints(args)
         curve = _curve_keys(args)
+        if args.command == "tail" and args.since is not None:
+            return tail_since(
+                publish,
+                control,
+                args.since,
+                as_json=args.json,
+                count=args.count,
+                timeout=args.timeout,
+                topics=args.topics,
+                curve=curve,
+            )
         if args.command == "tail":
             return tail(
                 publish,

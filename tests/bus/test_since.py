@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from readerd.config import BusConfig
+from readerd.ctl import main as readerctl
 from tests.support.daemon import running_daemon, sim_config
 
 
@@ -67,3 +71,26 @@ def test_events_older_than_retention_are_a_gap_unrecoverable(tmp_path: Path) -> 
     # Pruned at open to the last 3 of the first run, then the second run's reader.added were appended.
     assert reply["error"]["details"] == {"oldest_seq": first[-1]["seq"] - 2}
     assert last == first[-1]["seq"] + 2
+
+
+def test_readerctl_tail_since_replays_then_follows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_daemon(sim_config(tmp_path)) as d, d.subscriber() as sub:
+        d.tap("alice", hold=False)
+        sub.until(lambda e: e["type"] == "card.removed")
+        ctl = ["--control", d.control, "--publish", d.publish, "--json"]
+        assert readerctl([*ctl, "tail", "--since", "0", "--count", "5"]) == 0
+        assert (
+            readerctl([*ctl, "tail", "--since", "2", "--count", "2", "card.identified", "card.removed"]) == 0
+        )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e["seq"] for e in lines[:5]] == [1, 2, 3, 4, 5]
+    assert [e["type"] for e in lines[:5]] == [
+        "reader.added",
+        "reader.added",
+        "card.presented",
+        "card.identified",
+        "card.removed",
+    ]
+    assert [e["type"] for e in lines[5:]] == ["card.identified", "card.removed"]

@@ -169,8 +169,11 @@ class Uplink:
 class SplitHost:
     """``readerd plugins``: a :class:`PluginHost` fed by a gap-free client of the daemon's private feed."""
 
-    def __init__(self, config: Config, *, plugins: dict[str, object] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, plugins: dict[str, object] | None = None, register_timeout: float = 10.0
+    ) -> None:
         self.config = config
+        self.register_timeout = register_timeout
         self.extra_plugins = plugins
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # registered with the daemon, feed subscribed
@@ -217,7 +220,12 @@ class SplitHost:
         )
         try:
             host.load()
-            uplink.request("plugins.register", {"commands": sorted(host.commands)}, timeout=10.0)
+            try:
+                uplink.request("plugins.register", {"commands": sorted(host.commands)}, self.register_timeout)
+            except BusSilentError:
+                # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
+                log.error("the daemon does not answer on its plugin socket", endpoint=control)
+                return ExitCode.UNAVAILABLE
             since = self._read_cursor()
             client = BusClient(
                 feed, control, since=since, heartbeat_timeout=max(15.0, 3 * config.bus.heartbeat_interval)

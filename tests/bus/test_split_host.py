@@ -135,3 +135,8 @@ def test_readerd_plugins_runs_the_host_as_its_own_process(tmp_path: Path) -> Non
                 host.send_signal(signal.SIGTERM)
                 assert host.wait(10) == 0
     assert greeting["type"] == "plugin.hello.greeting"
+
+
+def test_readerd_plugins_without_a_daemon_exits_69(tmp_path: Path) -> None:
+    config = sim_config(tmp_path, plugins=PluginsConfig(enabled=False, autoload=False))
+    assert SplitHost(config, register_timeout=0.5).run() == 69  # systemd restarts it (on-failure)

@@ -7,6 +7,8 @@ and the PIN counter must behave as the real card's (CARD-FACTS §3.4) with pcscd
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,3 +149,25 @@ def test_the_right_pin_resets_the_counter_through_pcscd_and_a_reset_logs_out(
     assert isinstance(public_key, rsa.RSAPublicKey)
     public_key.verify(signature[:-2], bytes(range(32)), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
     assert JPKI_AID in card.log[0].raw
+
+
+def test_pcsc_scan_shows_the_card_and_its_atr(private_pcscd: PrivatePcscd, pki_store: PkiStore) -> None:
+    """pcsc-tools' pcsc_scan, a PC/SC client that is not ours, sees the virtual card on the private pcscd."""
+    if shutil.which("pcsc_scan") is None:
+        pytest.skip("pcsc_scan (pcsc-tools) is not installed")
+    card = build_card(CardProfile(name="alice"), pki_store)
+    with on_reader(private_pcscd, card):
+        scan = subprocess.run(
+            ["pcsc_scan", "-c", "-n"],  # list the cards once, no ATR lookup
+            env=private_pcscd.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    lines = [line.strip() for line in scan.stdout.splitlines()]
+    reader0 = lines.index(f"Reader 0: {private_pcscd.readers[0]}")
+    assert any(line.startswith("Card state: Card inserted,") for line in lines[reader0 : reader0 + 4])
+    assert f"ATR: {ATR_CONTACTLESS.hex(' ').upper()}" in lines[reader0 : reader0 + 4]
+    reader1 = lines.index(f"Reader 1: {private_pcscd.readers[1]}")
+    assert any(line.startswith("Card state: Card removed,") for line in lines[reader1 : reader1 + 4])

@@ -104,6 +104,25 @@ def test_remove_mid_read(private_pcscd: PrivatePcscd, pki_store: PkiStore) -> No
     assert w.bridge.errors == []
 
 
+def test_removed_between_commands(private_pcscd: PrivatePcscd, pki_store: PkiStore) -> None:
+    """Not a fault script: the card taken away while idle (``readerd-sim``'s ``remove``, ``bridge.remove()``).
+
+    The next command fails at once with SCARD_E_NOT_TRANSACTED, and until pcscd's presence poll SCardStatus
+    still calls the card present (measured, 5 of 5): a client that reads NOT_TRANSACTED on an extended APDU
+    with the card "present" as "extended length unsupported" (DESIGN decision 12) is misled by vpcd here.
+    A real reader knows at once. Only the first part is asserted: the poll may come first.
+    """
+    with faulty_card_on_pcscd(private_pcscd, pki_store) as w:
+        select_certificate(w.card)
+        w.bridge.remove()
+        hresult, response = w.card.transmit(READ_EXTENDED)
+        assert hresult in GONE
+        assert response == b""
+        wait_state(w.ctx, w.reader_name, scard.SCARD_STATE_EMPTY)
+        assert w.card.transmit(READ_EXTENDED)[0] == scard.SCARD_W_REMOVED_CARD
+    assert w.bridge.errors == []
+
+
 def test_vanish_drops_the_link_and_the_card_comes_back(
     private_pcscd: PrivatePcscd, pki_store: PkiStore
 ) -> None:

@@ -448,20 +448,29 @@ class Bus:
                 return
             zap.send_multipart(zap_reply(self.curve.allowlist, frames))
 
-    def _rebind(self, poller: zmq.Poller) -> None:
-        """Close and re-bind every CURVE endpoint: the only way to cut connections whose key was revoked,
-        as ZAP is asked only at the handshake (DESIGN decision 14). Allowed clients reconnect on their
-        own (and catch up what they missed meanwhile through ``events.since``)."""
-        log.warning("allowlist lost keys: re-binding the CURVE endpoints to cut their connections")
-        if self._uses_curve(self.publish_endpoint):
-            self._pub.close(0)
-            self._pub = self._bind(zmq.PUB, self.publish_endpoint, retry_for=2.0)
-        if self._uses_curve(self.control_endpoint):
-            poller.unregister(self._router)
-            self._router.close(0)
-            self._router = self._bind(zmq.ROUTER, self.control_endpoint, retry_for=2.0)
-            poller.register(self._router, zmq.POLLIN)
+    def _rebind(self, _poller: zmq.Poller) -> None:
+        """Close and re-bind the CURVE PUB endpoint: the only way to cut subscriptions whose key was
+        revoked, as ZAP is asked only at the handshake (DESIGN decision 14) and PUB cannot drop one peer.
+        Allowed subscribers reconnect on their own and catch up through ``events.since``. The control
+        socket is not re-bound: every request is checked against the current allowlist
+        (:meth:`_check_user`), so a revoked key is refused at once and the conversations of the others
+        (an ``auth.pin`` in flight) are not cut."""
+        if not self._uses_curve(self.publish_endpoint):
+            return
+        log.warning("allowlist lost keys: re-binding the CURVE publish endpoint to cut their subscriptions")
+        self._pub.close(0)
+        self._pub = self._bind(zmq.PUB, self.publish_endpoint, retry_for=2.0)
         self.stats.rebinds += 1
+
+    def _check_user(self, user: str, cmd: str) -> None:
+        """A CURVE caller's request against the allowlist as it is now: revoked keys and lost roles
+        take effect on the next request, not at the next handshake."""
+        role, _, name = user.partition(":")
+        current = self.curve.allowlist.by_name.get(name) if self.curve is not None else None
+        if current is None or current.role != role:
+            raise ForbiddenError("this key is no longer allowed (revoked or its role changed)")
+        if role != "control" and cmd not in SUBSCRIBE_COMMANDS:
+            raise ForbiddenError(f"this key may subscribe only; {cmd!r} needs the control role")
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
@@ -566,8 +575,8 @@ class Bus:
             handler = (self._commands if commands is None else commands).get(obj["cmd"])
             if handler is None:
                 raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
-            if user is not None and not user.startswith("control:") and obj["cmd"] not in SUBSCRIBE_COMMANDS:
-                raise ForbiddenError(f"this key may subscribe only; {obj['cmd']!r} needs the control role")
+            if user is not None:
+                self._check_user(user, obj["cmd"])
             result = handler(ControlRequest(obj["cmd"], args, peer, request_id, user))
             if isinstance(result, Future):
                 return _reply_when_done(request_id, result)

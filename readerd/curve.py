@@ -164,6 +164,7 @@ class Allowlist:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.keys: dict[bytes, AllowedKey] = {}
+        self.by_name: dict[str, AllowedKey] = {}
         #: Keys cut by a refresh the ZAP handler made: the bus re-binds for them at its next round.
         self.pending_cut: set[bytes] = set()
         self.refused: set[bytes] = set()  # keys refused (and logged) since the last change
@@ -209,6 +210,7 @@ class Allowlist:
             if k not in keys or (old.role, old.name) != (keys[k].role, keys[k].name)
         }
         self.keys = keys
+        self.by_name = {k.name: k for k in keys.values()}
         return cut
 
     def allow(self, name: str, public: bytes, role: str) -> Path:

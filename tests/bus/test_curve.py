@@ -121,3 +121,37 @@ def test_a_key_allowed_while_running_is_admitted_without_restart(curve_bus: Curv
     assert reply is not None
     assert reply["result"]["curve"] is True
     assert curve_bus.bus.stats.rebinds == 0  # adding a key needs no re-bind
+
+
+def test_a_revoked_control_key_is_refused_at_once_and_the_others_keep_their_connection(
+    curve_bus: CurveBus,
+) -> None:
+    doomed_keys = curve_bus.keys("doomed-counter", "control")
+    kept_keys = curve_bus.keys("kept-counter", "control")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    socks = {}
+    for name, keys in (("doomed", doomed_keys), ("kept", kept_keys)):
+        sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        keys.apply(sock)
+        sock.connect(curve_bus.bus.control_endpoint)
+        socks[name] = sock
+
+    def ask(name: str, cmd: str) -> dict[str, Any]:
+        socks[name].send_multipart([b"", json.dumps({"id": cmd, "cmd": cmd, "args": {}}).encode()])
+        assert socks[name].poll(5000), f"{name}: no answer to {cmd}"
+        reply: dict[str, Any] = json.loads(socks[name].recv_multipart()[-1])
+        return reply
+
+    try:
+        assert ask("doomed", "points.redeem")["ok"] is True
+        assert ask("kept", "points.redeem")["ok"] is True
+        Allowlist(allowlist_dir(curve_bus.curve_dir)).revoke("doomed-counter")
+        revoked_at = time.monotonic()
+        while ask("doomed", "points.redeem")["ok"]:  # refused within the allowlist's poll interval
+            assert time.monotonic() - revoked_at < 2.0, "the revoked key still commands after 2 s"
+        assert ask("doomed", "points.redeem")["error"]["code"] == "forbidden"
+        assert ask("kept", "points.redeem")["ok"] is True  # same connection, never cut
+    finally:
+        for sock in socks.values():
+            sock.close()

@@ -226,7 +226,11 @@ class SplitHost:
                 # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
                 log.error("the daemon does not answer on its plugin socket", endpoint=control)
                 return ExitCode.UNAVAILABLE
-            since = self._read_cursor()
+            # Resume after the lowest of the plugins' own cursors (the store, issue 5) and ours: a plugin
+            # ahead of it gets a few events again, which its writes keyed by event id absorb.
+            cursors = [p.cursor for p in host.plugins.values() if p.cursor is not None]
+            mine = self._read_cursor()
+            since = min([*cursors, *([mine] if mine is not None else [])], default=None)
             client = BusClient(
                 feed, control, since=since, heartbeat_timeout=max(15.0, 3 * config.bus.heartbeat_interval)
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -13,9 +13,15 @@ from readerd import logging as rlog
 from simulators.demo import run_demo
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
 from simulators.felica import FelicaPcscCard
-from simulators.felica_udp import add_felica_parser, profile_from_args, run_felica_command
+from simulators.felica_udp import (
+    add_felica_parser,
+    parse_loopback_endpoint,
+    profile_from_args,
+    run_felica_command,
+)
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardBehavior, CardProfile, build_card
+from simulators.mynumber_nfc import MyNumberUdpCard
 from simulators.pki import PkiStore, default_store_root
 from simulators.vicc import DEFAULT_VPCD_PORT, ViccBridge, parse_endpoint
 
@@ -52,15 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = sub.add_parser(
         "mynumber",
-        help="a virtual My Number Card behind pcscd's vpcd driver",
-        description="Connects a virtual My Number Card to vsmartcard's vpcd (inside pcscd). Reads commands "
+        help="a virtual My Number Card behind pcscd's vpcd driver, or on nfcpy's udp driver",
+        description="Connects a virtual My Number Card to vsmartcard's vpcd (inside pcscd), or with --udp "
+        "serves it as a Type B ISO-DEP card to readers that open nfcpy's 'udp:HOST:PORT'. Reads commands "
         "from stdin, one per line: 'insert', 'remove', 'quit' (end of input also quits).",
     )
-    card.add_argument(
+    where = card.add_mutually_exclusive_group()
+    where.add_argument(
         "--vpcd",
         type=_vpcd_endpoint,
         default=("127.0.0.1", DEFAULT_VPCD_PORT),
-        help="vpcd endpoint host:port (loopback only)",
+        help="vpcd endpoint host:port (loopback only; the default)",
+    )
+    where.add_argument(
+        "--udp",
+        type=parse_loopback_endpoint,
+        default=None,
+        help="instead: nfcpy udp host:port to listen on (loopback only, port 0 picks one), the RC-S380 path",
     )
     card.add_argument(
         "--profile", default="alice", help="card name: keys and certificate are cached per name"
@@ -108,6 +122,8 @@ def run_mynumber(args: argparse.Namespace) -> int:
     except (FaultScriptError, OSError, ValueError) as e:
         log.error("cannot build the card", error=str(e))
         return 78
+    if args.udp is not None:
+        return serve_on_udp(card, args.udp, removed=args.removed, profile=args.profile)
     return serve_on_vpcd(
         card, args.vpcd, removed=args.removed, what="virtual My Number Card", profile=args.profile
     )
@@ -132,6 +148,46 @@ def run_felica(args: argparse.Namespace) -> int:
     )
 
 
+def serve_on_udp(card: CardModel, udp: tuple[str, int], *, removed: bool, **details: object) -> int:
+    """Serve ``card`` as a Type B card on nfcpy's udp driver; stdin commands as for vpcd."""
+    host, port = udp
+    try:
+        sim = MyNumberUdpCard(card, host, port)
+    except (OSError, ValueError) as e:
+        log.error("cannot listen for nfcpy readers", udp=f"{host}:{port}", error=str(e))
+        return 78
+    if removed:
+        sim.remove()
+    sim.start()
+    log.info("virtual My Number Card ready", path=sim.path, commands="insert|remove|quit", **details)
+    try:
+        for command in _commands():
+            if command == "insert":
+                sim.insert()
+                log.info("card inserted", port=sim.port)
+            elif command == "remove":
+                sim.remove()
+                log.info("card removed", port=sim.port)
+    finally:
+        sim.stop()
+    return 1 if sim.error is not None else 0
+
+
+def _commands() -> Iterator[str]:
+    """'insert' and 'remove' from stdin until 'quit', end of input or Ctrl-C; others are warned about."""
+    try:
+        for line in sys.stdin:
+            command = line.strip().lower()
+            if command in ("insert", "remove"):
+                yield command
+            elif command in ("quit", "exit"):
+                return
+            elif command:
+                log.warning("unknown command", command=command, known="insert|remove|quit")
+    except KeyboardInterrupt:
+        return
+
+
 def serve_on_vpcd(
     card: CardModel, vpcd: tuple[str, int], *, removed: bool, what: str, **details: object
 ) -> int:
@@ -150,22 +206,15 @@ def serve_on_vpcd(
             return 69
     log.info(f"{what} ready", vpcd=f"{host}:{port}", commands="insert|remove|quit", **details)
     try:
-        for line in sys.stdin:
-            command = line.strip().lower()
+        for command in _commands():
             if command == "insert":
                 try:
                     bridge.insert()
                 except OSError as e:  # pcscd went away meanwhile: say so and keep taking commands
                     log.warning("no vpcd listening", vpcd=f"{host}:{port}", error=str(e))
-            elif command == "remove":
+            else:
                 bridge.remove()
                 log.info("card removed", port=port)
-            elif command in ("quit", "exit"):
-                break
-            elif command:
-                log.warning("unknown command", command=command, known="insert|remove|quit")
-    except KeyboardInterrupt:
-        pass
     finally:
         if isinstance(card, FaultyCard):
             card.interrupt()  # a stall in progress must not hold the exit up

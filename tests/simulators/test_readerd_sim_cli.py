@@ -202,6 +202,47 @@ def test_readerd_sim_mynumber_with_profile_options_and_a_fault_script(
         assert sim.quit() == 0
 
 
+def test_readerd_sim_mynumber_on_nfcpy_udp(tmp_path: Path) -> None:
+    """``--udp``: the RC-S380 path, a Type B ISO-DEP card read by nfcpy's own reader with plain APDUs."""
+    cache = tmp_path / "pki"
+    with readerd_sim("mynumber", "--udp", "127.0.0.1:0", "--profile", "gina", "--cache", str(cache)) as sim:
+        path = sim.wait_event("virtual My Number Card ready")["path"]
+        port = int(path.rsplit(":", 1)[1])
+        assert [(s.table, str(s.address), s.port) for s in inet_sockets(sim.pid)] == [
+            ("udp", "127.0.0.1", port)
+        ]
+        clf = nfc.ContactlessFrontend(path)
+        try:
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            tag = clf.connect(
+                rdwr={
+                    "targets": ["106B"],
+                    "on-connect": lambda tag: False,
+                    "iterations": 1,
+                    "interval": 0.05,
+                },
+                terminate=lambda: time.monotonic() > deadline,
+            )
+            assert type(tag).__name__ == "Type4BTag"
+
+            def send(apdu: bytes) -> bytes:
+                return bytes(tag.transceive(bytearray(apdu)))
+
+            assert send(SELECT_JPKI) == SW_OK
+            assert send(select_ef(0x000A)) == SW_OK
+            cert = b""
+            while True:  # short READ BINARYs of 256 bytes by offset
+                answer = send(bytes([0x00, 0xB0, len(cert) >> 8, len(cert) & 0xFF, 0x00]))
+                assert answer[-2:] == SW_OK
+                cert += answer[:-2]
+                if len(answer) - 2 < 256:
+                    break
+        finally:
+            clf.close()
+        assert sim.quit() == 0
+    assert cert == PkiStore(cache).user_auth_certificate("gina").public_bytes(serialization.Encoding.DER)
+
+
 @pytest.mark.parametrize(
     ("args", "returncode", "message"),
     [
@@ -209,8 +250,10 @@ def test_readerd_sim_mynumber_with_profile_options_and_a_fault_script(
         (["--vpcd", "0.0.0.0:35963"], 2, "loopback only"),
         (["--vpcd", "127.0.0.1:http"], 2, "bad port"),
         (["--faults", "{faults}"], 78, "must be one of"),
+        (["--udp", "0.0.0.0:0"], 2, "loopback only"),
+        (["--udp", "127.0.0.1:0", "--vpcd", "127.0.0.1:35963"], 2, "not allowed with argument"),
     ],
-    ids=["remote", "wildcard", "port", "bad-faults"],
+    ids=["remote", "wildcard", "port", "bad-faults", "udp-wildcard", "udp-and-vpcd"],
 )
 def test_readerd_sim_mynumber_refuses_clearly(
     tmp_path: Path, args: list[str], returncode: int, message: str

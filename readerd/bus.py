@@ -8,6 +8,9 @@ The bus thread stamps each event with the next ``seq`` and sends it on:
 - the private PUB socket (``inproc``/``ipc``, for the plugin host): the same plus the ``private`` fields.
 
 A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name.
+With CURVE (``readerd.curve``) the bus thread is also the ZAP handler and re-binds the PUB socket when a
+key is revoked; without the embedded plugin host, a second, private ROUTER links the daemon to
+``readerd plugins`` (``readerd.plugin_link``).
 PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
 (detected by ``seq`` gaps, healed by catch-up: every event is appended to the durable event log before it
 is sent, and ``events.since`` on the control socket replays it). If the queue itself is full the event is
@@ -359,7 +362,7 @@ class Bus:
                     next_heartbeat = now + self.config.heartbeat_interval
                 if self.curve is not None and now >= next_allowlist:
                     next_allowlist = now + self.curve.poll
-                    self._check_allowlist(poller)
+                    self._check_allowlist()
                 wake_at = min(next_heartbeat, next_allowlist) if self.curve is not None else next_heartbeat
                 timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 ready = dict(poller.poll(timeout_ms))
@@ -379,7 +382,7 @@ class Bus:
             for sock in (*sockets, self._pub, self._router):
                 sock.close()
 
-    def _check_allowlist(self, poller: zmq.Poller) -> None:
+    def _check_allowlist(self) -> None:
         assert self.curve is not None  # noqa: S101 - only called with CURVE
         allowlist = self.curve.allowlist
         before = len(allowlist.keys)
@@ -388,7 +391,7 @@ class Bus:
         if cut or len(allowlist.keys) != before:
             log.info("allowlist reloaded", keys=len(allowlist.keys), cut=len(cut))
         if cut:
-            self._rebind(poller)
+            self._rebind()
 
     def _serve_private(self, router: zmq.Socket[bytes], ready: dict[Any, int]) -> None:
         """The private control socket: the split host's requests, and its answers to forwarded ones."""
@@ -448,7 +451,7 @@ class Bus:
                 return
             zap.send_multipart(zap_reply(self.curve.allowlist, frames))
 
-    def _rebind(self, _poller: zmq.Poller) -> None:
+    def _rebind(self) -> None:
         """Close and re-bind the CURVE PUB endpoint: the only way to cut subscriptions whose key was
         revoked, as ZAP is asked only at the handshake (DESIGN decision 14) and PUB cannot drop one peer.
         Allowed subscribers reconnect on their own and catch up through ``events.since``. The control

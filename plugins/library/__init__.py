@@ -23,6 +23,7 @@ status codes, counts and due dates. Titles and names never leave the library sys
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import date, timedelta
 from typing import Any
@@ -46,6 +47,8 @@ from readerd.store import PluginStore
 __version__ = "1.0"
 
 S = ArgType.STRING
+#: Seconds a command that needs a JPKI proof waits for the card.authenticated event still in flight.
+PROOF_WAIT = 2.0
 KEY = {"idempotency_key": Arg(S)}
 READER = {"reader": Arg(S, help="the reader the patron's card is on")}
 
@@ -73,6 +76,7 @@ class LibraryPlugin:
         self.auto_renew = True
         self.on_reader: dict[str, str | None] = {}  # reader -> person of the card on it
         self.authenticated: dict[str, tuple[str, float]] = {}  # reader -> (person, when) of a JPKI proof
+        self._proof_arrived = threading.Condition()
         self.receipts: dict[str, list[JsonObject]] = {}  # reader -> this visit's checkouts
 
     @hookimpl
@@ -142,7 +146,9 @@ class LibraryPlugin:
         person = person_of(event.data)
         if person is None:
             return
-        self.authenticated[reader] = (person, time.monotonic())
+        with self._proof_arrived:
+            self.authenticated[reader] = (person, time.monotonic())
+            self._proof_arrived.notify_all()
         if not self.auto_renew:
             return
         service = self._service()
@@ -167,13 +173,25 @@ class LibraryPlugin:
         return person
 
     def _proven(self, args: JsonObject) -> str:
-        """The person on the reader, if they proved possession there within ``auth_window`` seconds."""
+        """The person on the reader, if they proved possession there within ``auth_window`` seconds.
+
+        A UI sends the command as soon as ``auth.pin`` answers; the ``card.authenticated`` event is then
+        still on its way through the bus to this plugin, so it is waited for, briefly (``PROOF_WAIT``).
+        """
         person = self._person(args)
-        proof = self.authenticated.get(str(args.get("reader")))
-        if proof is None or proof[0] != person or time.monotonic() - proof[1] > self.auth_window:
-            raise Refusal(
-                "authentication_required", "authenticate with the PIN on this reader first (auth.begin)"
+        reader = str(args.get("reader"))
+
+        def fresh() -> bool:
+            proof = self.authenticated.get(reader)
+            return (
+                proof is not None and proof[0] == person and time.monotonic() - proof[1] <= self.auth_window
             )
+
+        with self._proof_arrived:
+            if not self._proof_arrived.wait_for(fresh, timeout=PROOF_WAIT):
+                raise Refusal(
+                    "authentication_required", "authenticate with the PIN on this reader first (auth.begin)"
+                )
         return person
 
     def _publish(self, event: str, result: JsonObject, reader: Any) -> JsonObject:  # noqa: ANN401 - a JSON value

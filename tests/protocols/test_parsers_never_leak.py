@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocols
+from protocols import sip2
 from protocols.apdu import CommandApdu, Response
 from protocols.errors import ReaderdError
 from protocols.jpki import JpkiSession, UserAuthCertificate, normalize_pin, parse_pin_status, parse_token
@@ -39,11 +40,13 @@ BYTE_PARSERS: dict[str, Callable[[bytes], Any]] = {
     "jpki.parse_token": parse_token,
     "jpki.UserAuthCertificate.from_der": UserAuthCertificate.from_der,
     "jpki.normalize_pin": normalize_pin,
+    "sip2.parse": sip2.parse,
 }
 TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
     "jpki.normalize_pin": normalize_pin,
     "mykey.normalize_mykey_id": normalize_mykey_id,
     "mykey.normalize_member_id": normalize_member_id,
+    "sip2.parse_sip_date": sip2.parse_sip_date,
 }
 
 

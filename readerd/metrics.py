@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,7 @@ log = structlog.get_logger("readerd.metrics")
 #: Seconds from a card being seen to its identity (or abort) going out. A JPKI read is 2 APDUs on an
 #: extended-length reader (~0.1-0.3 s), 8+ on a short one, FeliCa ~50 ms; the session deadline is 5 s.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-START_TIMEOUT = 5.0
+START_TIMEOUT = 5.0  # seconds start() waits for the first message of the private feed
 POLL_MS = 200
 
 
@@ -178,9 +179,12 @@ class MetricsServer:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(sock, ready), name="metrics", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
         while not ready.wait(0.05):
             heartbeat_now()
-            if not self._thread.is_alive():
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                # Never hold the daemon's start for metrics: the first reader.added may go uncounted.
+                log.warning("metrics: the private feed stayed silent; starting without waiting")
                 break
         self._server, self._http_thread = start_http_server(
             self.port, self.host, registry=self.metrics.registry

@@ -10,13 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zmq
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from readerd import metrics as metrics_module
 from readerd.config import Config, MetricsConfig
 from readerd.daemon import Daemon
 from readerd.errors import BusError, ConfigError, MetricsUnavailableError
-from readerd.metrics import DaemonView, Metrics
+from readerd.metrics import DaemonView, Metrics, MetricsServer
 from tests.support.daemon import running_daemon, sim_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -167,3 +169,18 @@ def test_counters_from_envelopes() -> None:
     assert _value(s, "readerd_events_dropped_total", type="hwm") == 5
     assert _value(s, "readerd_bus_queue_depth") == 3
     assert _value(s, "readerd_healthy") == 0
+
+
+def test_a_silent_feed_does_not_hold_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the private feed never speaks (a broken bus), the daemon still starts; the watchdog handles
+    the bus, not the metrics."""
+    monkeypatch.setattr(metrics_module, "START_TIMEOUT", 0.2)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server = MetricsServer(Metrics(), "127.0.0.1", 0)
+    try:
+        server.start("inproc://nobody-publishes-here", context, lambda: None)
+        samples = _scrape(server.address)
+        assert ("readerd_taps_total", ()) not in samples  # served, and nothing counted
+    finally:
+        server.stop()
+        context.term()

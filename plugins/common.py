@@ -139,3 +139,23 @@ def upsert(conn: Connection, table: sa.Table, key: str, values: JsonObject) -> N
         conn.execute(table.insert().values(**values))
     else:
         conn.execute(table.update().where(column == values[key]).values(**values))
+
+
+def person_of(data: JsonObject, *, allow_unenrolled: bool = False) -> str | None:
+    """The person key of an identified (or authenticated) My Number Card, as every built-in keys people:
+    ``mykey:<MyKey ID>``, ``member:<member ID>``, or, only where a plugin allows it, ``anon:<pseudonym>``."""
+    if data.get("mykey_id"):
+        return f"mykey:{data['mykey_id']}"
+    if data.get("member_id"):
+        return f"member:{data['member_id']}"
+    if allow_unenrolled and data.get("pseudonym"):
+        return f"anon:{data['pseudonym']}"
+    return None
+
+
+def config_int(config: JsonObject, plugin: str, key: str, default: int) -> int:
+    """A whole number >= 0 from ``[plugins.<plugin>]``; a wrong one stops the plugin at startup, named."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"[plugins.{plugin}] {key}: a whole number >= 0")
+    return value

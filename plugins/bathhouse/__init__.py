@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 
 from plugins.bathhouse.service import BathhouseService, Rules
+from plugins.common import config_int, person_of
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
     Arg,
@@ -40,13 +41,6 @@ S, INT = ArgType.STRING, ArgType.INTEGER
 KEY = {"idempotency_key": Arg(S)}
 
 
-def _int(config: JsonObject, key: str, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"[plugins.bathhouse] {key}: a whole number >= 0")
-    return value
-
-
 class BathhousePlugin:
     def __init__(self) -> None:
         self.service: BathhouseService | None = None
@@ -59,9 +53,9 @@ class BathhousePlugin:
             raise ValueError("the bathhouse plugin needs the store")
         config = context.config
         rules = Rules(
-            min_age=_int(config, "min_age", 65),
-            monthly_cap=_int(config, "monthly_cap", 4),
-            reissue_fee=_int(config, "reissue_fee", 0),
+            min_age=config_int(config, "bathhouse", "min_age", 65),
+            monthly_cap=config_int(config, "bathhouse", "monthly_cap", 4),
+            reissue_fee=config_int(config, "bathhouse", "reissue_fee", 0),
         )
         self.bath_house = str(config.get("bath_house", ""))
         self.service = BathhouseService(context.store, rules)
@@ -84,7 +78,7 @@ class BathhousePlugin:
         if data.get("kind") == "felica":
             result = self._service().visit(self.bath_house, card=str(data.get("pseudonym")), via="felica")
         else:
-            person = _person(data)
+            person = person_of(data)
             if person is None:
                 result = {"bath_house": self.bath_house, "status": "unknown_card"}
             else:
@@ -104,7 +98,7 @@ class BathhousePlugin:
 
     def _link(self, args: JsonObject) -> JsonObject:
         card = self.on_reader.get(str(args["reader"]))
-        person = None if card is None or card.get("kind") != "jpki" else _person(card)
+        person = None if card is None or card.get("kind") != "jpki" else person_of(card)
         if person is None:
             raise Refusal("no_card", "hold the member's enrolled My Number Card on the reader")
         return self._service().link(person, {k: v for k, v in args.items() if k != "reader"})
@@ -143,14 +137,6 @@ class BathhousePlugin:
     @hookimpl
     def readerd_ctl_commands(self) -> list[CtlCommand]:
         return [CtlCommand("bathhouse", "bath-house card: monthly report (CSV)", _configure, _run)]
-
-
-def _person(data: JsonObject) -> str | None:
-    if data.get("mykey_id"):
-        return f"mykey:{data['mykey_id']}"
-    if data.get("member_id"):
-        return f"member:{data['member_id']}"
-    return None
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

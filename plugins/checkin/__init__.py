@@ -27,6 +27,7 @@ import structlog
 
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
+from plugins.common import person_of
 from readerd.errors import StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
@@ -46,17 +47,6 @@ __version__ = "1.0"
 log = structlog.get_logger("plugins.checkin")
 
 KEY = Arg(ArgType.STRING, help="idempotency key: the same key gets the same answer, applied once")
-
-
-def person_of(data: JsonObject, *, allow_unenrolled: bool) -> str | None:
-    """The person key of an identified My Number Card: MyKey ID, member ID, or (if allowed) pseudonym."""
-    if data.get("mykey_id"):
-        return f"mykey:{data['mykey_id']}"
-    if data.get("member_id"):
-        return f"member:{data['member_id']}"
-    if allow_unenrolled and data.get("pseudonym"):
-        return f"anon:{data['pseudonym']}"
-    return None
 
 
 class CheckinPlugin:

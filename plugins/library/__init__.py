@@ -28,6 +28,7 @@ import time
 from datetime import date, timedelta
 from typing import Any
 
+from plugins.common import config_int, person_of
 from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
 from plugins.library.service import LibraryService
 from readerd.errors import ReaderdError
@@ -53,21 +54,6 @@ KEY = {"idempotency_key": Arg(S)}
 READER = {"reader": Arg(S, help="the reader the patron's card is on")}
 
 
-def person_of(data: JsonObject) -> str | None:
-    if data.get("mykey_id"):
-        return f"mykey:{data['mykey_id']}"
-    if data.get("member_id"):
-        return f"member:{data['member_id']}"
-    return None
-
-
-def _int(config: JsonObject, key: str, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"[plugins.library] {key}: a whole number >= 0")
-    return value
-
-
 class LibraryPlugin:
     def __init__(self) -> None:
         self.service: LibraryService | None = None
@@ -90,7 +76,7 @@ class LibraryPlugin:
         self.service = LibraryService(
             context.store,
             str(config.get("library_id", "library")),
-            registration_years=_int(config, "registration_years", 1),
+            registration_years=config_int(config, "library", "registration_years", 1),
         )
         self.service.ils = self._ils(config, self.service, context.store)
 
@@ -99,14 +85,16 @@ class LibraryPlugin:
         if kind == "sip2":
             return Sip2Ils(
                 str(config["sip2_host"]),
-                _int(config, "sip2_port", 6001),
+                config_int(config, "library", "sip2_port", 6001),
                 institution=str(config.get("institution", service.library_id)),
                 terminal_password=str(config.get("terminal_password", "")),
             )
         if kind != "local":
             raise ValueError('[plugins.library] ils: "sip2" or "local"')
         rules = LoanRules(
-            _int(config, "loan_limit", 10), _int(config, "loan_days", 14), _int(config, "renewals", 2)
+            config_int(config, "library", "loan_limit", 10),
+            config_int(config, "library", "loan_days", 14),
+            config_int(config, "library", "renewals", 2),
         )
         return LocalIls(store, rules, service.is_card)
 

@@ -241,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=5000, help="events per burst (throughput)")
     parser.add_argument("--latency-events", type=int, default=300, help="events of the paced run")
     parser.add_argument("--rate", type=float, default=200.0, help="events/s of the paced run (latency)")
-    parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--subscribers", type=int, nargs="+", help="subscriber counts (default 1 10 50)")
     parser.add_argument("--quick", action="store_true", help="a small run (CI smoke test)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.latency_events, args.rate, args.subscribers = 300, 50, 500.0, [1, 10]
+        args.events, args.latency_events, args.rate = 300, 50, 500.0
+    if args.subscribers is None:
+        args.subscribers = [1, 10] if args.quick else [1, 10, 50]
     configure_logging("WARNING", "console")
     rows: list[dict[str, Any]] = []
     size = len(

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from readerd.config import BusConfig
 from readerd.curve import SUBSCRIBE_COMMANDS, ZAP_DOMAIN, ZAP_ENDPOINT, Allowlist, KeyPair, zap_reply
@@ -98,6 +99,7 @@ class BusStats:
     control_requests: int = 0
     log_failures: int = 0
     rebinds: int = 0  # CURVE endpoints re-bound after a revocation
+    subscribers: int = 0  # connections to the public PUB now (a socket monitor; PUB itself cannot tell)
 
 
 class Bus:
@@ -146,6 +148,8 @@ class Bus:
         self._thread: threading.Thread | None = None
         self._pub: zmq.Socket[bytes]  # both owned by the bus thread, replaced by a CURVE re-bind
         self._router: zmq.Socket[bytes]
+        self._pub_monitor: zmq.Socket[bytes] | None = None  # the public PUB's connection events
+        self._poller: zmq.Poller | None = None
         self._started = time.monotonic()
         self._startup_error: BaseException | None = None
         self.publish_endpoint = config.publish
@@ -208,6 +212,7 @@ class Bus:
             "queue_depth": self._queue.qsize(),
             "published": self.stats.published,
             "dropped": dict(self.stats.dropped),
+            "subscribers": self.stats.subscribers,
             "event_log": self._log_status(),
             "endpoints": {"publish": self.publish_endpoint, "control": self.control_endpoint},
             "curve": self.curve is not None,
@@ -349,6 +354,8 @@ class Bus:
             poller.register(zap, zmq.POLLIN)
         if self._private_router is not None:
             poller.register(self._private_router, zmq.POLLIN)
+        self._poller = poller
+        self._watch_pub()
         now = time.monotonic()
         next_heartbeat = now
         next_allowlist = now + (self.curve.poll if self.curve is not None else 0)
@@ -369,8 +376,7 @@ class Bus:
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                if zap is not None and zap in ready:
-                    self._serve_zap(zap)
+                self._serve_side_sockets(ready, zap)
                 self._drain(self._pub, private)
                 if self._router in ready:
                     self._serve_control(self._router)
@@ -379,8 +385,47 @@ class Bus:
                     self._serve_private(self._private_router, ready)
             self._drain(self._pub, private)  # what was queued before stop still goes out
         finally:
+            self._close_monitor()
             for sock in (*sockets, self._pub, self._router):
                 sock.close()
+
+    def _serve_side_sockets(self, ready: dict[Any, int], zap: zmq.Socket[bytes] | None) -> None:
+        """ZAP handshakes and the public PUB's connection events (bus thread)."""
+        if zap is not None and zap in ready:
+            self._serve_zap(zap)
+        if self._pub_monitor is not None and self._pub_monitor in ready:
+            self._count_subscribers(self._pub_monitor)
+
+    def _close_monitor(self) -> None:
+        """Before the PUB closes: pyzmq names the monitor's inproc endpoint after the socket's fd, so a
+        monitor left enabled would collide with the next socket that gets the same fd."""
+        if self._pub_monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._pub.disable_monitor()
+            if self._poller is not None:
+                self._poller.unregister(self._pub_monitor)
+            self._pub_monitor.close(0)
+            self._pub_monitor = None
+
+    def _watch_pub(self) -> None:
+        """Monitor the public PUB's connections (bus thread; again after a re-bind): the subscriber
+        count of ``status`` and the metrics. Counted are connections, whatever they subscribed to."""
+        self._close_monitor()
+        self.stats.subscribers = 0
+        self._pub_monitor = self._pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        if self._poller is not None:
+            self._poller.register(self._pub_monitor, zmq.POLLIN)
+
+    def _count_subscribers(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.stats.subscribers += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.stats.subscribers = max(0, self.stats.subscribers - 1)
 
     def _check_allowlist(self) -> None:
         assert self.curve is not None  # noqa: S101 - only called with CURVE
@@ -461,8 +506,10 @@ class Bus:
         if not self._uses_curve(self.publish_endpoint):
             return
         log.warning("allowlist lost keys: re-binding the CURVE publish endpoint to cut their subscriptions")
+        self._close_monitor()
         self._pub.close(0)
         self._pub = self._bind(zmq.PUB, self.publish_endpoint, retry_for=2.0)
+        self._watch_pub()
         self.stats.rebinds += 1
 
     def _check_user(self, user: str, cmd: str) -> None:

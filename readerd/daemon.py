@@ -270,6 +270,7 @@ class Daemon:
             dropped=lambda: dict(bus.stats.dropped),
             queue_depth=lambda: int(bus.status()["queue_depth"]),
             healthy=self.healthy,
+            subscribers=lambda: bus.stats.subscribers,
         )
         server = MetricsServer(Metrics(view), *address)
         try:

@@ -8,7 +8,8 @@ publish counter and queue depth, the daemon's health) is read from the daemon at
 Exposed (prefix ``readerd_``): taps, identifications, aborted reads by reason, the tap-to-event latency
 (from ``card.presented`` to the ``card.identified`` / ``card.read_aborted`` of the same reader, by the
 envelopes' timestamps), readers up/down, plugin errors, authentications, published and dropped events,
-queue depth, health. Bus subscribers are not exposed: ZeroMQ's PUB socket does not count its peers.
+queue depth, health, and the connections to the public event endpoint (the bus counts them with a
+socket monitor: a PUB socket itself does not know its peers).
 
 Labels never carry personal data: readers, kinds, reasons, plugin names only.
 """
@@ -53,6 +54,7 @@ class DaemonView:
     dropped: Callable[[], dict[str, int]]
     queue_depth: Callable[[], int]
     healthy: Callable[[], bool]
+    subscribers: Callable[[], int] = lambda: 0
 
 
 class _DaemonCollector(Collector):
@@ -79,6 +81,11 @@ class _DaemonCollector(Collector):
         )
         healthy.add_metric([], 1 if self.view.healthy() else 0)
         yield healthy
+        subscribers = GaugeMetricFamily(
+            "readerd_bus_subscribers", "Connections to the public event endpoint (any subscription)."
+        )
+        subscribers.add_metric([], self.view.subscribers())
+        yield subscribers
 
 
 class Metrics:

@@ -184,3 +184,20 @@ def test_a_silent_feed_does_not_hold_the_start(monkeypatch: pytest.MonkeyPatch) 
     finally:
         server.stop()
         context.term()
+
+
+def test_bus_subscribers_are_counted(tmp_path: Any) -> None:
+    """Connections to the public PUB, from the bus's socket monitor: up with a subscriber, down again."""
+    config = sim_config(tmp_path, metrics=MetricsConfig(listen="127.0.0.1:0"))
+    with running_daemon(config) as d:
+        server = d.daemon.metrics
+        assert server is not None
+
+        def subscribers(s: Samples) -> float:
+            return _value(s, "readerd_bus_subscribers")
+
+        _scrape_until(server.address, lambda s: subscribers(s) == 0)
+        with d.subscriber(), d.subscriber("card."):
+            _scrape_until(server.address, lambda s: subscribers(s) == 2)
+            assert d.request("status")["result"]["subscribers"] == 2
+        _scrape_until(server.address, lambda s: subscribers(s) == 0)

@@ -42,11 +42,15 @@ from readerd.curve import SUBSCRIBE_COMMANDS, ZAP_DOMAIN, ZAP_ENDPOINT, Allowlis
 from readerd.errors import BusError, ForbiddenError, ReaderdError, StoreUnavailableError
 from readerd.eventlog import EventLog
 from readerd.events import Envelope, Event, heartbeat, stamp
+from readerd.liveness import StepWatch
 
 log = structlog.get_logger("readerd.bus")
 
 #: Events stamped, logged and sent per round of the bus loop (one log transaction each).
 DRAIN_BATCH = 500
+#: Longest one round of the bus thread may take (a batch of DRAIN_BATCH events logged and sent, the
+#: requests answered) before the bus reports itself wedged and the watchdog pings stop.
+STEP_BUDGET = 10.0
 #: The most events one ``events.since`` answer carries; a client asks again while ``more`` is true.
 SINCE_LIMIT = 1000
 
@@ -149,6 +153,7 @@ class Bus:
         self._pub: zmq.Socket[bytes]  # both owned by the bus thread, replaced by a CURVE re-bind
         self._router: zmq.Socket[bytes]
         self._pub_monitor: zmq.Socket[bytes] | None = None  # the public PUB's connection events
+        self.step_watch = StepWatch(STEP_BUDGET)
         self._poller: zmq.Poller | None = None
         self._started = time.monotonic()
         self._startup_error: BaseException | None = None
@@ -277,7 +282,9 @@ class Bus:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The bus thread runs and is not stuck in one round (a command handler or an event-log write
+        that never returns): otherwise the watchdog pings stop (readerd/liveness.py)."""
+        return self._thread is not None and self._thread.is_alive() and not self.step_watch.wedged()
 
     # -- the bus thread -------------------------------------------------------------------------------
     def _uses_curve(self, endpoint: str) -> bool:
@@ -361,33 +368,43 @@ class Bus:
         next_allowlist = now + (self.curve.poll if self.curve is not None else 0)
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_heartbeat or self._beat_now:
-                    self._beat_now = False
-                    beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
-                    self._send(self._pub, private, beat)
-                    next_heartbeat = now + self.config.heartbeat_interval
-                if self.curve is not None and now >= next_allowlist:
-                    next_allowlist = now + self.curve.poll
-                    self._check_allowlist()
-                wake_at = min(next_heartbeat, next_allowlist) if self.curve is not None else next_heartbeat
-                timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
+                with self.step_watch.step():  # everything but the wait in poll() is a step
+                    now = time.monotonic()
+                    if now >= next_heartbeat or self._beat_now:
+                        self._beat_now = False
+                        beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
+                        self._send(self._pub, private, beat)
+                        next_heartbeat = now + self.config.heartbeat_interval
+                    if self.curve is not None and now >= next_allowlist:
+                        next_allowlist = now + self.curve.poll
+                        self._check_allowlist()
+                    wake_at = next_heartbeat
+                    if self.curve is not None:
+                        wake_at = min(wake_at, next_allowlist)
+                    timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
                 ready = dict(poller.poll(timeout_ms))
-                if self._wake_r in ready:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                self._serve_side_sockets(ready, zap)
-                self._drain(self._pub, private)
-                if self._router in ready:
-                    self._serve_control(self._router)
-                self._send_replies(self._router)
-                if self._private_router is not None:
-                    self._serve_private(self._private_router, ready)
+                with self.step_watch.step():
+                    self._serve(ready, zap, private)
             self._drain(self._pub, private)  # what was queued before stop still goes out
         finally:
             self._close_monitor()
             for sock in (*sockets, self._pub, self._router):
                 sock.close()
+
+    def _serve(
+        self, ready: dict[Any, int], zap: zmq.Socket[bytes] | None, private: zmq.Socket[bytes] | None
+    ) -> None:
+        """One round after poll(): wake-ups, ZAP and monitor events, queued events out, requests in."""
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        self._serve_side_sockets(ready, zap)
+        self._drain(self._pub, private)
+        if self._router in ready:
+            self._serve_control(self._router)
+        self._send_replies(self._router)
+        if self._private_router is not None:
+            self._serve_private(self._private_router, ready)
 
     def _serve_side_sockets(self, ready: dict[Any, int], zap: zmq.Socket[bytes] | None) -> None:
         """ZAP handshakes and the public PUB's connection events (bus thread)."""

@@ -184,3 +184,27 @@ def test_a_stalled_card_does_not_stop_the_pings(
         pings = d.daemon.watchdog_pings
         _wait_for(lambda: d.daemon.watchdog_pings >= pings + 3, notify_socket)
         assert d.daemon.watchdog_withheld == 0
+
+
+def test_pings_stop_while_the_bus_thread_is_wedged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: socket.socket
+) -> None:
+    """A control command handler that never returns holds the bus thread (handlers run on it)."""
+    release = threading.Event()
+    with running_daemon(sim_config(tmp_path), _daemon_notifier(monkeypatch, notify_socket)) as d:
+        bus = d.daemon.bus
+        assert bus is not None
+        bus.step_watch.budget = 0.2
+        bus.register_command("test.hang", lambda _req: {"released": release.wait()})
+        _until(notify_socket, "WATCHDOG=1", [])
+        session = d.session()
+        caller = threading.Thread(target=lambda: session.request("test.hang", timeout_ms=30_000), daemon=True)
+        caller.start()
+        try:
+            assert "WATCHDOG=1" not in _pings_stop(d.daemon, notify_socket)
+            assert not bus.alive
+        finally:
+            release.set()
+            caller.join(30)
+            session.close()
+        _until(notify_socket, "WATCHDOG=1", [])  # the round ended: healthy again

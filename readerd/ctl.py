@@ -400,11 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK if reply.get("ok") else 1
 
 
+#: What `readerctl status` shows of the daemon's status (--json shows all of it).
+STATUS_KEYS = ("kiosk", "run_id", "last_seq", "uptime_s", "published", "dropped", "subscribers", "healthy")
+
+
 def _print_result(command: str, result: dict[str, Any]) -> None:
     if command == "readers" or (command == "status" and "readers" in result):
         if command == "status":
-            for key in ("kiosk", "run_id", "last_seq", "uptime_s", "published", "dropped", "healthy"):
-                _out(f"{key:>10}: {result.get(key)}")
+            for key in STATUS_KEYS:
+                _out(f"{key:>11}: {result.get(key)}")
         for reader in result.get("readers", []):
             _out(f"  {reader.get('name')} [{reader.get('backend')}] card={reader.get('card') or '-'}")
         return

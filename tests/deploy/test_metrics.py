@@ -14,6 +14,7 @@ import zmq
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from readerd import ctl
 from readerd import metrics as metrics_module
 from readerd.config import Config, MetricsConfig
 from readerd.daemon import Daemon
@@ -201,3 +202,10 @@ def test_bus_subscribers_are_counted(tmp_path: Any) -> None:
             _scrape_until(server.address, lambda s: subscribers(s) == 2)
             assert d.request("status")["result"]["subscribers"] == 2
         _scrape_until(server.address, lambda s: subscribers(s) == 0)
+
+
+def test_readerctl_status_shows_the_subscribers(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with running_daemon(sim_config(tmp_path)) as d, d.subscriber():
+        assert ctl.main(["--control", d.control, "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "subscribers: 1" in [line.strip() for line in lines]

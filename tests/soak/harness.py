@@ -1,0 +1,472 @@
+"""The soak's machinery: a daemon on simulated readers with the check-in and points plugins on a private
+PostgreSQL, a plugin that crashes every few calls, random taps with fault scripts, and a fault schedule
+(daemon restarts, the database stopped and started, pcscd killed and restarted).
+
+Everything the soak asserts is read back at the end from the daemon's durable event log (gap-free across
+restarts, DESIGN decision 2) and from the stores, not from what a subscriber happened to receive: the
+subscriber is only how the driver waits for the daemon to catch up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from plugins.points.service import PointsService
+from readerd.config import (
+    Config,
+    PluginsConfig,
+    SessionConfig,
+    SimConfig,
+    StoreConfig,
+)
+from readerd.eventlog import EventLog
+from readerd.hookspecs import hookimpl
+from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
+from tests.support.daemon import Envelope, RunningDaemon, Subscriber, running_daemon, sim_config
+from tests.support.postgres import PrivatePostgres
+
+POINTS_PER_EVENT = 10
+OUTCOMES = ("card.identified", "card.read_aborted")
+
+#: Fault scripts for a My Number Card tap, each with the abort reasons it may produce (a truncated answer
+#: ends in two bytes of the certificate, which the session reads as a status word).
+#: ``stall`` gets its seconds from the session deadline (see :meth:`Soak.fault_script`).
+CARD_FAULTS: dict[str, tuple[list[dict[str, Any]], set[str]]] = {
+    "pull_at_select": ([{"action": "remove", "after_apdus": 0}], {"removed"}),
+    "pull_at_read": ([{"action": "remove", "after_apdus": 1}], {"removed"}),
+    "garbage_read": ([{"action": "garbage", "match": "00B0", "data": "DEADBEEF9000"}], {"malformed"}),
+    "truncated_read": ([{"action": "truncate", "match": "00B0", "keep": 40}], {"malformed", "card_error"}),
+    "vanish_at_read": ([{"action": "vanish", "match": "00B0", "seconds": 0}], {"transport"}),
+    "stall_read": ([{"action": "stall", "match": "00B0"}], {"timeout"}),
+}
+
+
+class FlakyPlugin:
+    """A plugin with a bug: every ``every``-th ``card.identified`` raises; the others publish ``seen``.
+
+    Never more than one failure in a row, so it is never quarantined (``quarantine_after`` is 3): each
+    identified card gives exactly one ``plugin.flaky.seen`` or one ``plugin.error`` of this plugin.
+    """
+
+    def __init__(self, every: int = 4) -> None:
+        self.every = every
+        self.calls = 0
+        self.crashes = 0
+        self._lock = threading.Lock()
+
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        return EventInterest(types=frozenset({"card.identified"}))
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        with self._lock:
+            self.calls += 1
+            crash = self.calls % self.every == 0
+            if crash:
+                self.crashes += 1
+        if crash:
+            raise RuntimeError("soak: the flaky plugin crashed on purpose")
+        context.publish("seen", {"kind": event.data.get("kind")}, reader=event.reader)
+
+
+@dataclass
+class Tap:
+    index: int
+    reader: str
+    card: str
+    felica: bool
+    fault: str | None = None  # a CARD_FAULTS key
+
+    @property
+    def expected(self) -> str:
+        return "card.read_aborted" if self.fault else "card.identified"
+
+
+@dataclass
+class SoakReport:
+    taps: int = 0
+    identified: int = 0
+    aborted: int = 0
+    aborted_by_reason: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)  # injected, by kind
+    checkin_results: Counter[str] = field(default_factory=Counter)  # by status
+    points_earned: int = 0
+    earn_refused: Counter[str] = field(default_factory=Counter)  # by reason
+    plugin_errors: Counter[str] = field(default_factory=Counter)  # by plugin/code
+    flaky_seen: int = 0
+    events_logged: int = 0
+    runs: int = 0
+    outstanding_points: int = 0
+    attendance: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"soak: {self.taps} taps in {self.seconds:.1f} s over {self.runs} daemon runs, "
+            f"{self.events_logged} events logged",
+            f"  outcomes: {self.identified} card.identified, {self.aborted} card.read_aborted "
+            f"{dict(sorted(self.aborted_by_reason.items()))}",
+            f"  faults injected: {dict(sorted(self.faults.items()))}",
+            f"  check-in results: {dict(sorted(self.checkin_results.items()))}; "
+            f"attendance rows {self.attendance}",
+            f"  points: {self.points_earned} earned, refused {dict(self.earn_refused)}, "
+            f"outstanding {self.outstanding_points}",
+            f"  flaky plugin: {self.flaky_seen} seen, "
+            f"plugin.error {dict(sorted(self.plugin_errors.items()))}",
+        ]
+
+
+def _window() -> tuple[str, str]:
+    now = datetime.now(UTC)
+    return (now - timedelta(hours=1)).isoformat(), (now + timedelta(hours=6)).isoformat()
+
+
+class Soak:
+    """Drives one soak: :meth:`run` taps and faults, then :meth:`verify` checks and counts."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        postgres: PrivatePostgres,
+        shared_url: str,
+        *,
+        seed: int,
+        readers: int = 4,
+        members: int = 6,
+        deadline: float = 1.0,
+        log: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.rng = random.Random(seed)  # noqa: S311 - a replayable tap schedule, not a secret
+        self.postgres = postgres
+        self.state_dir = state_dir
+        self.reader_names = tuple(f"Sim {i:02d}" for i in range(readers))
+        self.events = {name: f"ev{i}" for i, name in enumerate(self.reader_names)}
+        self.members = {f"CARD{i}": f"m{i}" for i in range(members)}  # FeliCa check-in card -> member
+        self.jpki_cards = ("alice", "bob", "carol")
+        self.deadline = deadline
+        self.log = log
+        self.flaky = FlakyPlugin()
+        sections: dict[str, dict[str, object]] = {
+            "checkin": {"readers": dict(self.events), "sync_interval": 0.2, "retry_after": 0.2},
+            "points": {"earn_programme": "ward"},
+        }
+        self.config: Config = sim_config(
+            state_dir,
+            sessions=SessionConfig(deadline=deadline, repeat_window=0.0),
+            sim=SimConfig(readers=self.reader_names),
+            store=StoreConfig(shared_url=shared_url, connect_timeout=2.0, retries=3),
+            plugins=PluginsConfig(
+                autoload=False, builtins=("checkin", "points"), sections=sections, quarantine_after=3
+            ),
+        )
+        self.taps: list[Tap] = []
+        self.removals = 0  # card.removed events owed: taps not held, and removals asked for
+        self.report = SoakReport()
+        self._stack = contextlib.ExitStack()
+        self.daemon: RunningDaemon | None = None
+        self.sub: Subscriber | None = None
+        self.seen: list[Envelope] = []  # everything the subscribers received, all runs
+
+    # -- the daemon -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        stack = contextlib.ExitStack()
+        self.daemon = stack.enter_context(running_daemon(self.config, plugins={"flaky": self.flaky}))
+        self.sub = stack.enter_context(self.daemon.subscriber())
+        self._stack = stack
+        self.report.runs += 1
+
+    def stop(self) -> None:
+        if self.sub is not None:
+            self._drain()
+        self._stack.close()
+        self.daemon, self.sub = None, None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Soak]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def restart_daemon(self) -> None:
+        self.quiesce()
+        self.stop()
+        self.start()
+        self.report.faults["daemon_restart"] += 1
+
+    def _d(self) -> RunningDaemon:
+        assert self.daemon is not None, "the daemon is not running"
+        return self.daemon
+
+    def command(self, cmd: str, **args: object) -> dict[str, Any]:
+        reply = self._d().request(cmd, args)
+        assert reply["ok"], (cmd, reply)
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    # -- what the driver waits on ---------------------------------------------------------------------
+    def _drain(self, timeout: float = 0.0) -> bool:
+        """Take what the subscriber has; True if something arrived."""
+        assert self.sub is not None
+        got = False
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.seen.append(self.sub.next(timeout))
+                got = True
+                timeout = 0.0
+        return got
+
+    def _pending(self) -> str | None:
+        """What the daemon still owes the driver, or None when it has caught up."""
+        seen = Counter(e["type"] for e in self.seen)
+        outcomes = seen["card.identified"] + seen["card.read_aborted"]
+        if outcomes < len(self.taps):
+            return f"{len(self.taps) - outcomes} tap outcome(s)"
+        if seen["card.removed"] < self.removals:
+            return f"{self.removals - seen['card.removed']} card.removed"
+        identified = seen["card.identified"]
+        if seen["plugin.checkin.result"] < identified:
+            return "check-in results"
+        flaky = seen["plugin.flaky.seen"] + sum(
+            1 for e in self.seen if e["type"] == "plugin.error" and e["data"].get("plugin") == "flaky"
+        )
+        if flaky < identified:
+            return "flaky plugin results"
+        accepted = sum(1 for e in self.seen if e["type"] == "plugin.checkin.result" and _earns(e["data"]))
+        if seen["plugin.points.earned"] + seen["plugin.points.earn_refused"] < accepted:
+            return "points results"
+        return None
+
+    def quiesce(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (pending := self._pending()) is not None:
+            assert time.monotonic() < deadline, f"the daemon never caught up: waiting for {pending}"
+            self._drain(0.2)
+
+    # -- taps -----------------------------------------------------------------------------------------
+    def fault_script(self, name: str) -> list[dict[str, Any]]:
+        script = [dict(entry) for entry in CARD_FAULTS[name][0]]
+        if name == "stall_read":
+            script[0]["seconds"] = self.deadline + 0.5
+        return script
+
+    def tap(
+        self, reader: str, card: str, *, felica: bool, fault: str | None = None, hold: bool = False
+    ) -> Tap:
+        tap = Tap(len(self.taps), reader, card, felica, fault)
+        args: dict[str, object] = {"reader": reader, "hold": hold}
+        if felica:
+            args["felica"] = "checkin"
+        if fault is not None:
+            args["faults"] = self.fault_script(fault)
+            self.report.faults[fault] += 1
+        self._d().tap(card, **args)
+        self.taps.append(tap)
+        self.removals += 0 if hold else 1
+        return tap
+
+    def random_tap(self, fault_rate: float = 0.2) -> Tap:
+        reader = self.rng.choice(self.reader_names)
+        if self.rng.random() < 0.6:
+            return self.tap(reader, self.rng.choice(sorted(self.members)), felica=True)
+        fault = None
+        if self.rng.random() < fault_rate / 0.4:
+            # a stall costs a whole deadline (and abandons a thread): rarer than the others
+            names = [n for n in CARD_FAULTS if n != "stall_read"]
+            fault = "stall_read" if self.rng.random() < 0.05 else self.rng.choice(names)
+        return self.tap(reader, self.rng.choice(self.jpki_cards), felica=False, fault=fault)
+
+    # -- setup ----------------------------------------------------------------------------------------
+    def setup_plugins(self) -> None:
+        starts, ends = _window()
+        for reader, event_id in self.events.items():
+            self.command(
+                "checkin.define_event",
+                event_id=event_id,
+                name=f"soak {reader}",
+                place="区民センター",
+                starts_at=starts,
+                ends_at=ends,
+                capacity=1000,
+                points=POINTS_PER_EVENT,
+                idempotency_key=f"define-{event_id}",
+            )
+        self.command(
+            "points.define_programme",
+            programme_id="ward",
+            name="区民ポイント",
+            last_earning_day="2099-12-31",
+            last_ticket_day="2099-12-31",
+            last_use_day="2099-12-31",
+            idempotency_key="programme",
+        )
+        # Register the FeliCa check-in cards: on the reader (held), register, take it off.
+        reader = self.reader_names[0]
+        for card, member in sorted(self.members.items()):
+            self.tap(reader, card, felica=True, hold=True)
+            self.quiesce()
+            self.command("checkin.register_card", reader=reader, member_id=member, idempotency_key=card)
+            self._d().remove(reader)
+            self.removals += 1
+
+    # -- faults outside the card ----------------------------------------------------------------------
+    def database_outage(self, taps: int) -> None:
+        """Stop PostgreSQL, tap ``taps`` times while it is down, start it again."""
+        self.quiesce()
+        self.postgres.stop()
+        self.report.faults["database_outage"] += 1
+        try:
+            for _ in range(taps):
+                self.random_tap()
+            self.quiesce()
+        finally:
+            self.postgres.start()
+
+    # -- the end --------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Push offline check-ins, then read the stores back (the daemon still running)."""
+        self.quiesce()
+        deadline = time.monotonic() + 30
+        while (synced := self.command("checkin.sync")).get("pending", 0):
+            assert time.monotonic() < deadline, f"offline check-ins never synced: {synced}"
+            time.sleep(0.2)
+        store = self._d().daemon.store
+        assert store is not None
+        points = PointsService(store.for_plugin("points"))
+        check = points.ledger_check()
+        assert check["negative_accounts"] == 0, check
+        self.report.outstanding_points = int(check["outstanding_points"])
+        ledger = points.t.ledger
+        self.ledger = {
+            str(row.account): int(row.total)
+            for row in points.db.transaction(
+                lambda conn: conn.execute(
+                    sa.select(ledger.c.account, sa.func.sum(ledger.c.amount).label("total")).group_by(
+                        ledger.c.account
+                    )
+                ).all(),
+                readonly=True,
+            )
+        }
+        self.ledger_references = points.db.transaction(
+            lambda conn: conn.execute(
+                sa.select(ledger.c.reference, sa.func.count().label("n"))
+                .group_by(ledger.c.reference)
+                .having(sa.func.count() > 1)
+            ).all(),
+            readonly=True,
+        )
+        self.attendance = {
+            event_id: [row["person"] for row in self.command("checkin.attendance", event_id=event_id)["rows"]]
+            for event_id in self.events.values()
+        }
+
+    def logged_events(self) -> list[Envelope]:
+        """Every event of every run, from the durable log (after the last stop)."""
+        log = EventLog(Path(self.config.state_dir) / "events.db")
+        try:
+            out: list[Envelope] = []
+            after = 0
+            while True:
+                since = log.since(after, limit=5000)
+                out.extend(since.events)
+                if not since.more:
+                    return out
+                after = int(since.events[-1]["seq"])
+        finally:
+            log.close()
+
+
+def _earns(data: dict[str, Any]) -> bool:
+    """A check-in result the points plugin credits (accepted, for an enrolled member, with points)."""
+    return data.get("status") == "accepted" and bool(data.get("member_id")) and bool(data.get("points"))
+
+
+def verify(soak: Soak, events: list[Envelope]) -> SoakReport:
+    """Check every promise against the event log and the stores; fill and return the report."""
+    report = soak.report
+    report.taps = len(soak.taps)
+    report.events_logged = len(events)
+    seqs = [int(e["seq"]) for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the event log has a gap"
+    assert len({e["run_id"] for e in events}) == report.runs, "one run_id per daemon run"
+
+    # Every tap: exactly one outcome, in the order the taps were sent (one backend thread), of the
+    # expected type on the expected reader; an interrupted tap's abort names the fault's reason.
+    outcomes = [e for e in events if e["type"] in OUTCOMES]
+    assert len(outcomes) == len(soak.taps), (len(outcomes), len(soak.taps))
+    pseudonyms: dict[str, str] = {}
+    for tap, out in zip(soak.taps, outcomes, strict=True):
+        where = f"tap #{tap.index} ({tap.card} on {tap.reader}, fault {tap.fault})"
+        assert out["type"] == tap.expected, f"{where}: {out['type']} {out['data']}"
+        assert out["reader"] == tap.reader, where
+        if tap.fault is None:
+            assert out["data"]["kind"] == ("felica" if tap.felica else "jpki"), where
+            known = pseudonyms.setdefault(tap.card, out["data"]["pseudonym"])
+            assert out["data"]["pseudonym"] == known, f"{where}: another pseudonym for the same card"
+            report.identified += 1
+        else:
+            assert out["data"]["reason"] in CARD_FAULTS[tap.fault][1], f"{where}: {out['data']}"
+            report.aborted += 1
+            report.aborted_by_reason[out["data"]["reason"]] += 1
+    removed = [e for e in events if e["type"] == "card.removed"]
+    assert len(removed) == len(soak.taps), "every tap ends with card.removed"
+
+    # Exactly one check-in result per identified card, per reader.
+    identified = Counter(e["reader"] for e in events if e["type"] == "card.identified")
+    results = [e for e in events if e["type"] == "plugin.checkin.result"]
+    assert Counter(e["reader"] for e in results) == identified
+    report.checkin_results = Counter(e["data"]["status"] for e in results)
+    # The flaky plugin: one `seen` or one plugin.error for each identified card, never quarantined.
+    errors = [e for e in events if e["type"] == "plugin.error"]
+    report.plugin_errors = Counter(f"{e['data']['plugin']}/{e['data']['error']}" for e in errors)
+    assert not [e for e in errors if e["data"]["quarantined"]], "no plugin may end up quarantined"
+    report.flaky_seen = sum(1 for e in events if e["type"] == "plugin.flaky.seen")
+    flaky_errors = sum(1 for e in errors if e["data"]["plugin"] == "flaky")
+    assert report.flaky_seen + flaky_errors == report.identified
+    assert flaky_errors == soak.flaky.crashes
+    assert {k for k in report.plugin_errors if not k.endswith("/store_unavailable")} <= {"flaky/exception"}
+
+    # Check-in recorded once: one accepted result per (event, member), the same set as the attendance.
+    accepted = Counter(
+        (e["data"]["event_id"], f"member:{e['data']['member_id']}")
+        for e in results
+        if e["data"]["status"] == "accepted"
+    )
+    assert all(n == 1 for n in accepted.values()), f"accepted twice: {accepted}"
+    for event_id, persons in soak.attendance.items():
+        assert len(persons) == len(set(persons)), f"{event_id}: a person recorded twice"
+        assert set(persons) == {p for (ev, p) in accepted if ev == event_id}, event_id
+    report.attendance = sum(len(p) for p in soak.attendance.values())
+
+    # Points awarded once: each crediting check-in result gets exactly one earned or earn_refused, in
+    # feed order; the ledger holds exactly the earned ones.
+    earning = [e for e in results if _earns(e["data"])]
+    answers = [e for e in events if e["type"] in ("plugin.points.earned", "plugin.points.earn_refused")]
+    assert len(answers) == len(earning), (len(answers), len(earning))
+    balances: Counter[str] = Counter()
+    for result, answer in zip(earning, answers, strict=True):
+        assert answer["data"]["event_id"] == result["data"]["event_id"]
+        assert answer["reader"] == result["reader"]
+        if answer["type"] == "plugin.points.earned":
+            balances[f"member:{result['data']['member_id']}"] += int(result["data"]["points"])
+            report.points_earned += 1
+        else:
+            report.earn_refused[answer["data"]["reason"]] += 1
+    assert {a: b for a, b in soak.ledger.items() if b} == {a: b for a, b in balances.items() if b}
+    assert soak.ledger_references == [], "a check-in credited twice"
+    assert report.outstanding_points == sum(balances.values())
+    return report

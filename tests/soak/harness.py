@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from plugins.points.service import PointsService
 from readerd.config import (
     Config,
+    PcscConfig,
     PluginsConfig,
     SessionConfig,
     SimConfig,
@@ -33,11 +34,22 @@ from readerd.config import (
 from readerd.eventlog import EventLog
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
-from tests.support.daemon import Envelope, RunningDaemon, Subscriber, running_daemon, sim_config
+from simulators.faults import FaultScript, FaultyCard
+from simulators.inprocess import CardModel
+from simulators.mynumber import CardProfile, build_card
+from simulators.pki import PkiStore
+from simulators.vicc import ViccBridge
+from tests.support.daemon import Envelope, RunningDaemon, Subscriber, hardware_config, running_daemon
+from tests.support.pcscd import PrivatePcscd
 from tests.support.postgres import PrivatePostgres
 
 POINTS_PER_EVENT = 10
 OUTCOMES = ("card.identified", "card.read_aborted")
+#: The one real PC/SC reader (pcscd + vpcd, slot 0 of the private pcscd); the daemon uses only it
+#: (``[pcsc] readers``), not the second reader of the vpcd entry.
+PCSC_READER = "Virtual PCD 00 00"
+#: What a card pulled from a vpcd reader mid-read looks like through pcscd (tests/daemon, docs/simulator.md).
+PCSC_PULL = ([{"action": "remove", "after_apdus": 1}], {"removed", "transport"})
 
 #: Fault scripts for a My Number Card tap, each with the abort reasons it may produce (a truncated answer
 #: ends in two bytes of the certificate, which the session reads as a status word).
@@ -87,7 +99,8 @@ class Tap:
     reader: str
     card: str
     felica: bool
-    fault: str | None = None  # a CARD_FAULTS key
+    fault: str | None = None  # a CARD_FAULTS key (on PC/SC: "pcsc_pull")
+    pcsc: bool = False
 
     @property
     def expected(self) -> str:
@@ -97,6 +110,7 @@ class Tap:
 @dataclass
 class SoakReport:
     taps: int = 0
+    pcsc_taps: int = 0
     identified: int = 0
     aborted: int = 0
     aborted_by_reason: Counter[str] = field(default_factory=Counter)
@@ -106,6 +120,7 @@ class SoakReport:
     earn_refused: Counter[str] = field(default_factory=Counter)  # by reason
     plugin_errors: Counter[str] = field(default_factory=Counter)  # by plugin/code
     flaky_seen: int = 0
+    reader_events: Counter[str] = field(default_factory=Counter)  # the PC/SC reader's, by type:reason
     events_logged: int = 0
     runs: int = 0
     outstanding_points: int = 0
@@ -116,6 +131,8 @@ class SoakReport:
         return [
             f"soak: {self.taps} taps in {self.seconds:.1f} s over {self.runs} daemon runs, "
             f"{self.events_logged} events logged",
+            f"  of which {self.pcsc_taps} through pcscd + vpcd; PC/SC reader events "
+            f"{dict(sorted(self.reader_events.items()))}",
             f"  outcomes: {self.identified} card.identified, {self.aborted} card.read_aborted "
             f"{dict(sorted(self.aborted_by_reason.items()))}",
             f"  faults injected: {dict(sorted(self.faults.items()))}",
@@ -141,6 +158,7 @@ class Soak:
         state_dir: Path,
         postgres: PrivatePostgres,
         shared_url: str,
+        pcscd: PrivatePcscd | None = None,
         *,
         seed: int,
         readers: int = 4,
@@ -150,9 +168,13 @@ class Soak:
     ) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - a replayable tap schedule, not a secret
         self.postgres = postgres
+        self.pcscd = pcscd
+        self.pki = PkiStore(state_dir.parent / "pcsc-pki")
         self.state_dir = state_dir
         self.reader_names = tuple(f"Sim {i:02d}" for i in range(readers))
         self.events = {name: f"ev{i}" for i, name in enumerate(self.reader_names)}
+        if pcscd is not None:
+            self.events[PCSC_READER] = "ev-pcsc"
         self.members = {f"CARD{i}": f"m{i}" for i in range(members)}  # FeliCa check-in card -> member
         self.jpki_cards = ("alice", "bob", "carol")
         self.deadline = deadline
@@ -162,8 +184,10 @@ class Soak:
             "checkin": {"readers": dict(self.events), "sync_interval": 0.2, "retry_after": 0.2},
             "points": {"earn_programme": "ward"},
         }
-        self.config: Config = sim_config(
+        self.config: Config = hardware_config(
             state_dir,
+            ("sim", "pcsc") if pcscd is not None else ("sim",),
+            pcsc=PcscConfig(readers=(PCSC_READER,), allow_virtual_readers=True),
             sessions=SessionConfig(deadline=deadline, repeat_window=0.0),
             sim=SimConfig(readers=self.reader_names),
             store=StoreConfig(shared_url=shared_url, connect_timeout=2.0, retries=3),
@@ -186,6 +210,11 @@ class Soak:
         self.sub = stack.enter_context(self.daemon.subscriber())
         self._stack = stack
         self.report.runs += 1
+        if self.pcscd is not None:  # the monitor lists pcscd's readers on its own thread after start
+            deadline = time.monotonic() + 30
+            while PCSC_READER not in [r["name"] for r in self.command("readers")["readers"]]:
+                assert time.monotonic() < deadline, "the PC/SC reader never showed up"
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.sub is not None:
@@ -288,6 +317,53 @@ class Soak:
             names = [n for n in CARD_FAULTS if n != "stall_read"]
             fault = "stall_read" if self.rng.random() < 0.05 else self.rng.choice(names)
         return self.tap(reader, self.rng.choice(self.jpki_cards), felica=False, fault=fault)
+
+    # -- the PC/SC reader -----------------------------------------------------------------------------
+    def _wait_seen(
+        self, what: str, predicate: Callable[[Envelope], bool], count: int, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(1 for e in self.seen if predicate(e)) < count:
+            assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+            self._drain(0.1)
+
+    def _on_pcsc(self, *types: str) -> Callable[[Envelope], bool]:
+        return lambda e: e["type"] in types and e["reader"] == PCSC_READER
+
+    def pcsc_tap(self, fault: bool = False) -> Tap:
+        """A card put on the vpcd reader through pcscd, read, taken off (synchronous: pcscd's presence
+        poll quantises insert and removal, DESIGN decision 8)."""
+        assert self.pcscd is not None
+        name = self.rng.choice(("dora", "eve"))  # not a sim card: another PKI, another pseudonym
+        card: CardModel = build_card(CardProfile(name=f"pcsc-{name}"), self.pki)
+        if fault:
+            card = FaultyCard(card, FaultScript.from_data(PCSC_PULL[0]))
+            self.report.faults["pcsc_pull"] += 1
+        tap = Tap(len(self.taps), PCSC_READER, f"pcsc-{name}", False, "pcsc_pull" if fault else None, True)
+        self.taps.append(tap)
+        done = sum(1 for t in self.taps if t.pcsc)
+        bridge = ViccBridge(card, port=self.pcscd.ports[0])
+        bridge.insert()
+        try:
+            self._wait_seen("the PC/SC outcome", self._on_pcsc(*OUTCOMES), done, 20)
+        finally:
+            bridge.remove()
+        self.removals += 1
+        self._wait_seen("the PC/SC removal", self._on_pcsc("card.removed"), done, 20)
+        assert bridge.errors == [], bridge.errors
+        return tap
+
+    def pcscd_crash(self) -> None:
+        """SIGKILL pcscd (no card on the reader), wait for the reader to go, start it, wait for it back."""
+        assert self.pcscd is not None
+        self.quiesce()
+        removed = sum(1 for e in self.seen if self._on_pcsc("reader.removed")(e))
+        added = sum(1 for e in self.seen if self._on_pcsc("reader.added")(e))
+        self.pcscd.kill()
+        self.report.faults["pcscd_kill"] += 1
+        self._wait_seen("reader.removed after pcscd died", self._on_pcsc("reader.removed"), removed + 1, 30)
+        self.pcscd.start()
+        self._wait_seen("reader.added after pcscd came back", self._on_pcsc("reader.added"), added + 1, 30)
 
     # -- setup ----------------------------------------------------------------------------------------
     def setup_plugins(self) -> None:
@@ -406,10 +482,17 @@ def verify(soak: Soak, events: list[Envelope]) -> SoakReport:
 
     # Every tap: exactly one outcome, in the order the taps were sent (one backend thread), of the
     # expected type on the expected reader; an interrupted tap's abort names the fault's reason.
+    # The sim backend's taps are in order among themselves (one thread), the PC/SC reader's likewise.
     outcomes = [e for e in events if e["type"] in OUTCOMES]
     assert len(outcomes) == len(soak.taps), (len(outcomes), len(soak.taps))
+    sim_taps = [t for t in soak.taps if not t.pcsc]
+    pcsc_taps = [t for t in soak.taps if t.pcsc]
+    sim_outcomes = [e for e in outcomes if e["reader"] != PCSC_READER]
+    pcsc_outcomes = [e for e in outcomes if e["reader"] == PCSC_READER]
+    report.pcsc_taps = len(pcsc_taps)
     pseudonyms: dict[str, str] = {}
-    for tap, out in zip(soak.taps, outcomes, strict=True):
+    pairs = [*zip(sim_taps, sim_outcomes, strict=True), *zip(pcsc_taps, pcsc_outcomes, strict=True)]
+    for tap, out in pairs:
         where = f"tap #{tap.index} ({tap.card} on {tap.reader}, fault {tap.fault})"
         assert out["type"] == tap.expected, f"{where}: {out['type']} {out['data']}"
         assert out["reader"] == tap.reader, where
@@ -419,11 +502,17 @@ def verify(soak: Soak, events: list[Envelope]) -> SoakReport:
             assert out["data"]["pseudonym"] == known, f"{where}: another pseudonym for the same card"
             report.identified += 1
         else:
-            assert out["data"]["reason"] in CARD_FAULTS[tap.fault][1], f"{where}: {out['data']}"
+            reasons = PCSC_PULL[1] if tap.pcsc else CARD_FAULTS[tap.fault][1]
+            assert out["data"]["reason"] in reasons, f"{where}: {out['data']}"
             report.aborted += 1
             report.aborted_by_reason[out["data"]["reason"]] += 1
     removed = [e for e in events if e["type"] == "card.removed"]
     assert len(removed) == len(soak.taps), "every tap ends with card.removed"
+    report.reader_events = Counter(
+        f"{e['type']}:{e['data'].get('reason', '')}".rstrip(":")
+        for e in events
+        if e["type"].startswith("reader.") and e["reader"] == PCSC_READER
+    )
 
     # Exactly one check-in result per identified card, per reader.
     identified = Counter(e["reader"] for e in events if e["type"] == "card.identified")

@@ -18,6 +18,7 @@ import pytest
 
 from tests.soak.conftest import SOAK_LINES
 from tests.soak.harness import Soak, verify
+from tests.support.pcscd import PrivatePcscd
 from tests.support.postgres import PrivatePostgres
 
 LONG_SECONDS = float(os.environ.get("READERD_SOAK_SECONDS", "0"))
@@ -28,19 +29,26 @@ TAPS_PER_ROUND = 12
 pytestmark = [
     pytest.mark.soak,
     pytest.mark.postgres,
+    pytest.mark.pcscd,
     pytest.mark.timeout(max(240, int(LONG_SECONDS * 1.5) + 120)),
 ]
 
 
 def _schedule(round_no: int) -> str:
-    return ("taps", "daemon_restart", "database_outage", "taps")[round_no % 4]
+    return ("taps", "daemon_restart", "database_outage", "pcscd_kill")[round_no % 4]
 
 
 def test_soak_under_faults(
-    tmp_path: Path, postgres_cluster: PrivatePostgres, postgres_url: str, request: pytest.FixtureRequest
+    tmp_path: Path,
+    postgres_cluster: PrivatePostgres,
+    postgres_url: str,
+    private_pcscd: PrivatePcscd,
+    request: pytest.FixtureRequest,
 ) -> None:
     lines: list[str] = []
-    soak = Soak(tmp_path / "state", postgres_cluster, postgres_url, seed=SEED, log=lines.append)
+    soak = Soak(
+        tmp_path / "state", postgres_cluster, postgres_url, private_pcscd, seed=SEED, log=lines.append
+    )
     began = time.monotonic()
     round_no = 0
     try:
@@ -52,8 +60,11 @@ def test_soak_under_faults(
                     soak.restart_daemon()
                 if action == "database_outage":
                     soak.database_outage(TAPS_PER_ROUND // 2)
+                if action == "pcscd_kill":
+                    soak.pcscd_crash()
                 for _ in range(TAPS_PER_ROUND):
                     soak.random_tap()
+                soak.pcsc_tap(fault=soak.rng.random() < 0.25)  # while the sim taps above run
                 soak.quiesce()
                 round_no += 1
             soak.finish()
@@ -71,3 +82,4 @@ def test_soak_under_faults(
     assert report.identified > 0
     assert report.faults["daemon_restart"] > 0
     assert report.faults["database_outage"] > 0
+    assert report.faults["pcscd_kill"] > 0

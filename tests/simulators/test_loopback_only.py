@@ -21,6 +21,7 @@ from simulators.felica_udp import FelicaUdpCard
 from simulators.mynumber import CardProfile, build_card
 from simulators.mynumber_nfc import LoopbackListenerDevice, MyNumberUdpCard
 from simulators.pki import PkiStore
+from simulators.sip2_acs import FakeAcs, Library
 from simulators.vicc import ViccBridge, parse_endpoint
 from tests.simulators.netsockets import inet_sockets, inode_of
 
@@ -77,15 +78,21 @@ def _binding_calls(path: Path) -> list[tuple[str, str]]:
 
     def visit(node: ast.AST, scope: list[str]) -> None:
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                # A server class (socketserver, asyncio, http.server ...) binds in its base's constructor.
+                for base in map(ast.unparse, child.bases):
+                    if base.endswith("Server"):
+                        found.append((".".join([*scope, child.name]), f"class({base})"))
             if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 visit(child, [*scope, child.name])
                 continue
-            if (
-                isinstance(child, ast.Call)
-                and isinstance(child.func, ast.Attribute)
-                and child.func.attr in ("bind", "listen", "_bind_socket", "create_server", "serve_forever")
-            ):
-                found.append((".".join(scope), ast.unparse(child.func)))
+            if isinstance(child, ast.Call):
+                callee = ast.unparse(child.func)
+                name = callee.rsplit(".", 1)[-1]
+                if name in ("bind", "listen", "_bind_socket", "create_server", "start_server") or (
+                    name.endswith("Server") and not callee.startswith("super")
+                ):
+                    found.append((".".join(scope), callee))
             visit(child, scope)
 
     visit(tree, [])
@@ -101,5 +108,14 @@ def test_no_simulator_module_binds_outside_the_checked_listener() -> None:
             ("LoopbackListenerDevice.__init__", "sock.bind"),  # the checked loopback address
             # nfcpy's listen for a reader's activation: no socket call, it runs on that device.
             ("MyNumberUdpCard._one_activation", "self._clf.listen"),
-        ]
+        ],
+        # The fake SIP2 library system: 127.0.0.1 is fixed in its constructor (checked in the kernel below).
+        "sip2_acs.py": [("FakeAcs", "class(socketserver.ThreadingTCPServer)")],
     }
+
+
+def test_fake_sip2_server_listens_on_loopback_in_the_kernel() -> None:
+    with FakeAcs(Library()) as acs:
+        sockets = inet_sockets("self", {inode_of(acs.socket.fileno())})
+        assert [(s.table, str(s.address), s.port) for s in sockets] == [("tcp", "127.0.0.1", acs.port)]
+        assert sockets[0].listening

@@ -72,7 +72,47 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
     plugins.add_argument("--trace-plugins", action="store_true", help="log each plugin hook call, timed")
     plugins.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    web = sub.add_parser(
+        "web",
+        help="the kiosk screen and operator console, a web page on the bus (docs/web.md)",
+        description="A web server (loopback by default, web.listen) showing the daemon's events on "
+        "/kiosk?reader=NAME and /console (web.console_token).",
+    )
+    web.add_argument(
+        "--config", type=Path, default=None, help=f"TOML configuration (default {DEFAULT_CONFIG})"
+    )
+    web.add_argument("--listen", help="host:port (default 127.0.0.1:8470)")
+    web.add_argument("--publish", help="the daemon's PUB endpoint (default: bus.publish)")
+    web.add_argument("--control", help="the daemon's control endpoint (default: bus.control)")
+    web.add_argument("--client-key", type=Path, help="this client's CURVE NAME.key_secret (bus.curve)")
+    web.add_argument("--server-key", type=Path, help="the daemon's server.key (default: under curve_dir)")
+    web.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+    web.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     return parser
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    """``readerd web``: runs until SIGINT/SIGTERM."""
+    from readerd.client import CurveKeys  # noqa: PLC0415 - loads zmq
+    from readerd.web import WebSettings, serve  # noqa: PLC0415 - loads starlette and uvicorn
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = with_overrides(load_config(path), {"web.listen": args.listen}).validate()
+    rlog.configure(args.log_level or config.log_level, args.log_format)
+    curve = None
+    if args.client_key is not None:
+        server = args.server_key or config.bus.curve_path(config.state_dir) / "server.key"
+        curve = CurveKeys.from_files(server, args.client_key)
+    settings = WebSettings(
+        publish=args.publish or config.bus.publish,
+        control=args.control or config.bus.control,
+        console_token=config.web.console_token,
+        curve=curve,
+        events_kept=config.web.events_kept,
+    )
+    host, port = config.web.address()
+    serve(settings, host, port)
+    return ExitCode.OK
 
 
 def plugins_config_from_args(args: argparse.Namespace) -> Config:
@@ -138,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _run_plugins(args)
+        if args.command == "web":
+            return _run_web(args)
         config = config_from_args(args)
         rlog.configure(args.log_level or config.log_level, args.log_format)
         from readerd.daemon import Daemon  # noqa: PLC0415 - `readerd --help` must not load zmq

@@ -218,6 +218,35 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``readerd web``, the kiosk screen and operator console (readerd/web, docs/web.md): loopback by
+    default, since the kiosk page can start a PIN entry and the console shows every reader's events."""
+
+    listen: str = "127.0.0.1:8470"  # host:port of the web server
+    allow_non_loopback: bool = False  # a LAN address needs this (the PIN travels in a POST body)
+    console_token: str = ""  # the operator console's token; empty: the console is closed
+    events_kept: int = 200  # recent events the console shows (and the tap chart counts from)
+
+    def address(self) -> tuple[str, int]:
+        """(host, port); ConfigError (exit 78) for a malformed one or a refused non-loopback host."""
+        host, sep, port_text = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise ConfigError(f"web.listen = {self.listen!r}: host:port, e.g. 127.0.0.1:8470")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ConfigError(f"web.listen = {self.listen!r}: the host must be an IP address") from None
+        if not loopback and not self.allow_non_loopback:
+            raise ConfigError(
+                f"web.listen = {self.listen!r} is not loopback; web.allow_non_loopback = true allows it"
+            )
+        if self.events_kept < 1:
+            raise ConfigError("web.events_kept must be positive")
+        return host, int(port_text)
+
+
+@dataclass(frozen=True)
 class Config:
     kiosk: str = "kiosk"
     state_dir: str = "/var/lib/readerd"
@@ -234,6 +263,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def simulated(self) -> bool:
@@ -269,6 +299,7 @@ class Config:
             raise ConfigError("felica.reads: names must be unique")
         self.auth.validate()
         self.metrics.address()
+        self.web.address()
         unknown = set(self.plugins.builtins) - set(BUILTIN)
         if unknown:
             missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)

@@ -1,0 +1,278 @@
+// The kiosk screen: events of one reader over Server-Sent Events, the PIN keypad over POST.
+// Plain script, no framework and no CDN: kiosks may be offline. Nothing personal is kept here.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const READER = params.get("reader") || "";
+const LANG = params.get("lang") === "en" ? "en" : "ja";
+const HOLD_MS = Number(params.get("hold") || 10) * 1000;
+document.documentElement.lang = LANG;
+
+const T = {
+  ja: {
+    idle: "カードをかざしてください",
+    idleDetail: "マイナンバーカード・おたっしゃカードが使えます",
+    reading: "読み取り中です",
+    readingDetail: "カードを動かさないでください",
+    identified: "カードを読み取りました",
+    removed: "カードを置いたままにしてください",
+    malformed: "カードを読み取れませんでした",
+    malformedDetail: "もう一度かざしてください",
+    timeout: "カードが応答しません",
+    timeoutDetail: "カードを一度離して、もう一度かざしてください",
+    transport: "読み取り機の調子が悪いようです",
+    transportDetail: "係員をお呼びください",
+    auth_required: "このカードは暗証番号が必要です",
+    auth_requiredDetail: "係員をお呼びください",
+    otherError: "カードを読み取れませんでした",
+    otherErrorDetail: "係員をお呼びください",
+    pinStart: "暗証番号で本人確認",
+    pinCancel: "やめる",
+    pinTitle: "暗証番号（数字4桁）を入力してください",
+    triesLeft: (n) => `残り ${n} 回入力できます`,
+    lastWarn: "あと1回間違えるとロックされ、窓口での手続きが必要になります",
+    clear: "訂正", ok: "確認", okLast: "最後の1回を使う",
+    wrongPin: (n) => `暗証番号が違います（残り ${n} 回）`,
+    pinBlocked: "暗証番号がロックされています",
+    pinBlockedDetail: "市区町村の窓口で手続きをしてください",
+    authOk: "本人確認ができました",
+    authFailed: "本人確認ができませんでした",
+    authFailedDetail: "係員をお呼びください",
+    pinFormat: "数字4桁を入力してください",
+    checkin: {
+      accepted: "受付しました", already_checked_in: "受付済みです", full: "定員に達しました",
+      not_open: "受付はまだ始まっていません", closed: "受付は終了しました", unknown_event: "このイベントは受付できません",
+      unknown_card: "登録されていないカードです", not_enrolled: "カードの登録が必要です",
+    },
+    checkinCount: (c, cap) => cap ? `${c} / ${cap} 人` : `${c} 人目`,
+    pointsEarned: (p) => `${p} ポイント付与`,
+    balance: (b) => `ポイント残高 ${b}`,
+    redeemed: (r) => `${r} ポイント使いました`,
+    library: {
+      ok: "図書館カードを確認しました", blocked: "貸出できません", not_registered: "図書館の登録がありません",
+      registration_expired: "登録の更新が必要です",
+    },
+    loans: (n, l) => `貸出中 ${n} 冊` + (l ? ` / ${l} 冊まで` : ""),
+    overdue: (n) => `返却期限を過ぎた本が ${n} 冊あります`,
+    renewed: "図書館の登録を更新しました",
+    checkout: (s, due) => s === "ok" ? `貸出しました（返却期限 ${due}）` : "貸出できませんでした",
+    bath: {
+      accepted: "入浴を受け付けました", unknown_card: "登録されていないカードです", revoked_card: "このカードは使えません（再発行済み）",
+      not_eligible: "対象年齢に達していません", monthly_cap_reached: "今月の利用回数の上限に達しました",
+      already_visited_today: "本日は利用済みです",
+    },
+    visits: (v, cap) => `今月 ${v} 回目` + (cap ? `（月 ${cap} 回まで）` : ""),
+    disconnected: "ただいま準備中です",
+  },
+  en: {
+    idle: "Please touch your card",
+    idleDetail: "My Number Card and senior bath-house card accepted",
+    reading: "Reading", readingDetail: "Please keep the card still",
+    identified: "Card read",
+    removed: "Please leave the card on the reader",
+    malformed: "The card could not be read", malformedDetail: "Please touch it again",
+    timeout: "The card does not answer", timeoutDetail: "Take the card away and touch again",
+    transport: "The reader has a problem", transportDetail: "Please call staff",
+    auth_required: "This card needs a PIN", auth_requiredDetail: "Please call staff",
+    otherError: "The card could not be read", otherErrorDetail: "Please call staff",
+    pinStart: "Confirm with PIN", pinCancel: "Cancel",
+    pinTitle: "Enter your 4-digit PIN",
+    triesLeft: (n) => `${n} tries left`,
+    lastWarn: "One more wrong PIN locks the card; unlocking needs a visit to the ward office",
+    clear: "Clear", ok: "OK", okLast: "Use the last try",
+    wrongPin: (n) => `Wrong PIN (${n} tries left)`,
+    pinBlocked: "The PIN is locked", pinBlockedDetail: "Please visit the ward office",
+    authOk: "Identity confirmed",
+    authFailed: "Identity not confirmed", authFailedDetail: "Please call staff",
+    pinFormat: "Enter 4 digits",
+    checkin: {
+      accepted: "Checked in", already_checked_in: "Already checked in", full: "The event is full",
+      not_open: "Check-in has not started", closed: "Check-in has closed", unknown_event: "No check-in for this event",
+      unknown_card: "This card is not registered", not_enrolled: "This card needs to be registered",
+    },
+    checkinCount: (c, cap) => cap ? `${c} / ${cap}` : `No. ${c}`,
+    pointsEarned: (p) => `${p} points added`,
+    balance: (b) => `Point balance ${b}`,
+    redeemed: (r) => `${r} points used`,
+    library: {
+      ok: "Library card confirmed", blocked: "Borrowing is blocked", not_registered: "Not registered at this library",
+      registration_expired: "Registration needs renewal",
+    },
+    loans: (n, l) => `${n} items on loan` + (l ? ` (limit ${l})` : ""),
+    overdue: (n) => `${n} items overdue`,
+    renewed: "Library registration renewed",
+    checkout: (s, due) => s === "ok" ? `Borrowed (due ${due})` : "Could not borrow",
+    bath: {
+      accepted: "Visit accepted", unknown_card: "This card is not registered", revoked_card: "This card was replaced and no longer works",
+      not_eligible: "Not yet eligible by age", monthly_cap_reached: "This month's visits are used up",
+      already_visited_today: "Already visited today",
+    },
+    visits: (v, cap) => `Visit ${v} this month` + (cap ? ` (up to ${cap})` : ""),
+    disconnected: "Please wait",
+  },
+}[LANG];
+
+const $ = (id) => document.getElementById(id);
+let idleTimer = null;
+let jpkiOnReader = false;
+let pin = { active: false, authId: null, digits: "", lastTry: false, busy: false };
+
+function show(state, title, detail = "", extra = "", cls = "") {
+  document.body.dataset.state = state;
+  $("title").textContent = title;
+  $("title").className = cls;
+  $("detail").textContent = detail;
+  $("extra").textContent = extra;
+  $("pin").classList.toggle("hidden", state !== "pin");
+  $("pin-cancel").classList.toggle("hidden", state !== "pin");
+  $("pin-start").classList.toggle("hidden", state === "pin" || !jpkiOnReader);
+  clearTimeout(idleTimer);
+  if (state !== "idle" && state !== "pin" && state !== "reading") {
+    idleTimer = setTimeout(idle, HOLD_MS);
+  }
+}
+
+function idle() { show("idle", T.idle, T.idleDetail); }
+
+function onCard(ev) {
+  const d = ev.data;
+  switch (ev.type) {
+    case "card.presented":
+      if (!pin.active) show("reading", T.reading, T.readingDetail);
+      break;
+    case "card.identified":
+      jpkiOnReader = d.kind === "jpki";
+      if (!pin.active) show("identified", T.identified);
+      break;
+    case "card.removed":
+      jpkiOnReader = false;
+      if (pin.active) { endPin(); idle(); } else { $("pin-start").classList.add("hidden"); }
+      break;
+    case "card.read_aborted": {
+      const r = ["removed", "malformed", "timeout", "transport", "auth_required"].includes(d.reason) ? d.reason : "otherError";
+      show("error", T[r], T[r + "Detail"] || "", "", "warn");
+      break;
+    }
+    case "card.authenticated":
+      endPin();
+      show("authenticated", T.authOk, "", "", "ok");
+      break;
+    case "card.auth_failed":
+      break; // the keypad shows the reply of its own auth.pin
+  }
+}
+
+function onPlugin(ev) {
+  const d = ev.data;
+  const name = ev.type.split(".").slice(1).join(".");
+  if (pin.active) return; // results of a tap wait until the citizen has finished typing
+  if (name === "checkin.result") {
+    const ok = d.status === "accepted";
+    const extra = d.points ? T.pointsEarned(d.points) : "";
+    const count = d.count !== undefined ? T.checkinCount(d.count, d.capacity) : "";
+    show("result", T.checkin[d.status] || d.status, ok ? count : "", extra,
+      ok ? "ok" : (d.status === "already_checked_in" ? "warn" : "bad"));
+  } else if (name === "points.earned") {
+    show("result", T.pointsEarned(d.points ?? d.amount ?? ""), d.balance !== undefined ? T.balance(d.balance) : "", "", "ok");
+  } else if (name === "points.redeemed") {
+    show("result", T.redeemed(d.redeemed), T.balance(d.balance), "", "ok");
+  } else if (name.startsWith("points.")) {
+    if (d.balance !== undefined) show("result", T.balance(d.balance), "", "", "ok");
+  } else if (name === "library.patron") {
+    const extra = d.overdue ? T.overdue(d.overdue) : "";
+    show("result", T.library[d.status] || d.status, d.loans !== undefined ? T.loans(d.loans, d.limit) : "", extra,
+      d.status === "ok" ? "ok" : "bad");
+  } else if (name === "library.registration_renewed") {
+    show("result", T.renewed, "", "", "ok");
+  } else if (name === "library.checkout") {
+    show("result", T.checkout(d.status, d.due), "", "", d.status === "ok" ? "ok" : "bad");
+  } else if (name === "bathhouse.visit") {
+    const ok = d.status === "accepted";
+    show("result", T.bath[d.status] || d.status,
+      d.visits_this_month !== undefined ? T.visits(d.visits_this_month, d.monthly_cap) : "", "", ok ? "ok" : "bad");
+  }
+}
+
+// --- PIN ---------------------------------------------------------------------------------------------
+async function command(cmd, args) {
+  const r = await fetch("/api/kiosk/" + cmd, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(args),
+    credentials: "same-origin",
+  });
+  return r.json();
+}
+
+async function beginPin(message = "") {
+  pin = { active: true, authId: null, digits: "", lastTry: false, busy: true };
+  const reply = await command("auth.begin", { reader: READER });
+  pin.busy = false;
+  if (!reply.ok) return pinError(reply.error);
+  pin.authId = reply.result.auth_id;
+  pin.lastTry = reply.result.last_try;
+  show("pin", message || T.pinTitle, "", "", message ? "bad" : "");
+  $("pin-tries").textContent = T.triesLeft(reply.result.tries_left);
+  $("pin-lastwarn").textContent = T.lastWarn;
+  $("pin-lastwarn").classList.toggle("hidden", !pin.lastTry);
+  $("key-ok").textContent = pin.lastTry ? T.okLast : T.ok;
+  drawDots();
+}
+
+function pinError(error) {
+  const code = error && error.code;
+  if (code === "wrong_pin") return beginPin(T.wrongPin(error.details ? error.details.tries_left : "?"));
+  endPin();
+  if (code === "pin_blocked") return show("error", T.pinBlocked, T.pinBlockedDetail, "", "bad");
+  if (code === "bad_pin_format") return beginPin(T.pinFormat);
+  show("error", T.authFailed, T.authFailedDetail, "", "bad");
+}
+
+async function submitPin() {
+  if (pin.busy || pin.digits.length !== 4 || !pin.authId) return;
+  pin.busy = true;
+  const digits = pin.digits;
+  pin.digits = "";
+  drawDots();
+  const reply = await command("auth.pin", { auth_id: pin.authId, pin: digits, allow_last_try: pin.lastTry });
+  pin.busy = false;
+  if (reply.ok) { endPin(); show("authenticated", T.authOk, "", "", "ok"); } else { pinError(reply.error); }
+}
+
+function endPin() { pin = { active: false, authId: null, digits: "", lastTry: false, busy: false }; }
+function drawDots() { $("pin-dots").textContent = "●".repeat(pin.digits.length) + "○".repeat(4 - pin.digits.length); }
+
+function buildKeypad() {
+  const pad = $("keypad");
+  const keys = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "clear", "0", "ok"];
+  for (const k of keys) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.id = "key-" + k;
+    b.textContent = k === "clear" ? T.clear : k === "ok" ? T.ok : k;
+    b.addEventListener("click", () => {
+      if (k === "clear") pin.digits = "";
+      else if (k === "ok") return submitPin();
+      else if (pin.digits.length < 4) pin.digits += k;
+      drawDots();
+    });
+    pad.appendChild(b);
+  }
+  $("pin-start").textContent = T.pinStart;
+  $("pin-cancel").textContent = T.pinCancel;
+  $("pin-start").addEventListener("click", () => beginPin());
+  $("pin-cancel").addEventListener("click", () => { endPin(); idle(); });
+}
+
+// --- events ------------------------------------------------------------------------------------------
+function connect() {
+  const src = new EventSource("/api/kiosk/events?reader=" + encodeURIComponent(READER));
+  src.addEventListener("hello", () => { document.body.dataset.connected = "yes"; });
+  src.addEventListener("bus", (m) => {
+    const ev = JSON.parse(m.data);
+    if (ev.type.startsWith("card.")) onCard(ev); else onPlugin(ev);
+  });
+  src.onerror = () => { document.body.dataset.connected = "no"; }; // EventSource reconnects by itself
+}
+
+buildKeypad();
+idle();
+connect();

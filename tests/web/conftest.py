@@ -1,0 +1,105 @@
+"""Fixtures for the web screens: a daemon on the sim backend with the check-in plugin, ``readerd web`` on
+a thread, and Debian's chromium driven headless by Playwright (its own browser download is not
+reachable from our machines, so ``executable_path`` points at the Debian package that
+``scripts/bootstrap --test`` installs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from readerd.config import PluginsConfig
+from readerd.testing import RunningDaemon, running_daemon, sim_config
+from readerd.web import WebServer, WebSettings
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps calling home, which floods a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOKEN = "console-token-for-tests"  # noqa: S105 - a test token
+EVENT = "fest"
+
+
+def _missing(reason: str) -> None:
+    """Outside CI a machine without chromium skips; CI (bootstrap installs it) must fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: scripts/bootstrap --test installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    sections: dict[str, dict[str, object]] = {"checkin": {"event": EVENT, "allow_unenrolled": True}}
+    config = sim_config(
+        tmp_path_factory.mktemp("daemon"),
+        plugins=PluginsConfig(autoload=False, builtins=("checkin",), sections=sections),
+    )
+    with running_daemon(config) as d:
+        now = datetime.now(UTC)
+        reply = d.request(
+            "checkin.define_event",
+            {
+                "event_id": EVENT,
+                "name": "区民まつり",
+                "place": "区役所前広場",
+                "starts_at": (now - timedelta(hours=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=2)).isoformat(),
+                "capacity": 100,
+                "idempotency_key": "web-e1",
+            },
+        )
+        assert reply["ok"], reply
+        yield d
+
+
+@pytest.fixture(scope="module")
+def web(daemon: RunningDaemon) -> Iterator[WebServer]:
+    settings = WebSettings(publish=daemon.publish, control=daemon.control, console_token=TOKEN)
+    with WebServer(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        _missing("Debian's chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="ja-JP")
+    p = context.new_page()
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where each screen's state is saved (``READERD_WEB_SCREENSHOTS`` to keep them somewhere known)."""
+    wanted = os.environ.get("READERD_WEB_SCREENSHOTS")
+    path = Path(wanted) if wanted else tmp_path_factory.mktemp("web-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,88 @@
+"""The web app without a browser: what a kiosk screen may see of an event, the console's token, the
+commands a kiosk page may send."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from readerd.web import WebServer, WebSettings
+from readerd.web.app import Stats, kiosk_view
+
+TOKEN = "t0ken"  # noqa: S105 - a test token
+SETTINGS = WebSettings(publish="tcp://127.0.0.1:1", control="tcp://127.0.0.1:1", console_token=TOKEN)
+
+
+def http(url: str, body: object = None, headers: dict[str, str] | None = None) -> int:
+    """The status of a GET (or, with ``body``, a JSON POST) to the app, error statuses included."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - http://127.0.0.1
+    try:
+        with urllib.request.urlopen(req, timeout=5) as reply:  # noqa: S310 - http://127.0.0.1 of the test
+            status: int = reply.status
+            return status
+    except urllib.error.HTTPError as e:
+        e.close()
+        return e.code
+
+
+@pytest.fixture
+def app() -> Iterator[str]:
+    with WebServer(SETTINGS) as web:  # no daemon behind it: these requests never reach one
+        yield web.url
+
+
+def test_a_kiosk_screen_sees_no_identity_of_a_card() -> None:
+    identified = {
+        "type": "card.identified",
+        "reader": "R",
+        "seq": 3,
+        "data": {"kind": "jpki", "pseudonym": "ABC", "member_id": "M1", "enrolled": True, "repeat": False},
+    }
+    result = {"type": "plugin.checkin.result", "reader": "R", "seq": 4, "data": {"status": "accepted"}}
+    assert kiosk_view(identified) == {
+        "type": "card.identified",
+        "reader": "R",
+        "seq": 3,
+        "data": {"kind": "jpki", "repeat": False},
+    }
+    assert kiosk_view(result) == {**result}
+    assert kiosk_view({"type": "heartbeat", "data": {}}) is None
+    assert kiosk_view({"type": "plugin.error", "data": {"plugin": "x"}}) is None
+
+
+def test_the_console_wants_the_token(app: str) -> None:
+    assert http(f"{app}/api/console/state") == 401
+    assert http(f"{app}/api/console/state", headers={"Authorization": "Bearer nope"}) == 401
+    assert http(f"{app}/api/console/login", {"token": TOKEN[:-1]}) == 401
+    assert http(f"{app}/api/console/login", {"token": ""}) == 401
+    assert http(f"{app}/api/console/login", {"token": TOKEN}) == 200
+
+
+def test_no_token_configured_means_a_closed_console() -> None:
+    settings = WebSettings(publish=SETTINGS.publish, control=SETTINGS.control, console_token="")
+    with WebServer(settings) as web:
+        assert http(f"{web.url}/api/console/login", {"token": ""}) == 401
+        assert http(f"{web.url}/api/console/state", headers={"Authorization": "Bearer "}) == 401
+
+
+def test_a_kiosk_page_sends_only_the_pin_commands(app: str) -> None:
+    assert http(f"{app}/api/kiosk/tap", {"card": "alice"}) == 404
+    assert http(f"{app}/api/kiosk/points.redeem", {}) == 404
+    assert http(f"{app}/api/kiosk/auth.pin?pin=1234") == 405  # the PIN never travels in a URL
+
+
+def test_latency_and_taps_per_hour_come_from_the_daemons_timestamps() -> None:
+    stats = Stats()
+    stats.add({"type": "card.presented", "reader": "R", "ts": "2026-11-23T01:02:03.000Z"})
+    stats.add({"type": "card.identified", "reader": "R", "ts": "2026-11-23T01:02:03.250Z"})
+    stats.add({"type": "card.presented", "reader": "R", "ts": "2026-11-23T02:00:00.000Z"})
+    assert stats.as_json() == {
+        "taps_per_hour": [{"hour": "2026-11-23T01", "taps": 1}, {"hour": "2026-11-23T02", "taps": 1}],
+        "latency_ms": [250.0],
+    }

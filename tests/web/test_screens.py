@@ -1,0 +1,114 @@
+"""The kiosk screen and the console in a real browser: Debian's chromium, headless, driven by Playwright,
+against ``readerd web`` following a daemon on the sim backend. Assertions wait explicitly (10 s at
+most); nothing sleeps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from readerd.testing import RunningDaemon
+from readerd.web import WebServer
+from tests.web.conftest import TOKEN
+
+pytestmark = [pytest.mark.web, pytest.mark.timeout(60)]
+
+READER = "Sim 00"
+WAIT_MS = 10_000
+
+
+@pytest.fixture
+def card_off(daemon: RunningDaemon) -> Iterator[None]:
+    """Each test starts and ends with an empty reader."""
+    yield
+    daemon.request("remove", {"reader": READER})
+
+
+def open_kiosk(page: Any, web: WebServer, lang: str = "ja") -> None:
+    page.goto(f"{web.url}/kiosk?reader={READER.replace(' ', '%20')}&lang={lang}&hold=30")
+    # the stream is open once the app said hello: a tap from now on reaches this page
+    page.wait_for_selector("body[data-connected=yes]", timeout=WAIT_MS)
+
+
+def test_a_tap_shows_the_check_in_result(page, web, daemon, card_off, screenshots: Path) -> None:
+    open_kiosk(page, web)
+    page.wait_for_selector("#title:text('カードをかざしてください')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-idle.png")
+    started = time.monotonic()
+    daemon.tap("alice", reader=READER)
+    page.wait_for_selector("body[data-state=result] #title:text('受付しました')", timeout=WAIT_MS)
+    elapsed = time.monotonic() - started
+    page.screenshot(path=screenshots / "kiosk-checkin-accepted.png")
+    assert "1 / 100 人" in page.inner_text("#detail")
+    body = page.inner_text("body")
+    assert "member" not in body
+    assert elapsed < 10
+
+    daemon.request("remove", {"reader": READER})
+    daemon.tap("alice", reader=READER)
+    page.wait_for_selector("#title:text('受付済みです')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-checkin-again.png")
+
+
+def test_english_and_a_pulled_card_in_plain_words(page, web, daemon, card_off, screenshots: Path) -> None:
+    open_kiosk(page, web, lang="en")
+    page.wait_for_selector("#title:text('Please touch your card')", timeout=WAIT_MS)
+    daemon.tap("bob", reader=READER, faults=[{"action": "remove", "after_apdus": 1}])
+    page.wait_for_selector("body[data-state=error]", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-read-aborted-en.png")
+    assert page.inner_text("#title") == "Please leave the card on the reader"
+
+
+def press(page: Any, digits: str) -> None:
+    for digit in digits:
+        page.click(f"#key-{digit}")
+
+
+def test_pin_on_the_keypad_ends_in_card_authenticated(page, web, daemon, card_off, screenshots: Path) -> None:
+    open_kiosk(page, web)
+    daemon.tap("carol", reader=READER, pin="4321")
+    page.click("#pin-start", timeout=WAIT_MS)
+    page.wait_for_selector("body[data-state=pin] #pin-tries:text('残り 3 回')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-pin.png")
+    press(page, "1111")
+    page.click("#key-ok")
+    page.wait_for_selector("#title:text('暗証番号が違います（残り 2 回）')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-pin-wrong.png")
+    press(page, "4321")
+    page.click("#key-ok")
+    done = "body[data-state=authenticated] #title:text('本人確認ができました')"
+    page.wait_for_selector(done, timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-authenticated.png")
+
+
+def test_last_try_is_warned_and_asked_for(page, web, daemon, card_off, screenshots: Path) -> None:
+    open_kiosk(page, web)
+    daemon.tap("dave", reader=READER, tries=1)
+    page.click("#pin-start", timeout=WAIT_MS)
+    page.wait_for_selector("#pin-lastwarn:visible", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-pin-last-try.png")
+    assert "残り 1 回" in page.inner_text("#pin-tries")
+    assert "ロック" in page.inner_text("#pin-lastwarn")
+    assert page.inner_text("#key-ok") == "最後の1回を使う"
+
+
+def test_console_refuses_a_wrong_token_and_shows_a_tap(page, web, daemon, card_off, screenshots) -> None:
+    page.goto(f"{web.url}/console")
+    page.fill("#token", "wrong")
+    page.click("#login button")
+    page.wait_for_selector("#login-error:text('トークンが違います')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "console-refused.png")
+    assert page.is_hidden("#main")
+
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    page.wait_for_selector("body[data-state=console] #readers:has-text('Sim 00')", timeout=WAIT_MS)
+    daemon.tap("erin", reader=READER)
+    page.wait_for_selector("#recent:has-text('card.identified')", timeout=WAIT_MS)
+    page.wait_for_selector("#taps-chart svg rect", timeout=WAIT_MS)
+    page.wait_for_selector("#plugins:has-text('checkin')", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "console.png", full_page=True)

@@ -50,6 +50,8 @@ SSE_KEEPALIVE_S = 10.0
 # the pseudonym, member or MyKey ID (the screen is in a public place).
 KIOSK_CARD_FIELDS = ("kind", "reason", "error", "tries_left", "repeat", "expires_within_days")
 
+KIOSK_ARGS = ("reader", "auth_id", "pin", "allow_last_try")  # what a kiosk page may pass on
+
 Envelope = dict[str, Any]
 
 
@@ -113,6 +115,28 @@ class Stats:
         }
 
 
+def reader_health(readers: list[dict[str, Any]], events: dict[str, Envelope]) -> list[dict[str, Any]]:
+    """The console's reader table: the daemon's readers now (``status``), each with its last
+    ``reader.error`` if that is the newest news of it, plus readers the bus saw go away
+    (``reader.removed``) that the daemon no longer lists, so a reader pulled out stays visible."""
+    out: list[dict[str, Any]] = []
+    for reader in readers:
+        last = events.get(str(reader.get("name")))
+        state, since = "ok", None
+        if last is not None and last.get("type") == "reader.error":
+            state = f"error: {(last.get('data') or {}).get('reason', '?')}"
+            since = last.get("ts")
+        out.append({**reader, "state": state, "since": since})
+    listed = {str(r.get("name")) for r in readers}
+    for name, last in sorted(events.items()):
+        if name not in listed and last.get("type") == "reader.removed":
+            backend = (last.get("data") or {}).get("backend")
+            out.append(
+                {"name": name, "backend": backend, "card": None, "state": "removed", "since": last.get("ts")}
+            )
+    return out
+
+
 class Hub:
     """Follows the bus and fans events out to the browsers' streams; keeps the console's recent events."""
 
@@ -123,6 +147,7 @@ class Hub:
         self.listeners: set[asyncio.Queue[Envelope]] = set()
         self.connected = False
         self.last_error: str | None = None
+        self.reader_events: dict[str, Envelope] = {}  # the last reader.* event of each reader
 
     async def run(self) -> None:
         """Forever: the client reconnects and catches up by itself; a silent bus is shown, not fatal."""
@@ -140,6 +165,11 @@ class Hub:
                     self.last_error = str(e)
                     log.warning("events lost for good", oldest_seq=e.oldest_seq)
                     continue
+                except Exception as e:  # a screen that stops updating for good is worse than a retry
+                    self.connected, self.last_error = False, str(e)
+                    log.exception("bus client failed; retrying")
+                    await asyncio.sleep(1)
+                    continue
                 self.connected, self.last_error = True, None
                 self.publish(env)
         finally:
@@ -148,6 +178,8 @@ class Hub:
     def publish(self, env: Envelope) -> None:
         self.recent.append(env)
         self.stats.add(env)
+        if str(env.get("type", "")).startswith("reader.") and env.get("reader"):
+            self.reader_events[str(env["reader"])] = env
         for queue in list(self.listeners):
             with contextlib.suppress(asyncio.QueueFull):  # a stuck browser loses events, nobody else
                 queue.put_nowait(env)
@@ -211,6 +243,19 @@ def _request(session: KioskSession, cmd: str, args: dict[str, Any]) -> dict[str,
         return session.control.request(cmd, args)
 
 
+async def json_body(request: Request) -> dict[str, Any] | None:
+    """A POST's JSON object, or None. Only ``application/json`` is taken: a page of another site cannot
+    send that type without a CORS preflight, which this app never answers, so a cross-site form cannot
+    start a PIN entry or log in to the console."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return None
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
@@ -218,6 +263,7 @@ def _sse(event: str, data: object) -> bytes:
 def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # noqa: PLR0915 - routes
     """The ASGI app. ``run_hub=False`` leaves the bus alone (unit tests feed :class:`Hub` directly)."""
     hub = Hub(settings)
+    cookie_key = secrets.token_bytes(32)
     sessions = Sessions(settings)
 
     def token_ok(given: str) -> bool:
@@ -225,9 +271,19 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
         # constant time: the comparison must not tell an attacker how much of a guess was right
         return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
+    def cookie_value() -> str:
+        """What the console's cookie holds: a MAC of the token under a key of this process, so the token
+        itself is not in the browser and a restart of ``readerd web`` logs everyone out."""
+        return hmac.new(cookie_key, settings.console_token.encode(), "sha256").hexdigest()
+
     def console_allowed(request: Request) -> bool:
-        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-        return token_ok(request.cookies.get(CONSOLE_COOKIE) or bearer)
+        if not settings.console_token:
+            return False
+        cookie = request.cookies.get(CONSOLE_COOKIE)
+        if cookie is not None:
+            return hmac.compare_digest(cookie.encode(), cookie_value().encode())
+        auth = request.headers.get("authorization", "")
+        return auth.startswith("Bearer ") and token_ok(auth.removeprefix("Bearer "))
 
     async def index(_request: Request) -> Response:
         return RedirectResponse("/kiosk")
@@ -270,10 +326,12 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
         cmd = request.path_params["cmd"]
         if cmd not in ("auth.begin", "auth.pin"):
             return JSONResponse({"ok": False, "error": {"code": "unknown_command"}}, status_code=404)
-        body = await request.json()
-        if not isinstance(body, dict):
+        body = await json_body(request)
+        if body is None:
             return JSONResponse({"ok": False, "error": {"code": "bad_request"}}, status_code=400)
-        args = {k: body[k] for k in ("reader", "auth_id", "pin", "allow_last_try") if k in body}
+        args: dict[str, Any] = {
+            k: body[k] for k in ("reader", "auth_id", "pin", "allow_last_try") if k in body
+        }
         sid, session = sessions.get(request.cookies.get(KIOSK_COOKIE))
         try:
             reply = await run_in_threadpool(_request, session, cmd, args)
@@ -286,13 +344,13 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
         return response
 
     async def console_login(request: Request) -> Response:
-        body = await request.json()
-        token = str(body.get("token", "")) if isinstance(body, dict) else ""
+        body = await json_body(request)
+        token = str(body.get("token", "")) if body is not None else ""
         if not token_ok(token):
             log.warning("console login refused", client=request.client.host if request.client else None)
             return JSONResponse({"ok": False}, status_code=401)
         response = JSONResponse({"ok": True})
-        response.set_cookie(CONSOLE_COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(CONSOLE_COOKIE, cookie_value(), httponly=True, samesite="strict")
         return response
 
     async def console_state(request: Request) -> Response:
@@ -309,6 +367,7 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
 
         status, plugins = await run_in_threadpool(lambda: (ask("status"), ask("plugins")))
         errors = [e for e in hub.recent if e.get("type") == "plugin.error"]
+        readers = ((status.get("result") or {}).get("readers") or []) if status.get("ok") else []
         return JSONResponse(
             {
                 "ok": True,
@@ -318,6 +377,7 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
                 "plugins": plugins.get("result") if plugins.get("ok") else None,
                 "plugin_errors": errors[-20:],
                 "recent": list(hub.recent)[-50:][::-1],
+                "readers": reader_health(readers, hub.reader_events),
                 **hub.stats.as_json(),
             }
         )

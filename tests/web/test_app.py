@@ -7,14 +7,17 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from readerd.web import WebServer, WebSettings
-from readerd.web.app import Stats, kiosk_view
+from readerd.web.app import Stats, kiosk_view, reader_health
 
 TOKEN = "t0ken"  # noqa: S105 - a test token
-SETTINGS = WebSettings(publish="tcp://127.0.0.1:1", control="tcp://127.0.0.1:1", console_token=TOKEN)
+SETTINGS = WebSettings(
+    publish="tcp://127.0.0.1:1", control="tcp://127.0.0.1:1", console_token=TOKEN, request_timeout_ms=200
+)
 
 
 def http(url: str, body: object = None, headers: dict[str, str] | None = None) -> int:
@@ -62,6 +65,17 @@ def test_the_console_wants_the_token(app: str) -> None:
     assert http(f"{app}/api/console/login", {"token": TOKEN[:-1]}) == 401
     assert http(f"{app}/api/console/login", {"token": ""}) == 401
     assert http(f"{app}/api/console/login", {"token": TOKEN}) == 200
+    # the token opens the state; the daemon behind it is unreachable, which the state says
+    assert http(f"{app}/api/console/state", headers={"Authorization": f"Bearer {TOKEN}"}) == 200
+    assert http(f"{app}/api/console/state", headers={"Cookie": f"readerd_console={TOKEN}"}) == 401
+
+
+def test_posts_take_json_only(app: str) -> None:
+    """A form of another site (no preflight for its content types) cannot log in or start a PIN entry."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert http(f"{app}/api/console/login", {"token": TOKEN}, headers=form) == 401
+    assert http(f"{app}/api/kiosk/auth.begin", {"reader": "R"}, headers=form) == 400
+    assert http(f"{app}/api/kiosk/auth.begin", ["not", "an", "object"]) == 400
 
 
 def test_no_token_configured_means_a_closed_console() -> None:
@@ -86,3 +100,20 @@ def test_latency_and_taps_per_hour_come_from_the_daemons_timestamps() -> None:
         "taps_per_hour": [{"hour": "2026-11-23T01", "taps": 1}, {"hour": "2026-11-23T02", "taps": 1}],
         "latency_ms": [250.0],
     }
+
+
+def test_the_console_keeps_a_reader_that_went_away() -> None:
+    now: list[dict[str, Any]] = [
+        {"name": "R0", "backend": "pcsc", "card": None},
+        {"name": "R1", "backend": "pcsc", "card": "jpki"},
+    ]
+    events = {
+        "R1": {"type": "reader.error", "reader": "R1", "ts": "t1", "data": {"reason": "wedged"}},
+        "R2": {"type": "reader.removed", "reader": "R2", "ts": "t2", "data": {"backend": "pcsc"}},
+        "R3": {"type": "reader.added", "reader": "R3", "ts": "t3", "data": {"backend": "pcsc"}},
+    }
+    assert reader_health(now, events) == [
+        {"name": "R0", "backend": "pcsc", "card": None, "state": "ok", "since": None},
+        {"name": "R1", "backend": "pcsc", "card": "jpki", "state": "error: wedged", "since": "t1"},
+        {"name": "R2", "backend": "pcsc", "card": None, "state": "removed", "since": "t2"},
+    ]

@@ -57,7 +57,8 @@ function render(s) {
     ? `${healthy ? "healthy" : "UNHEALTHY"} · bus ${s.bus.connected ? "connected" : "silent"} · last seq ${st.last_seq} · subscribers ${st.subscribers ?? ""} · uptime ${Math.round(st.uptime_s || 0)} s`
     : `daemon unreachable: ${(s.status_error || {}).message || ""}`;
   $("health").className = healthy ? "ok" : "bad";
-  table("readers", ["reader", "backend", "card"], (st.readers || []).map((r) => [r.name, r.backend, r.card ?? "-"]));
+  table("readers", ["reader", "backend", "card", "state", "since"], (s.readers || []).map((r) => [
+    r.name, r.backend, r.card ?? "-", [r.state, r.state === "ok" ? "ok" : "bad"], r.since ?? ""]));
   const p = s.plugins || { plugins: [], quarantined: [] };
   table("plugins", ["plugin", "version", "state"], (p.plugins || []).map((x) => [
     x.name, x.version, (p.quarantined || []).includes(x.name) ? ["quarantined", "bad"] : ["ok", "ok"]]));

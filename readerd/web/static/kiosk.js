@@ -166,6 +166,8 @@ function onPlugin(ev) {
   const d = ev.data;
   const name = ev.type.split(".").slice(1).join(".");
   if (pin.active) return; // results of a tap wait until the citizen has finished typing
+  // how many results this page has shown: bench/web_screen.py times tap -> screen by it
+  document.body.dataset.results = String(Number(document.body.dataset.results || 0) + 1);
   if (name === "checkin.result") {
     const ok = d.status === "accepted";
     const extra = d.points ? T.pointsEarned(d.points) : "";

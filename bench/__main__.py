@@ -1,4 +1,5 @@
-"""``python -m bench`` lists the benchmarks; ``python -m bench NAME [ARGS]`` runs one (docs/performance.md).
+"""``python -m bench`` lists the benchmarks; ``python -m bench NAME [ARGS]`` runs one (docs/performance.md);
+``python -m bench all`` runs every one several times and writes a table and a plot (bench/run_all.py).
 
 Equivalent to ``python -m bench.NAME [ARGS]``. Run from the repository root: benchmarks use the test
 support code (``tests/support``) to start daemons and private pcscd instances.
@@ -30,6 +31,8 @@ def benches() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     available = benches()
+    if args and args[0] == "all":
+        args = ["run_all", *args[1:]]
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write("usage: python -m bench NAME [ARGS]   (NAME --help for its options)\n\n")
         for name, summary in available.items():

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,8 @@ class Soak:
                 autoload=False, builtins=("checkin", "points"), sections=sections, quarantine_after=3
             ),
         )
+        # The whole run must stay in the event log for the final check (an hour is ~250,000 events).
+        self.config = replace(self.config, bus=replace(self.config.bus, log_max_events=10_000_000))
         self.taps: list[Tap] = []
         self.removals = 0  # card.removed events owed: taps not held, and removals asked for
         self.report = SoakReport()

@@ -178,8 +178,11 @@ class Hub:
     def publish(self, env: Envelope) -> None:
         self.recent.append(env)
         self.stats.add(env)
-        if str(env.get("type", "")).startswith("reader.") and env.get("reader"):
-            self.reader_events[str(env["reader"])] = env
+        kind, reader = str(env.get("type", "")), str(env.get("reader"))
+        if kind.startswith("reader.") and env.get("reader"):
+            self.reader_events[reader] = env
+        elif kind == "card.identified" and self.reader_events.get(reader, {}).get("type") == "reader.error":
+            del self.reader_events[reader]  # a card read since: the reader works again
         for queue in list(self.listeners):
             with contextlib.suppress(asyncio.QueueFull):  # a stuck browser loses events, nobody else
                 queue.put_nowait(env)

@@ -77,8 +77,12 @@ def web(daemon: RunningDaemon) -> Iterator[WebServer]:
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         _missing("Debian's chromium is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only where chromium is
+    except ImportError:
+        _missing("the playwright package is not installed (the [dev] extra)")
+        raise
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             yield b

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from readerd.web import WebServer, WebSettings
-from readerd.web.app import Stats, kiosk_view, reader_health
+from readerd.web.app import Hub, Stats, kiosk_view, reader_health
 
 TOKEN = "t0ken"  # noqa: S105 - a test token
 SETTINGS = WebSettings(
@@ -117,3 +117,11 @@ def test_the_console_keeps_a_reader_that_went_away() -> None:
         {"name": "R1", "backend": "pcsc", "card": "jpki", "state": "error: wedged", "since": "t1"},
         {"name": "R2", "backend": "pcsc", "card": None, "state": "removed", "since": "t2"},
     ]
+
+
+def test_a_card_read_clears_a_reader_error() -> None:
+    hub = Hub(SETTINGS)
+    hub.publish({"type": "reader.error", "reader": "R", "ts": "t1", "data": {"reason": "wedged"}})
+    assert reader_health([{"name": "R"}], hub.reader_events)[0]["state"] == "error: wedged"
+    hub.publish({"type": "card.identified", "reader": "R", "ts": "t2", "data": {"kind": "jpki"}})
+    assert reader_health([{"name": "R"}], hub.reader_events)[0]["state"] == "ok"

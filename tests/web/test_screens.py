@@ -112,3 +112,18 @@ def test_console_refuses_a_wrong_token_and_shows_a_tap(page, web, daemon, card_o
     page.wait_for_selector("#taps-chart svg rect", timeout=WAIT_MS)
     page.wait_for_selector("#plugins:has-text('checkin')", timeout=WAIT_MS)
     page.screenshot(path=screenshots / "console.png", full_page=True)
+
+
+def test_console_shows_a_wedged_reader(page, web, daemon, screenshots) -> None:
+    """A card that stops answering past ``sessions.deadline`` (3 s here) wedges its reader: the daemon
+    publishes ``reader.error(wedged)`` and the console marks that reader until it recovers."""
+    page.goto(f"{web.url}/console")
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    page.wait_for_selector("#readers:has-text('Sim 01')", timeout=WAIT_MS)
+    daemon.tap("frank", reader="Sim 01", faults=[{"action": "stall", "after_apdus": 1, "seconds": 4}])
+    try:
+        page.wait_for_selector("#readers td.bad:has-text('error: wedged')", timeout=WAIT_MS)
+        page.screenshot(path=screenshots / "console-reader-wedged.png", full_page=True)
+    finally:
+        daemon.request("remove", {"reader": "Sim 01"})

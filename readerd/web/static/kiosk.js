@@ -39,6 +39,7 @@ const T = {
     authFailed: "本人確認ができませんでした",
     authFailedDetail: "係員をお呼びください",
     pinFormat: "数字4桁を入力してください",
+    pinAgain: "もう一度暗証番号を入力してください",
     checkin: {
       accepted: "受付しました", already_checked_in: "受付済みです", full: "定員に達しました",
       not_open: "受付はまだ始まっていません", closed: "受付は終了しました", unknown_event: "このイベントは受付できません",
@@ -85,6 +86,7 @@ const T = {
     authOk: "Identity confirmed",
     authFailed: "Identity not confirmed", authFailedDetail: "Please call staff",
     pinFormat: "Enter 4 digits",
+    pinAgain: "Please enter your PIN again",
     checkin: {
       accepted: "Checked in", already_checked_in: "Already checked in", full: "The event is full",
       not_open: "Check-in has not started", closed: "Check-in has closed", unknown_event: "No check-in for this event",
@@ -225,6 +227,8 @@ function pinError(error) {
   endPin();
   if (code === "pin_blocked") return show("error", T.pinBlocked, T.pinBlockedDetail, "", "bad");
   if (code === "bad_pin_format") return beginPin(T.pinFormat);
+  // the try may have been counted, or the session ran out: read the tries again, never resend the PIN
+  if (code === "pin_result_unknown" || code === "auth_session_invalid") return beginPin(T.pinAgain);
   show("error", T.authFailed, T.authFailedDetail, "", "bad");
 }
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_web(args: argparse.Namespace) -> int:
     """``readerd web``: runs until SIGINT/SIGTERM."""
     from readerd.client import CurveKeys  # noqa: PLC0415 - loads zmq
-    from readerd.web import WebSettings, serve  # noqa: PLC0415 - loads starlette and uvicorn
+    from readerd.web import FleetKiosk, WebSettings, serve  # noqa: PLC0415 - loads starlette, uvicorn
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     config = with_overrides(load_config(path), {"web.listen": args.listen}).validate()
@@ -103,12 +103,19 @@ def _run_web(args: argparse.Namespace) -> int:
     if args.client_key is not None:
         server = args.server_key or config.bus.curve_path(config.state_dir) / "server.key"
         curve = CurveKeys.from_files(server, args.client_key)
+    fleet = []
+    for kiosk in config.web.kiosks:
+        if kiosk.server_key and args.client_key is None:
+            raise ConfigError(f"web.kiosks {kiosk.name}: a server_key needs readerd web --client-key")
+        keys = CurveKeys.from_files(Path(kiosk.server_key), args.client_key) if kiosk.server_key else None
+        fleet.append(FleetKiosk(kiosk.name, kiosk.control, keys))
     settings = WebSettings(
         publish=args.publish or config.bus.publish,
         control=args.control or config.bus.control,
         console_token=config.web.console_token,
         curve=curve,
         events_kept=config.web.events_kept,
+        fleet=tuple(fleet),
     )
     host, port = config.web.address()
     serve(settings, host, port)

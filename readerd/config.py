@@ -218,6 +218,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebKiosk:
+    """Another kiosk's daemon the console shows in its fleet table (``status`` over its control endpoint,
+    which a ``subscribe`` CURVE key may send)."""
+
+    name: str = ""
+    control: str = ""  # e.g. tcp://kiosk-3:7411
+    server_key: str = ""  # that daemon's server.key; CURVE with readerd web's --client-key
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """``readerd web``, the kiosk screen and operator console (readerd/web, docs/web.md): loopback by
     default, since the kiosk page can start a PIN entry and the console shows every reader's events."""
@@ -226,6 +236,7 @@ class WebConfig:
     allow_non_loopback: bool = False  # a LAN address needs this (the PIN travels in a POST body)
     console_token: str = ""  # the operator console's token; empty: the console is closed
     events_kept: int = 200  # recent events the console shows (and the tap chart counts from)
+    kiosks: tuple[WebKiosk, ...] = field(default=(), metadata={"item": WebKiosk})  # the console's fleet
 
     def address(self) -> tuple[str, int]:
         """(host, port); ConfigError (exit 78) for a malformed one or a refused non-loopback host."""
@@ -243,6 +254,9 @@ class WebConfig:
             )
         if self.events_kept < 1:
             raise ConfigError("web.events_kept must be positive")
+        for i, kiosk in enumerate(self.kiosks):
+            if not kiosk.name or not kiosk.control:
+                raise ConfigError(f"web.kiosks[{i}]: name and control are required")
         return host, int(port_text)
 
 

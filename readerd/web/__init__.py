@@ -12,9 +12,9 @@ import time
 
 import uvicorn
 
-from readerd.web.app import WebSettings, create_app
+from readerd.web.app import FleetKiosk, WebSettings, create_app
 
-__all__ = ["WebServer", "WebSettings", "create_app", "serve"]
+__all__ = ["FleetKiosk", "WebServer", "WebSettings", "create_app", "serve"]
 
 
 def _config(settings: WebSettings, host: str, port: int) -> uvicorn.Config:

@@ -56,6 +56,15 @@ Envelope = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class FleetKiosk:
+    """Another kiosk's daemon in the console's fleet table: asked ``status`` only."""
+
+    name: str
+    control: str
+    curve: CurveKeys | None = None
+
+
+@dataclass(frozen=True)
 class WebSettings:
     """What the app needs: the daemon's endpoints (and CURVE keys), the console token."""
 
@@ -65,6 +74,27 @@ class WebSettings:
     curve: CurveKeys | None = None
     events_kept: int = 200
     request_timeout_ms: int = 5000
+    fleet: tuple[FleetKiosk, ...] = ()
+    fleet_timeout_ms: int = 1000  # a kiosk that does not answer within this is shown unreachable
+
+
+def fleet_row(name: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """One line of the fleet table from a ``status`` reply (or the failure to get one)."""
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        return {"name": name, "reachable": False, "error": error.get("code"), "healthy": False}
+    status = reply.get("result") or {}
+    return {
+        "name": name,
+        "reachable": True,
+        "kiosk": status.get("kiosk"),
+        "healthy": bool(status.get("healthy")),
+        "readers": len(status.get("readers") or []),
+        "cards": sum(1 for r in status.get("readers") or [] if r.get("card")),
+        "quarantined": status.get("plugins_quarantined") or [],
+        "last_seq": status.get("last_seq"),
+        "uptime_s": status.get("uptime_s"),
+    }
 
 
 def kiosk_view(env: Envelope) -> Envelope | None:
@@ -368,7 +398,16 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
             except Unreachable as e:
                 return {"ok": False, "error": {"code": "unreachable", "message": str(e)}}
 
+        def ask_fleet(kiosk: FleetKiosk) -> dict[str, Any]:
+            try:
+                with ControlSession(kiosk.control, settings.fleet_timeout_ms, kiosk.curve) as session:
+                    return fleet_row(kiosk.name, session.request("status"))
+            except Unreachable:
+                return fleet_row(kiosk.name, {"ok": False, "error": {"code": "unreachable"}})
+
+        fleet = asyncio.gather(*(run_in_threadpool(ask_fleet, kiosk) for kiosk in settings.fleet))
         status, plugins = await run_in_threadpool(lambda: (ask("status"), ask("plugins")))
+        others = await fleet
         errors = [e for e in hub.recent if e.get("type") == "plugin.error"]
         readers = ((status.get("result") or {}).get("readers") or []) if status.get("ok") else []
         return JSONResponse(
@@ -381,6 +420,7 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
                 "plugin_errors": errors[-20:],
                 "recent": list(hub.recent)[-50:][::-1],
                 "readers": reader_health(readers, hub.reader_events),
+                "fleet": [fleet_row("(this kiosk)", status), *others] if settings.fleet else [],
                 **hub.stats.as_json(),
             }
         )

@@ -16,7 +16,7 @@ import pytest
 
 from readerd.config import PluginsConfig
 from readerd.testing import RunningDaemon, running_daemon, sim_config
-from readerd.web import WebServer, WebSettings
+from readerd.web import FleetKiosk, WebServer, WebSettings
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps calling home, which floods a closed network.
@@ -68,7 +68,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
 
 @pytest.fixture(scope="module")
 def web(daemon: RunningDaemon) -> Iterator[WebServer]:
-    settings = WebSettings(publish=daemon.publish, control=daemon.control, console_token=TOKEN)
+    # The fleet: the same daemon again under another name, and a kiosk that never answers.
+    fleet = (FleetKiosk("hall-2", daemon.control), FleetKiosk("gone-3", "tcp://127.0.0.1:9"))
+    settings = WebSettings(
+        publish=daemon.publish,
+        control=daemon.control,
+        console_token=TOKEN,
+        fleet=fleet,
+        fleet_timeout_ms=300,
+    )
     with WebServer(settings) as server:
         yield server
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from readerd import cli
+from readerd.exitcodes import ExitCode
 from readerd.web import WebServer, WebSettings
 from readerd.web.app import Hub, Stats, kiosk_view, reader_health
 
@@ -125,3 +127,8 @@ def test_a_card_read_clears_a_reader_error() -> None:
     assert reader_health([{"name": "R"}], hub.reader_events)[0]["state"] == "error: wedged"
     hub.publish({"type": "card.identified", "reader": "R", "ts": "t2", "data": {"kind": "jpki"}})
     assert reader_health([{"name": "R"}], hub.reader_events)[0]["state"] == "ok"
+
+
+def test_readerd_web_refuses_a_lan_address_without_allow_non_loopback() -> None:
+    assert cli.main(["web", "--listen", "0.0.0.0:8470"]) == ExitCode.CONFIG
+    assert cli.main(["web", "--listen", "nonsense"]) == ExitCode.CONFIG

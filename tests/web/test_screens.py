@@ -111,6 +111,9 @@ def test_console_refuses_a_wrong_token_and_shows_a_tap(page, web, daemon, card_o
     page.wait_for_selector("#recent:has-text('card.identified')", timeout=WAIT_MS)
     page.wait_for_selector("#taps-chart svg rect", timeout=WAIT_MS)
     page.wait_for_selector("#plugins:has-text('checkin')", timeout=WAIT_MS)
+    page.wait_for_selector("#fleet td.ok:has-text('healthy')", timeout=WAIT_MS)
+    assert "hall-2 (test-kiosk)" in page.inner_text("#fleet")
+    page.wait_for_selector("#fleet td.bad:has-text('unreachable')", timeout=WAIT_MS)
     page.screenshot(path=screenshots / "console.png", full_page=True)
 
 

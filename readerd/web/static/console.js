@@ -57,6 +57,13 @@ function render(s) {
     ? `${healthy ? "healthy" : "UNHEALTHY"} · bus ${s.bus.connected ? "connected" : "silent"} · last seq ${st.last_seq} · subscribers ${st.subscribers ?? ""} · uptime ${Math.round(st.uptime_s || 0)} s`
     : `daemon unreachable: ${(s.status_error || {}).message || ""}`;
   $("health").className = healthy ? "ok" : "bad";
+  $("fleet-section").classList.toggle("hidden", !s.fleet.length);
+  table("fleet", ["kiosk", "state", "readers", "cards on readers", "quarantined plugins", "last seq", "uptime s"],
+    s.fleet.map((k) => [
+      k.reachable ? `${k.name} (${k.kiosk})` : k.name,
+      !k.reachable ? [k.error || "unreachable", "bad"] : k.healthy ? ["healthy", "ok"] : ["UNHEALTHY", "bad"],
+      k.readers ?? "", k.cards ?? "", k.quarantined ? [k.quarantined.join(", "), k.quarantined.length ? "bad" : ""] : "",
+      k.last_seq ?? "", k.uptime_s !== undefined ? Math.round(k.uptime_s) : ""]));
   table("readers", ["reader", "backend", "card", "state", "since"], (s.readers || []).map((r) => [
     r.name, r.backend, r.card ?? "-", [r.state, r.state === "ok" ? "ok" : "bad"], r.since ?? ""]));
   const p = s.plugins || { plugins: [], quarantined: [] };

@@ -1,0 +1,246 @@
+"""The soak with a daemon in a process of its own, killed with SIGKILL in the middle of the taps.
+
+A killed daemon loses what it had not made durable: taps still queued in the sim backend (never read),
+events not yet handed to the plugin host, plugin results not yet published. What must survive: the event
+log (``seq`` gap-free across the kill, DESIGN decision 2), every effect at most once (no tap read twice, no
+check-in or ledger entry twice), the ledger's balances. What is lost is counted, not hidden: the report
+says how many identified cards never got a check-in result, and how many accepted check-ins never got a
+points answer, because the daemon died in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from plugins.points.service import PointsService
+from readerd.ctl import request
+from readerd.store import Store
+from tests.soak.harness import OUTCOMES, Soak, _earns
+from tests.support.daemon import Subscriber
+from tests.support.ports import free_tcp_port
+
+START_TIMEOUT = 30.0
+
+
+class SubprocessDaemon:
+    """``readerd run --simulate`` in its own process, on fixed loopback ports (the same after a restart)."""
+
+    def __init__(self, workdir: Path, config_toml: str, state_dir: Path) -> None:
+        self.workdir = workdir
+        self.state_dir = state_dir
+        self.config_path = workdir / "readerd.toml"
+        self.config_path.write_text(config_toml, encoding="utf-8")
+        self.publish = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.control = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "daemon.log"
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "readerd.cli", "run", "--simulate", "--config", str(self.config_path),
+            "--state-dir", str(self.state_dir), "--publish", self.publish, "--control", self.control,
+            "--heartbeat", "0.05", "--log-level", "WARNING", "--log-format", "json",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        # The control endpoint answers before the plugin host has registered its commands (they get
+        # unknown_command meanwhile): wait for one command of each plugin to be known.
+        deadline = time.monotonic() + START_TIMEOUT
+        probes = {"checkin.status": {"event_id": "-"}, "points.balance": {"member_id": "-"}}
+        while probes:
+            assert self.process.poll() is None, f"readerd exited:\n{self.log_path.read_text()[-3000:]}"
+            for cmd, args in list(probes.items()):
+                with contextlib.suppress(Exception):
+                    reply = request(self.control, cmd, args, timeout_ms=500)
+                    if reply["ok"] or reply["error"]["code"] != "unknown_command":
+                        del probes[cmd]
+            assert time.monotonic() < deadline, f"readerd's plugin commands never appeared: {list(probes)}"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            assert self.process.wait(30) == 0, self.log_path.read_text()[-3000:]
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process = None
+
+    # -- what the driver calls (as on RunningDaemon) ---------------------------------------------------
+    def request(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        return request(self.control, cmd, args, timeout_ms=10_000)
+
+    def tap(self, card: str = "alice", **args: object) -> dict[str, Any]:
+        reply = self.request("tap", {"card": card, **args})
+        assert reply["ok"], reply
+        return reply
+
+    def remove(self, reader: str | None = None) -> None:
+        assert self.request("remove", {"reader": reader} if reader else {})["ok"]
+
+    def subscriber(self) -> Subscriber:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sock = context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.publish)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sub = Subscriber(sock)
+        sub.sync(10)
+        return sub
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+class KillSoak(Soak):
+    """:class:`Soak` on a subprocess daemon (no in-process test plugin: it cannot be loaded there)."""
+
+    def __init__(self, state_dir: Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(state_dir, *args, **kwargs)
+        self.flaky = None
+        c = self.config
+        sections: dict[str, dict[str, object]] = {
+            "sim": {"readers": list(c.sim.readers)},
+            "sessions": {"deadline": c.sessions.deadline, "repeat_window": c.sessions.repeat_window},
+            "bus": {"log_max_events": c.bus.log_max_events},
+            "store": {"shared_url": c.store.shared_url, "connect_timeout": c.store.connect_timeout,
+                      "retries": c.store.retries},
+            "plugins": {"autoload": False, "builtins": list(c.plugins.builtins)},
+        }  # fmt: skip
+        lines = [f"kiosk = {_toml('soak-kiosk')}"]
+        for table, values in sections.items():
+            lines += [f"\n[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+        for plugin, values in c.plugins.sections.items():
+            lines += [f"\n[plugins.{plugin}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+        self.process = SubprocessDaemon(state_dir.parent, "\n".join(lines) + "\n", state_dir)
+        self.kills = 0
+        self.lost_taps = 0
+        self._store: Store | None = None
+
+    def start(self) -> None:
+        self.process.start()
+        self.daemon = self.process
+        self.sub = self.process.subscriber()
+        self.report.runs += 1
+
+    def stop(self) -> None:
+        if self.sub is not None:
+            self._drain()
+            self.sub.sock.close()
+        self.process.stop()
+        self.daemon, self.sub = None, None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def kill_daemon(self, after_outcomes: int) -> None:
+        """SIGKILL once ``after_outcomes`` more taps were read (others still queued), then start again.
+
+        Then the driver's view is rebuilt from the durable log: taps never read are dropped (they never
+        happened on the card side), and results the daemon died owing are forgiven, and counted.
+        """
+        seen_before = sum(1 for e in self.seen if e["type"] in OUTCOMES)
+        self._wait_seen(
+            "outcomes before the kill", lambda e: e["type"] in OUTCOMES, seen_before + after_outcomes, 30
+        )
+        assert self.sub is not None
+        self.sub.sock.close()
+        self.process.kill()
+        self.kills += 1
+        self.report.faults["daemon_sigkill"] += 1
+        self.daemon, self.sub = None, None
+        logged = self.logged_events()
+        outcomes = sum(1 for e in logged if e["type"] in OUTCOMES)
+        read = [t for t in self.taps if not t.pcsc][:outcomes]
+        self.lost_taps += len(self.taps) - len(read)
+        self.taps = read
+        self.seen = logged
+        self.removals = sum(1 for e in logged if e["type"] == "card.removed")
+        seen = Counter(e["type"] for e in logged)
+        self.forgiven["checkin"] = seen["card.identified"] - seen["plugin.checkin.result"]
+        accepted = sum(1 for e in logged if e["type"] == "plugin.checkin.result" and _earns(e["data"]))
+        self.forgiven["points"] = accepted - seen["plugin.points.earned"] - seen["plugin.points.earn_refused"]
+        self.start()
+
+    def points_service(self) -> PointsService:
+        """The shared store opened here (the daemon is another process); closed at :meth:`stop`."""
+        self._store = Store.open(self.config.store, self.state_dir)
+        return PointsService(self._store.for_plugin("points"))
+
+
+def verify_killed(soak: KillSoak, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What must hold across SIGKILLs, and what was lost."""
+    seqs = [int(e["seq"]) for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the event log has a gap across a SIGKILL"
+    outcomes = [e for e in events if e["type"] in OUTCOMES]
+    assert len(outcomes) == len(soak.taps), "every tap read has exactly one outcome"
+    for tap, out in zip(soak.taps, outcomes, strict=True):
+        assert out["type"] == tap.expected, (tap, out)
+        assert out["reader"] == tap.reader, (tap, out)
+    identified = sum(1 for e in outcomes if e["type"] == "card.identified")
+    results = [e for e in events if e["type"] == "plugin.checkin.result"]
+    assert len(results) <= identified, "a check-in result more than once"
+    accepted = Counter(
+        (e["data"]["event_id"], f"member:{e['data']['member_id']}")
+        for e in results
+        if e["data"]["status"] == "accepted"
+    )
+    assert all(n == 1 for n in accepted.values()), f"accepted twice: {accepted}"
+    recorded = 0
+    for event_id, persons in soak.attendance.items():
+        assert len(persons) == len(set(persons)), f"{event_id}: a person recorded twice"
+        assert {p for (ev, p) in accepted if ev == event_id} <= set(persons), event_id
+        recorded += len(persons)
+    earning = [e for e in results if _earns(e["data"])]
+    answers = [e for e in events if e["type"] in ("plugin.points.earned", "plugin.points.earn_refused")]
+    assert len(answers) <= len(earning), "a points answer more than once"
+    earned = sum(int(e["data"]["earned"]) for e in answers if e["type"] == "plugin.points.earned")
+    assert soak.ledger_references == [], "a check-in credited twice"
+    assert soak.report.outstanding_points >= earned, "points earned on the bus but not in the ledger"
+    return {
+        "taps_read": len(soak.taps),
+        "taps_lost_queued": soak.lost_taps,
+        "sigkills": soak.kills,
+        "identified": identified,
+        "identified_without_checkin_result": identified - len(results),
+        "accepted_checkins_recorded": recorded,
+        "accepted_results": sum(accepted.values()),
+        "accepted_without_points_answer": len(earning) - len(answers),
+        "ledger_points": soak.report.outstanding_points,
+        "earned_on_bus": earned,
+        "events_logged": len(events),
+        "plugin_errors": dict(Counter(f"{e['data']['plugin']}/{e['data']['error']}" for e in events
+                                      if e["type"] == "plugin.error")),
+    }  # fmt: skip
+
+
+def env_seconds() -> float:
+    return float(os.environ.get("READERD_SOAK_SECONDS", "0"))

@@ -2,7 +2,9 @@
 ``python -m bench all`` runs every one several times and writes a table and a plot (bench/run_all.py).
 
 Equivalent to ``python -m bench.NAME [ARGS]``. Run from the repository root: benchmarks use the test
-support code (``tests/support``) to start daemons and private pcscd instances.
+support code (``tests/support``) to start daemons, private pcscd instances and private PostgreSQL
+clusters. The list is every module here with a ``main`` (``tap_latency``, ``plugin_pipeline``, ``bus``,
+``plugins_db``), found at run time.
 """
 
 from __future__ import annotations

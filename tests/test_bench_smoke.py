@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pcscd import missing_tools
+from tests.support.postgres import missing_tools as missing_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +76,51 @@ def test_tap_latency_prints_its_numbers() -> None:
     result = json.loads(found.group(0))
     assert result["daemon_first_apdu_to_event"]["n"] == 2
     assert result["bare_pyscard_identification_apdus"]["n"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_plugins_db_prints_redemptions_on_both_backends(tmp_path: Path) -> None:
+    out = tmp_path / "db.json"
+    done = run_bench(
+        "bench.plugins_db",
+        "--quick",
+        "--kiosks",
+        "1,2",
+        "--runs",
+        "1",
+        "--requests",
+        "3",
+        "--baseline-inserts",
+        "20",
+        "--dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    number = r"\|\s*([\d,]+(?:\.\d+)?)\s"
+    for backend in ("sqlite", "postgresql"):
+        skipped = re.search(rf"^\| {backend} \| skipped: ([^|]*)", done.stdout, re.MULTILINE)
+        if skipped:
+            in_ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+            assert backend == "postgresql", done.stdout
+            assert not in_ci, f"PostgreSQL skipped under CI: {skipped.group(1)}"
+            assert missing_postgres(), done.stdout  # skipped only when the tools are really missing
+            continue
+        for scenario in ("many", "hot"):
+            for kiosks in (1, 2):
+                line = re.search(
+                    rf"^\| {backend} \| {scenario} \| {kiosks} " + number, done.stdout, re.MULTILINE
+                )
+                assert line, done.stdout
+                assert float(line.group(1).replace(",", "")) > 0
+        assert re.search(rf"^\| {backend} \| baseline: ", done.stdout, re.MULTILINE), done.stdout
+    assert "ledger check: ok on every run" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["ledger_ok"] is True
+    sqlite = result["backends"]["sqlite"]["scenarios"]["hot/2"]
+    assert sqlite["ok"] == 2 * 3
+    assert sqlite["redemptions_per_s"]["median"] > 0
 
 
 def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:

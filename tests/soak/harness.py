@@ -185,6 +185,9 @@ class Soak:
         self.events = {name: f"ev{i}" for i, name in enumerate(self.reader_names)}
         if pcscd is not None:
             self.events[PCSC_READER] = "ev-pcsc"
+        self.base_events = dict(self.events)
+        self.all_events: set[str] = set()
+        self.generation = 0
         self.members = {f"CARD{i}": f"m{i}" for i in range(members)}  # FeliCa check-in card -> member
         self.jpki_cards = ("alice", "bob", "carol")
         self.deadline = deadline
@@ -247,10 +250,23 @@ class Soak:
         finally:
             self.stop()
 
-    def restart_daemon(self) -> None:
+    def restart_daemon(self, *, new_events: bool = True) -> None:
+        """Stop and start the daemon on the same state; with ``new_events`` every reader admits to a new
+        event from then on (a new day at the community centre), so a long run keeps accepting check-ins
+        and awarding points instead of answering ``already_checked_in`` after its first minutes."""
         self.quiesce()
         self.stop()
+        if new_events:
+            self.generation += 1
+            self.events = {
+                reader: f"{event}-g{self.generation}" for reader, event in self.base_events.items()
+            }
+            sections = dict(self.config.plugins.sections)
+            sections["checkin"] = {**sections["checkin"], "readers": dict(self.events)}
+            self.config = replace(self.config, plugins=replace(self.config.plugins, sections=sections))
         self.start()
+        if new_events:
+            self.define_events()
         self.report.faults["daemon_restart"] += 1
 
     def _d(self) -> DaemonHandle:
@@ -384,8 +400,9 @@ class Soak:
         self._wait_seen("reader.added after pcscd came back", self._on_pcsc("reader.added"), added + 1, 30)
 
     # -- setup ----------------------------------------------------------------------------------------
-    def setup_plugins(self) -> None:
+    def define_events(self) -> None:
         starts, ends = _window()
+        self.all_events.update(self.events.values())
         for reader, event_id in self.events.items():
             self.command(
                 "checkin.define_event",
@@ -398,6 +415,9 @@ class Soak:
                 points=POINTS_PER_EVENT,
                 idempotency_key=f"define-{event_id}",
             )
+
+    def setup_plugins(self) -> None:
+        self.define_events()
         self.command(
             "points.define_programme",
             programme_id="ward",
@@ -469,7 +489,7 @@ class Soak:
         )
         self.attendance = {
             event_id: [row["person"] for row in self.command("checkin.attendance", event_id=event_id)["rows"]]
-            for event_id in self.events.values()
+            for event_id in sorted(self.all_events)
         }
 
     def logged_events(self) -> list[Envelope]:

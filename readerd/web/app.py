@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -218,7 +218,8 @@ class Hub:
                 queue.put_nowait(env)
 
     @contextlib.contextmanager
-    def listen(self) -> Any:  # noqa: ANN401 - a generator-based context manager of a queue
+    def listen(self) -> Iterator[asyncio.Queue[Envelope]]:
+        """A queue of every event from now on, for one browser stream, removed when it closes."""
         queue: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=1000)
         self.listeners.add(queue)
         try:

@@ -19,6 +19,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from readerd.plugin_api import JsonObject, Refusal
@@ -111,23 +113,26 @@ def idempotent(  # noqa: PLR0917 - mirrors the command handler's own arguments
     """
     key = text_arg(args, "idempotency_key", max_length=KEY_MAX)
     digest = request_digest(command, args)
-    row = conn.execute(
-        sa.select(table.c.command, table.c.digest, table.c.result).where(table.c.key == key)
+    # Claim the key first: a concurrent request with the same key waits on the unique index until this
+    # transaction ends, then finds the committed record (READ COMMITTED) or is retried (SERIALIZABLE).
+    # Checking first and inserting last would let both run ``apply`` before either had committed.
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    claimed = conn.execute(
+        insert.values(key=key, command=command, digest=digest, result="", created_at=iso(now))
+        .on_conflict_do_nothing()
+        .returning(table.c.key)
     ).first()
-    if row is not None:
+    if claimed is None:
+        row = conn.execute(
+            sa.select(table.c.command, table.c.digest, table.c.result).where(table.c.key == key)
+        ).one()
         if row.command != command or row.digest != digest:
             raise Refusal("idempotency_conflict", "this idempotency_key was used for another request")
         replay: dict[str, Any] = json.loads(row.result)
         return {**replay, "replayed": True}
-    result = apply(conn)
+    result = apply(conn)  # a Refusal here rolls the claim back with everything else
     conn.execute(
-        table.insert().values(
-            key=key,
-            command=command,
-            digest=digest,
-            result=json.dumps(result, ensure_ascii=False),
-            created_at=iso(now),
-        )
+        table.update().where(table.c.key == key).values(result=json.dumps(result, ensure_ascii=False))
     )
     return result
 

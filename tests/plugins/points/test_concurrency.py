@@ -103,3 +103,52 @@ def test_sixteen_kiosks_redeem_at_once(config: StoreConfig, tmp_path: Path) -> N
     assert balance == 100 - 14 * 7 == 2
     assert check == {"negative_accounts": 0, "outstanding_points": 2}
     assert all(kiosk.exitcode == 0 for kiosk in kiosks)
+
+
+def test_the_same_request_twice_at_the_same_instant_is_applied_once(
+    config: StoreConfig, tmp_path: Path
+) -> None:
+    """Two kiosks (two stores) send one redemption with one key at once: one applies it, one replays it."""
+    import threading  # noqa: PLC0415
+
+    stores = []
+    for name in ("office", "a", "b"):
+        (tmp_path / name).mkdir()
+        stores.append(Store.open(config, tmp_path / name))
+    try:
+        office, a, b = (PointsService(s.for_plugin("points")) for s in stores)
+        office.define_programme(
+            {
+                "programme_id": "p",
+                "name": "p",
+                "last_earning_day": "2099-12-31",
+                "last_ticket_day": "2099-12-31",
+                "last_use_day": "2099-12-31",
+                "idempotency_key": "p",
+            }
+        )
+        office.define_shop({"shop_id": "s", "name": "s", "area": "a", "idempotency_key": "s"})
+        office.import_points(
+            {"programme_id": "p", "member_id": "M", "amount": 10, "source_ref": "r", "idempotency_key": "i"}
+        )
+        args = {"programme_id": "p", "member_id": "M", "shop_id": "s", "amount": 3, "idempotency_key": "same"}
+        barrier = threading.Barrier(2)
+        results: list[dict[str, object]] = []
+
+        def kiosk(service: PointsService) -> None:
+            barrier.wait(10)
+            results.append(service.redeem(args))
+
+        threads = [threading.Thread(target=kiosk, args=(s,)) for s in (a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        balance = office.balance("member:M")["balances"]["p"]
+    finally:
+        for store in stores:
+            store.close()
+    assert len(results) == 2
+    assert sorted(bool(r.get("replayed")) for r in results) == [False, True]
+    assert results[0]["entry_id"] == results[1]["entry_id"]
+    assert balance == 7

@@ -218,6 +218,7 @@ async function beginPin(message = "") {
   $("pin-lastwarn").textContent = T.lastWarn;
   $("pin-lastwarn").classList.toggle("hidden", !pin.lastTry);
   $("key-ok").textContent = pin.lastTry ? T.okLast : T.ok;
+  $("key-ok").classList.toggle("long", pin.lastTry);
   drawDots();
 }
 

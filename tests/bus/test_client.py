@@ -135,6 +135,12 @@ def test_restart_is_detected_by_run_id_and_a_dead_daemon_by_heartbeat_timeout(tm
 
 def test_async_client_catches_up_like_the_sync_one(bus: Bus) -> None:
     publish(bus, 30)
+    # A cursor is always a seq the daemon had sent (seq is persistent): wait until it has, or the first
+    # heartbeat could show the daemon behind since=10 and the client would rightly take that for a reset.
+    deadline = time.monotonic() + 10
+    while bus.last_seq < 30:
+        assert time.monotonic() < deadline, "the bus never sent the 30 events"
+        time.sleep(0.01)
 
     async def main() -> list[int]:
         async with AsyncBusClient(bus.publish_endpoint, bus.control_endpoint, since=10) as client:

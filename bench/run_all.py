@@ -14,6 +14,8 @@ Figures and baselines (docs/performance.md says what each number means):
   PUB/SUB messages/s with the same payload (the ratio: raw messages in the time of one tap).
 - ``bus``: events/s and p50 latency of readerd's bus against raw pyzmq, 1 and 10 subscribers, CURVE off
   and on.
+- ``plugins_db``: points redemptions/s on SQLite and PostgreSQL, 1 and 4 kiosk processes, many accounts
+  and one hot account, against a bare INSERT + COMMIT loop in the same database.
 - ``startup``: spawn -> ``READY=1`` and VmRSS of ``readerd run --simulate`` with 1, 8 and 32 simulated
   readers, against a bare Python importing the same libraries.
 
@@ -39,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ("tap_latency", "plugin_pipeline", "bus", "startup")
+BENCHES = ("tap_latency", "plugin_pipeline", "bus", "plugins_db", "startup")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,20 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--quick", "--taps", "20", "--runs", "1", "--messages", "5000"] if quick else ["--runs", "1"]
     if name == "bus":
         return ["--quick", "--subscribers", "1"] if quick else ["--subscribers", "1", "10"]
+    if name == "plugins_db":
+        if quick:
+            return [
+                "--quick",
+                "--kiosks",
+                "1,2",
+                "--runs",
+                "1",
+                "--requests",
+                "3",
+                "--baseline-inserts",
+                "20",
+            ]
+        return ["--kiosks", "1,4", "--runs", "1", "--requests", "50"]
     if name == "startup":
         return ["--runs", "1", "--readers", "1"] if quick else ["--runs", "3"]
     raise ValueError(name)
@@ -99,6 +115,7 @@ def figures_of(name: str, result: dict[str, Any]) -> list[Figure]:
         "tap_latency": _tap_latency,
         "plugin_pipeline": _plugin_pipeline,
         "bus": _bus,
+        "plugins_db": _plugins_db,
         "startup": _startup,
     }
     return extract[name](result)
@@ -169,6 +186,27 @@ def _bus(r: dict[str, Any]) -> list[Figure]:
             )
         )
         out.append(Figure("bus", f"p50 latency, {where}", "ms", row["p50_ms"], "raw pyzmq", base["p50_ms"]))
+    return out
+
+
+def _plugins_db(r: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    for backend, data in r["backends"].items():
+        if "skipped" in data:
+            continue
+        base = data["baseline_inserts_per_s"]["median"]
+        for fig in data["scenarios"].values():
+            out.append(
+                Figure(
+                    "plugins_db",
+                    f"{backend}: redemptions/s, {fig['scenario']}, {fig['kiosks']} kiosk(s)",
+                    "redemptions/s",
+                    fig["redemptions_per_s"]["median"],
+                    "bare INSERT + COMMIT, 1 connection",
+                    base,
+                    higher_is_better=True,
+                )
+            )
     return out
 
 

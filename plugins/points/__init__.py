@@ -18,6 +18,7 @@ there is one: amounts and balances, never names.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import structlog
@@ -25,7 +26,7 @@ import structlog
 from plugins.common import parse_date
 from plugins.points.ctl import ctl_command
 from plugins.points.service import PointsService, account_of
-from readerd.errors import ReaderdError
+from readerd.errors import ReaderdError, StoreBusyError, StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
     Arg,
@@ -58,6 +59,8 @@ class PointsPlugin:
         self.context: PluginContext | None = None
         self.earn_programme = ""
         self.on_reader: dict[str, JsonObject] = {}  # reader -> the identified card's public fields
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @hookimpl
     def readerd_startup(self, context: PluginContext) -> None:
@@ -66,6 +69,47 @@ class PointsPlugin:
         self.context = context
         self.service = PointsService(context.store)
         self.earn_programme = str(context.config.get("earn_programme", ""))
+        interval = float(context.config.get("retry_interval", 10))
+        self._thread = threading.Thread(
+            target=self._retry_loop, args=(interval,), name="points-retry", daemon=True
+        )
+        self._thread.start()
+
+    @hookimpl
+    def readerd_shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def _retry_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.retry_deferred()
+            except Exception:  # the loop must outlive any one failure
+                log.exception("retrying deferred earnings failed")
+
+    def retry_deferred(self) -> int:
+        """Credit the earnings kept while the shared store was down; stops at the first that still
+        cannot reach it. Returns how many were settled (credited, or refused for good)."""
+        service, settled = self._service(), 0
+        for row in service.deferred():
+            try:
+                result = service.earn(
+                    row["account"], row["programme_id"], int(row["amount"]), row["reference"]
+                )
+            except (StoreUnavailableError, StoreBusyError):
+                return settled
+            except ReaderdError as e:  # the programme ended meanwhile: said, and not kept forever
+                self._say("earn_refused", {"reason": e.code, "event_id": row["event_id"]}, row["reader"])
+            else:
+                self._say("earned", {**result, "event_id": row["event_id"], "deferred": True}, row["reader"])
+            service.settle_deferred(row["reference"])
+            settled += 1
+        return settled
+
+    def _say(self, event: str, data: JsonObject, reader: str | None) -> None:
+        if self.context is not None:
+            self.context.publish(event, data, reader=reader or None)
 
     def _service(self) -> PointsService:
         if self.service is None:
@@ -100,7 +144,18 @@ class PointsPlugin:
             return  # an anonymous check-in earns nothing
         try:
             result = self._service().earn(account, self.earn_programme, points, str(reference))
-        except ReaderdError as e:  # an expired programme, the store down: said on the bus, not raised
+        except (StoreUnavailableError, StoreBusyError):  # kept, and credited when the store is back
+            self._service().defer_earn(
+                account,
+                self.earn_programme,
+                points,
+                str(reference),
+                event_id=str(data.get("event_id")),
+                reader=event.reader or "",
+            )
+            context.publish("earn_deferred", {"event_id": data.get("event_id")}, reader=event.reader)
+            return
+        except ReaderdError as e:  # an expired programme: said on the bus, not raised
             context.publish(
                 "earn_refused", {"reason": e.code, "event_id": data.get("event_id")}, reader=event.reader
             )

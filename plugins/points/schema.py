@@ -98,6 +98,30 @@ def shared_v1(m: MigrationContext) -> None:
 SHARED = [shared_v1]
 
 
+def _pending() -> list[sa.Column[object]]:
+    return [
+        sa.Column("reference", sa.String(128), primary_key=True),  # the check-in id: one earning each
+        sa.Column("account", sa.String(NAME), nullable=False),
+        sa.Column("programme_id", sa.String(NAME), nullable=False),
+        sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("event_id", sa.String(NAME), nullable=False),
+        sa.Column("reader", sa.String(128), nullable=False),
+        sa.Column("queued_at", sa.String(20), nullable=False),
+    ]
+
+
+def local_v1(m: MigrationContext) -> None:
+    """The kiosk's own: earnings waiting for the shared store (never spending: that needs it online)."""
+    m.create_table("pending_earns", *_pending())
+
+
+LOCAL = [local_v1]
+
+
+def pending_table(db: PluginDatabase) -> sa.Table:
+    return db.table("pending_earns", *_pending())
+
+
 class Tables:
     def __init__(self, db: PluginDatabase) -> None:
         self.programmes = db.table("programmes", *_programme())

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from plugins.common import idempotent, iso, parse_date, requests_table, text_arg, upsert
-from plugins.points.schema import SHARED, Tables
+from plugins.points.schema import LOCAL, SHARED, Tables, pending_table
 from readerd import business_time
 from readerd.plugin_api import JsonObject, Refusal
 from readerd.store import PluginStore
@@ -78,6 +78,48 @@ class PointsService:
         #: Off only to demonstrate (bench, tests) what the row lock prevents; never in production.
         self.lock_accounts = lock_accounts
         self._migrated = False
+        self._local_migrated = False
+        self.pending = pending_table(store.local)
+
+    # -- earning deferred while the shared store is down ------------------------------------------------
+    def defer_earn(
+        self, account: str, programme_id: str, amount: int, reference: str, *, event_id: str, reader: str
+    ) -> None:
+        """Keep an earning the shared store could not take in the kiosk's local store, to retry later:
+        a check-in accepted offline must still earn its points once the ward's database is back."""
+        self._local_ready()
+        values = {
+            "reference": reference,
+            "account": account,
+            "programme_id": programme_id,
+            "amount": amount,
+            "event_id": event_id,
+            "reader": reader,
+            "queued_at": iso(self.store.now()),
+        }
+        self.store.local.transaction(
+            lambda conn: conn.execute(self.store.local.insert_or_ignore(self.pending).values(**values))
+        )
+
+    def deferred(self) -> list[dict[str, Any]]:
+        self._local_ready()
+        return self.store.local.transaction(
+            lambda conn: [
+                dict(r._mapping)
+                for r in conn.execute(sa.select(self.pending).order_by(self.pending.c.queued_at))
+            ],
+            readonly=True,
+        )
+
+    def settle_deferred(self, reference: str) -> None:
+        self.store.local.transaction(
+            lambda conn: conn.execute(self.pending.delete().where(self.pending.c.reference == reference))
+        )
+
+    def _local_ready(self) -> None:
+        if not self._local_migrated:
+            self.store.local.migrate(LOCAL)
+            self._local_migrated = True
 
     def _tx(self, fn: Callable[[Connection], T], *, readonly: bool = False, row_locked: bool = False) -> T:
         if not self._migrated:

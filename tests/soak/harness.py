@@ -308,7 +308,12 @@ class Soak:
         if self.flaky is not None and flaky < identified:
             return "flaky plugin results"
         accepted = sum(1 for e in self.seen if e["type"] == "plugin.checkin.result" and _earns(e["data"]))
-        answered = seen["plugin.points.earned"] + seen["plugin.points.earn_refused"]
+        answered = sum(
+            1
+            for e in self.seen
+            if e["type"] in ("plugin.points.earn_refused", "plugin.points.earn_deferred")
+            or (e["type"] == "plugin.points.earned" and not e["data"].get("deferred"))
+        )
         if answered + self.forgiven["points"] < accepted:
             return "points results"
         return None
@@ -584,20 +589,38 @@ def verify(soak: Soak, events: list[Envelope]) -> SoakReport:
         assert set(persons) == {p for (ev, p) in accepted if ev == event_id}, event_id
     report.attendance = sum(len(p) for p in soak.attendance.values())
 
-    # Points awarded once: each crediting check-in result gets exactly one earned or earn_refused, in
-    # feed order; the ledger holds exactly the earned ones.
+    # Points awarded once: each crediting check-in result gets exactly one earned, earn_refused or (the
+    # shared store down) earn_deferred, in feed order; deferred ones are credited later, in the order
+    # they were deferred ("earned" with deferred: true); the ledger holds exactly the earned ones.
     earning = [e for e in results if _earns(e["data"])]
-    answers = [e for e in events if e["type"] in ("plugin.points.earned", "plugin.points.earn_refused")]
+
+    def first_answer(e: Envelope) -> bool:
+        kind = e["type"]
+        if kind == "plugin.points.earned":
+            return not e["data"].get("deferred")
+        return kind in ("plugin.points.earn_refused", "plugin.points.earn_deferred")
+
+    answers = [e for e in events if first_answer(e)]
     assert len(answers) == len(earning), (len(answers), len(earning))
     balances: Counter[str] = Counter()
+    deferred: list[Envelope] = []
     for result, answer in zip(earning, answers, strict=True):
         assert answer["data"]["event_id"] == result["data"]["event_id"]
         assert answer["reader"] == result["reader"]
         if answer["type"] == "plugin.points.earned":
             balances[f"member:{result['data']['member_id']}"] += int(result["data"]["points"])
             report.points_earned += 1
+        elif answer["type"] == "plugin.points.earn_deferred":
+            deferred.append(result)
+            report.earn_refused["deferred"] += 1
         else:
             report.earn_refused[answer["data"]["reason"]] += 1
+    late = [e for e in events if e["type"] == "plugin.points.earned" and e["data"].get("deferred")]
+    assert len(late) <= len(deferred), (len(late), len(deferred))
+    for result, credit in zip(deferred, late, strict=False):
+        assert credit["data"]["event_id"] == result["data"]["event_id"]
+        balances[f"member:{result['data']['member_id']}"] += int(result["data"]["points"])
+        report.points_earned += 1
     assert {a: b for a, b in soak.ledger.items() if b} == {a: b for a, b in balances.items() if b}
     assert soak.ledger_references == [], "a check-in credited twice"
     assert report.outstanding_points == sum(balances.values())

@@ -60,6 +60,7 @@ class _Slot:
     field: InProcessFelicaField
     kind: CardKind | None = None  # what is on it now (None: empty)
     card_name: str | None = None
+    plugged: bool = True  # False after `unplug`: the reader is gone, as a USB reader pulled out
 
 
 def felica_profile(kind: str, name: str, birth_year: int = 1950, ward: int = 13101) -> FelicaCardProfile:
@@ -111,13 +112,14 @@ class SimBackend:
         return [
             {"name": name, "backend": self.name, "card": str(slot.kind) if slot.kind else None}
             for name, slot in self._slots.items()
+            if slot.plugged
         ]
 
     def commands(self) -> dict[str, CommandHandler]:
-        return {"tap": self.tap, "remove": self.remove}
+        return {"tap": self.tap, "remove": self.remove, "unplug": self.unplug, "plug": self.plug}
 
     def has_reader(self, reader: str) -> bool:
-        return reader in self._slots
+        return reader in self._slots and self._slots[reader].plugged
 
     def trust_files(self) -> tuple[Path, Path]:
         """The simulator's user-auth CA (the trust anchor of a simulated daemon) and its CRL, which lists
@@ -162,6 +164,8 @@ class SimBackend:
     def tap(self, request: ControlRequest) -> JsonObject:
         args = request.args
         reader = self._slot_name(args)
+        if not self._slots[reader].plugged:
+            raise CommandError("unknown_reader", f"{reader} is unplugged (readerctl plug)")
         card = args.get("card", "alice")
         if not isinstance(card, str) or not card or len(card) > 64:
             raise CommandError("bad_request", "card is a profile name of 1..64 characters")
@@ -188,6 +192,17 @@ class SimBackend:
         self._commands.put(("remove", reader, request.args))
         return {"reader": reader, "queued": True}
 
+    def unplug(self, request: ControlRequest) -> JsonObject:
+        """The reader goes away (a card on it leaves first): ``reader.removed``, as pcsc/nfc report it."""
+        reader = self._slot_name(request.args)
+        self._commands.put(("unplug", reader, request.args))
+        return {"reader": reader, "queued": True}
+
+    def plug(self, request: ControlRequest) -> JsonObject:
+        reader = self._slot_name(request.args)
+        self._commands.put(("plug", reader, request.args))
+        return {"reader": reader, "queued": True}
+
     # -- the backend thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -203,10 +218,20 @@ class SimBackend:
             return
         action, reader, args = item
         try:
-            if action == "tap":
+            slot = self._slots[reader]
+            if action == "plug" and not slot.plugged:
+                slot.plugged = True
+                self.sessions.sink(ev.reader_added(reader, self.name, simulated=True))
+            elif not slot.plugged:
+                log.info("simulated reader is unplugged", reader=reader, action=action)
+            elif action == "tap":
                 self._tap(reader, args)
-            else:
+            elif action == "remove":
                 self._remove(reader)
+            elif action == "unplug":
+                self._remove(reader)
+                slot.plugged = False
+                self.sessions.sink(ev.reader_removed(reader, self.name))
         except (ReaderdError, OSError, ValueError) as e:
             log.error("simulated tap failed", reader=reader, error=str(e))
             self.sessions.sink(ev.reader_error(reader, self.name, "simulator", str(e)))

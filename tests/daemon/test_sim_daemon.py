@@ -268,3 +268,19 @@ def test_systemd_notifications(tmp_path: Path) -> None:
         messages.append(listener.recv(4096).decode())
     listener.close()
     assert messages[0].startswith("READY=1")
+
+
+def test_a_simulated_reader_unplugged_and_plugged_again(tmp_path: Path) -> None:
+    with running_daemon(sim_config(tmp_path)) as d, d.subscriber("reader.", "card.") as sub:
+        d.tap("alice", reader="Sim 01")
+        sub.until(lambda e: e["type"] == "card.identified")
+        assert d.request("unplug", {"reader": "Sim 01"})["ok"]
+        gone = sub.until(lambda e: e["type"] == "reader.removed")
+        listed = [r["name"] for r in d.request("readers")["result"]["readers"]]
+        refused = d.request("tap", {"card": "bob", "reader": "Sim 01"})
+        assert d.request("plug", {"reader": "Sim 01"})["ok"]
+        back = sub.until(lambda e: e["type"] == "reader.added")[-1]
+    assert [e["type"] for e in gone] == ["card.removed", "reader.removed"]
+    assert listed == ["Sim 00"]
+    assert refused["error"]["code"] == "unknown_reader"
+    assert back["reader"] == "Sim 01"

@@ -130,3 +130,19 @@ def test_console_shows_a_wedged_reader(page, web, daemon, screenshots) -> None:
         page.screenshot(path=screenshots / "console-reader-wedged.png", full_page=True)
     finally:
         daemon.request("remove", {"reader": "Sim 01"})
+
+
+def test_console_shows_a_reader_going_away(page, web, daemon, screenshots) -> None:
+    """A reader unplugged (the sim backend's ``unplug``: ``reader.removed`` as pcsc/nfc report it) stays on
+    the console, marked removed, until it is back."""
+    page.goto(f"{web.url}/console")
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    page.wait_for_selector("#readers:has-text('Sim 01')", timeout=WAIT_MS)
+    assert daemon.request("unplug", {"reader": "Sim 01"})["ok"]
+    try:
+        page.wait_for_selector("#readers tr:has-text('Sim 01') td.bad:has-text('removed')", timeout=WAIT_MS)
+        page.screenshot(path=screenshots / "console-reader-removed.png", full_page=True)
+    finally:
+        assert daemon.request("plug", {"reader": "Sim 01"})["ok"]
+    page.wait_for_selector("#readers tr:has-text('Sim 01') td.ok", timeout=WAIT_MS)

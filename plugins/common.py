@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -164,3 +166,31 @@ def config_int(config: JsonObject, plugin: str, key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"[plugins.{plugin}] {key}: a whole number >= 0")
     return value
+
+
+class Periodic:
+    """Background work of a plugin (pushing offline records, retrying deferred ones): ``work`` runs every
+    ``interval`` seconds on a daemon thread until :meth:`stop`; a failure is logged and the loop goes on."""
+
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._work = work
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._work()
+            except Exception:  # the loop must outlive any one failure
+                structlog.get_logger("plugins").exception(
+                    "plugin background work failed", thread=self._thread.name
+                )

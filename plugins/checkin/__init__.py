@@ -21,13 +21,11 @@ Commands: ``checkin.define_event``, ``checkin.register_card``, ``checkin.status`
 
 from __future__ import annotations
 
-import threading
-
 import structlog
 
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
-from plugins.common import person_of
+from plugins.common import Periodic, person_of
 from readerd.errors import StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
@@ -54,8 +52,7 @@ class CheckinPlugin:
         self.service: CheckinService | None = None
         self.config: JsonObject = {}
         self.on_reader: dict[str, tuple[str, str]] = {}  # reader -> (kind, pseudonym) of the card there
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sync: Periodic | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @hookimpl
@@ -69,31 +66,21 @@ class CheckinPlugin:
         self.service = CheckinService(
             context.store, context.kiosk, retry_after=float(self.config.get("retry_after", 30))
         )
-        interval = float(self.config.get("sync_interval", 10))
-        self._thread = threading.Thread(
-            target=self._sync_loop, args=(interval,), name="checkin-sync", daemon=True
-        )
-        self._thread.start()
+        self._sync = Periodic("checkin-sync", float(self.config.get("sync_interval", 10)), self._sync_once)
+        self._sync.start()
 
     @hookimpl
     def readerd_shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
+        if self._sync is not None:
+            self._sync.stop()
 
-    def _sync_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            if self.service is None:
-                continue
-            try:
-                if self.service.pending():
-                    self.service.sync()
-            except StoreUnavailableError:
-                log.info(
-                    "shared store still unreachable; offline check-ins kept", pending=self.service.pending()
-                )
-            except Exception:  # the loop must outlive any one failure
-                log.exception("check-in sync failed")
+    def _sync_once(self) -> None:
+        service = self._service()
+        try:
+            if service.pending():
+                service.sync()
+        except StoreUnavailableError:
+            log.info("shared store still unreachable; offline check-ins kept", pending=service.pending())
 
     def _service(self) -> CheckinService:
         if self.service is None:

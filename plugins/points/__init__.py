@@ -18,12 +18,11 @@ there is one: amounts and balances, never names.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import structlog
 
-from plugins.common import parse_date
+from plugins.common import Periodic, parse_date
 from plugins.points.ctl import ctl_command
 from plugins.points.service import PointsService, account_of
 from readerd.errors import ReaderdError, StoreBusyError, StoreUnavailableError
@@ -59,8 +58,7 @@ class PointsPlugin:
         self.context: PluginContext | None = None
         self.earn_programme = ""
         self.on_reader: dict[str, JsonObject] = {}  # reader -> the identified card's public fields
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._retry: Periodic | None = None
 
     @hookimpl
     def readerd_startup(self, context: PluginContext) -> None:
@@ -69,24 +67,15 @@ class PointsPlugin:
         self.context = context
         self.service = PointsService(context.store)
         self.earn_programme = str(context.config.get("earn_programme", ""))
-        interval = float(context.config.get("retry_interval", 10))
-        self._thread = threading.Thread(
-            target=self._retry_loop, args=(interval,), name="points-retry", daemon=True
+        self._retry = Periodic(
+            "points-retry", float(context.config.get("retry_interval", 10)), self.retry_deferred
         )
-        self._thread.start()
+        self._retry.start()
 
     @hookimpl
     def readerd_shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-
-    def _retry_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.retry_deferred()
-            except Exception:  # the loop must outlive any one failure
-                log.exception("retrying deferred earnings failed")
+        if self._retry is not None:
+            self._retry.stop()
 
     def retry_deferred(self) -> int:
         """Credit the earnings kept while the shared store was down; stops at the first that still

@@ -96,16 +96,19 @@ class SqliteDirectory:
         except sqlite3.Error as e:
             raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
 
-    def lookup(self, pseudonym: str) -> DirectoryEntry | None:
+    def _entry(self, sql: str, value: str) -> DirectoryEntry | None:
+        """One statement that yields at most one member row (autocommit), as an entry."""
         try:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE pseudonym = ?",
-                    (pseudonym,),
-                ).fetchone()
+                row = self._db.execute(sql, (value,)).fetchone()
         except sqlite3.Error as e:
             raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
         return DirectoryEntry(*row) if row else None
+
+    def lookup(self, pseudonym: str) -> DirectoryEntry | None:
+        return self._entry(
+            "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE pseudonym = ?", pseudonym
+        )
 
     def enroll(self, pseudonym: str, *, mykey_id: str | None = None) -> DirectoryEntry:
         """Idempotent: enrolling a known pseudonym returns its entry (and records a MyKey ID if new)."""
@@ -139,27 +142,15 @@ class SqliteDirectory:
         return entry
 
     def by_member_id(self, member_id: str) -> DirectoryEntry | None:
-        try:
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE member_id = ?",
-                    (member_id,),
-                ).fetchone()
-        except sqlite3.Error as e:
-            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
-        return DirectoryEntry(*row) if row else None
+        return self._entry(
+            "SELECT pseudonym, member_id, mykey_id, created_at FROM members WHERE member_id = ?", member_id
+        )
 
     def unenroll(self, pseudonym: str) -> DirectoryEntry | None:
-        try:
-            with self._lock:
-                row = self._db.execute(
-                    "DELETE FROM members WHERE pseudonym = ? "
-                    "RETURNING pseudonym, member_id, mykey_id, created_at",
-                    (pseudonym,),
-                ).fetchone()
-        except sqlite3.Error as e:
-            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
-        return DirectoryEntry(*row) if row else None
+        return self._entry(
+            "DELETE FROM members WHERE pseudonym = ? RETURNING pseudonym, member_id, mykey_id, created_at",
+            pseudonym,
+        )
 
     def relink(self, member_id: str, pseudonym: str) -> DirectoryEntry:
         try:

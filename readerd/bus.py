@@ -372,6 +372,9 @@ class Bus:
                     now = time.monotonic()
                     if now >= next_heartbeat or self._beat_now:
                         self._beat_now = False
+                        # What is queued goes first: a heartbeat's seq covers every event queued before
+                        # it, so a client that starts at a heartbeat never takes those for new ones.
+                        self._drain(self._pub, private)
                         beat = heartbeat(uptime_s=now - self._started, readers=self._reader_count())
                         self._send(self._pub, private, beat)
                         next_heartbeat = now + self.config.heartbeat_interval

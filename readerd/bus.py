@@ -139,6 +139,10 @@ class Bus:
         self.stats = BusStats()
         self.last_seq = event_log.last_seq if event_log is not None else 0
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=config.queue_size)
+        # Events queued and events logged-then-sent, counted in queue order (see :meth:`flushed`).
+        self._flow = threading.Condition()
+        self._queued = 0
+        self._sent = 0
         self._commands: dict[str, CommandHandler] = {}
         self._replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
         self._status_providers: list[Callable[[], JsonObject]] = []
@@ -187,14 +191,24 @@ class Bus:
     # -- any thread -----------------------------------------------------------------------------------
     def publish(self, event: Event) -> bool:
         """Queue an event for publication; never blocks. False (and counted) if the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.stats.dropped[str(event.type)] += 1
-            log.error("bus queue full, event dropped", type=str(event.type), reader=event.reader)
-            return False
+        with self._flow:  # the count and the queue in the same order (flushed() relies on it)
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                self.stats.dropped[str(event.type)] += 1
+                log.error("bus queue full, event dropped", type=str(event.type), reader=event.reader)
+                return False
+            self._queued += 1
         self._wake()
         return True
+
+    def flushed(self, timeout: float = 2.0) -> bool:
+        """Wait until every event queued before this call is in the event log and sent; False after
+        ``timeout``. The plugin host records that it handed an event to a plugin only then: a crash in
+        between would otherwise lose the plugin's result and never replay the event that caused it."""
+        with self._flow:
+            target = self._queued
+            return self._flow.wait_for(lambda: self._sent >= target, timeout)
 
     def heartbeat_now(self) -> None:
         """Send a heartbeat at once (any thread): a new subscriber learns that its subscription is live."""
@@ -568,6 +582,9 @@ class Bus:
                     log.error("event log append failed", error=str(e), events=len(batch))
             for envelope in batch:
                 self._emit(pub, private, envelope)
+            with self._flow:
+                self._sent += len(batch)
+                self._flow.notify_all()
 
     def _send(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, event: Event) -> Envelope:
         """Send a heartbeat: it carries the seq of the last event and takes none of its own (seq counts

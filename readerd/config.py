@@ -125,10 +125,23 @@ class PluginsConfig:
     hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
     quarantine_after: int = 3  # failures in a row before a plugin is quarantined
     trace: bool = False  # log every hook call with its duration
+    # seconds: at a start, events a plugin was not given (a crash) that the event log holds and that are
+    # younger than this are handed to it again, marked replayed; older ones are reported as missed.
+    # 0: replay nothing
+    replay_window: float = 600.0
     # with enabled = false: where the daemon binds the split host's ipc sockets (readerd plugins);
     # empty: <state_dir>/run (systemd: /run/readerd)
     runtime_dir: str = ""
     sections: dict[str, dict[str, object]] = field(default_factory=dict, metadata={"extra_tables": True})
+
+    def validate(self) -> PluginsConfig:
+        unknown = set(self.builtins) - set(BUILTIN)
+        if unknown:
+            missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)
+            raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
+        if self.replay_window < 0:
+            raise ConfigError("plugins.replay_window must be 0 (no replay) or a number of seconds")
+        return self
 
 
 @dataclass(frozen=True)
@@ -314,10 +327,7 @@ class Config:
         self.auth.validate()
         self.metrics.address()
         self.web.address()
-        unknown = set(self.plugins.builtins) - set(BUILTIN)
-        if unknown:
-            missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)
-            raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
+        self.plugins.validate()
         self.store.validate()
         return self
 

@@ -32,7 +32,7 @@ from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
 from readerd.identity import IdentityResolver, SqliteDirectory
 from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
-from readerd.plugin_host import PluginHost, log_history
+from readerd.plugin_host import PluginHost, log_backlog
 from readerd.plugin_link import SplitHostLink, prepare_runtime_dir
 from readerd.plugin_link import endpoints as split_endpoints
 from readerd.sdnotify import Notifier
@@ -297,8 +297,16 @@ class Daemon:
     def _start_plugins(self, bus: Bus, store: Store | None) -> PluginHost:
         """The embedded plugin host: a subscriber of the private feed; its results go out through the bus."""
 
-        def publish(plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
-            bus.publish(ev.plugin_result(plugin, event, data, reader))
+        def publish(
+            plugin: str,
+            event: str,
+            data: JsonObject,
+            reader: str | None,
+            *,
+            cause: str | None = None,
+            replayed: bool = False,
+        ) -> None:
+            bus.publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
 
         def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
             bus.publish(ev.plugin_error(plugin, hook, error, message, quarantined=quarantined))
@@ -310,7 +318,8 @@ class Daemon:
             report=report,
             plugins=self.extra_plugins,
             store=store,
-            history=log_history(bus.event_log) if bus.event_log is not None else None,
+            backlog=log_backlog(bus.event_log) if bus.event_log is not None else None,
+            flushed=bus.flushed,
         )
         host.load()
         for name in host.commands:

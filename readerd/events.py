@@ -66,6 +66,10 @@ class Event:
     reader: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     private: dict[str, Any] = field(default_factory=dict)
+    # A plugin result's origin: the id of the event the plugin was handling (None: a command, a timer),
+    # and whether that event was replayed after a restart (the card is gone: screens skip the result).
+    cause: str | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Envelope:
         return str(self.event.type)
 
     def public_dict(self) -> dict[str, Any]:
-        return {
+        envelope = {
             "v": ENVELOPE_VERSION,
             "seq": self.seq,
             "run_id": self.run_id,
@@ -95,6 +99,11 @@ class Envelope:
             "type": str(self.event.type),
             "data": self.event.data,
         }
+        if self.event.cause is not None:
+            envelope["cause"] = self.event.cause
+        if self.event.replayed:
+            envelope["replayed"] = True
+        return envelope
 
     def private_dict(self) -> dict[str, Any]:
         return {**self.public_dict(), "private": self.event.private}
@@ -173,9 +182,17 @@ def card_auth_failed(reader: str, reason: str, **facts: object) -> Event:
     return Event(EventType.CARD_AUTH_FAILED, reader, {"reason": reason, **facts})
 
 
-def plugin_result(plugin: str, event: str, data: dict[str, Any], reader: str | None = None) -> Event:
+def plugin_result(
+    plugin: str,
+    event: str,
+    data: dict[str, Any],
+    reader: str | None = None,
+    *,
+    cause: str | None = None,
+    replayed: bool = False,
+) -> Event:
     """A plugin's result, published by the daemon so that it gets its place in ``seq``."""
-    return Event(f"plugin.{plugin}.{event}", reader, data)
+    return Event(f"plugin.{plugin}.{event}", reader, data, cause=cause, replayed=replayed)
 
 
 def plugin_error(plugin: str, hook: str, error: str, message: str, *, quarantined: bool) -> Event:

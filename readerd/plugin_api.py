@@ -110,9 +110,16 @@ class PluginEvent:
     data: JsonObject
     private: JsonObject = field(default_factory=dict)
     run_id: str = ""
+    #: Handed again after a restart: the daemon logged it but this plugin had not been given it when the
+    #: last run ended (a crash). Record its effects (key them by ``id``, so they happen once), but the
+    #: card is gone: do not treat it as the card on ``reader`` now. Results published while handling it
+    #: carry ``"replayed": true`` in their envelope (kiosk screens skip them).
+    replayed: bool = False
 
     @classmethod
-    def from_envelope(cls, envelope: Mapping[str, Any], private: JsonObject | None = None) -> PluginEvent:
+    def from_envelope(
+        cls, envelope: Mapping[str, Any], private: JsonObject | None = None, *, replayed: bool = False
+    ) -> PluginEvent:
         return cls(
             type=str(envelope["type"]),
             seq=int(envelope["seq"]),
@@ -123,6 +130,7 @@ class PluginEvent:
             data=dict(envelope.get("data") or {}),
             private=private or {},
             run_id=str(envelope.get("run_id", "")),
+            replayed=replayed,
         )
 
 
@@ -232,7 +240,16 @@ class DoctorCheck:
 
 
 class Publisher(Protocol):
-    def __call__(self, plugin: str, event: str, data: JsonObject, reader: str | None) -> None: ...
+    def __call__(
+        self,
+        plugin: str,
+        event: str,
+        data: JsonObject,
+        reader: str | None,
+        *,
+        cause: str | None = None,
+        replayed: bool = False,
+    ) -> None: ...
 
 
 @dataclass

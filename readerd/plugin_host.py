@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -108,6 +109,7 @@ class LoadedPlugin:
     store_failures: int = 0  # hook calls that failed with store_unavailable / store_busy (not counted above)
     cursor: int | None = None  # the last feed seq this plugin was given (persisted in the store)
     missed: list[tuple[int, int]] = field(default_factory=list)  # seqs it never got, found at start
+    replayed: int = 0  # events handed again after a start (missed by the last run, still in the log)
 
     @property
     def healthy(self) -> bool:
@@ -125,10 +127,24 @@ class LoadedPlugin:
             "store_failures": self.store_failures,
             "cursor": self.cursor,
             "missed": [list(gap) for gap in self.missed],
+            "replayed": self.replayed,
             "last_seq": self.last_seq,
             "receives": sorted(self.interest.types),
             "private_fields": sorted(self.interest.private),
         }
+
+
+@dataclass
+class Backlog:
+    """What the event log holds of a range a plugin was not given: ``(seq, type)`` of every event, and
+    the envelopes (private fields included) from the first one logged within ``replay_window`` on."""
+
+    types: list[tuple[int, str]] = field(default_factory=list)
+    recent: list[JsonObject] = field(default_factory=list)
+
+
+#: ``(after, upto, newer_than)`` -> the event log's :class:`Backlog` of ``(after, upto]``, None if pruned.
+BacklogSource = Callable[[int, int, float], Backlog | None]
 
 
 class PluginHost:
@@ -141,13 +157,16 @@ class PluginHost:
         report: Callable[[str, str, str, str, bool], None] | None = None,
         store: Store | None = None,
         plugins: dict[str, object] | None = None,
-        history: Callable[[int, int], list[tuple[int, str]] | None] | None = None,
+        backlog: BacklogSource | None = None,
+        flushed: Callable[[], bool] | None = None,
     ) -> None:
         """``plugins`` adds plugin objects by name beside discovery (tests, embedding applications);
         ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``; ``store``
         gives each plugin ``store.for_plugin(name)`` as ``context.store`` (None: plugins get None), and
-        keeps each plugin's cursor there; ``history(after, upto)`` gives ``(seq, type)`` of the logged
-        events in ``(after, upto]``, or None when the log no longer holds them all (the event log)."""
+        keeps each plugin's cursor there; ``backlog(after, upto, newer_than)`` gives what the event log
+        holds in ``(after, upto]``, or None when it no longer holds it all: what a start replays to the
+        plugins that missed it (:func:`log_backlog`). ``flushed()`` waits until what the plugins published
+        so far is logged (:meth:`readerd.bus.Bus.flushed`): cursors are written only after it."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
@@ -165,7 +184,10 @@ class PluginHost:
         self._thread: threading.Thread | None = None
         self._feed_seq: tuple[str, int] | None = None  # (run_id, last seq) seen on the feed
         self._cursor_write_failing = False
-        self._history = history
+        self._backlog = backlog
+        self._flushed = flushed
+        # (plugin, event id, replayed) while the feed thread hands a plugin an event: its results' origin
+        self._handling: tuple[str, str, bool] | None = None
         self._drain_until = 0.0  # set by stop(): the feed thread delivers what arrived until then
         self._pending_cursors: dict[str, int] = {}  # advanced but not yet written (no hook was called)
         self._pending_run_id = ""
@@ -218,7 +240,7 @@ class PluginHost:
             kiosk=self.kiosk,
             store=plugin_store,
             log=structlog.get_logger(f"readerd.plugin.{name}"),
-            _publish=self._publish,
+            _publish=self._publish_result,
         )
         self.plugins[name] = LoadedPlugin(name, plugin, source, version, context)
         log.info("plugin loaded", plugin=name, source=source, version=version)
@@ -323,14 +345,14 @@ class PluginHost:
         event_type = str(envelope.get("type"))
         if event_type == "heartbeat":
             return
-        hook = EVENT_HOOKS.get(event_type)
-        if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
-            hook = PLUGIN_RESULT_HOOK
+        hook = _hook_for(event_type)
         delivered = self._deliver(envelope, event_type, hook) if hook is not None else False
         self._advance_cursors(int(envelope.get("seq", 0)), str(envelope.get("run_id", "")), flush=delivered)
 
-    def _deliver(self, envelope: JsonObject, event_type: str, hook: str) -> bool:
-        """True if some plugin's hook was called with the event."""
+    def _deliver(
+        self, envelope: JsonObject, event_type: str, hook: str, *, to: set[str] | None = None
+    ) -> bool:
+        """True if some plugin's hook was called with the event. ``to``: a replay, for these plugins."""
         private = envelope.get("private") or {}
         delivered = False
         for loaded in list(self.plugins.values()):
@@ -338,11 +360,36 @@ class PluginHost:
                 continue
             if event_type.startswith(f"plugin.{loaded.name}."):
                 continue  # never its own results: a plugin answering itself would loop
-            event = PluginEvent.from_envelope(envelope, loaded.interest.strip(private))
+            if to is not None and loaded.name not in to:
+                continue
+            shown = loaded.interest.strip(private)
+            event = PluginEvent.from_envelope(envelope, shown, replayed=to is not None)
             delivered = delivered or self._implements(loaded, hook)
-            self._call(loaded, hook, {"event": event, "context": loaded.context})
+            self._handling = (loaded.name, event.id, event.replayed)
+            try:
+                self._call(loaded, hook, {"event": event, "context": loaded.context})
+            finally:
+                self._handling = None
             loaded.last_seq = event.seq
         return delivered
+
+    def _publish_result(
+        self,
+        plugin: str,
+        event: str,
+        data: JsonObject,
+        reader: str | None,
+        *,
+        cause: str | None = None,
+        replayed: bool = False,
+    ) -> None:
+        """A result published while its plugin handles an event names that event (``cause``: a screen
+        matches a result to its tap) and says when it was replayed: the card is long gone, so a kiosk
+        screen must not show it, while other plugins still act on it."""
+        handling = self._handling
+        if handling is not None and handling[0] == plugin:
+            cause, replayed = handling[1], handling[2]
+        self._publish(plugin, event, data, reader, cause=cause, replayed=replayed)
 
     # -- cursors: which seqs each plugin was given, across restarts (DESIGN decision 2) ---------------
     def _read_cursors(self) -> dict[str, int]:
@@ -372,7 +419,14 @@ class PluginHost:
             self.flush_cursors()
 
     def flush_cursors(self) -> None:
-        """Write the cursors not yet recorded (feed thread only)."""
+        """Write the cursors not yet recorded (feed thread only), once the results the plugins published
+        while handling those events are logged: a cursor past an event whose result a crash lost would
+        keep that event from the replay. Not logged in time (the bus is stuck): kept for the next try."""
+        if not self._pending_cursors:
+            return
+        if self._flushed is not None and not self._flushed():
+            log.warning("plugin results not yet logged; cursors not recorded", cursors=self._pending_cursors)
+            return
         pending, self._pending_cursors = self._pending_cursors, {}
         self._write_cursors(pending, self._pending_run_id)
 
@@ -398,17 +452,17 @@ class PluginHost:
         The feed's ``seq`` continues across restarts (the event log), so a plugin whose cursor is behind
         the last seq before this message was not given those events: the previous run stopped its host
         before the bus (results still in flight), ran without this plugin (disabled, quarantined,
-        ``--no-plugins``), or crashed. With ``history`` (the event log) only the events the plugin would
-        have been handed count (a type it wants, a hook it implements, not its own result); without
-        it, or when the log no longer holds them, the whole range does. Missed events are logged, kept
-        in the plugin's ``missed`` (``readerctl plugins``), published as ``plugin.error``
-        (``events_missed``) and added to ``feed_gaps``. They are not replayed (yet): docs/architecture.md.
+        ``--no-plugins``), or crashed. Those the event log still holds and that are younger than
+        ``replay_window`` are handed to the plugin now, in order, marked ``replayed`` (at least once:
+        DESIGN decision 2). The rest are missed: only the events the plugin would have been handed count
+        (a type it wants, a hook it implements, not its own result); without the log, or when it no
+        longer holds them, the whole range does. Missed events are logged, kept in the plugin's
+        ``missed`` (``readerctl plugins``), published as ``plugin.error`` (``events_missed``) and added
+        to ``feed_gaps``.
         """
         seq, run_id = int(envelope.get("seq", 0)), str(envelope.get("run_id", ""))
         before = seq if envelope.get("type") == "heartbeat" else seq - 1  # the last seq not seen here
-        lowest = min((p.cursor for p in self.plugins.values() if p.cursor is not None), default=before)
-        types = self._history(lowest, before) if self._history is not None and lowest < before else None
-        gaps: list[tuple[int, int]] = []
+        behind = {}
         for loaded in self.plugins.values():
             if loaded.quarantined or loaded.cursor is None or loaded.cursor == before:
                 continue
@@ -420,11 +474,26 @@ class PluginHost:
                     feed_seq=before,
                 )
                 continue
-            gap = self._missed(loaded, loaded.cursor, before, types)
+            behind[loaded.name] = loaded.cursor
+        found = None
+        if behind and self._backlog is not None:
+            window = self.config.replay_window
+            newer_than = time.time() - window if window > 0 else float("inf")
+            found = self._backlog(min(behind.values()), before, newer_than)
+        types = found.types if found is not None else None
+        replay = found.recent if found is not None else []
+        # Older than the window (or all, without a log): missed, up to the first replayable seq.
+        missed_upto = int(replay[0]["seq"]) - 1 if replay else before
+        gaps: list[tuple[int, int]] = []
+        for name, cursor in behind.items():
+            if cursor >= missed_upto:
+                continue  # all it missed is replayed
+            gap = self._missed(self.plugins[name], cursor, missed_upto, types)
             if gap is not None:
                 gaps.append(gap)
         if gaps:
             self.gaps.append((min(g[0] for g in gaps), max(g[1] for g in gaps)))
+        self._replay(replay, behind)
         # From here on every plugin is at `before`: a gap is reported once, not at every start.
         moved = {}
         for loaded in self.plugins.values():
@@ -432,6 +501,29 @@ class PluginHost:
                 loaded.cursor = before
                 moved[loaded.name] = before
         self._write_cursors(moved, run_id)
+
+    def _replay(self, backlog: list[JsonObject], cursors: dict[str, int]) -> None:
+        """Hand each logged event to the plugins whose cursor is before it, in seq order."""
+        counts: dict[str, int] = {}
+        for envelope in backlog:
+            seq, event_type = int(envelope["seq"]), str(envelope.get("type"))
+            to = {name for name, cursor in cursors.items() if cursor < seq}
+            hook = _hook_for(event_type)
+            if hook is None or not to:
+                continue
+            for name in to:
+                if self._would_deliver(self.plugins[name], event_type):
+                    counts[name] = counts.get(name, 0) + 1
+            self._deliver(envelope, event_type, hook, to=to)
+        for name, count in counts.items():
+            self.plugins[name].replayed += count
+            log.info(
+                "events replayed to a plugin",
+                plugin=name,
+                count=count,
+                first_seq=int(backlog[0]["seq"]),
+                last_seq=int(backlog[-1]["seq"]),
+            )
 
     def _missed(
         self, loaded: LoadedPlugin, cursor: int, before: int, types: list[tuple[int, str]] | None
@@ -441,7 +533,7 @@ class PluginHost:
             seqs = [cursor + 1, before]
             count = before - cursor
         else:
-            seqs = [s for s, t in types if s > cursor and self._would_deliver(loaded, t)]
+            seqs = [s for s, t in types if cursor < s <= before and self._would_deliver(loaded, t)]
             count = len(seqs)
         if not seqs:
             return None
@@ -458,9 +550,7 @@ class PluginHost:
 
     def _would_deliver(self, loaded: LoadedPlugin, event_type: str) -> bool:
         """Whether an event of this type is handed to this plugin (what :meth:`_deliver` decides)."""
-        hook = EVENT_HOOKS.get(event_type)
-        if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
-            hook = PLUGIN_RESULT_HOOK
+        hook = _hook_for(event_type)
         return (
             hook is not None
             and loaded.interest.wants(event_type)
@@ -596,6 +686,22 @@ def _identity(plugin: object) -> object:
     return plugin
 
 
+def _hook_for(event_type: str) -> str | None:
+    """The hook an event type goes to: a card or reader hook, or other plugins' results."""
+    hook = EVENT_HOOKS.get(event_type)
+    if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
+        hook = PLUGIN_RESULT_HOOK
+    return hook
+
+
+def _epoch(envelope: JsonObject) -> float:
+    """An envelope's ``ts`` in seconds (0 when unreadable: such an event counts as old)."""
+    try:
+        return datetime.fromisoformat(str(envelope["ts"])).timestamp()
+    except (KeyError, ValueError):
+        return 0.0
+
+
 def _json(body: bytes) -> JsonObject:
     value = json.loads(body)
     if not isinstance(value, dict):
@@ -603,25 +709,27 @@ def _json(body: bytes) -> JsonObject:
     return value
 
 
-def log_history(event_log: EventLog) -> Callable[[int, int], list[tuple[int, str]] | None]:
-    """``history`` for :class:`PluginHost` from the daemon's event log (the embedded host reads it in
-    process): ``(seq, type)`` of the events in ``(after, upto]``, None once some were pruned."""
+def log_backlog(event_log: EventLog) -> BacklogSource:
+    """``backlog`` for :class:`PluginHost` from the daemon's event log (the embedded host reads it in
+    process), read a page at a time: only the recent tail is kept whole (the log may hold 100,000)."""
 
-    def history(after: int, upto: int) -> list[tuple[int, str]] | None:
-        found: list[tuple[int, str]] = []
+    def backlog(after: int, upto: int, newer_than: float) -> Backlog | None:
+        found = Backlog()
         seq = after
         while seq < upto:
             try:
-                answer = event_log.since(seq, limit=1000)
+                answer = event_log.since(seq, limit=1000, private=True)
             except GapUnrecoverableError:
                 return None
             for envelope in answer.events:
                 if int(envelope["seq"]) > upto:
                     return found
-                found.append((int(envelope["seq"]), str(envelope["type"])))
+                found.types.append((int(envelope["seq"]), str(envelope["type"])))
+                if found.recent or _epoch(envelope) >= newer_than:
+                    found.recent.append(envelope)
             if not answer.more or not answer.events:
                 break
             seq = int(answer.events[-1]["seq"])
         return found
 
-    return history
+    return backlog

@@ -107,7 +107,11 @@ class SplitHostLink:
         ):
             raise CommandError("bad_request", "plugin.publish {plugin, event, data, reader?}")
         reader = a.get("reader") if isinstance(a.get("reader"), str) else None
-        self.bus.publish(ev.plugin_result(a["plugin"], a["event"], a["data"], reader))
+        cause = a.get("cause") if isinstance(a.get("cause"), str) else None
+        result = ev.plugin_result(
+            a["plugin"], a["event"], a["data"], reader, cause=cause, replayed=a.get("replayed") is True
+        )
+        self.bus.publish(result)
         return {}
 
     def _error(self, request: ControlRequest) -> JsonObject:
@@ -202,8 +206,17 @@ class SplitHost:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         uplink = Uplink(context, control)
 
-        def publish(plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
-            uplink.send("plugin.publish", {"plugin": plugin, "event": event, "data": data, "reader": reader})
+        def publish(
+            plugin: str,
+            event: str,
+            data: JsonObject,
+            reader: str | None,
+            *,
+            cause: str | None = None,
+            replayed: bool = False,
+        ) -> None:
+            args = {"plugin": plugin, "event": event, "data": data, "reader": reader}
+            uplink.send("plugin.publish", {**args, "cause": cause, "replayed": replayed})
 
         def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
             args = {"plugin": plugin, "hook": hook, "error": error, "message": message}

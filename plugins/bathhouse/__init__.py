@@ -71,6 +71,8 @@ class BathhousePlugin:
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        if event.replayed:
+            return  # a gate decides while the senior stands there: after a crash they tap again
         reader, data = event.reader or "", dict(event.data)
         self.on_reader[reader] = data
         if not self.bath_house:

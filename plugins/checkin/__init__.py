@@ -101,7 +101,8 @@ class CheckinPlugin:
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         reader, data = event.reader or "", event.data
         kind, pseudonym = str(data.get("kind")), str(data.get("pseudonym"))
-        self.on_reader[reader] = (kind, pseudonym)
+        if not event.replayed:  # a replayed card is long gone from the reader; its check-in still counts
+            self.on_reader[reader] = (kind, pseudonym)
         event_id = self.event_for(reader)
         if event_id is None:
             return  # this reader admits to nothing
@@ -115,7 +116,7 @@ class CheckinPlugin:
         if person is None:
             result: JsonObject = {"event_id": event_id, "status": refusal}
         else:
-            result = service.check_in(event_id, person, kind, reader)
+            result = service.check_in(event_id, person, kind, reader, tap=event.id)
             if person.startswith(("member:", "mykey:")) and result["status"] == "accepted":
                 result["member_id" if person.startswith("member:") else "mykey_id"] = person.split(":", 1)[1]
         context.publish("result", result, reader=reader)

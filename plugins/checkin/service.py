@@ -39,6 +39,8 @@ log = structlog.get_logger("plugins.checkin")
 T = TypeVar("T")
 
 EVENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+#: Check-in ids from a tap's bus event id (uuid5): distinct from the bus ids, the same for the same tap.
+TAP_NAMESPACE = uuid.UUID("6f1c7a52-3b8e-4d0f-9a61-2c5e8d4b7a90")
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,16 @@ class CheckinService:
         )
 
     # -- check-in ---------------------------------------------------------------------------------
-    def check_in(self, event_id: str, person: str, via: str, reader: str) -> JsonObject:
-        """Admit ``person`` to the event or say why not; the result is what the kiosk screen shows."""
+    def check_in(
+        self, event_id: str, person: str, via: str, reader: str, tap: str | None = None
+    ) -> JsonObject:
+        """Admit ``person`` to the event or say why not; the result is what the kiosk screen shows.
+
+        ``tap``: the bus event's id. The check-in's id is derived from it, so the same tap handed again
+        (a replay after a crash between the commit and the result reaching the bus) is recognised and
+        answered ``accepted`` with the same ``checkin_id`` (the points plugin credits that once), where
+        another tap of the same person is ``already_checked_in``.
+        """
         event = self.event(event_id)
         base: JsonObject = {"event_id": event_id}
         if event is None:
@@ -182,10 +192,11 @@ class CheckinService:
             ).first(),
             readonly=True,
         )
-        if local is not None:
+        row_id = str(uuid.uuid5(TAP_NAMESPACE, tap)) if tap else str(uuid.uuid4())
+        if local is not None and local.id != row_id:
             return {**base, "status": "already_checked_in"}
         row = {
-            "id": str(uuid.uuid4()),
+            "id": row_id,
             "event_id": event_id,
             "person": person,
             "via": via,
@@ -219,6 +230,8 @@ class CheckinService:
             sa.select(c.id).where(c.event_id == event.event_id, c.person == row["person"])
         ).first()
         if there is not None:
+            if there.id == row["id"]:
+                return "accepted", count  # this very tap, handed again: its check-in is there
             row["id"] = there.id  # the local record points at the shared one
             return "already_checked_in", count
         if event.capacity is not None and count >= event.capacity:

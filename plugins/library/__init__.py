@@ -116,6 +116,8 @@ class LibraryPlugin:
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        if event.replayed:
+            return  # the patron screen is for the card on the reader now
         reader = event.reader or ""
         person = person_of(event.data) if event.data.get("kind") == "jpki" else None
         self.on_reader[reader] = person
@@ -130,6 +132,8 @@ class LibraryPlugin:
 
     @hookimpl
     def readerd_card_authenticated(self, event: PluginEvent, context: PluginContext) -> None:
+        if event.replayed:
+            return  # a proof of possession counts while the card is on the reader, not after a crash
         reader = event.reader or ""
         person = person_of(event.data)
         if person is None:

@@ -112,7 +112,7 @@ class PointsPlugin:
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent) -> None:
-        if event.reader:
+        if event.reader and not event.replayed:
             self.on_reader[event.reader] = dict(event.data)
 
     @hookimpl

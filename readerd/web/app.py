@@ -102,6 +102,8 @@ def kiosk_view(env: Envelope) -> Envelope | None:
     kind = str(env.get("type", ""))
     data = env.get("data") or {}
     if kind.startswith("plugin.") and kind != "plugin.error":
+        if env.get("replayed"):
+            return None  # a result for a tap from before a restart: that citizen has gone
         shown = data  # a plugin result carries only what the plugin chose to publish for the screen
     elif kind.startswith("card."):
         shown = {k: data[k] for k in KIOSK_CARD_FIELDS if k in data}

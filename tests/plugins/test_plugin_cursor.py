@@ -3,7 +3,7 @@ store, and at the next start events a plugin was never given are detected, repor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ import structlog
 
 from readerd.config import Config, PluginsConfig
 from readerd.errors import StoreUnavailableError
+from readerd.eventlog import EventLog
+from readerd.events import Event, stamp
 from readerd.hookspecs import hookimpl
-from readerd.plugin_api import PluginContext, PluginEvent
-from readerd.plugin_host import BUILTIN, PluginHost
+from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin_host import BUILTIN, Backlog, BacklogSource, PluginHost, log_backlog
 from readerd.store import Store
 from tests.store.conftest import FAST
 from tests.support.daemon import running_daemon, sim_config
@@ -25,10 +27,13 @@ pytestmark = pytest.mark.timeout(60)
 class Recorder:
     def __init__(self) -> None:
         self.seqs: list[int] = []
+        self.replayed: list[int] = []
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         self.seqs.append(event.seq)
+        if event.replayed:
+            self.replayed.append(event.seq)
         context.publish("seen", {"pseudonym": event.data["pseudonym"]}, reader=event.reader)
 
 
@@ -38,31 +43,43 @@ class Raiser:
         raise RuntimeError("plugin bug")
 
 
-def config(state_dir: Path, *, disabled: tuple[str, ...] = ()) -> Config:
+def config(state_dir: Path, *, disabled: tuple[str, ...] = (), replay_window: float = 600.0) -> Config:
     """Only the test's plugin: the built-in ones would report their own misses."""
-    return sim_config(state_dir, plugins=PluginsConfig(autoload=False, disabled=(*BUILTIN, *disabled)))
+    plugins = PluginsConfig(autoload=False, disabled=(*BUILTIN, *disabled), replay_window=replay_window)
+    return sim_config(state_dir, plugins=plugins)
 
 
-def run_and_tap(state_dir: Path, card: str | None, *, disabled: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_and_tap(
+    state_dir: Path, card: str | None, *, disabled: tuple[str, ...] = (), replay_window: float = 600.0
+) -> dict[str, Any]:
     """One daemon run (a recorder plugin unless disabled), one tap; what the run saw and reported."""
     recorder = Recorder()
-    with running_daemon(config(state_dir, disabled=disabled), plugins={"recorder": recorder}) as d:
-        identified = None
+    run_config = config(state_dir, disabled=disabled, replay_window=replay_window)
+    with running_daemon(run_config, plugins={"recorder": recorder}) as d:
+        identified = seen = None
         if card is not None:
             with d.subscriber("card.identified", "plugin.recorder.") as sub:
                 d.tap(card, hold=False)
                 identified = sub.until(lambda e: e["type"] == "card.identified")[-1]
                 if "recorder" not in disabled:
-                    sub.until(lambda e: e["type"] == "plugin.recorder.seen")
+                    seen = sub.until(lambda e: e["type"] == "plugin.recorder.seen" and "replayed" not in e)[
+                        -1
+                    ]
         plugins_status = d.request("plugins")["result"]
         since = d.request("events.since", {"seq": 0})["result"]["events"]
         run_id = d.request("status")["result"]["run_id"]
     info = next((p for p in plugins_status["plugins"] if p["name"] == "recorder"), None)
     return {
         "identified": identified,
+        "seen": seen,
         "recorder": recorder,
         "info": info,
         "feed_gaps": plugins_status["feed_gaps"],
+        "replayed_results": [
+            (e["data"], e["cause"])
+            for e in since
+            if e["type"] == "plugin.recorder.seen" and e["run_id"] == run_id and e.get("replayed")
+        ],
         "missed_errors": [
             e["data"]
             for e in since
@@ -71,34 +88,55 @@ def run_and_tap(state_dir: Path, card: str | None, *, disabled: tuple[str, ...] 
     }
 
 
-def test_gap_detection_after_a_host_restart(tmp_path: Path) -> None:
+def test_what_a_run_without_the_plugin_logged_is_replayed_at_the_next_start(tmp_path: Path) -> None:
+    """DESIGN decision 2 (at least once): the event log still holds bob's tap, within the replay window."""
     first = run_and_tap(tmp_path, "alice")
+    without = run_and_tap(tmp_path, "bob", disabled=("recorder",))
+    bob = without["identified"]
+    back = run_and_tap(tmp_path, "carol")
+    assert back["recorder"].seqs == [bob["seq"], back["identified"]["seq"]]
+    assert back["recorder"].replayed == [bob["seq"]]
+    assert back["replayed_results"] == [({"pseudonym": bob["data"]["pseudonym"]}, bob["id"])]
+    assert back["seen"]["cause"] == back["identified"]["id"]  # a live result names its tap too
+    assert back["info"]["replayed"] == 1
+    assert back["info"]["missed"] == []
+    assert back["missed_errors"] == []
+    assert back["feed_gaps"] == []
+    assert first["recorder"].replayed == []
+    again = run_and_tap(tmp_path, None)  # replayed once, not at every start
+    assert again["recorder"].seqs == []
+    assert again["info"]["replayed"] == 0
+
+
+def test_gap_detection_after_a_host_restart(tmp_path: Path) -> None:
+    """With ``replay_window = 0`` (or events older than the window) missed events are reported."""
+    first = run_and_tap(tmp_path, "alice", replay_window=0)
     assert first["identified"] is not None
     assert first["recorder"].seqs == [first["identified"]["seq"]]
     assert first["info"]["missed"] == []
 
     # A clean restart: nothing the recorder wanted was missed (its own in-flight result does not count).
-    clean = run_and_tap(tmp_path, None)
+    clean = run_and_tap(tmp_path, None, replay_window=0)
     assert clean["info"]["missed"] == []
     assert clean["feed_gaps"] == []
     assert clean["missed_errors"] == []
 
     # A run without the plugin: bob's tap never reaches it.
-    without = run_and_tap(tmp_path, "bob", disabled=("recorder",))
+    without = run_and_tap(tmp_path, "bob", disabled=("recorder",), replay_window=0)
     assert without["info"] is None
     bob_seq = without["identified"]["seq"]
     assert bob_seq > first["identified"]["seq"]  # seq continues across restarts (the event log)
 
-    back = run_and_tap(tmp_path, "carol")
+    back = run_and_tap(tmp_path, "carol", replay_window=0)
     assert back["info"]["missed"] == [[bob_seq, bob_seq]]  # only what it would have been given
     assert back["feed_gaps"] == [[bob_seq, bob_seq]]
     assert [(e["plugin"], e["hook"], e["quarantined"]) for e in back["missed_errors"]] == [
         ("recorder", "feed", False)
     ]
     assert f"seq {bob_seq}..{bob_seq}" in back["missed_errors"][0]["message"]
-    assert back["recorder"].seqs == [back["identified"]["seq"]]  # not replayed (docs/architecture.md)
+    assert back["recorder"].seqs == [back["identified"]["seq"]]  # not replayed: outside the window
 
-    again = run_and_tap(tmp_path, None)  # reported once, not at every start
+    again = run_and_tap(tmp_path, None, replay_window=0)  # reported once, not at every start
     assert again["info"]["missed"] == []
     assert again["missed_errors"] == []
 
@@ -124,17 +162,21 @@ def envelope(seq: int, event_type: str = "card.identified", run_id: str = "run-1
 def host_on(
     store: Store,
     reports: list[tuple[Any, ...]],
-    history: Callable[[int, int], list[tuple[int, str]] | None] | None = None,
+    backlog: BacklogSource | None = None,
+    *,
+    replay_window: float = 600.0,
     **plugins: object,
 ) -> PluginHost:
     host = PluginHost(
-        PluginsConfig(autoload=False, quarantine_after=1, disabled=tuple(BUILTIN)),
+        PluginsConfig(
+            autoload=False, quarantine_after=1, disabled=tuple(BUILTIN), replay_window=replay_window
+        ),
         kiosk="k",
-        publish=lambda *_a: None,
+        publish=lambda *_a, **_k: None,
         report=lambda *a: reports.append(a),
         store=store,
         plugins=plugins,
-        history=history,
+        backlog=backlog,
     )
     host.load()
     return host
@@ -193,7 +235,7 @@ def test_a_new_plugin_has_nothing_to_catch_up(tmp_path: Path) -> None:
 
 
 def test_a_failing_check_does_not_keep_events_from_the_plugins(tmp_path: Path) -> None:
-    def broken(after: int, upto: int) -> list[tuple[int, str]] | None:
+    def broken(after: int, upto: int, newer_than: float) -> Backlog | None:
         raise StoreUnavailableError("event log unreadable")
 
     recorder = Recorder()
@@ -205,3 +247,112 @@ def test_a_failing_check_does_not_keep_events_from_the_plugins(tmp_path: Path) -
             host.dispatch(envelope(6))
         assert recorder.seqs == [5, 6]
         assert [e["event"] for e in logs].count("plugin cursor check failed") == 1
+
+
+# --- replay from the event log at a start ---------------------------------------------------------------
+class Privy(Recorder):
+    """Asks for the FeliCa IDm: a replayed event carries the private fields the log kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idms: list[object] = []
+
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        return EventInterest(types=frozenset({"card.identified"}), private=frozenset({"idm"}))
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+        super().readerd_card_identified(event, context)
+        self.idms.append(event.private.get("idm"))
+
+
+def logged(log: EventLog, ages: dict[int, float]) -> None:
+    """Card events with these seqs, logged ``ages[seq]`` seconds ago (odd seqs identified, even removed)."""
+    now = datetime.now(UTC)
+    log.append(
+        [
+            stamp(
+                Event(
+                    "card.identified" if seq % 2 else "card.removed",
+                    "R",
+                    {"pseudonym": f"p{seq}"},
+                    {"idm": f"idm{seq}", "serial": "42"} if seq % 2 else {},
+                ),
+                seq=seq,
+                run_id="crashed-run",
+                kiosk="k",
+                now=now - timedelta(seconds=age),
+            )
+            for seq, age in ages.items()
+        ]
+    )
+
+
+def test_a_start_replays_the_recent_backlog_to_each_plugin_from_its_own_cursor(tmp_path: Path) -> None:
+    """A crash left recorder at seq 1 and privy at seq 5: the log holds 1..9, seqs 1..3 older than the
+    window. Each gets, in order and marked replayed, only the recent events after its own cursor, with
+    the private fields it asked for (never the certificate's, which the log does not keep); the older
+    ones are reported missed. Its results while replaying say ``replayed``; live ones do not."""
+    log = EventLog(tmp_path / "events.db")
+    logged(log, {1: 7200, 2: 7200, 3: 3600, 4: 300, 5: 200, 6: 100, 7: 50, 8: 20, 9: 10})
+    reports: list[tuple[Any, ...]] = []
+    published: list[tuple[Any, ...]] = []
+    recorder, privy = Recorder(), Privy()
+    with Store.open(FAST, tmp_path) as store:
+        store.write_cursors({"recorder": 1, "privy": 5}, "crashed-run")
+        host = PluginHost(
+            PluginsConfig(autoload=False, disabled=tuple(BUILTIN), replay_window=600),
+            kiosk="k",
+            publish=lambda *a, **origin: published.append((*a, origin)),
+            report=lambda *a: reports.append(a),
+            store=store,
+            plugins={"recorder": recorder, "privy": privy},
+            backlog=log_backlog(log),
+        )
+        host.load()
+        host.dispatch(envelope(10, run_id="new-run"))  # the first live event after the restart
+        cursors = store.read_cursors()
+    assert recorder.seqs == [5, 7, 9, 10]
+    assert recorder.replayed == [5, 7, 9]
+    assert privy.seqs == [7, 9, 10]
+    assert privy.replayed == [7, 9]
+    assert privy.idms == ["idm7", "idm9", None]  # the live envelope here has no private fields
+    assert host.plugins["recorder"].missed == [(3, 3)]  # older than the window: seq 3 (2 is no hook's)
+    assert host.plugins["privy"].missed == []
+    assert [(r[0], r[2]) for r in reports] == [("recorder", "events_missed")]
+    assert (host.plugins["recorder"].replayed, host.plugins["privy"].replayed) == (3, 2)
+    ids = {seq: str(e["id"]) for seq, e in enumerate(logged_envelopes(log), start=1)}
+    ids[10] = "event-10"
+    seen = [(plugin, data["pseudonym"], origin) for plugin, _event, data, _reader, origin in published]
+    assert seen == [
+        ("recorder", "p5", {"cause": ids[5], "replayed": True}),
+        ("recorder", "p7", {"cause": ids[7], "replayed": True}),
+        ("privy", "p7", {"cause": ids[7], "replayed": True}),
+        ("recorder", "p9", {"cause": ids[9], "replayed": True}),
+        ("privy", "p9", {"cause": ids[9], "replayed": True}),
+        ("recorder", "p10", {"cause": "event-10", "replayed": False}),
+        ("privy", "p10", {"cause": "event-10", "replayed": False}),
+    ]
+    assert cursors == {"recorder": 10, "privy": 10}
+    log.close()
+
+
+def logged_envelopes(log: EventLog) -> list[dict[str, Any]]:
+    return log.since(0, limit=100).events
+
+
+def test_no_replay_when_the_window_is_zero_or_the_log_was_pruned(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.db", max_events=2)
+    logged(log, {1: 30, 2: 20, 3: 10})
+    log.prune()  # holds 2..3 now: 1 is gone
+    for window in (600.0, 0.0):
+        recorder, reports = Recorder(), list[tuple[Any, ...]]()
+        (tmp_path / str(window)).mkdir()
+        with Store.open(FAST, tmp_path / str(window)) as store:
+            store.write_cursors({"recorder": 0}, "crashed-run")
+            host = host_on(store, reports, log_backlog(log), replay_window=window, recorder=recorder)
+            host.dispatch(envelope(4, run_id="new-run"))
+        assert recorder.seqs == [4], window
+        assert host.plugins["recorder"].missed == [(1, 3)], window  # the whole range: the log lost 1
+    log.close()

@@ -194,7 +194,6 @@ class Soak:
         self.log = log
         self.flaky: FlakyPlugin | None = FlakyPlugin()
         #: Results the daemon will never give (a SIGKILL took them): subtracted when waiting.
-        self.forgiven: Counter[str] = Counter()
         sections: dict[str, dict[str, object]] = {
             "checkin": {"readers": dict(self.events), "sync_interval": 0.2, "retry_after": 0.2},
             "points": {"earn_programme": "ward"},
@@ -300,21 +299,14 @@ class Soak:
         if seen["card.removed"] < self.removals:
             return f"{self.removals - seen['card.removed']} card.removed"
         identified = seen["card.identified"]
-        if seen["plugin.checkin.result"] + self.forgiven["checkin"] < identified:
+        if unanswered_taps(self.seen):
             return "check-in results"
         flaky = seen["plugin.flaky.seen"] + sum(
             1 for e in self.seen if e["type"] == "plugin.error" and e["data"].get("plugin") == "flaky"
         )
         if self.flaky is not None and flaky < identified:
             return "flaky plugin results"
-        accepted = sum(1 for e in self.seen if e["type"] == "plugin.checkin.result" and _earns(e["data"]))
-        answered = sum(
-            1
-            for e in self.seen
-            if e["type"] in ("plugin.points.earn_refused", "plugin.points.earn_deferred")
-            or (e["type"] == "plugin.points.earned" and not e["data"].get("deferred"))
-        )
-        if answered + self.forgiven["points"] < accepted:
+        if unanswered_earnings(self.seen):
             return "points results"
         return None
 
@@ -516,6 +508,24 @@ class Soak:
 def _earns(data: dict[str, Any]) -> bool:
     """A check-in result the points plugin credits (accepted, for an enrolled member, with points)."""
     return data.get("status") == "accepted" and bool(data.get("member_id")) and bool(data.get("points"))
+
+
+#: The points plugin's answers to an earning check-in result (``earned`` later from the deferred queue
+#: is not an answer to one: it has no ``cause``).
+POINTS_ANSWERS = ("plugin.points.earned", "plugin.points.earn_refused", "plugin.points.earn_deferred")
+
+
+def unanswered_taps(events: list[Envelope]) -> set[str]:
+    """Ids of ``card.identified`` events no check-in result names as its ``cause`` (yet)."""
+    answered = {e.get("cause") for e in events if e["type"] == "plugin.checkin.result"}
+    return {str(e["id"]) for e in events if e["type"] == "card.identified"} - answered
+
+
+def unanswered_earnings(events: list[Envelope]) -> set[str]:
+    """Ids of earning check-in results (live or replayed) the points plugin has not answered (yet)."""
+    answered = {e.get("cause") for e in events if e["type"] in POINTS_ANSWERS}
+    earning = {str(e["id"]) for e in events if e["type"] == "plugin.checkin.result" and _earns(e["data"])}
+    return earning - answered
 
 
 def verify(soak: Soak, events: list[Envelope]) -> SoakReport:

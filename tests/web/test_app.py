@@ -58,6 +58,7 @@ def test_a_kiosk_screen_sees_no_identity_of_a_card() -> None:
     }
     assert kiosk_view(result) == {**result}
     assert kiosk_view({"type": "heartbeat", "data": {}}) is None
+    assert kiosk_view({**result, "replayed": True}) is None
     assert kiosk_view({"type": "plugin.error", "data": {"plugin": "x"}}) is None
 
 

@@ -73,6 +73,23 @@ def test_one_check_in_per_person_and_the_capacity(service: CheckinService) -> No
     assert [r["person"] for r in attendance["rows"]] == ["member:AAAA", "member:BBBB"]
 
 
+def test_the_same_tap_handed_again_is_the_same_check_in(service: CheckinService, store: Store) -> None:
+    """A replay after a crash: the first handling committed, its result never reached the bus. The same
+    tap is ``accepted`` again with the same ``checkin_id`` (points are credited once by that id), even
+    at capacity and when the crash came between the shared commit and the kiosk's outbox row; another
+    tap of the same person is still ``already_checked_in``."""
+    define(service, capacity=1)
+    first = service.check_in("bon-odori", "member:AAAA", "jpki", "R1", tap="tap-1")
+    replayed = service.check_in("bon-odori", "member:AAAA", "jpki", "R1", tap="tap-1")
+    store.local.transaction(lambda conn: conn.execute(service.t.outbox.delete()))
+    after_lost_outbox = service.check_in("bon-odori", "member:AAAA", "jpki", "R1", tap="tap-1")
+    other_tap = service.check_in("bon-odori", "member:AAAA", "jpki", "R1", tap="tap-2")
+    assert first["status"] == replayed["status"] == after_lost_outbox["status"] == "accepted"
+    assert first["checkin_id"] == replayed["checkin_id"] == after_lost_outbox["checkin_id"]
+    assert other_tap["status"] == "already_checked_in"
+    assert service.attendance("bon-odori")["count"] == 1
+
+
 def test_the_time_window_in_jst(service: CheckinService, clock: Clock) -> None:
     define(service)
     clock.now = datetime(2026, 8, 15, 7, 59, 59, tzinfo=UTC)  # 16:59:59 JST

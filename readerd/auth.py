@@ -136,7 +136,7 @@ class AuthManager:
         bus.register_command("auth.pin", self.pin)
         bus.register_command("mykey.enroll", self.enroll)
         bus.register_command("mykey.unenroll", self.unenroll)
-        bus.register_command("mykey.relink", self.relink)
+        bus.register_command("mykey.relink", self.relink, role="operator")  # staff confirm the person
 
     # -- helpers --------------------------------------------------------------------------------------
     def _backend(self, reader: str) -> Backend:

@@ -38,7 +38,15 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from readerd.config import BusConfig
-from readerd.curve import SUBSCRIBE_COMMANDS, ZAP_DOMAIN, ZAP_ENDPOINT, Allowlist, KeyPair, zap_reply
+from readerd.curve import (
+    SUBSCRIBE_COMMANDS,
+    ZAP_DOMAIN,
+    ZAP_ENDPOINT,
+    Allowlist,
+    KeyPair,
+    role_allows,
+    zap_reply,
+)
 from readerd.errors import BusError, ForbiddenError, ReaderdError, StoreUnavailableError
 from readerd.eventlog import EventLog
 from readerd.events import Envelope, Event, heartbeat, stamp
@@ -144,6 +152,10 @@ class Bus:
         self._queued = 0
         self._sent = 0
         self._commands: dict[str, CommandHandler] = {}
+        self._roles: dict[str, str] = {}  # the role a command needs, when not control
+        # Set by the daemon once the plugins' commands are registered: until then an unknown command
+        # may be one that is about to exist, and is answered not_ready instead of unknown_command.
+        self.commands_complete = threading.Event()
         self._replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
         self._status_providers: list[Callable[[], JsonObject]] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -167,8 +179,10 @@ class Bus:
         self.register_command("events.since", self._events_since)
 
     # -- wiring (before start) ------------------------------------------------------------------------
-    def register_command(self, name: str, handler: CommandHandler) -> None:
+    def register_command(self, name: str, handler: CommandHandler, *, role: str = "control") -> None:
+        """``role``: what a CURVE key needs to send it (docs/clients.md); ``operator`` for staff commands."""
         self._commands[name] = handler
+        self._roles[name] = role
 
     def add_status(self, provider: Callable[[], JsonObject]) -> None:
         self._status_providers.append(provider)
@@ -553,8 +567,9 @@ class Bus:
         current = self.curve.allowlist.by_name.get(name) if self.curve is not None else None
         if current is None or current.role != role:
             raise ForbiddenError("this key is no longer allowed (revoked or its role changed)")
-        if role != "control" and cmd not in SUBSCRIBE_COMMANDS:
-            raise ForbiddenError(f"this key may subscribe only; {cmd!r} needs the control role")
+        needed = "subscribe" if cmd in SUBSCRIBE_COMMANDS else self._roles.get(cmd, "control")
+        if not role_allows(role, needed):
+            raise ForbiddenError(f"this key has the {role} role; {cmd!r} needs the {needed} role")
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
@@ -660,6 +675,11 @@ class Bus:
             if not isinstance(args, dict):
                 raise CommandError("bad_request", "args must be an object")
             handler = (self._commands if commands is None else commands).get(obj["cmd"])
+            if handler is None and commands is None and not self.commands_complete.is_set():
+                # The control socket answers from the bus's start; plugins register theirs later.
+                raise CommandError(
+                    "not_ready", "readerd is starting and has not registered every command: retry"
+                )
             if handler is None:
                 raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
             if user is not None:

@@ -5,8 +5,8 @@ created once, on one machine, and copied; so it never overwrites an existing fil
 fingerprint, which operators compare across kiosks (``readerctl keys fingerprint`` on each).
 
 CURVE (docs/clients.md): ``generate`` makes a client's key pair on the client's machine (the secret never
-travels); ``allow`` puts its public key in the daemon's allowlist with a role (``subscribe`` or
-``control``); ``revoke`` removes it, and the running daemon cuts its connections within
+travels); ``allow`` puts its public key in the daemon's allowlist with a role (``subscribe``,
+``control`` or ``operator``); ``revoke`` removes it, and the running daemon cuts its connections within
 ``bus.allowlist_poll``; ``list`` shows the daemon's public key (clients pin it) and the allowed keys.
 """
 
@@ -59,7 +59,10 @@ def add_keys_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers a
     source.add_argument("--key", help="the client's public key (40 characters of Z85)")
     source.add_argument("--key-file", type=Path, help="the client's NAME.key certificate")
     allow.add_argument(
-        "--role", choices=ROLES, default="subscribe", help="subscribe (default) or control (commands too)"
+        "--role",
+        choices=ROLES,
+        default="subscribe",
+        help="subscribe (default), control (commands too) or operator (staff commands too)",
     )
     revoke = actions.add_parser("revoke", help="remove a client's key; the daemon cuts its connections")
     revoke.add_argument("name")

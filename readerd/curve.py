@@ -2,9 +2,12 @@
 
 ZeroMQ's CURVE encrypts and authenticates each connection; who may connect is decided by a ZAP handler
 (RFC 27) that libzmq asks at every handshake. Ours admits only client public keys found in the allowlist
-directory, each with a role: ``subscribe`` (events, ``events.since`` and ``status``) or ``control``
-(every command). The role rides on the connection as its ZAP User-Id (``<role>:<name>``), so the bus
-checks it per request without a lookup that a concurrent revocation could race.
+directory, each with a role: ``subscribe`` (events, ``events.since`` and ``status``), ``control``
+(commands: a shop terminal redeeming points, a kiosk screen) or ``operator`` (also the staff commands
+that change who is who or what the ward defines: ``mykey.relink``, registrations, programmes, grants,
+reports with personal data; each command names the role it needs). The role rides on the connection
+as its ZAP User-Id (``<role>:<name>``), so the bus checks it per request without a lookup that a
+concurrent revocation could race.
 
 Keys are ZeroMQ certificate files (the ZPL text czmq's ``zcert`` and pyzmq's ``zmq.auth`` read), so a
 client in another language can use its own tooling: ``<name>.key`` holds the public key (and for
@@ -31,9 +34,17 @@ from readerd.errors import ConfigError
 
 log = structlog.get_logger("readerd.curve")
 
-ROLES = ("subscribe", "control")
+#: The roles of an allowlisted key, each allowing what the ones before it do.
+ROLES = ("subscribe", "control", "operator")
 #: Commands a subscribe-only key may send: what a subscriber needs to catch up and to see the daemon.
 SUBSCRIBE_COMMANDS = frozenset({"events.since", "status"})
+
+
+def role_allows(role: str, needed: str) -> bool:
+    """Whether a key of ``role`` may send a command that needs ``needed`` (an unknown role: nothing)."""
+    return role in ROLES and needed in ROLES and ROLES.index(role) >= ROLES.index(needed)
+
+
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "readerd"
 SERVER = "server"

@@ -203,6 +203,7 @@ class Daemon:
                 self.host = self._start_plugins(bus, self.store)
             for backend in self.backends:
                 backend.start()
+            bus.commands_complete.set()
             self.started.set()
             self.notifier.ready(f"{len(self.readers())} readers")
             log.info(
@@ -322,8 +323,8 @@ class Daemon:
             flushed=bus.flushed,
         )
         host.load()
-        for name in host.commands:
-            bus.register_command(name, functools.partial(_plugin_command, host))
+        for name, (_owner, spec) in host.commands.items():
+            bus.register_command(name, functools.partial(_plugin_command, host), role=spec.role)
         bus.register_command("plugins", lambda _req: host.status())
         bus.add_status(lambda: {"plugins_quarantined": host.status()["quarantined"]})
         if store is not None:

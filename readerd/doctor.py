@@ -444,7 +444,7 @@ def check_crl(env: DoctorEnv) -> CheckResult:
 
 
 def check_bus_keys(env: DoctorEnv) -> CheckResult:
-    """The LAN bus's CURVE keys (``bus.curve``; read with getattr: the LAN bus lands beside this)."""
+    """The LAN bus's CURVE keys (``bus.curve``): the daemon's pair and the allowlisted clients."""
     bus = env.config.bus
     lan = [e for e in (bus.publish, bus.control) if not is_loopback_endpoint(e)]
     if not getattr(bus, "curve", False):
@@ -457,10 +457,25 @@ def check_bus_keys(env: DoctorEnv) -> CheckResult:
         return CheckResult(SKIPPED, "not configured (bus.curve is off): the bus is loopback only")
     curve_dir = Path(str(getattr(bus, "curve_dir", "") or Path(env.config.state_dir) / "curve"))
     fix = f"create the server key pair and client keys in {curve_dir} (readerctl keys; docs/configuration.md)"
-    missing = [name for name in ("server.key", "server.key_secret") if not (curve_dir / name).exists()]
-    if missing:
-        return CheckResult(PROBLEM, f"bus.curve is on but {curve_dir} lacks {', '.join(missing)}", fix)
-    secret = curve_dir / "server.key_secret"
+    public, secret = curve_dir / "server.key", curve_dir / "server.key_secret"
+    if not secret.exists() and not public.exists():  # a fresh install: the daemon makes the pair
+        return CheckResult(
+            WARNING,
+            f"no server key pair in {curve_dir} yet: readerd creates it at its first start",
+            "start readerd once, then give LAN clients its public key (readerctl keys list) and allow "
+            "theirs (readerctl keys allow)",
+        )
+    if not secret.exists():
+        return CheckResult(
+            PROBLEM,
+            f"{secret} is gone but {public.name} is there: readerd would make a new pair, and every "
+            "client pinning the old public key would be refused",
+            f"restore {secret} from the backup (or remove {public} and give clients the new public key)",
+        )
+    if not public.exists():
+        return CheckResult(
+            WARNING, f"{public} is missing (the secret file holds it too)", f"restore {public} for clients"
+        )
     if stat.S_IMODE(secret.stat().st_mode) & 0o077:
         return CheckResult(
             PROBLEM,

@@ -52,6 +52,11 @@ PRIVATE_FIELDS = frozenset(
     {"idm", "pmm", "blocks", "serial", "issuer_der", "subject_cn", "not_before", "not_after"}
 )
 
+#: The roles a command may need (readerd/curve.py: a ``subscribe`` key sends no plugin command).
+CONTROL = "control"
+OPERATOR = "operator"
+COMMAND_ROLES = (CONTROL, OPERATOR)
+
 _PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})*")
 
@@ -178,6 +183,14 @@ class CommandSpec:
     handler: CommandHandler
     args: Mapping[str, Arg] = field(default_factory=dict)
     help: str = ""
+    #: What a LAN client's CURVE key needs to send it: ``CONTROL`` (a terminal, a kiosk screen) or
+    #: ``OPERATOR`` (staff: definitions, registrations, grants, reports with personal data). Loopback
+    #: callers (readerctl on the kiosk) have no key and may send every command.
+    role: str = CONTROL
+
+    def __post_init__(self) -> None:
+        if self.role not in COMMAND_ROLES:
+            raise ValueError(f"{self.name}: role is one of {', '.join(COMMAND_ROLES)}, not {self.role!r}")
 
     def check_args(self, args: Mapping[str, Any]) -> JsonObject:
         """The arguments if they match the schema; ValueError naming the first mismatch otherwise."""
@@ -197,6 +210,7 @@ class CommandSpec:
         return {
             "name": self.name,
             "help": self.help,
+            "role": self.role,
             "args": {
                 n: {"type": str(a.type), "required": a.required, "help": a.help} for n, a in self.args.items()
             },

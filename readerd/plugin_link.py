@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import zmq
@@ -38,8 +38,12 @@ from readerd import events as ev
 from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
 from readerd.client import BusClient
 from readerd.config import Config
+from readerd.curve import ROLES
 from readerd.errors import BusSilentError, GapUnrecoverableError, ReaderdError
 from readerd.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from readerd.plugin_host import PluginHost
 
 log = structlog.get_logger("readerd.plugin_link")
 
@@ -84,12 +88,17 @@ class SplitHostLink:
         bus.add_status(lambda: {"plugin_host": "split" if self.peer is not None else "split, not connected"})
 
     def _register(self, request: ControlRequest) -> JsonObject:
-        names = request.args.get("commands", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) and "." in n for n in names):
-            raise CommandError("bad_request", "commands: a list of <plugin>.<verb>")
+        commands = request.args.get("commands", {})
+        if isinstance(commands, list):  # names only: each needs the control role
+            commands = dict.fromkeys(commands, "control")
+        if not isinstance(commands, dict) or not all(
+            isinstance(n, str) and "." in n and r in ROLES for n, r in commands.items()
+        ):
+            raise CommandError("bad_request", "commands: {<plugin>.<verb>: role}")
         self.peer = request.peer
-        for name in names:
-            self.bus.register_command(name, self._forward)
+        for name, role in commands.items():
+            self.bus.register_command(name, self._forward, role=role)
+        names = sorted(commands)
         self.commands = names
         log.info("split plugin host connected", commands=names)
         return {"run_id": self.bus.run_id, "last_seq": self.bus.last_seq}
@@ -234,7 +243,7 @@ class SplitHost:
         try:
             host.load()
             try:
-                uplink.request("plugins.register", {"commands": sorted(host.commands)}, self.register_timeout)
+                uplink.request("plugins.register", {"commands": _roles(host)}, self.register_timeout)
             except BusSilentError:
                 # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
                 log.error("the daemon does not answer on its plugin socket", endpoint=control)
@@ -276,7 +285,7 @@ class SplitHost:
                 env = None
             if client.stats.restarts != restarts:  # a new daemon knows nothing of our commands
                 restarts = client.stats.restarts
-                uplink.send("plugins.register", {"commands": sorted(host.commands)})
+                uplink.send("plugins.register", {"commands": _roles(host)})
             if env is not None:
                 host.dispatch(env)
                 self.dispatched += 1
@@ -322,3 +331,8 @@ def _answer_with(uplink: Uplink, request_id: object) -> Callable[[Future[JsonObj
             uplink.reply(_refusal(request_id, "internal_error", type(error).__name__))
 
     return answer
+
+
+def _roles(host: PluginHost) -> dict[str, str]:
+    """The host's commands and the role each needs, as ``plugins.register`` announces them."""
+    return {name: spec.role for name, (_owner, spec) in sorted(host.commands.items())}

@@ -24,6 +24,7 @@ from plugins.bathhouse.service import BathhouseService, Rules
 from plugins.common import config_int, person_of
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
+    OPERATOR,
     Arg,
     ArgType,
     CommandSpec,
@@ -115,24 +116,28 @@ class BathhousePlugin:
                 lambda a: s().register(self._felica_on(a), {k: v for k, v in a.items() if k != "reader"}),
                 {**member, "birth_date": Arg(S, help="YYYY-MM-DD"), "ward": Arg(INT), **KEY},
                 help="a new member and their first card",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "bathhouse.reissue",
                 lambda a: s().reissue(self._felica_on(a), {k: v for k, v in a.items() if k != "reader"}),
                 {**member, "reason": Arg(S), "fee": Arg(INT, required=False), **KEY},
                 help="a new card; the old one is revoked",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "bathhouse.link_mynumber",
                 self._link,
                 {**member, **KEY},
                 help="the member's My Number Card stands for the bath-house card",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "bathhouse.report",
                 lambda a: s().report(str(a["month"]), a.get("bath_house")),
                 {"month": Arg(S, help="YYYY-MM (JST)"), "bath_house": Arg(S, required=False)},
                 help="visits per bath house in a month, for the subsidy settlement",
+                role=OPERATOR,
             ),
         ]
 

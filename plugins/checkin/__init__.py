@@ -29,6 +29,7 @@ from plugins.common import Periodic, person_of
 from readerd.errors import StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
+    OPERATOR,
     Arg,
     ArgType,
     CommandSpec,
@@ -155,12 +156,14 @@ class CheckinPlugin:
                     "idempotency_key": KEY,
                 },
                 help="create or change an event",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "checkin.register_card",
                 self._register_card,
                 {"reader": Arg(text), "member_id": Arg(text), "idempotency_key": KEY},
                 help="link the FeliCa check-in card on a reader to a member",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "checkin.status",
@@ -173,6 +176,7 @@ class CheckinPlugin:
                 lambda args: self._service().attendance(str(args["event_id"])),
                 event_id,
                 help="every check-in of an event (for the CSV export)",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "checkin.sync", lambda _args: self._service().sync(), {}, help="push offline check-ins now"

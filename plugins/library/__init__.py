@@ -34,6 +34,7 @@ from plugins.library.service import LibraryService
 from readerd.errors import ReaderdError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
+    OPERATOR,
     Arg,
     ArgType,
     CommandSpec,
@@ -276,7 +277,9 @@ class LibraryPlugin:
             ),
             CommandSpec("library.return", self._return, {"item": Arg(S), **KEY}, help="take an item back"),
             CommandSpec("library.receipt", self._receipt, READER, help="this visit's loans and due dates"),
-            CommandSpec("library.overdue", self._overdue, {}, help="overdue loans (ils = local)"),
+            CommandSpec(
+                "library.overdue", self._overdue, {}, help="overdue loans (ils = local)", role=OPERATOR
+            ),
         ]
 
 

@@ -28,6 +28,7 @@ from plugins.points.service import PointsService, account_of
 from readerd.errors import ReaderdError, StoreBusyError, StoreUnavailableError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import (
+    OPERATOR,
     Arg,
     ArgType,
     CommandSpec,
@@ -211,12 +212,14 @@ class PointsPlugin:
                     **KEY,
                 },
                 help="create or change a points programme",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.define_shop",
                 lambda a: s().define_shop(a),
                 {"shop_id": Arg(S), "name": Arg(S), "area": Arg(S), **KEY},
                 help="a participating shop and its area",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.redeem",
@@ -241,18 +244,21 @@ class PointsPlugin:
                 lambda a: s().grant(a),
                 {**programme, "campaign": Arg(S), "amount": Arg(INT), "members": Arg(ArgType.ARRAY), **KEY},
                 help="a campaign grant to eligible members",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.import",
                 lambda a: s().import_points(a),
                 {**programme, **WHO, "amount": Arg(INT), "source_ref": Arg(S), **KEY},
                 help="points converted from another scheme",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.expire",
                 lambda a: s().expire(a),
                 {**programme, **KEY},
                 help="write off what is left after the last use day",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.balance",
@@ -270,12 +276,14 @@ class PointsPlugin:
                     **KEY,
                 },
                 help="use the FeliCa card on a reader for a member's points",
+                role=OPERATOR,
             ),
             CommandSpec(
                 "points.settlement",
                 self._settlement,
                 {"from": Arg(S, help="YYYY-MM-DD (JST)"), "to": Arg(S)},
                 help="per-shop and per-area totals for a period",
+                role=OPERATOR,
             ),
         ]
 

@@ -45,6 +45,7 @@ def curve_bus(tmp_path: Path) -> Iterator[CurveBus]:
     log = EventLog(tmp_path / "events.db")
     bus = Bus(config, kiosk="k", event_log=log, curve=CurveServer(keys, allowlist, poll=0.1))
     bus.register_command("points.redeem", lambda _req: {"redeemed": True})
+    bus.register_command("mykey.relink", lambda _req: {"relinked": True}, role="operator")
     bus.start()
     yield CurveBus(bus, curve_dir, allowlist)
     bus.stop()

@@ -64,6 +64,26 @@ def test_unknown_and_plain_clients_receive_nothing_and_cannot_command(curve_bus:
     assert curve_bus.bus.stats.control_requests == 0  # nothing got through to the bus
 
 
+def test_staff_commands_need_the_operator_role(curve_bus: CurveBus) -> None:
+    """A shop terminal's control key redeems but cannot relink a member to another card (a takeover of
+    the member's points); the ward office's operator key can do both."""
+    terminal = curve_bus.keys("terminal", "control")
+    office = curve_bus.keys("office", "operator")
+    control = curve_bus.bus.control_endpoint
+    refused = raw_request(control, terminal, "mykey.relink", 5000)
+    assert refused is not None
+    assert refused["error"]["code"] == "forbidden"
+    assert "needs the operator role" in refused["error"]["message"]
+    assert raw_request(control, office, "mykey.relink", 5000) == {
+        "id": "1",
+        "ok": True,
+        "result": {"relinked": True},
+    }
+    redeemed = raw_request(control, office, "points.redeem", 5000)
+    assert redeemed is not None
+    assert redeemed["ok"] is True
+
+
 def test_a_subscribe_only_key_can_catch_up_but_not_redeem(curve_bus: CurveBus) -> None:
     screen = curve_bus.keys("screen", "subscribe")
     counter = curve_bus.keys("counter", "control")

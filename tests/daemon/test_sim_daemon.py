@@ -218,6 +218,12 @@ def test_pseudonyms_are_stable_across_restarts_and_keyed(tmp_path: Path) -> None
 def test_control_errors_have_fixed_codes(tmp_path: Path) -> None:
     with running_daemon(sim_config(tmp_path)) as d:
         assert d.request("explode")["error"]["code"] == "unknown_command"
+        assert d.daemon.bus is not None
+        d.daemon.bus.commands_complete.clear()  # as in the start-up window, before the plugins register
+        starting = d.request("explode")["error"]
+        assert d.request("status")["ok"] is True  # what is registered already answers
+        d.daemon.bus.commands_complete.set()
+        assert starting["code"] == "not_ready"
         assert d.request("tap", {"reader": "nope"})["error"]["code"] == "unknown_reader"
         assert d.request("tap", {"card": ""})["error"]["code"] == "bad_request"
         assert d.request("tap", {"faults": [{"action": "explode"}]})["error"]["code"] == "bad_request"

@@ -346,8 +346,14 @@ def test_bus_keys_bad(tmp_path: Path) -> None:
     assert "without CURVE" in result.message
     env = _curve_env(tmp_path)
     curve = tmp_path / "curve"
-    assert doctor.check_bus_keys(env).status is PROBLEM  # no keys at all
+    fresh = doctor.check_bus_keys(env)  # no keys at all: the daemon creates them at its first start
+    assert fresh.status is WARNING
+    assert "first start" in fresh.message
     curve.mkdir()
+    (curve / "server.key").write_text("public")
+    lost = doctor.check_bus_keys(env)
+    assert lost.status is PROBLEM  # the secret is gone: a new pair would lock every client out
+    assert "restore" in lost.fix
     (curve / "server.key").write_text("public")
     (curve / "server.key_secret").write_text("secret")
     (curve / "server.key_secret").chmod(0o644)

@@ -16,7 +16,7 @@ from readerd.config import FelicaConfig, FelicaRead, PluginsConfig
 from readerd.errors import ReaderdError
 from readerd.hookspecs import hookimpl
 from readerd.plugin_api import Arg, ArgType, CommandSpec, EventInterest, PluginContext, PluginEvent
-from readerd.plugin_host import DISABLE_AUTOLOAD_ENV, PluginHost
+from readerd.plugin_host import BUILTIN, DISABLE_AUTOLOAD_ENV, PluginHost, load_object
 from tests.support.daemon import running_daemon, sim_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -355,3 +355,22 @@ def test_docs_carry_the_generated_hook_reference() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
     assert reference() in text, "regenerate with: python -m readerd.plugin_docs"
+
+
+def test_the_built_in_staff_commands_need_the_operator_role() -> None:
+    """On the LAN a shop terminal's control key redeems and checks in; definitions, card registrations,
+    grants and reports with personal data need the ward office's operator key (docs/clients.md)."""
+    roles: dict[str, str] = {}
+    for spec_path in BUILTIN.values():
+        plugin = load_object(spec_path)
+        instance: Any = plugin() if isinstance(plugin, type) else plugin
+        roles |= {spec.name: spec.role for spec in instance.readerd_commands()}
+    assert {name for name, role in roles.items() if role == "operator"} == {
+        "points.define_programme", "points.define_shop", "points.grant", "points.import", "points.expire",
+        "points.register_card", "points.settlement", "checkin.define_event", "checkin.register_card",
+        "checkin.attendance", "bathhouse.register", "bathhouse.reissue", "bathhouse.link_mynumber",
+        "bathhouse.report", "library.overdue",
+    }  # fmt: skip
+    assert roles["points.redeem"] == roles["checkin.sync"] == roles["library.checkout"] == "control"
+    with pytest.raises(ValueError, match="role is one of"):
+        CommandSpec("x.y", lambda _a: {}, role="subscribe")

@@ -65,7 +65,7 @@ class SubprocessDaemon:
             for cmd, args in list(probes.items()):
                 with contextlib.suppress(Exception):
                     reply = request(self.control, cmd, args, timeout_ms=500)
-                    if reply["ok"] or reply["error"]["code"] != "unknown_command":
+                    if reply["ok"] or reply["error"]["code"] not in ("unknown_command", "not_ready"):
                         del probes[cmd]
             assert time.monotonic() < deadline, f"readerd's plugin commands never appeared: {list(probes)}"
             time.sleep(0.02)

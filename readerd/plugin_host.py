@@ -333,9 +333,10 @@ class PluginHost:
         self._report(loaded.name, hook, code, message, True)
 
     # -- events -------------------------------------------------------------------------------------
-    def dispatch(self, envelope: JsonObject) -> None:
+    def dispatch(self, envelope: JsonObject, *, replayed: bool = False) -> None:
         """Hand one private-feed envelope to every plugin that wants it, one plugin at a time; then
-        record the plugins' cursors."""
+        record the plugins' cursors. ``replayed``: the split host's catch-up of what was logged before it
+        connected (the plugins get it marked, as the embedded host's replay)."""
         if self._feed_seq is None:  # the first message since the host started
             try:
                 self._check_cursors(envelope)
@@ -346,13 +347,22 @@ class PluginHost:
         if event_type == "heartbeat":
             return
         hook = _hook_for(event_type)
-        delivered = self._deliver(envelope, event_type, hook) if hook is not None else False
+        delivered = (
+            self._deliver(envelope, event_type, hook, replayed=replayed) if hook is not None else False
+        )
         self._advance_cursors(int(envelope.get("seq", 0)), str(envelope.get("run_id", "")), flush=delivered)
 
     def _deliver(
-        self, envelope: JsonObject, event_type: str, hook: str, *, to: set[str] | None = None
+        self,
+        envelope: JsonObject,
+        event_type: str,
+        hook: str,
+        *,
+        to: set[str] | None = None,
+        replayed: bool = False,
     ) -> bool:
         """True if some plugin's hook was called with the event. ``to``: a replay, for these plugins."""
+        replayed = replayed or to is not None
         private = envelope.get("private") or {}
         delivered = False
         for loaded in list(self.plugins.values()):
@@ -363,7 +373,7 @@ class PluginHost:
             if to is not None and loaded.name not in to:
                 continue
             shown = loaded.interest.strip(private)
-            event = PluginEvent.from_envelope(envelope, shown, replayed=to is not None)
+            event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
             delivered = delivered or self._implements(loaded, hook)
             self._handling = (loaded.name, event.id, event.replayed)
             try:

@@ -243,7 +243,9 @@ class SplitHost:
         try:
             host.load()
             try:
-                uplink.request("plugins.register", {"commands": _roles(host)}, self.register_timeout)
+                registered = uplink.request(
+                    "plugins.register", {"commands": _roles(host)}, self.register_timeout
+                )
             except BusSilentError:
                 # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
                 log.error("the daemon does not answer on its plugin socket", endpoint=control)
@@ -259,7 +261,7 @@ class SplitHost:
             log.info("plugin host running", feed=feed, since=since, plugins=sorted(host.plugins))
             self.ready.set()
             try:
-                self._loop(host, client, uplink)
+                self._loop(host, client, uplink, int(registered["result"]["last_seq"]))
             finally:
                 client.close()
         finally:
@@ -270,7 +272,9 @@ class SplitHost:
             store.close()
         return ExitCode.OK
 
-    def _loop(self, host: Any, client: BusClient, uplink: Uplink) -> None:  # noqa: ANN401 - PluginHost
+    def _loop(self, host: Any, client: BusClient, uplink: Uplink, backlog_end: int) -> None:  # noqa: ANN401
+        """``backlog_end``: the daemon's last seq when we connected; what the client catches up to it was
+        logged while no host was there, so the plugins get it marked replayed."""
         restarts = client.stats.restarts
         while not self.stop_event.is_set():
             try:
@@ -287,7 +291,7 @@ class SplitHost:
                 restarts = client.stats.restarts
                 uplink.send("plugins.register", {"commands": _roles(host)})
             if env is not None:
-                host.dispatch(env)
+                host.dispatch(env, replayed=int(env["seq"]) <= backlog_end)
                 self.dispatched += 1
                 self._write_cursor(int(env["seq"]))
             self._serve(host, uplink)

@@ -113,6 +113,13 @@ def test_split_host_gets_events_publishes_results_answers_commands_and_catches_u
     # certificate fields are never stored (eventlog.CERTIFICATE_FIELDS), as if it had not asked.
     assert [set(e.private) for e in events] == [{"serial"}, set(), set()]
     assert missed_results[-1]["data"] == {"count": 3}
+    # What it caught up at its second start was logged while no host was there: marked replayed, and
+    # so are the results it published for them (screens skip them), each naming its tap.
+    assert [e.replayed for e in events] == [False, True, True]
+    assert missed_results[-1]["replayed"] is True
+    assert missed_results[-1]["cause"] == events[2].id
+    assert "replayed" not in result
+    assert result["cause"] == first[0].id
 
 
 def test_readerd_plugins_runs_the_host_as_its_own_process(tmp_path: Path) -> None:

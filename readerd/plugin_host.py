@@ -134,6 +134,20 @@ class LoadedPlugin:
         }
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """The event a hook call handles: what the results it publishes name as their ``cause``."""
+
+    plugin: str
+    event_id: str
+    replayed: bool
+
+
+#: The origin of the hook call running on this thread (a command handler or a plugin's own timer thread
+#: has none, so a redemption published while the same plugin handles a tap is not taken for its result).
+_HANDLING = threading.local()
+
+
 @dataclass
 class Backlog:
     """What the event log holds of a range a plugin was not given: ``(seq, type)`` of every event, and
@@ -186,8 +200,6 @@ class PluginHost:
         self._cursor_write_failing = False
         self._backlog = backlog
         self._flushed = flushed
-        # (plugin, event id, replayed) while the feed thread hands a plugin an event: its results' origin
-        self._handling: tuple[str, str, bool] | None = None
         self._drain_until = 0.0  # set by stop(): the feed thread delivers what arrived until then
         self._pending_cursors: dict[str, int] = {}  # advanced but not yet written (no hook was called)
         self._pending_run_id = ""
@@ -281,18 +293,27 @@ class PluginHost:
     def _implements(self, loaded: LoadedPlugin, hook: str) -> bool:
         return any(i.plugin_name == loaded.name for i in getattr(self.pm.hook, hook).get_hookimpls())
 
-    def _call(self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject) -> Any:  # noqa: ANN401 - a hook's result
-        """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure."""
+    def _call(
+        self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject, origin: _Origin | None = None
+    ) -> Any:  # noqa: ANN401 - a hook's result
+        """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure.
+        ``origin``: the event it handles, for the results it publishes from the hook's own thread."""
         impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == loaded.name]
         if not impls:
             return None
         impl = impls[0]
         args = {name: kwargs[name] for name in impl.argnames}
         started = time.perf_counter()
+
+        def call() -> Any:  # noqa: ANN401 - a hook's result
+            _HANDLING.origin = origin
+            try:
+                return impl.function(**args)
+            finally:
+                _HANDLING.origin = None
+
         try:
-            result = run_with_deadline(
-                lambda: impl.function(**args), self.config.hook_timeout, name=f"plugin:{loaded.name}"
-            )
+            result = run_with_deadline(call, self.config.hook_timeout, name=f"plugin:{loaded.name}")
         except SessionTimeoutError:
             self._quarantine(loaded, hook, "timeout", f"no return within {self.config.hook_timeout} s")
             return None
@@ -375,11 +396,8 @@ class PluginHost:
             shown = loaded.interest.strip(private)
             event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
             delivered = delivered or self._implements(loaded, hook)
-            self._handling = (loaded.name, event.id, event.replayed)
-            try:
-                self._call(loaded, hook, {"event": event, "context": loaded.context})
-            finally:
-                self._handling = None
+            origin = _Origin(loaded.name, event.id, event.replayed)
+            self._call(loaded, hook, {"event": event, "context": loaded.context}, origin)
             loaded.last_seq = event.seq
         return delivered
 
@@ -396,9 +414,9 @@ class PluginHost:
         """A result published while its plugin handles an event names that event (``cause``: a screen
         matches a result to its tap) and says when it was replayed: the card is long gone, so a kiosk
         screen must not show it, while other plugins still act on it."""
-        handling = self._handling
-        if handling is not None and handling[0] == plugin:
-            cause, replayed = handling[1], handling[2]
+        origin: _Origin | None = getattr(_HANDLING, "origin", None)  # set on the hook's own thread only
+        if origin is not None and origin.plugin == plugin:
+            cause, replayed = origin.event_id, origin.replayed
         self._publish(plugin, event, data, reader, cause=cause, replayed=replayed)
 
     # -- cursors: which seqs each plugin was given, across restarts (DESIGN decision 2) ---------------
@@ -504,6 +522,8 @@ class PluginHost:
         if gaps:
             self.gaps.append((min(g[0] for g in gaps), max(g[1] for g in gaps)))
         self._replay(replay, behind)
+        if replay and self._flushed is not None:
+            self._flushed()  # the replayed events' results logged before the cursors move past them
         # From here on every plugin is at `before`: a gap is reported once, not at every start.
         moved = {}
         for loaded in self.plugins.values():

@@ -3,6 +3,7 @@ store, and at the next start events a plugin was never given are detected, repor
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,49 @@ def test_no_replay_when_the_window_is_zero_or_the_log_was_pruned(tmp_path: Path)
         assert recorder.seqs == [4], window
         assert host.plugins["recorder"].missed == [(1, 3)], window  # the whole range: the log lost 1
     log.close()
+
+
+def test_only_what_the_hook_itself_publishes_names_the_event_as_its_cause(tmp_path: Path) -> None:
+    """A command handler of the same plugin publishing while its hook runs (a redemption at the
+    counter during a tap) is not that tap's result: no ``cause``, never ``replayed``."""
+    inside, outside_done = threading.Event(), threading.Event()
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    class Slow:
+        context: PluginContext | None = None
+
+        @hookimpl
+        def readerd_startup(self, context: PluginContext) -> None:
+            self.context = context
+
+        @hookimpl
+        def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
+            inside.set()
+            assert outside_done.wait(10)
+            context.publish("seen", {})
+
+    slow = Slow()
+
+    def command_thread() -> None:
+        assert inside.wait(10)
+        assert slow.context is not None
+        slow.context.publish("redeemed", {})
+        outside_done.set()
+
+    with Store.open(FAST, tmp_path) as store:
+        host = PluginHost(
+            PluginsConfig(autoload=False, disabled=tuple(BUILTIN)),
+            kiosk="k",
+            publish=lambda *a, **origin: published.append((a[1], origin)),
+            store=store,
+            plugins={"slow": slow},
+        )
+        host.load()
+        worker = threading.Thread(target=command_thread)
+        worker.start()
+        host.dispatch(envelope(1))
+        worker.join(10)
+    assert published == [
+        ("redeemed", {"cause": None, "replayed": False}),
+        ("seen", {"cause": "event-1", "replayed": False}),
+    ]

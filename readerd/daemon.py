@@ -298,24 +298,13 @@ class Daemon:
     def _start_plugins(self, bus: Bus, store: Store | None) -> PluginHost:
         """The embedded plugin host: a subscriber of the private feed; its results go out through the bus."""
 
-        def publish(
-            plugin: str,
-            event: str,
-            data: JsonObject,
-            reader: str | None,
-            *,
-            cause: str | None = None,
-            replayed: bool = False,
-        ) -> None:
-            bus.publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
-
         def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
             bus.publish(ev.plugin_error(plugin, hook, error, message, quarantined=quarantined))
 
         host = PluginHost(
             self.config.plugins,
             kiosk=self.config.kiosk,
-            publish=publish,
+            publish=bus.publish,
             report=report,
             plugins=self.extra_plugins,
             store=store,

@@ -254,16 +254,7 @@ class DoctorCheck:
 
 
 class Publisher(Protocol):
-    def __call__(
-        self,
-        plugin: str,
-        event: str,
-        data: JsonObject,
-        reader: str | None,
-        *,
-        cause: str | None = None,
-        replayed: bool = False,
-    ) -> None: ...
+    def __call__(self, plugin: str, event: str, data: JsonObject, reader: str | None) -> None: ...
 
 
 @dataclass

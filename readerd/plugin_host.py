@@ -40,6 +40,7 @@ import structlog
 import zmq
 
 from readerd import builtin_plugins, hookspecs
+from readerd import events as ev
 from readerd.config import PluginsConfig
 from readerd.errors import (
     GapUnrecoverableError,
@@ -49,13 +50,13 @@ from readerd.errors import (
     StoreUnavailableError,
 )
 from readerd.eventlog import EventLog
+from readerd.events import Event
 from readerd.plugin_api import (
     CommandSpec,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
-    Publisher,
     check_plugin_name,
 )
 from readerd.sessions import SessionTimeoutError, run_with_deadline
@@ -167,14 +168,16 @@ class PluginHost:
         config: PluginsConfig,
         *,
         kiosk: str,
-        publish: Publisher,
+        publish: Callable[[Event], object],
         report: Callable[[str, str, str, str, bool], None] | None = None,
         store: Store | None = None,
         plugins: dict[str, object] | None = None,
         backlog: BacklogSource | None = None,
         flushed: Callable[[], bool] | None = None,
     ) -> None:
-        """``plugins`` adds plugin objects by name beside discovery (tests, embedding applications);
+        """``publish`` takes a plugin result (:func:`readerd.events.plugin_result`, with its ``cause``
+        and ``replayed``) to the bus; ``plugins`` adds plugin objects by name beside discovery (tests,
+        embedding applications);
         ``report(plugin, hook, error_code, message, quarantined)`` publishes ``plugin.error``; ``store``
         gives each plugin ``store.for_plugin(name)`` as ``context.store`` (None: plugins get None), and
         keeps each plugin's cursor there; ``backlog(after, upto, newer_than)`` gives what the event log
@@ -401,23 +404,16 @@ class PluginHost:
             loaded.last_seq = event.seq
         return delivered
 
-    def _publish_result(
-        self,
-        plugin: str,
-        event: str,
-        data: JsonObject,
-        reader: str | None,
-        *,
-        cause: str | None = None,
-        replayed: bool = False,
-    ) -> None:
+    def _publish_result(self, plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
         """A result published while its plugin handles an event names that event (``cause``: a screen
         matches a result to its tap) and says when it was replayed: the card is long gone, so a kiosk
         screen must not show it, while other plugins still act on it."""
         origin: _Origin | None = getattr(_HANDLING, "origin", None)  # set on the hook's own thread only
-        if origin is not None and origin.plugin == plugin:
-            cause, replayed = origin.event_id, origin.replayed
-        self._publish(plugin, event, data, reader, cause=cause, replayed=replayed)
+        if origin is not None and origin.plugin != plugin:
+            origin = None
+        cause = origin.event_id if origin is not None else None
+        replayed = origin is not None and origin.replayed
+        self._publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
 
     # -- cursors: which seqs each plugin was given, across restarts (DESIGN decision 2) ---------------
     def _read_cursors(self) -> dict[str, int]:

@@ -40,6 +40,7 @@ from readerd.client import BusClient
 from readerd.config import Config
 from readerd.curve import ROLES
 from readerd.errors import BusSilentError, GapUnrecoverableError, ReaderdError
+from readerd.events import Event
 from readerd.exitcodes import ExitCode
 
 if TYPE_CHECKING:
@@ -215,17 +216,10 @@ class SplitHost:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         uplink = Uplink(context, control)
 
-        def publish(
-            plugin: str,
-            event: str,
-            data: JsonObject,
-            reader: str | None,
-            *,
-            cause: str | None = None,
-            replayed: bool = False,
-        ) -> None:
-            args = {"plugin": plugin, "event": event, "data": data, "reader": reader}
-            uplink.send("plugin.publish", {**args, "cause": cause, "replayed": replayed})
+        def publish(result: Event) -> None:
+            _, plugin, event = str(result.type).split(".", 2)  # plugin.<name>.<event>
+            args = {"plugin": plugin, "event": event, "data": result.data, "reader": result.reader}
+            uplink.send("plugin.publish", {**args, "cause": result.cause, "replayed": result.replayed})
 
         def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
             args = {"plugin": plugin, "hook": hook, "error": error, "message": message}

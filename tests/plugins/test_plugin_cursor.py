@@ -173,7 +173,7 @@ def host_on(
             autoload=False, quarantine_after=1, disabled=tuple(BUILTIN), replay_window=replay_window
         ),
         kiosk="k",
-        publish=lambda *_a, **_k: None,
+        publish=lambda _result: None,
         report=lambda *a: reports.append(a),
         store=store,
         plugins=plugins,
@@ -298,14 +298,14 @@ def test_a_start_replays_the_recent_backlog_to_each_plugin_from_its_own_cursor(t
     log = EventLog(tmp_path / "events.db")
     logged(log, {1: 7200, 2: 7200, 3: 3600, 4: 300, 5: 200, 6: 100, 7: 50, 8: 20, 9: 10})
     reports: list[tuple[Any, ...]] = []
-    published: list[tuple[Any, ...]] = []
+    published: list[Event] = []
     recorder, privy = Recorder(), Privy()
     with Store.open(FAST, tmp_path) as store:
         store.write_cursors({"recorder": 1, "privy": 5}, "crashed-run")
         host = PluginHost(
             PluginsConfig(autoload=False, disabled=tuple(BUILTIN), replay_window=600),
             kiosk="k",
-            publish=lambda *a, **origin: published.append((*a, origin)),
+            publish=published.append,
             report=lambda *a: reports.append(a),
             store=store,
             plugins={"recorder": recorder, "privy": privy},
@@ -325,15 +325,15 @@ def test_a_start_replays_the_recent_backlog_to_each_plugin_from_its_own_cursor(t
     assert (host.plugins["recorder"].replayed, host.plugins["privy"].replayed) == (3, 2)
     ids = {seq: str(e["id"]) for seq, e in enumerate(logged_envelopes(log), start=1)}
     ids[10] = "event-10"
-    seen = [(plugin, data["pseudonym"], origin) for plugin, _event, data, _reader, origin in published]
+    seen = [(str(e.type), e.data["pseudonym"], e.cause, e.replayed) for e in published]
     assert seen == [
-        ("recorder", "p5", {"cause": ids[5], "replayed": True}),
-        ("recorder", "p7", {"cause": ids[7], "replayed": True}),
-        ("privy", "p7", {"cause": ids[7], "replayed": True}),
-        ("recorder", "p9", {"cause": ids[9], "replayed": True}),
-        ("privy", "p9", {"cause": ids[9], "replayed": True}),
-        ("recorder", "p10", {"cause": "event-10", "replayed": False}),
-        ("privy", "p10", {"cause": "event-10", "replayed": False}),
+        ("plugin.recorder.seen", "p5", ids[5], True),
+        ("plugin.recorder.seen", "p7", ids[7], True),
+        ("plugin.privy.seen", "p7", ids[7], True),
+        ("plugin.recorder.seen", "p9", ids[9], True),
+        ("plugin.privy.seen", "p9", ids[9], True),
+        ("plugin.recorder.seen", "p10", "event-10", False),
+        ("plugin.privy.seen", "p10", "event-10", False),
     ]
     assert cursors == {"recorder": 10, "privy": 10}
     log.close()
@@ -363,7 +363,7 @@ def test_only_what_the_hook_itself_publishes_names_the_event_as_its_cause(tmp_pa
     """A command handler of the same plugin publishing while its hook runs (a redemption at the
     counter during a tap) is not that tap's result: no ``cause``, never ``replayed``."""
     inside, outside_done = threading.Event(), threading.Event()
-    published: list[tuple[str, dict[str, Any]]] = []
+    published: list[Event] = []
 
     class Slow:
         context: PluginContext | None = None
@@ -390,7 +390,7 @@ def test_only_what_the_hook_itself_publishes_names_the_event_as_its_cause(tmp_pa
         host = PluginHost(
             PluginsConfig(autoload=False, disabled=tuple(BUILTIN)),
             kiosk="k",
-            publish=lambda *a, **origin: published.append((a[1], origin)),
+            publish=published.append,
             store=store,
             plugins={"slow": slow},
         )
@@ -399,7 +399,7 @@ def test_only_what_the_hook_itself_publishes_names_the_event_as_its_cause(tmp_pa
         worker.start()
         host.dispatch(envelope(1))
         worker.join(10)
-    assert published == [
-        ("redeemed", {"cause": None, "replayed": False}),
-        ("seen", {"cause": "event-1", "replayed": False}),
+    assert [(str(e.type), e.cause, e.replayed) for e in published] == [
+        ("plugin.slow.redeemed", None, False),
+        ("plugin.slow.seen", "event-1", False),
     ]

@@ -248,7 +248,7 @@ def installed_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def _host(**config: Any) -> PluginHost:
-    return PluginHost(PluginsConfig(**config), kiosk="k", publish=lambda *_a, **_k: None)
+    return PluginHost(PluginsConfig(**config), kiosk="k", publish=lambda _result: None)
 
 
 def test_entry_point_plugins_are_discovered_with_their_version(

@@ -43,7 +43,7 @@ def test_points_follow_an_offline_check_in(
             kiosk="k",
             store=store.for_plugin("points"),
             log=structlog.get_logger("test"),
-            _publish=lambda plugin, event, data, reader, **_origin: published.append((event, data)),
+            _publish=lambda plugin, event, data, reader: published.append((event, data)),
         )
         plugin = PointsPlugin()
         plugin.readerd_startup(context)

@@ -38,11 +38,11 @@ from typing import Any, Final
 import zmq
 
 from readerd import events as ev
-from readerd.bus import Bus, CurveServer
-from readerd.client import CurveKeys
+from readerd.bus.client import CurveKeys
+from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
+from readerd.bus.eventlog import EventLog
+from readerd.bus.server import Bus, CurveServer
 from readerd.config import BusConfig
-from readerd.curve import Allowlist, allowlist_dir, load_or_create_server_keys
-from readerd.eventlog import EventLog
 from readerd.logging import configure as configure_logging
 
 HWM: Final = 1_000_000

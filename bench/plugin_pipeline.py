@@ -47,9 +47,9 @@ from typing import Any, Final
 
 import zmq
 
-from readerd.hookspecs import hookimpl
 from readerd.logging import configure as configure_logging
-from readerd.plugin_api import PluginContext, PluginEvent
+from readerd.plugin.api import PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
 
 READERS: Final = ("Sim 00", "Sim 01")
 CARDS: Final = ("alice", "bob")
@@ -145,7 +145,7 @@ def sim_card_build_ms(pki: Path) -> dict[str, float]:
 def hook_call_overhead_us(calls: int = 2000) -> dict[str, float]:
     """The host runs every hook call through ``run_with_deadline`` (a new thread per call): its cost for a
     function that does nothing, beside calling that function directly (microseconds per call)."""
-    from readerd.sessions import run_with_deadline
+    from readerd.reading.sessions import run_with_deadline
 
     def noop() -> None:
         return None
@@ -323,7 +323,7 @@ def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
 
     taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
     plugins = [NoopPlugin() for _ in range(plan.plugins)]
-    from readerd import plugin_host
+    from readerd.plugin import host as plugin_host
 
     # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out (whether
     # they load by default or only when named in the configuration).

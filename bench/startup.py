@@ -54,7 +54,7 @@ def daemon_once(work: Path, readers: int) -> tuple[float, int]:
     command = [
         sys.executable,
         "-m",
-        "readerd.cli",
+        "readerd.cli.main",
         "run",
         "--simulate",
         "--config",

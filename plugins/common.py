@@ -7,7 +7,7 @@
   with other arguments is refused (``idempotency_conflict``): that is a client bug, not a retry.
 - **Instants** are stored as ISO-8601 UTC text of fixed width (``2026-11-23T01:00:00Z``), which sorts
   and compares as text the same on SQLite and PostgreSQL; business dates come from ``context.store.now()``
-  and :mod:`readerd.business_time` (Asia/Tokyo).
+  and :mod:`readerd.plugin.business_time` (Asia/Tokyo).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from readerd.plugin_api import JsonObject, Refusal
-from readerd.store import MigrationContext, PluginDatabase
+from readerd.plugin.api import JsonObject, Refusal
+from readerd.plugin.store import MigrationContext, PluginDatabase
 
 KEY_MAX = 128
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from readerd.builtin_plugins import BUILTIN
 from readerd.errors import ConfigError
+from readerd.plugin.builtins import BUILTIN
 
 BACKENDS = ("pcsc", "nfc", "sim")
 
@@ -152,8 +152,8 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Plugin data (``readerd.store``, DESIGN decision 16): ``local`` is always a SQLite file, ``shared``
-    is PostgreSQL when ``shared_url`` is set and otherwise the same SQLite file."""
+    """Plugin data (``readerd.plugin.store``, DESIGN decision 16): ``local`` is always a SQLite file,
+    ``shared`` is PostgreSQL when ``shared_url`` is set and otherwise the same SQLite file."""
 
     local_path: str = ""  # SQLite file of the local store; empty: <state_dir>/store.db
     shared_url: str = ""  # postgresql+psycopg://user@host/db for ledgers shared by kiosks; empty: local
@@ -204,7 +204,7 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """The Prometheus endpoint (readerd/metrics.py); loopback only unless explicitly allowed, since tap
+    """The Prometheus endpoint (readerd/ops/metrics.py); loopback only unless explicitly allowed, since tap
     counts per reader and minute say when people come and go."""
 
     listen: str = ""  # host:port, e.g. 127.0.0.1:9464 ([::1]:9464); empty: no endpoint

@@ -21,26 +21,26 @@ import structlog
 
 from protocols.mykey import key_fingerprint
 from readerd import events as ev
-from readerd.audit import AuditLog
-from readerd.auth import AuthManager, build_validator
-from readerd.backends import Backend
-from readerd.bus import Bus, CommandError, ControlRequest, CurveServer, JsonObject
+from readerd.auth.audit import AuditLog
+from readerd.auth.manager import AuthManager, build_validator
+from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
+from readerd.bus.eventlog import DAY, EventLog
+from readerd.bus.server import Bus, CommandError, ControlRequest, CurveServer, JsonObject
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
-from readerd.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.errors import ConfigError, MetricsUnavailableError
-from readerd.eventlog import DAY, EventLog
 from readerd.exitcodes import ExitCode
-from readerd.identity import IdentityResolver, SqliteDirectory
-from readerd.keys import load_or_create_pseudonym_key, load_pseudonym_key
-from readerd.plugin_host import PluginHost, log_backlog
-from readerd.plugin_link import SplitHostLink, prepare_runtime_dir
-from readerd.plugin_link import endpoints as split_endpoints
-from readerd.sdnotify import Notifier
-from readerd.sessions import CardSessions
-from readerd.store import Store
+from readerd.ops.keys import load_or_create_pseudonym_key, load_pseudonym_key
+from readerd.ops.sdnotify import Notifier
+from readerd.plugin.host import PluginHost, log_backlog
+from readerd.plugin.link import SplitHostLink, prepare_runtime_dir
+from readerd.plugin.link import endpoints as split_endpoints
+from readerd.plugin.store import Store
+from readerd.reading.backends import Backend
+from readerd.reading.identity import IdentityResolver, SqliteDirectory
+from readerd.reading.sessions import CardSessions
 
 if TYPE_CHECKING:
-    from readerd.metrics import MetricsServer
+    from readerd.ops.metrics import MetricsServer
 
 log = structlog.get_logger("readerd")
 
@@ -80,15 +80,15 @@ class Daemon:
         for name in self.config.backends:
             if name == "sim":
                 # Imported here: production installs never load the simulator.
-                from readerd.backends.sim import SimBackend  # noqa: PLC0415
+                from readerd.reading.backends.sim import SimBackend  # noqa: PLC0415
 
                 backends.append(SimBackend(self.config.sim, sessions, state_dir / "sim-pki"))
             elif name == "pcsc":
-                from readerd.backends.pcsc import PcscBackend  # noqa: PLC0415 - loads libpcsclite
+                from readerd.reading.backends.pcsc import PcscBackend  # noqa: PLC0415 - loads libpcsclite
 
                 backends.append(PcscBackend(self.config.pcsc, sessions))
             elif name == "nfc":
-                from readerd.backends.nfc import NfcBackend  # noqa: PLC0415 - loads nfcpy and libusb
+                from readerd.reading.backends.nfc import NfcBackend  # noqa: PLC0415 - loads nfcpy and libusb
 
                 backends.append(NfcBackend(self.config.nfc, sessions))
             else:
@@ -124,7 +124,7 @@ class Daemon:
 
     def _make_bus(self, event_log: EventLog) -> Bus:
         """The bus. Without the embedded host, the private feed and the split host's link are ipc
-        sockets (``readerd plugins``, readerd/plugin_link.py); with it, the feed stays in the process."""
+        sockets (``readerd plugins``, readerd/plugin/link.py); with it, the feed stays in the process."""
         config = self.config
         split = not config.plugins.enabled
         if split:
@@ -264,7 +264,7 @@ class Daemon:
         address = self.config.metrics.address()
         if address is None:
             return None
-        from readerd.metrics import DaemonView, Metrics, MetricsServer  # noqa: PLC0415 - only when on
+        from readerd.ops.metrics import DaemonView, Metrics, MetricsServer  # noqa: PLC0415 - only when on
 
         view = DaemonView(
             published=lambda: bus.stats.published,

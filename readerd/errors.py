@@ -20,14 +20,14 @@ class StoreUnavailableError(ReaderdError):
 
 class StoreBusyError(ReaderdError):
     """A transaction kept meeting serialization failures, deadlocks or locks through every retry
-    (``readerd.store``); nothing was written and the caller may try again later."""
+    (``readerd.plugin.store``); nothing was written and the caller may try again later."""
 
     code = "store_busy"
 
 
 class StoreSchemaError(ReaderdError):
     """A plugin's tables cannot be brought to the version its code expects: the database is newer than
-    the code, a migration failed, or a table or plugin name is not allowed (``readerd.store``)."""
+    the code, a migration failed, or a table or plugin name is not allowed (``readerd.plugin.store``)."""
 
     code = "store_schema"
 
@@ -80,7 +80,7 @@ class PluginError(ReaderdError):
         super().__init__(f"plugin {plugin!r}, hook {hook}: {message}")
 
 
-# --- certificate validation (readerd.certvalidation) -------------------------------------------------
+# --- certificate validation (readerd.auth.certvalidation) -------------------------------------------------
 class TrustAnchorError(ConfigError):
     """A configured trust anchor file or directory is missing, unreadable, empty or holds no usable CA.
 
@@ -114,7 +114,7 @@ class CertificateRejectedError(ReaderdError):
         return {"validation": self.outcome}
 
 
-# --- JPKI authentication on the control channel (readerd.auth) ---------------------------------------
+# --- JPKI authentication on the control channel (readerd.auth) ----------------------------------------------
 class AuthNotConfiguredError(ReaderdError):
     """No trust anchors and CRL are configured: a proof of possession could not be judged, so none is
     attempted (no PIN is asked for)."""
@@ -136,7 +136,7 @@ class AuthSessionInvalidError(ReaderdError):
         return {"reason": self.reason}
 
 
-# --- proof of possession (readerd.challenges) --------------------------------------------------------
+# --- proof of possession (readerd.auth.challenges) --------------------------------------------------------
 class ChallengeError(ReaderdError):
     """A challenge could not be redeemed; nothing signed against it may be accepted."""
 
@@ -173,7 +173,7 @@ class SignatureInvalidError(ReaderdError):
     code = "signature_invalid"
 
 
-# --- the LAN bus (readerd.bus, readerd.eventlog, readerd.client) -------------------------------------
+# --- the LAN bus (readerd.bus) ------------------------------------------------------------------------------
 class GapUnrecoverableError(ReaderdError):
     """``events.since`` was asked for events the log no longer holds (older than its retention): the
     caller lost events for good and must know it. ``oldest_seq`` is the oldest event still held."""

@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 import zmq
 
+from readerd.cli.ctl import ControlSession, request
 from readerd.config import BusConfig, Config, SessionConfig, SimConfig
-from readerd.ctl import ControlSession, request
 from readerd.daemon import Daemon
 from readerd.errors import ReaderdError
-from readerd.sdnotify import Notifier
-from readerd.store import PluginStore
+from readerd.ops.sdnotify import Notifier
+from readerd.plugin.store import PluginStore
 
 Envelope = dict[str, Any]
 

@@ -22,8 +22,7 @@ from collections.abc import Callable
 
 from plugins.bathhouse.service import BathhouseService, Rules
 from plugins.common import config_int, person_of
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     OPERATOR,
     Arg,
     ArgType,
@@ -35,6 +34,7 @@ from readerd.plugin_api import (
     PluginEvent,
     Refusal,
 )
+from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 

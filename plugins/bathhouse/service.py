@@ -33,9 +33,9 @@ from plugins.common import (
     text_arg,
     upsert,
 )
-from readerd import business_time
-from readerd.plugin_api import JsonObject, Refusal
-from readerd.store import MigrationContext, PluginDatabase, PluginStore
+from readerd.plugin import business_time
+from readerd.plugin.api import JsonObject, Refusal
+from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore
 
 T = TypeVar("T")
 MEMBER = re.compile(r"[0-9A-Z]{1,16}")

@@ -27,8 +27,7 @@ from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
 from plugins.common import Periodic, person_of
 from readerd.errors import StoreUnavailableError
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     OPERATOR,
     Arg,
     ArgType,
@@ -40,6 +39,7 @@ from readerd.plugin_api import (
     PluginEvent,
     Refusal,
 )
+from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 

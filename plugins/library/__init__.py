@@ -32,8 +32,7 @@ from plugins.common import config_int, person_of
 from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
 from plugins.library.service import LibraryService
 from readerd.errors import ReaderdError
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     OPERATOR,
     Arg,
     ArgType,
@@ -44,7 +43,8 @@ from readerd.plugin_api import (
     PluginEvent,
     Refusal,
 )
-from readerd.store import PluginStore
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.store import PluginStore
 
 __version__ = "1.0"
 

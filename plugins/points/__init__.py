@@ -26,8 +26,7 @@ from plugins.common import Periodic, parse_date
 from plugins.points.ctl import ctl_command
 from plugins.points.service import PointsService, account_of
 from readerd.errors import ReaderdError, StoreBusyError, StoreUnavailableError
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     OPERATOR,
     Arg,
     ArgType,
@@ -39,6 +38,7 @@ from readerd.plugin_api import (
     PluginEvent,
     Refusal,
 )
+from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 

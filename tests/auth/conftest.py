@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from protocols.jpki import UserAuthCertificate
-from readerd.certvalidation import LocalValidator
+from readerd.auth.certvalidation import LocalValidator
 from simulators.mynumber import VirtualMyNumberCard, observe_cards
 from simulators.pki import CaKind, PkiStore, SimulatedCa, foreign_ca_name, new_rsa_key, write_pem
 

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from protocols.jpki import UserAuthCertificate
+from readerd.cli.ctl import ControlSession
 from readerd.config import AuthConfig, Config
-from readerd.ctl import ControlSession
 from simulators.mynumber import VirtualMyNumberCard
 from simulators.pki import PkiStore, SimulatedCa, foreign_ca_name, write_pem
 from tests.support.auth import READER, error, ok, pin_verifies, tap, tries_queries

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from readerd.cli.ctl import ControlSession
 from readerd.config import AuthConfig, Config, PcscConfig
-from readerd.ctl import ControlSession
 from simulators.mynumber import CardProfile, VirtualMyNumberCard, build_card, crl_for
 from simulators.pki import CaKind, PkiStore, SimulatedCa, foreign_ca_name, write_pem
 from simulators.vicc import ViccBridge

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from protocols.jpki import JpkiSession, UserAuthCertificate
 from protocols.jpki_constants import JpkiEf
-from readerd.certvalidation import (
+from readerd.auth.certvalidation import (
     CertificateValidator,
     CrlFile,
     ExpiryBucket,

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from protocols.jpki import JpkiSession, UserAuthCertificate
-from readerd.challenges import (
+from readerd.auth.challenges import (
     NONCE_LENGTH,
     Challenge,
     ChallengeStore,

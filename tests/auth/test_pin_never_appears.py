@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from readerd.ctl import ControlSession, request
+from readerd.cli.ctl import ControlSession, request
 from tests.support.ports import free_tcp_port
 
 pytestmark = pytest.mark.timeout(120)

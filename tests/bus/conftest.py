@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from readerd.bus import Bus, CurveServer
-from readerd.client import BusClient, CurveKeys
+from readerd.bus.client import BusClient, CurveKeys
+from readerd.bus.curve import Allowlist, allowlist_dir, generate, load_or_create_server_keys, read_certificate
+from readerd.bus.eventlog import EventLog
+from readerd.bus.server import Bus, CurveServer
 from readerd.config import BusConfig
-from readerd.curve import Allowlist, allowlist_dir, generate, load_or_create_server_keys, read_certificate
-from readerd.eventlog import EventLog
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""readerd.client against real sockets on loopback: late joiners, paused subscribers past their HWM,
+"""readerd.bus.client against real sockets on loopback: late joiners, paused subscribers past their HWM,
 lost history, daemon restarts and a dead daemon. Waits are for messages, never sleeps."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from readerd import events as ev
-from readerd.bus import Bus
-from readerd.client import AsyncBusClient, BusClient, Stream, Verdict
+from readerd.bus.client import AsyncBusClient, BusClient, Stream, Verdict
+from readerd.bus.eventlog import EventLog
+from readerd.bus.server import Bus
 from readerd.config import BusConfig
 from readerd.errors import BusSilentError, GapUnrecoverableError
-from readerd.eventlog import EventLog
 from tests.support.daemon import running_daemon, sim_config
 from tests.support.ports import free_tcp_port
 

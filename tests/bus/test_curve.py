@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 from readerd import events as ev
-from readerd.client import CurveKeys
-from readerd.curve import Allowlist, allowlist_dir
+from readerd.bus.client import CurveKeys
+from readerd.bus.curve import Allowlist, allowlist_dir
 from readerd.errors import BusSilentError
 from tests.bus.conftest import CurveBus
 

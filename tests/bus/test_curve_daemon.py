@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from readerd.client import BusClient, CurveKeys
+from readerd.bus.client import BusClient, CurveKeys
+from readerd.cli.ctl import main as readerctl
 from readerd.config import Config, with_overrides
-from readerd.ctl import main as readerctl
 from readerd.errors import ConfigError
 from tests.support.daemon import running_daemon, sim_config
 

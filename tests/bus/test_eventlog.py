@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from readerd import events as ev
+from readerd.bus.eventlog import DAY, EventLog
 from readerd.errors import GapUnrecoverableError
-from readerd.eventlog import DAY, EventLog
 from readerd.events import Envelope, stamp
 
 

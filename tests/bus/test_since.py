@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from readerd.cli.ctl import main as readerctl
 from readerd.config import BusConfig
-from readerd.ctl import main as readerctl
 from tests.support.daemon import running_daemon, sim_config
 
 

@@ -1,5 +1,5 @@
 """``readerd plugins``: the plugin host in its own process (here: its own thread and sockets), fed over
-ipc by the daemon's private feed through readerd.client, results published back by the daemon, plugin
+ipc by the daemon's private feed through readerd.bus.client, results published back by the daemon, plugin
 commands forwarded to it; events it missed while down are replayed (with the private fields)."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from readerd.config import Config, PluginsConfig
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     Arg,
     ArgType,
     CommandSpec,
@@ -25,7 +24,8 @@ from readerd.plugin_api import (
     PluginContext,
     PluginEvent,
 )
-from readerd.plugin_link import SplitHost, runtime_dir
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.link import SplitHost, runtime_dir
 from tests.support.daemon import running_daemon, sim_config
 
 
@@ -127,7 +127,7 @@ def test_readerd_plugins_runs_the_host_as_its_own_process(tmp_path: Path) -> Non
     (docs/examples/readerd-hello) greets a tapped card through the daemon's bus."""
     config = sim_config(tmp_path, plugins=PluginsConfig(enabled=False))
     with running_daemon(config) as d, d.subscriber("plugin.") as sub:
-        command = [sys.executable, "-m", "readerd.cli", "plugins", "--state-dir", str(tmp_path)]
+        command = [sys.executable, "-m", "readerd.cli.main", "plugins", "--state-dir", str(tmp_path)]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as host:
             try:
                 while True:  # the host has registered its commands once the daemon lists it

@@ -15,9 +15,9 @@ import pytest
 
 from protocols.jpki import JpkiSession
 from protocols.transport import Transport
-from readerd.bus import Bus, CommandError, ControlRequest
+from readerd.bus.server import Bus, CommandError, ControlRequest
+from readerd.cli.ctl import request
 from readerd.config import BusConfig, PcscConfig
-from readerd.ctl import request
 from readerd.errors import CardAbsentError, UnknownReaderError
 from simulators.mynumber import CardProfile, build_card
 from simulators.pki import PkiStore

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from readerd.cli import main as readerd_main
+from readerd.cli.main import main as readerd_main
 from readerd.config import Config, is_loopback_endpoint, load_config, with_overrides
 from readerd.errors import ConfigError
-from readerd.keys import create_pseudonym_key, load_pseudonym_key
+from readerd.ops.keys import create_pseudonym_key, load_pseudonym_key
 from tests.support.ports import free_tcp_port
 
 ROOT = Path(__file__).resolve().parents[2]

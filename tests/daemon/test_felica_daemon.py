@@ -14,7 +14,7 @@ import pytest
 
 from protocols.mykey import felica_pseudonym
 from readerd.config import FelicaConfig, FelicaRead, NfcConfig
-from readerd.keys import load_pseudonym_key
+from readerd.ops.keys import load_pseudonym_key
 from simulators.felica import VirtualFelicaCard, bathhouse_card, checkin_card, transport_card
 from simulators.felica_udp import FelicaUdpCard
 from tests.support.daemon import hardware_config, private_feed, running_daemon, sim_config

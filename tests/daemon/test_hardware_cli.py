@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from protocols.mykey import key_fingerprint
-from readerd.keys import load_pseudonym_key
+from readerd.ops.keys import load_pseudonym_key
 from simulators.mynumber import CardProfile, build_card
 from simulators.pki import PkiStore
 from simulators.vicc import ViccBridge

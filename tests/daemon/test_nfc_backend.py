@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from protocols.mykey import jpki_pseudonym
 from readerd.config import NfcConfig
-from readerd.keys import load_pseudonym_key
+from readerd.ops.keys import load_pseudonym_key
 from simulators.mynumber import CardProfile, build_card
 from simulators.mynumber_nfc import MyNumberUdpCard
 from simulators.pki import PkiStore

@@ -13,7 +13,7 @@ import pytest
 
 from protocols.mykey import felica_pseudonym
 from readerd.config import FelicaConfig, FelicaRead, PcscConfig, SessionConfig
-from readerd.keys import load_pseudonym_key
+from readerd.ops.keys import load_pseudonym_key
 from simulators.faults import FaultScript, FaultyCard
 from simulators.felica import FelicaPcscCard, bathhouse_card
 from simulators.inprocess import CardModel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from readerd.backends.pcsc_state import (
+from readerd.reading.backends.pcsc_state import (
     STATE_EMPTY,
     STATE_MUTE,
     STATE_PRESENT,

@@ -13,9 +13,9 @@ import pytest
 import zmq
 
 from readerd.config import SessionConfig
-from readerd.identity import SqliteDirectory
-from readerd.keys import load_pseudonym_key
-from readerd.sdnotify import Notifier
+from readerd.ops.keys import load_pseudonym_key
+from readerd.ops.sdnotify import Notifier
+from readerd.reading.identity import SqliteDirectory
 from tests.support.daemon import running_daemon, sim_config
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

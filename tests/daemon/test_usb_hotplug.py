@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from readerd.backends.nfc import NfcBackend
-from readerd.backends.usb import UsbReader, UsbWatcher, supported_ids, supported_readers
 from readerd.config import NfcConfig
-from readerd.sessions import CardSessions
+from readerd.reading.backends.nfc import NfcBackend
+from readerd.reading.backends.usb import UsbReader, UsbWatcher, supported_ids, supported_readers
+from readerd.reading.sessions import CardSessions
 from simulators.felica import checkin_card
 from simulators.felica_udp import FelicaUdpCard
 
@@ -78,7 +78,7 @@ def test_hotplugged_readers_come_and_go_with_events(tmp_path: Path) -> None:
         with seen:
             assert seen.wait_for(lambda: entry in events, timeout=15), events
 
-    from readerd.identity import IdentityResolver, SqliteDirectory  # noqa: PLC0415
+    from readerd.reading.identity import IdentityResolver, SqliteDirectory  # noqa: PLC0415
 
     sessions = CardSessions(
         IdentityResolver(bytes(32), SqliteDirectory(tmp_path / "m.db")), sink, deadline=3, repeat_window=1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import CheckResult, CheckStatus, DoctorCheck
+from readerd.plugin.api import CheckResult, CheckStatus, DoctorCheck
+from readerd.plugin.hookspecs import hookimpl
 
 
 def _printer() -> CheckResult:

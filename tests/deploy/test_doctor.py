@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from readerd import doctor
-from readerd.backends.usb import UsbReader
-from readerd.builtin_plugins import BUILTIN
+from readerd.cli import doctor
+from readerd.cli.doctor import DoctorEnv, run_doctor
 from readerd.config import AuthConfig, BusConfig, Config, NfcConfig, PcscConfig, PluginsConfig, StoreConfig
-from readerd.doctor import DoctorEnv, run_doctor
-from readerd.plugin_api import CheckStatus
+from readerd.plugin.api import CheckStatus
+from readerd.plugin.builtins import BUILTIN
+from readerd.reading.backends.usb import UsbReader
 from tests.deploy.support import VENV_BIN
 from tests.support.daemon import running_daemon, sim_config
 from tests.support.pcscd import PrivatePcscd

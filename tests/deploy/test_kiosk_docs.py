@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from readerd import doctor
-from readerd.metrics import DaemonView, Metrics
+from readerd.cli import doctor
+from readerd.ops.metrics import DaemonView, Metrics
 from tests.deploy.support import INSTALL_KIOSK, ROOT
 
 KIOSK = (ROOT / "docs" / "kiosk.md").read_text(encoding="utf-8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from readerd.liveness import StepWatch
+from readerd.ops.liveness import StepWatch
 
 
 class Clock:

@@ -14,12 +14,12 @@ import zmq
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from readerd import ctl
-from readerd import metrics as metrics_module
+from readerd.cli import ctl
 from readerd.config import Config, MetricsConfig
 from readerd.daemon import Daemon
 from readerd.errors import BusError, ConfigError, MetricsUnavailableError
-from readerd.metrics import DaemonView, Metrics, MetricsServer
+from readerd.ops import metrics as metrics_module
+from readerd.ops.metrics import DaemonView, Metrics, MetricsServer
 from tests.support.daemon import running_daemon, sim_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

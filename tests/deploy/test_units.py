@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from readerd.backends.usb import supported_ids
-from readerd.cli import build_parser
+from readerd.cli.main import build_parser
+from readerd.reading.backends.usb import supported_ids
 from tests.deploy.support import SYSTEMD, install_kiosk, require_tool
 
 UNITS = ("readerd.service", "readerd-plugins.service")

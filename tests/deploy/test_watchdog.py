@@ -1,6 +1,6 @@
 """systemd's notify protocol end to end: a real unix datagram socket as ``$NOTIFY_SOCKET`` with
 ``$WATCHDOG_USEC`` set, READY=1, WATCHDOG=1 pings, STOPPING=1, and no ping while a backend thread is
-dead or wedged (readerd/liveness.py). No timed asserts: the tests wait for the daemon's own counters of
+dead or wedged (readerd/ops/liveness.py). No timed asserts: the tests wait for the daemon's own counters of
 pinged and withheld main-loop rounds, and everything the daemon sent before a round is already queued
 on the socket when that round's counter moves."""
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from readerd.backends.sim import SimBackend
 from readerd.config import SessionConfig
 from readerd.daemon import Daemon
-from readerd.sdnotify import Notifier
+from readerd.ops.sdnotify import Notifier
+from readerd.reading.backends.sim import SimBackend
 from tests.deploy.support import VENV_BIN
 from tests.support.daemon import running_daemon, sim_config
 from tests.support.ports import free_tcp_port

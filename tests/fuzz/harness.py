@@ -1,4 +1,5 @@
-"""The daemon's card sessions (``readerd.sessions.CardSessions``) against cards that answer arbitrary bytes.
+"""The daemon's card sessions (``readerd.reading.sessions.CardSessions``) against cards that answer
+arbitrary bytes.
 
 A *transcript* is the list of answers a card gives, in order, whatever it is asked; the answers start
 from what the simulator's real cards say (so mutated runs get deep into a read) and are then mutated by
@@ -31,8 +32,8 @@ from protocols.felica import PollingResponse, build_polling, parse_polling_respo
 from protocols.transport import ReaderCapabilities
 from readerd.config import FelicaRead
 from readerd.events import Event
-from readerd.identity import IdentityResolver, SqliteDirectory
-from readerd.sessions import CardSessions, ReadResult
+from readerd.reading.identity import IdentityResolver, SqliteDirectory
+from readerd.reading.sessions import CardSessions, ReadResult
 from simulators.felica import FelicaPcscCard, VirtualFelicaCard, bathhouse_card
 from simulators.inprocess import EXTENDED_CAPABILITIES, SHORT_CAPABILITIES
 from simulators.mynumber import CardBehavior, CardProfile, build_card

@@ -2,7 +2,7 @@
 card answers (tests/fuzz/harness.py says exactly what is checked, and on which entry points).
 
 This extends the parser harness of ``tests/protocols/test_parsers_never_leak.py`` (its settings and its
-chaos answers) from ``protocols`` up to ``readerd.sessions``, which turns a read into events. Three
+chaos answers) from ``protocols`` up to ``readerd.reading.sessions``, which turns a read into events. Three
 sources of transcripts: the simulator's real answers mutated by hypothesis (truncated, bit-flipped, other
 status words, chaos inserted), pure chaos, and the committed corpus (``tests/fuzz/corpus/``: one
 transcript per distinct ending found, and every crash ever found, replayed on every run).

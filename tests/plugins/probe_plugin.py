@@ -7,8 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import (
+from readerd.plugin.api import (
     Arg,
     ArgType,
     CheckResult,
@@ -19,6 +18,7 @@ from readerd.plugin_api import (
     JsonObject,
     PluginContext,
 )
+from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "0.1"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin.api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
 from tests.support.daemon import running_daemon, sim_config
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from readerd import ctl, plugin_host
+from readerd.cli import ctl
 from readerd.config import PluginsConfig
-from readerd.plugin_api import CheckStatus
-from readerd.plugin_discovery import discover
+from readerd.plugin import host as plugin_host
+from readerd.plugin.api import CheckStatus
+from readerd.plugin.discovery import discover
 from tests.support.daemon import running_daemon, sim_config
 
 PROBE = "tests.plugins.probe_plugin"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from readerd.cli.ctl import ControlSession
 from readerd.config import PluginsConfig
-from readerd.ctl import ControlSession
 from tests.support.auth import READER, error, ok, tap
 from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config
 

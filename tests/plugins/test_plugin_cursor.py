@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import structlog
 
+from readerd.bus.eventlog import EventLog
 from readerd.config import Config, PluginsConfig
 from readerd.errors import StoreUnavailableError
-from readerd.eventlog import EventLog
 from readerd.events import Event, stamp
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
-from readerd.plugin_host import BUILTIN, Backlog, BacklogSource, PluginHost, log_backlog
-from readerd.store import Store
+from readerd.plugin.api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.host import BUILTIN, Backlog, BacklogSource, PluginHost, log_backlog
+from readerd.plugin.store import Store
 from tests.store.conftest import FAST
 from tests.support.daemon import running_daemon, sim_config
 

@@ -14,9 +14,9 @@ import pytest
 import readerd.logging
 from readerd.config import FelicaConfig, FelicaRead, PluginsConfig
 from readerd.errors import ReaderdError
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import Arg, ArgType, CommandSpec, EventInterest, PluginContext, PluginEvent
-from readerd.plugin_host import BUILTIN, DISABLE_AUTOLOAD_ENV, PluginHost, load_object
+from readerd.plugin.api import Arg, ArgType, CommandSpec, EventInterest, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.host import BUILTIN, DISABLE_AUTOLOAD_ENV, PluginHost, load_object
 from tests.support.daemon import running_daemon, sim_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -223,7 +223,7 @@ def test_a_disabled_plugin_is_not_loaded(tmp_path: Path) -> None:
 
 
 ENTRY_POINT_PLUGIN = """
-from readerd.hookspecs import hookimpl
+from readerd.plugin.hookspecs import hookimpl
 __version__ = "1.2.3"
 SEEN = []
 
@@ -329,7 +329,7 @@ def test_trace_logs_every_hook_call(tmp_path: Path, caplog: pytest.LogCaptureFix
 def test_readerctl_plugins_lists_versions_hooks_and_rejections(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from readerd.ctl import main as ctl_main  # noqa: PLC0415
+    from readerd.cli.ctl import main as ctl_main  # noqa: PLC0415
 
     plugins: dict[str, object] = {"recorder": Recorder(), "bad": BadSignature()}
     with running_daemon(_config(tmp_path), plugins=plugins) as d:
@@ -342,7 +342,7 @@ def test_readerctl_plugins_lists_versions_hooks_and_rejections(
 
 
 def test_run_flags_turn_on_tracing_and_turn_off_the_host() -> None:
-    from readerd.cli import build_parser, config_from_args  # noqa: PLC0415
+    from readerd.cli.main import build_parser, config_from_args  # noqa: PLC0415
 
     traced = config_from_args(build_parser().parse_args(["run", "--simulate", "--trace-plugins"]))
     off = config_from_args(build_parser().parse_args(["run", "--simulate", "--no-plugins"]))
@@ -351,10 +351,10 @@ def test_run_flags_turn_on_tracing_and_turn_off_the_host() -> None:
 
 
 def test_docs_carry_the_generated_hook_reference() -> None:
-    from readerd.plugin_docs import reference  # noqa: PLC0415
+    from readerd.plugin.docs import reference  # noqa: PLC0415
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
-    assert reference() in text, "regenerate with: python -m readerd.plugin_docs"
+    assert reference() in text, "regenerate with: python -m readerd.plugin.docs"
 
 
 def test_the_built_in_staff_commands_need_the_operator_role() -> None:

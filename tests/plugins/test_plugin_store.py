@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from readerd.cli import main
+from readerd.cli.main import main
 from readerd.config import Config, PluginsConfig, StoreConfig
 from readerd.errors import StoreUnavailableError
 from readerd.exitcodes import ExitCode
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import CommandSpec, JsonObject, PluginContext, PluginEvent
-from readerd.store import MigrationContext, PluginStore
+from readerd.plugin.api import CommandSpec, JsonObject, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.store import MigrationContext, PluginStore
 from tests.support.daemon import running_daemon, sim_config
 from tests.support.ports import free_tcp_port
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from readerd import ctl
-from readerd.business_time import TOKYO
+from readerd.cli import ctl
+from readerd.cli.ctl import ControlSession
 from readerd.config import PluginsConfig
-from readerd.ctl import ControlSession
+from readerd.plugin.business_time import TOKYO
 from tests.support.auth import READER, ok
 from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config
 

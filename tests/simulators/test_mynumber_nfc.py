@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from protocols.errors import CardRemovedError
 from protocols.jpki import JpkiSession
 from protocols.jpki_constants import JPKI_AID
-from readerd.backends.nfc import NfcpyIsoDepTransport
+from readerd.reading.backends.nfc import NfcpyIsoDepTransport
 from simulators.faults import FaultScript, FaultyCard
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardProfile, VirtualMyNumberCard, build_card

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from plugins.points.service import PointsService
+from readerd.bus.eventlog import EventLog
 from readerd.config import (
     Config,
     PcscConfig,
@@ -31,9 +32,8 @@ from readerd.config import (
     SimConfig,
     StoreConfig,
 )
-from readerd.eventlog import EventLog
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin.api import EventInterest, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
 from simulators.faults import FaultScript, FaultyCard
 from simulators.inprocess import CardModel
 from simulators.mynumber import CardProfile, build_card

@@ -24,8 +24,8 @@ from typing import Any
 import zmq
 
 from plugins.points.service import PointsService
-from readerd.ctl import request
-from readerd.store import Store
+from readerd.cli.ctl import request
+from readerd.plugin.store import Store
 from tests.soak.harness import OUTCOMES, Soak, _earns, unanswered_earnings, unanswered_taps
 from tests.support.daemon import Subscriber
 from tests.support.ports import free_tcp_port
@@ -48,7 +48,7 @@ class SubprocessDaemon:
 
     def start(self) -> None:
         command = [
-            sys.executable, "-m", "readerd.cli", "run", "--simulate", "--config", str(self.config_path),
+            sys.executable, "-m", "readerd.cli.main", "run", "--simulate", "--config", str(self.config_path),
             "--state-dir", str(self.state_dir), "--publish", self.publish, "--control", self.control,
             "--heartbeat", "0.05", "--log-level", "WARNING", "--log-format", "json",
         ]  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from readerd.config import StoreConfig
-from readerd.store import Store
+from readerd.plugin.store import Store
 from tests.support.postgres import PrivatePostgres
 
 # Small waits so lock tests finish in milliseconds; many retries so contention tests never run out.

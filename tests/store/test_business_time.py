@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from readerd import business_time as bt
-from readerd.store import Store
+from readerd.plugin import business_time as bt
+from readerd.plugin.store import Store
 from tests.store.conftest import FAST
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import structlog
 
 from readerd.errors import StoreSchemaError
-from readerd.store import MIGRATIONS_TABLE, MigrationContext, PluginDatabase, Store
+from readerd.plugin.store import MIGRATIONS_TABLE, MigrationContext, PluginDatabase, Store
 from tests.store.conftest import Backend, run_threads
 
 

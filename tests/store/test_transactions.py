@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from readerd.errors import ReaderdError, StoreBusyError
-from readerd.store import MigrationContext, PluginDatabase, PluginStore, Store
+from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore, Store
 from tests.store.conftest import FAST, Backend, run_threads
 
 

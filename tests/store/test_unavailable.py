@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from readerd.config import StoreConfig
 from readerd.errors import ConfigError, StoreUnavailableError
-from readerd.store import MigrationContext, Store
+from readerd.plugin.store import MigrationContext, Store
 from tests.store.conftest import FAST
 from tests.support.ports import free_tcp_port
 from tests.support.postgres import PrivatePostgres

@@ -9,7 +9,7 @@ from typing import Any
 
 from readerd import testing
 from readerd.config import Config, IdentityConfig, PluginsConfig
-from readerd.keys import create_pseudonym_key
+from readerd.ops.keys import create_pseudonym_key
 from readerd.testing import (
     Envelope,
     RunningDaemon,

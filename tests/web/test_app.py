@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from readerd import cli
+from readerd.cli import main as cli
 from readerd.exitcodes import ExitCode
 from readerd.web import WebServer, WebSettings
 from readerd.web.app import Hub, Stats, kiosk_view, reader_health

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from plugins.bathhouse.service import BathhouseService, Rules
-from readerd.business_time import TOKYO
 from readerd.config import StoreConfig
-from readerd.plugin_api import Refusal
-from readerd.store import Store
+from readerd.plugin.api import Refusal
+from readerd.plugin.business_time import TOKYO
+from readerd.plugin.store import Store
 
 
 class Clock:

@@ -17,7 +17,7 @@ import pytest
 from plugins.checkin.service import CheckinService
 from readerd.config import StoreConfig
 from readerd.errors import StoreUnavailableError
-from readerd.store import Store
+from readerd.plugin.store import Store
 from tests.support.postgres import PrivatePostgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]

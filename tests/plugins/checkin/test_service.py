@@ -11,8 +11,8 @@ import pytest
 
 from plugins.checkin.service import CheckinService
 from readerd.config import StoreConfig
-from readerd.plugin_api import Refusal
-from readerd.store import Store
+from readerd.plugin.api import Refusal
+from readerd.plugin.store import Store
 
 JST_EVENING = datetime(2026, 8, 15, 9, 0, tzinfo=UTC)  # 18:00 JST
 

@@ -11,7 +11,7 @@ import pytest
 from plugins.library.ils import IlsUnavailableError, LoanResult, LoanRules, LocalIls, Sip2Ils
 from protocols import sip2
 from readerd.config import StoreConfig
-from readerd.store import Store
+from readerd.plugin.store import Store
 from simulators.sip2_acs import FakeAcs, Item, Library
 from tests.support.ports import free_tcp_port
 

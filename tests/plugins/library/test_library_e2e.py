@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from readerd.cli.ctl import ControlSession
 from readerd.config import PluginsConfig
-from readerd.ctl import ControlSession
 from simulators.sip2_acs import FakeAcs, Item, Library
 from tests.support.auth import READER, error, ok, tap
 from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config

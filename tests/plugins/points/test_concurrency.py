@@ -18,8 +18,8 @@ import pytest
 
 from plugins.points.service import PointsService
 from readerd.config import StoreConfig
-from readerd.plugin_api import Refusal
-from readerd.store import Store
+from readerd.plugin.api import Refusal
+from readerd.plugin.store import Store
 
 pytestmark = pytest.mark.timeout(180)
 

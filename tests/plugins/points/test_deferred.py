@@ -11,8 +11,8 @@ import structlog
 
 from plugins.points import PointsPlugin
 from readerd.config import StoreConfig
-from readerd.plugin_api import PluginContext, PluginEvent
-from readerd.store import Store
+from readerd.plugin.api import PluginContext, PluginEvent
+from readerd.plugin.store import Store
 from tests.support.postgres import PrivatePostgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]

@@ -11,8 +11,8 @@ import pytest
 
 from plugins.points.service import PointsService
 from readerd.config import StoreConfig
-from readerd.plugin_api import Refusal
-from readerd.store import Store
+from readerd.plugin.api import Refusal
+from readerd.plugin.store import Store
 
 
 class Clock:

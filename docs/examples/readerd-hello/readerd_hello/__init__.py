@@ -6,9 +6,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from readerd.hookspecs import hookimpl
-from readerd.plugin_api import Arg, ArgType, CommandSpec, PluginContext, PluginEvent
-from readerd.store import MigrationContext, PluginStore
+from readerd.plugin.api import Arg, ArgType, CommandSpec, PluginContext, PluginEvent
+from readerd.plugin.hookspecs import hookimpl
+from readerd.plugin.store import MigrationContext, PluginStore
 
 __version__ = "1.1.0"
 

@@ -29,10 +29,10 @@ from typing import Any
 from cryptography import x509
 
 from protocols.errors import ReaderdError
-from readerd.backends.usb import HOTPLUG, UsbReader
 from readerd.config import Config, is_loopback_endpoint, load_config
 from readerd.errors import ConfigError, StoreUnavailableError
-from readerd.plugin_api import CheckResult, CheckStatus
+from readerd.plugin.api import CheckResult, CheckStatus
+from readerd.reading.backends.usb import HOTPLUG, UsbReader
 
 OK, WARNING, PROBLEM, SKIPPED = CheckStatus.OK, CheckStatus.WARNING, CheckStatus.PROBLEM, CheckStatus.SKIPPED
 
@@ -41,17 +41,19 @@ CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 #: A CRL whose next update is nearer than this is reported as a warning (the download job may be late).
 CRL_WARN_BEFORE = timedelta(hours=24)
 DAEMON_TIMEOUT_MS = 2000  # the daemon answers status from its bus thread at once; a hung one does not
-VIRTUAL_READER_PREFIX = "Virtual PCD"  # vpcd's readers (readerd.backends.pcsc, without loading pyscard)
+VIRTUAL_READER_PREFIX = (
+    "Virtual PCD"  # vpcd's readers (readerd.reading.backends.pcsc, without loading pyscard)
+)
 
 
 def _pcscd_readers() -> list[str]:
-    from readerd.backends.pcsc import list_pcscd_readers  # noqa: PLC0415 - loads libpcsclite
+    from readerd.reading.backends.pcsc import list_pcscd_readers  # noqa: PLC0415 - loads libpcsclite
 
     return list_pcscd_readers()
 
 
 def _usb_readers() -> list[UsbReader]:
-    from readerd.backends.usb import supported_readers  # noqa: PLC0415 - loads nfcpy and libusb
+    from readerd.reading.backends.usb import supported_readers  # noqa: PLC0415 - loads nfcpy and libusb
 
     return supported_readers()
 
@@ -61,9 +63,9 @@ def utc_now() -> datetime:
 
 
 def _control_request(endpoint: str, cmd: str) -> dict[str, Any]:
-    """One control request; ``Unreachable`` when nothing answers (readerd.ctl, imported late: it imports
+    """One control request; ``Unreachable`` when nothing answers (readerd.cli.ctl, imported late: it imports
     this module)."""
-    from readerd.ctl import request  # noqa: PLC0415 - import cycle, and zmq only when asked
+    from readerd.cli.ctl import request  # noqa: PLC0415 - import cycle, and zmq only when asked
 
     return request(endpoint, cmd, timeout_ms=DAEMON_TIMEOUT_MS)
 
@@ -376,7 +378,7 @@ def check_store(env: DoctorEnv) -> CheckResult:
         for path in present:
             _sqlite_readonly(path)
         if config.store.shared_url and config.plugins.enabled:
-            from readerd.store import postgres_database  # noqa: PLC0415 - SQLAlchemy only when needed
+            from readerd.plugin.store import postgres_database  # noqa: PLC0415 - SQLAlchemy only when needed
 
             shared = postgres_database(config.store.shared_url, config.store)
             try:
@@ -546,7 +548,7 @@ def _run_one(name: str, check: Callable[[], CheckResult], source: str) -> Findin
 
 def plugin_findings(env: DoctorEnv) -> list[Finding]:
     """Checks the enabled plugins contribute (loaded as readerctl loads them, not started)."""
-    from readerd.plugin_discovery import discover  # noqa: PLC0415 - imports every plugin
+    from readerd.plugin.discovery import discover  # noqa: PLC0415 - imports every plugin
 
     found = discover(env.config.plugins)
     findings = [

@@ -1,7 +1,7 @@
 """Reader backends: each owns its readers and threads and turns hardware into events.
 
 Only ``pcsc.py`` imports pyscard and only ``nfc.py`` imports nfcpy; ``sim.py`` drives the in-process
-simulator. Every backend hands cards to :class:`readerd.sessions.CardSessions`, so the events are the
+simulator. Every backend hands cards to :class:`readerd.reading.sessions.CardSessions`, so the events are the
 same whichever hardware produced them.
 """
 
@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from protocols.transport import Transport
-from readerd.bus import CommandHandler, JsonObject
+from readerd.bus.server import CommandHandler, JsonObject
 from readerd.errors import ReaderdError
 
 #: Work on the card in a reader (a PIN check, a signature), run on that reader's own thread inside one
@@ -35,7 +35,7 @@ class Backend(Protocol):
     def stop(self, timeout: float = 2.0) -> None: ...
 
     def alive(self) -> bool:
-        """False when a backend thread died or a step of its loop is wedged (readerd/liveness.py): the
+        """False when a backend thread died or a step of its loop is wedged (readerd/ops/liveness.py): the
         watchdog stops pinging and systemd restarts us."""
         ...
 

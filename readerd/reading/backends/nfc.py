@@ -31,13 +31,13 @@ from protocols.errors import CardRemovedError, TransportError
 from protocols.felica import PollingResponse
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
-from readerd.backends import CardOperation, failed
-from readerd.backends.usb import HOTPLUG, supported_readers
-from readerd.bus import CommandHandler, JsonObject
+from readerd.bus.server import CommandHandler, JsonObject
 from readerd.config import NfcConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
-from readerd.sessions import CardSessions, run_with_deadline
+from readerd.reading.backends import CardOperation, failed
+from readerd.reading.backends.usb import HOTPLUG, supported_readers
+from readerd.reading.sessions import CardSessions, run_with_deadline
 
 log = structlog.get_logger("readerd.backends.nfc")
 

@@ -3,7 +3,7 @@
 Reading a certificate proves nothing (anyone can copy one); a signature over a fresh challenge, made by
 the card after the citizen's PIN, does. This module owns the flow and its fail-closed rules (DESIGN
 decision 4); the card commands and the PIN policy are ``protocols.jpki.JpkiSession``'s, the challenge
-format ``readerd.challenges``', the certificate checks ``readerd.certvalidation``'s.
+format ``readerd.auth.challenges``', the certificate checks ``readerd.auth.certvalidation``'s.
 
 The flow, as a kiosk UI drives it::
 
@@ -49,11 +49,10 @@ from protocols.errors import PinBlockedError, ReaderdError
 from protocols.jpki import JpkiSession, UserAuthCertificate, normalize_pin
 from protocols.transport import Transport
 from readerd import events as ev
-from readerd.audit import AuditLog
-from readerd.backends import Backend
-from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
-from readerd.certvalidation import CertificateValidator, LocalValidator, StaleCrlPolicy
-from readerd.challenges import ChallengeStore, verify_signature
+from readerd.auth.audit import AuditLog
+from readerd.auth.certvalidation import CertificateValidator, LocalValidator, StaleCrlPolicy
+from readerd.auth.challenges import ChallengeStore, verify_signature
+from readerd.bus.server import Bus, CommandError, ControlRequest, JsonObject
 from readerd.config import AuthConfig
 from readerd.errors import (
     AuthNotConfiguredError,
@@ -62,8 +61,9 @@ from readerd.errors import (
     CertificateRejectedError,
     UnknownReaderError,
 )
-from readerd.identity import Identity, IdentityResolver
-from readerd.sessions import CardSessions, PresentCard
+from readerd.reading.backends import Backend
+from readerd.reading.identity import Identity, IdentityResolver
+from readerd.reading.sessions import CardSessions, PresentCard
 
 log = structlog.get_logger("readerd.auth")
 

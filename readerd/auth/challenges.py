@@ -205,7 +205,7 @@ def verify_signature(
     RSA PKCS#1 v1.5 type 1 over ``challenge.digest_info()``, as the card computes it (module docstring).
     Raises :class:`SignatureInvalidError`; returns ``None`` when the signature is good. Checks only the
     key: whether the certificate itself is acceptable is the validator's question
-    (:mod:`readerd.certvalidation`).
+    (:mod:`readerd.auth.certvalidation`).
     """
     cert = certificate.to_x509() if isinstance(certificate, UserAuthCertificate) else certificate
     public_key = cert.public_key()

@@ -22,13 +22,13 @@ import structlog
 from protocols.errors import ReaderdError
 from protocols.felica import build_polling, parse_polling_response
 from readerd import events as ev
-from readerd.backends import CardOperation, failed
-from readerd.bus import CommandError, CommandHandler, ControlRequest, JsonObject
+from readerd.bus.server import CommandError, CommandHandler, ControlRequest, JsonObject
 from readerd.config import SimConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
-from readerd.liveness import STEP_MARGIN, StepWatch
-from readerd.sessions import CardSessions, run_with_deadline
+from readerd.ops.liveness import STEP_MARGIN, StepWatch
+from readerd.reading.backends import CardOperation, failed
+from readerd.reading.sessions import CardSessions, run_with_deadline
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
 from simulators.felica import (
     FelicaCardProfile,

@@ -18,15 +18,15 @@ from typing import Any
 import zmq
 
 from readerd import __version__
-from readerd.client import BusClient, CurveKeys
+from readerd.bus.client import BusClient, CurveKeys
+from readerd.cli.ctl_auth import add_auth_parser, run_auth
+from readerd.cli.ctl_doctor import add_doctor_parser, run_doctor_command
+from readerd.cli.ctl_keys import add_keys_parser, run_keys
 from readerd.config import Config, PluginsConfig, load_config
-from readerd.ctl_auth import add_auth_parser, run_auth
-from readerd.ctl_doctor import add_doctor_parser, run_doctor_command
-from readerd.ctl_keys import add_keys_parser, run_keys
 from readerd.errors import BusSilentError, CommandRefusedError, ConfigError, GapUnrecoverableError
 from readerd.exitcodes import ExitCode
-from readerd.plugin_api import CtlCommand
-from readerd.plugin_discovery import discover
+from readerd.plugin.api import CtlCommand
+from readerd.plugin.discovery import discover
 
 DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 REQUEST_TIMEOUT_MS = 3000
@@ -161,7 +161,7 @@ def tail_since(
     curve: CurveKeys | None = None,
 ) -> int:
     """``tail --since N``: every event after seq N (the daemon's event log), then the live ones, with no
-    gap and no duplicate (readerd.client): what an operator wants after a screen missed something."""
+    gap and no duplicate (readerd.bus.client): what an operator wants after a screen missed something."""
     deadline = time.monotonic() + timeout if timeout > 0 else None
     seen = 0
     with BusClient(publish, control, since=since, topics=topics, curve=curve) as client:

@@ -19,11 +19,11 @@ from typing import Any
 
 import pluggy
 
-from readerd import hookspecs
-from readerd.builtin_plugins import BUILTIN
 from readerd.config import PluginsConfig
-from readerd.plugin_api import CtlCommand, DoctorCheck
-from readerd.plugin_host import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
+from readerd.plugin import hookspecs
+from readerd.plugin.api import CtlCommand, DoctorCheck
+from readerd.plugin.builtins import BUILTIN
+from readerd.plugin.host import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
 
 
 @dataclass

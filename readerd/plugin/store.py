@@ -53,7 +53,7 @@ Names are checked: a plugin name or table name of lower-case words joined by sin
 double underscore of the prefix is unambiguous; a full name fits PostgreSQL's 63-byte identifiers.
 Prefixing prevents accidents, not malice: plugins run in readerd's process and share its connections.
 
-Business time: :meth:`Store.now` gives the ward's clock (``readerd.business_time``, Asia/Tokyo) through
+Business time: :meth:`Store.now` gives the ward's clock (``readerd.plugin.business_time``, Asia/Tokyo) through
 an injectable clock, so plugin tests can fix the instant.
 """
 
@@ -82,9 +82,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.schema import CreateColumn
 
-from readerd import business_time
 from readerd.config import StoreConfig
 from readerd.errors import StoreBusyError, StoreSchemaError, StoreUnavailableError
+from readerd.plugin import business_time
 
 log = structlog.get_logger("readerd.store")
 
@@ -679,7 +679,7 @@ class Store:
         return PluginStore(self, name)
 
     def now(self) -> datetime:
-        """The current instant on the ward's clock (JST, aware); see ``readerd.business_time``."""
+        """The current instant on the ward's clock (JST, aware); see ``readerd.plugin.business_time``."""
         return business_time.to_business(self.clock())
 
     # -- the plugin host's cursors ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``readerd.client``: subscribe to a readerd and get every event once, in order, even across loss.
+"""``readerd.bus.client``: subscribe to a readerd and get every event once, in order, even across loss.
 
 ZeroMQ PUB/SUB drops for a late joiner, a slow subscriber (past its high-water mark) and across
 reconnects; the daemon numbers events with a persistent, gap-free ``seq`` and keeps them in its event log
@@ -15,7 +15,7 @@ and the daemon's ``run_id``: a heartbeat ahead of the stream means loss even whe
 
 ::
 
-    from readerd.client import BusClient
+    from readerd.bus.client import BusClient
 
     with BusClient("tcp://127.0.0.1:7410", "tcp://127.0.0.1:7411", since=cursor) as client:
         for event in client:

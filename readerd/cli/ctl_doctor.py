@@ -1,4 +1,4 @@
-"""``readerctl doctor``: run :mod:`readerd.doctor`'s checks and print each with its fix.
+"""``readerctl doctor``: run :mod:`readerd.cli.doctor`'s checks and print each with its fix.
 
 Exit 0 when nothing is a problem (warnings and skipped checks allowed), 1 otherwise, so a monitoring job
 or the installer can act on it; ``--json`` prints one object with every finding for scripts.
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from readerd import logging as rlog
-from readerd.doctor import DoctorEnv, Finding, healthy, run_doctor
+from readerd.cli.doctor import DoctorEnv, Finding, healthy, run_doctor
 from readerd.exitcodes import ExitCode
-from readerd.plugin_api import CheckStatus
+from readerd.plugin.api import CheckStatus
 
 MARKS = {
     CheckStatus.OK: "ok  ",

@@ -32,7 +32,7 @@ from protocols.transport import FelicaTransport, Transport
 from readerd import events as ev
 from readerd.config import FelicaRead
 from readerd.events import AbortReason, CardKind, Event
-from readerd.identity import Identity, IdentityResolver
+from readerd.reading.identity import Identity, IdentityResolver
 
 log = structlog.get_logger("readerd.sessions")
 

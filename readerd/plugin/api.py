@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from protocols.errors import ReaderdError
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy; plugin_api stays light to import
-    from readerd.store import PluginStore
+    from readerd.plugin.store import PluginStore
 
 JsonObject = dict[str, Any]
 
@@ -52,7 +52,7 @@ PRIVATE_FIELDS = frozenset(
     {"idm", "pmm", "blocks", "serial", "issuer_der", "subject_cn", "not_before", "not_after"}
 )
 
-#: The roles a command may need (readerd/curve.py: a ``subscribe`` key sends no plugin command).
+#: The roles a command may need (readerd/bus/curve.py: a ``subscribe`` key sends no plugin command).
 CONTROL = "control"
 OPERATOR = "operator"
 COMMAND_ROLES = (CONTROL, OPERATOR)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from readerd.plugin_api import (
+    from readerd.plugin.api import (
         CommandSpec,
         CtlCommand,
         DoctorCheck,

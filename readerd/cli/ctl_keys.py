@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.mykey import key_fingerprint
-from readerd.cli import DEFAULT_CONFIG
-from readerd.config import Config, IdentityConfig, load_config
-from readerd.curve import (
+from readerd.bus.curve import (
     ROLES,
     SERVER,
     Allowlist,
@@ -32,9 +30,11 @@ from readerd.curve import (
     generate,
     read_certificate,
 )
+from readerd.cli.main import DEFAULT_CONFIG
+from readerd.config import Config, IdentityConfig, load_config
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
-from readerd.keys import create_pseudonym_key, load_pseudonym_key
+from readerd.ops.keys import create_pseudonym_key, load_pseudonym_key
 
 #: The group the daemon runs as (systemd/): the key is 0640 root:readerd where that group exists.
 DAEMON_GROUP = "readerd"

@@ -8,9 +8,9 @@ The bus thread stamps each event with the next ``seq`` and sends it on:
 - the private PUB socket (``inproc``/``ipc``, for the plugin host): the same plus the ``private`` fields.
 
 A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name.
-With CURVE (``readerd.curve``) the bus thread is also the ZAP handler and re-binds the PUB socket when a
+With CURVE (``readerd.bus.curve``) the bus thread is also the ZAP handler and re-binds the PUB socket when a
 key is revoked; without the embedded plugin host, a second, private ROUTER links the daemon to
-``readerd plugins`` (``readerd.plugin_link``).
+``readerd plugins`` (``readerd.plugin.link``).
 PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
 (detected by ``seq`` gaps, healed by catch-up: every event is appended to the durable event log before it
 is sent, and ``events.since`` on the control socket replays it). If the queue itself is full the event is
@@ -37,8 +37,7 @@ import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from readerd.config import BusConfig
-from readerd.curve import (
+from readerd.bus.curve import (
     SUBSCRIBE_COMMANDS,
     ZAP_DOMAIN,
     ZAP_ENDPOINT,
@@ -47,10 +46,11 @@ from readerd.curve import (
     role_allows,
     zap_reply,
 )
+from readerd.bus.eventlog import EventLog
+from readerd.config import BusConfig
 from readerd.errors import BusError, ForbiddenError, ReaderdError, StoreUnavailableError
-from readerd.eventlog import EventLog
 from readerd.events import Envelope, Event, heartbeat, stamp
-from readerd.liveness import StepWatch
+from readerd.ops.liveness import StepWatch
 
 log = structlog.get_logger("readerd.bus")
 
@@ -311,7 +311,7 @@ class Bus:
     @property
     def alive(self) -> bool:
         """The bus thread runs and is not stuck in one round (a command handler or an event-log write
-        that never returns): otherwise the watchdog pings stop (readerd/liveness.py)."""
+        that never returns): otherwise the watchdog pings stop (readerd/ops/liveness.py)."""
         return self._thread is not None and self._thread.is_alive() and not self.step_watch.wedged()
 
     # -- the bus thread -------------------------------------------------------------------------------

@@ -31,8 +31,13 @@ from protocols.errors import (
 from protocols.felica import is_felica_atr
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
-from readerd.backends import CardOperation, failed
-from readerd.backends.pcsc_state import (
+from readerd.bus.server import CommandHandler, JsonObject
+from readerd.config import PcscConfig
+from readerd.errors import CardAbsentError, UnknownReaderError
+from readerd.events import AbortReason, CardKind
+from readerd.ops.liveness import StepWatch
+from readerd.reading.backends import CardOperation, failed
+from readerd.reading.backends.pcsc_state import (
     FEATURE_GET_TLV_PROPERTIES,
     PNP_READER,
     PROPERTY_MAX_APDU_DATA_SIZE,
@@ -44,12 +49,7 @@ from readerd.backends.pcsc_state import (
     parse_features,
     parse_tlv_properties,
 )
-from readerd.bus import CommandHandler, JsonObject
-from readerd.config import PcscConfig
-from readerd.errors import CardAbsentError, UnknownReaderError
-from readerd.events import AbortReason, CardKind
-from readerd.liveness import StepWatch
-from readerd.sessions import CardSessions, SessionTimeoutError, run_with_deadline
+from readerd.reading.sessions import CardSessions, SessionTimeoutError, run_with_deadline
 
 log = structlog.get_logger("readerd.backends.pcsc")
 

@@ -5,7 +5,7 @@ that hangs, leaks or crashes costs only its own process. The daemon stays the si
 
 - it binds the private feed (``ipc://<runtime_dir>/private.sock``, full fields) and a private control
   socket (``ipc://<runtime_dir>/plugins.sock``), both 0600, when it runs without the embedded host;
-- the split host subscribes to that feed with :class:`readerd.client.BusClient`, so it gets every event
+- the split host subscribes to that feed with :class:`readerd.bus.client.BusClient`, so it gets every event
   once, in order, catching up through ``events.since`` (with the private fields, on the private socket
   only) after a gap, a daemon restart or its own restart (it resumes after the seq in
   ``<state_dir>/plugins.cursor``: at-least-once delivery, exactly-once effects by event id);
@@ -14,7 +14,7 @@ that hangs, leaks or crashes costs only its own process. The daemon stays the si
 - the host announces its commands with ``plugins.register``; the daemon registers them on its public
   control socket and forwards each request to the host (and ``plugins`` for ``readerctl plugins``).
 
-:class:`readerd.plugin_host.PluginHost` is the same class in both modes: here it is fed by ``dispatch``
+:class:`readerd.plugin.host.PluginHost` is the same class in both modes: here it is fed by ``dispatch``
 from the client loop instead of its own feed thread.
 """
 
@@ -35,16 +35,16 @@ import structlog
 import zmq
 
 from readerd import events as ev
-from readerd.bus import Bus, CommandError, ControlRequest, JsonObject
-from readerd.client import BusClient
+from readerd.bus.client import BusClient
+from readerd.bus.curve import ROLES
+from readerd.bus.server import Bus, CommandError, ControlRequest, JsonObject
 from readerd.config import Config
-from readerd.curve import ROLES
 from readerd.errors import BusSilentError, GapUnrecoverableError, ReaderdError
 from readerd.events import Event
 from readerd.exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from readerd.plugin_host import PluginHost
+    from readerd.plugin.host import PluginHost
 
 log = structlog.get_logger("readerd.plugin_link")
 
@@ -208,8 +208,8 @@ class SplitHost:
         os.replace(tmp, self.cursor_path)
 
     def run(self) -> int:
-        from readerd.plugin_host import PluginHost  # noqa: PLC0415 - pluggy and the plugins load here
-        from readerd.store import Store  # noqa: PLC0415
+        from readerd.plugin.host import PluginHost  # noqa: PLC0415 - pluggy and the plugins load here
+        from readerd.plugin.store import Store  # noqa: PLC0415
 
         config = self.config
         feed, control = endpoints(config)

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_web(args: argparse.Namespace) -> int:
     """``readerd web``: runs until SIGINT/SIGTERM."""
-    from readerd.client import CurveKeys  # noqa: PLC0415 - loads zmq
+    from readerd.bus.client import CurveKeys  # noqa: PLC0415 - loads zmq
     from readerd.web import FleetKiosk, WebSettings, serve  # noqa: PLC0415 - loads starlette, uvicorn
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
@@ -136,7 +136,7 @@ def _run_plugins(args: argparse.Namespace) -> int:
     """``readerd plugins``: SIGTERM/SIGINT stop it after the current event."""
     import signal  # noqa: PLC0415
 
-    from readerd.plugin_link import SplitHost  # noqa: PLC0415 - loads zmq and pluggy
+    from readerd.plugin.link import SplitHost  # noqa: PLC0415 - loads zmq and pluggy
 
     config = plugins_config_from_args(args)
     rlog.configure(args.log_level or config.log_level, args.log_format)

@@ -39,8 +39,8 @@ import pluggy
 import structlog
 import zmq
 
-from readerd import builtin_plugins, hookspecs
 from readerd import events as ev
+from readerd.bus.eventlog import EventLog
 from readerd.config import PluginsConfig
 from readerd.errors import (
     GapUnrecoverableError,
@@ -49,9 +49,10 @@ from readerd.errors import (
     StoreBusyError,
     StoreUnavailableError,
 )
-from readerd.eventlog import EventLog
 from readerd.events import Event
-from readerd.plugin_api import (
+from readerd.plugin import builtins as builtin_plugins
+from readerd.plugin import hookspecs
+from readerd.plugin.api import (
     CommandSpec,
     EventInterest,
     JsonObject,
@@ -59,15 +60,15 @@ from readerd.plugin_api import (
     PluginEvent,
     check_plugin_name,
 )
-from readerd.sessions import SessionTimeoutError, run_with_deadline
-from readerd.store import PluginStore, Store
+from readerd.plugin.store import PluginStore, Store
+from readerd.reading.sessions import SessionTimeoutError, run_with_deadline
 
 log = structlog.get_logger("readerd.plugins")
 
 ENTRY_POINT_GROUP = "readerd"
 #: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
 DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
-#: The built-in plugins (readerd/builtin_plugins.py), the same dict: tests and tools patch it here.
+#: The built-in plugins (readerd/plugin/builtins.py), the same dict: tests and tools patch it here.
 BUILTIN = builtin_plugins.BUILTIN
 
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
@@ -183,7 +184,7 @@ class PluginHost:
         keeps each plugin's cursor there; ``backlog(after, upto, newer_than)`` gives what the event log
         holds in ``(after, upto]``, or None when it no longer holds it all: what a start replays to the
         plugins that missed it (:func:`log_backlog`). ``flushed()`` waits until what the plugins published
-        so far is logged (:meth:`readerd.bus.Bus.flushed`): cursors are written only after it."""
+        so far is logged (:meth:`readerd.bus.server.Bus.flushed`): cursors are written only after it."""
         self.config = config
         self.kiosk = kiosk
         self.store = store

@@ -145,7 +145,7 @@ def sim_card_build_ms(pki: Path) -> dict[str, float]:
 def hook_call_overhead_us(calls: int = 2000) -> dict[str, float]:
     """The host runs every hook call through ``run_with_deadline`` (a new thread per call): its cost for a
     function that does nothing, beside calling that function directly (microseconds per call)."""
-    from readerd.reading.sessions import run_with_deadline
+    from readerd.ops.deadline import run_with_deadline
 
     def noop() -> None:
         return None
@@ -323,11 +323,11 @@ def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
 
     taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
     plugins = [NoopPlugin() for _ in range(plan.plugins)]
-    from readerd.plugin import host as plugin_host
+    from readerd.config import BUILTIN_PLUGINS
 
     # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out (whether
     # they load by default or only when named in the configuration).
-    builtin = tuple(getattr(plugin_host, "BUILTIN", {}))
+    builtin = tuple(BUILTIN_PLUGINS)
     only_ours = PluginsConfig(autoload=False, disabled=builtin)
     config = sim_config(work / "state", plugins=only_ours)
     with running_daemon(config, plugins={f"noop{i}": p for i, p in enumerate(plugins)}) as running:

@@ -3,7 +3,7 @@
 What is measured: from the ``tap`` command (sent from this process) to the moment the kiosk page, in
 Debian's chromium driven headless by Playwright, has shown the plugin's result: the sim backend's
 read, the session, the bus, the check-in plugin, the result back on the bus, ``readerd web``'s bus
-client, Server-Sent Events and the page's rendering. Target: under 1 s (issue 11). Playwright's
+client, Server-Sent Events and the page's rendering. Target: under 1 s (docs/web.md). Playwright's
 polling of the page adds a few milliseconds to each figure.
 
 Run: ``python -m bench.web_screen [--taps 30] [--json FILE]`` (needs chromium; ``make test`` installs it).

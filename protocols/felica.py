@@ -4,7 +4,7 @@ readerd reads FeliCa cards for one purpose: an IDm (or a few blocks of an unencr
 pseudonym is derived from. So this module covers Polling, Read Without Encryption, Request Service and
 Request System Code, the PC/SC pseudo-APDUs that carry them through a PC/SC reader, and a small
 :class:`FelicaSession` that drives a :class:`~protocols.transport.FelicaTransport`. Nothing here writes
-to a card or authenticates to one (DESIGN decision 13).
+to a card or authenticates to one (docs/design.md D13).
 
 A frame is always ``LEN code ...`` where ``LEN`` counts itself. Responses are checked for their length
 byte, response code and (after Polling) the IDm of the card the session is talking to: a reply from
@@ -12,7 +12,7 @@ another card in the field, or a stale frame, must never be taken for this card's
 raises a :class:`~protocols.errors.ReaderdError` subclass on bad input and nothing else; every builder
 raises :class:`~protocols.errors.CommandEncodingError` on arguments that cannot be put on the wire.
 
-Facts and their sources: CARD-FACTS §8 and §9 (nfcpy 1.0.4 ``tt3.py`` / ``tt3_sony.py`` for the frame
+Facts and their sources: docs/card-facts.md §8 and §9 (nfcpy 1.0.4 ``tt3.py`` / ``tt3_sony.py`` for the frame
 layouts, status flags and IC types; an RC-S300 investigation log for the PC/SC transparent session).
 """
 
@@ -45,7 +45,7 @@ BLOCK_SIZE = 16
 MAX_FRAME_LEN = 255
 
 #: Polling for ``FFFF`` wakes a card whatever its systems; each ``FF`` byte is a wildcard on its own,
-#: so ``12FF`` matches ``12FC`` too (nfcpy's emulation compares byte by byte, CARD-FACTS §9).
+#: so ``12FF`` matches ``12FC`` too (nfcpy's emulation compares byte by byte, docs/card-facts.md §9).
 SYSTEM_CODE_WILDCARD = 0xFFFF
 #: CJRC/サイバネ transit cards (Suica, PASMO, ICOCA, ...).
 SYSTEM_CODE_TRANSIT = 0x0003
@@ -56,10 +56,10 @@ SYSTEM_CODE_LITE_S = 0x88B4
 #: NFC Forum Type 3 Tag (NDEF).
 SYSTEM_CODE_NDEF = 0x12FC
 
-#: Lite-S user blocks: ``000B`` is the read-only view and ``0009`` the read/write one (CARD-FACTS §8).
+#: Lite-S user blocks: ``000B`` is the read-only view and ``0009`` the read/write one (docs/card-facts.md §8).
 SERVICE_CODE_LITE_S_READ_ONLY = 0x000B
 SERVICE_CODE_LITE_S_READ_WRITE = 0x0009
-#: Transit (system 0003) services readable without a key (CARD-FACTS §8, from TRETJapanNFCReader).
+#: Transit (system 0003) services readable without a key (docs/card-facts.md §8, from TRETJapanNFCReader).
 SERVICE_CODE_TRANSIT_BALANCE = 0x008B
 SERVICE_CODE_TRANSIT_HISTORY = 0x090F
 
@@ -133,8 +133,8 @@ class IcFamily(Enum):
     UNKNOWN = "unknown"
 
 
-# nfcpy 1.0.4 tt3_sony IC_CODE_MAPs (CARD-FACTS §8 summarises Standard as "00-0D, 20, 32, 35"; the
-# code lists only these, and 06/07 are Mobile FeliCa 1.0).
+# nfcpy 1.0.4 tt3_sony IC_CODE_MAPs (docs/card-facts.md §8). Standard is not all of 00-0D: the code lists
+# only these, and 06/07 are Mobile FeliCa 1.0.
 _IC_FAMILIES: dict[int, IcFamily] = {
     0xF0: IcFamily.LITE,  # FeliCa Lite (RC-S965)
     0xF1: IcFamily.LITE_S,  # FeliCa Lite-S (RC-S966)
@@ -507,7 +507,7 @@ _TAG_TRANSCEIVE = 0x95
 _TAG_RESPONSE_DATA = 0x97
 _TAG_GENERIC_ERROR = 0xC0
 
-#: Switch Protocol value for FeliCa: protocol 03 (FeliCa), layer 00 (CARD-FACTS §8) [weak].
+#: Switch Protocol value for FeliCa: protocol 03 (FeliCa), layer 00 (docs/card-facts.md §8) [weak].
 _SWITCH_TO_FELICA = bytes((0x03, 0x00))
 
 
@@ -532,7 +532,7 @@ def get_uid_apdu() -> CommandApdu:
 
 
 def get_pmm_apdu() -> CommandApdu:
-    """``FF CA 01 00 00``: the PMm on an RC-S300 (one report, CARD-FACTS §8) [weak]."""
+    """``FF CA 01 00 00``: the PMm on an RC-S300 (one report, docs/card-facts.md §8) [weak]."""
     return CommandApdu(_CLA_PSEUDO, _INS_GET_DATA, 0x01, 0x00, ne=256)
 
 
@@ -650,7 +650,8 @@ def parse_transparent_response(data: bytes) -> bytes:
 
 
 # --- a FeliCa card behind a PC/SC reader ---------------------------------------------------------------
-#: The part-3 ATR's historical bytes carry ``4F 0C`` + RID ``A0 00 00 03 06`` + SS + NN (CARD-FACTS §8).
+#: The part-3 ATR's historical bytes carry ``4F 0C`` + RID ``A0 00 00 03 06`` + SS + NN
+#: (docs/card-facts.md §8).
 _PART3_AID_PREFIX = bytes.fromhex("4F0CA000000306")
 #: SS (standard) bytes of FeliCa in the PC/SC part-3 supplemental document: 212 and 424 kbit/s.
 _SS_FELICA = frozenset({0x11, 0x12})
@@ -669,7 +670,7 @@ class PcscFelica:
     """A FeliCa card through a PC/SC reader's pseudo-APDUs, under the FeliCa allow-list of the guard.
 
     The IDm comes from GET DATA (every PC/SC contactless reader answers ``FF CA``); frames go through
-    a part-3 transparent session, which only some readers offer (DESIGN decision 13), so the caller
+    a part-3 transparent session, which only some readers offer (docs/design.md D13), so the caller
     opens it only when configured to. As a :class:`~protocols.transport.FelicaTransport`, a frame the
     card does not answer raises :class:`~protocols.errors.CardRemovedError`, as on nfcpy.
     """
@@ -741,7 +742,7 @@ def _chunks(blocks: Sequence[BlockElement], size: int) -> list[Sequence[BlockEle
 class FelicaSession:
     """Read-only commands to one card the backend has already polled.
 
-    Polling stays with the backend (DESIGN decision 13): it knows the reader's field and how it
+    Polling stays with the backend (docs/design.md D13): it knows the reader's field and how it
     found the card. The session checks every answer against the IDm from that Polling. A command the card
     does not answer surfaces as the transport's :class:`~protocols.errors.TransportError`; for
     Request Service and Request System Code the caller reads that as "unsupported" (nfcpy's emulation

@@ -3,7 +3,7 @@
 readerd must never touch the applications that hold the My Number or the citizen's name and address,
 nor the signature key and its PIN. Rather than listing what is forbidden (and missing a truncated AID, a
 SELECT by path or another logical channel), the guard admits only the exact commands readerd needs
-(DESIGN decision 3) and refuses everything else with :class:`DeniedCommandError` before it reaches the
+(docs/design.md D3) and refuses everything else with :class:`DeniedCommandError` before it reaches the
 card. It also follows the card state it can see (selected AP and EF, a successful VERIFY) so that, for
 instance, a signature is only ever requested right after a VERIFY in the same transaction.
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: Below DEBUG: APDU traces are for developers on a bench, never on by default.
 TRACE = 5
 
-#: Applications readerd refuses to select, with the reason (CARD-FACTS §1). Never built, only named.
+#: Applications readerd refuses to select, with the reason (docs/card-facts.md §1). Never built, only named.
 DENIED_APPLICATIONS: dict[bytes, str] = {
     bytes.fromhex("D3921000310001010408"): "券面事項入力補助AP (holds the My Number)",
     bytes.fromhex("D3921000310001010402"): "券面AP (card-face data and the My Number)",
@@ -50,7 +50,8 @@ DENIED_APPLICATIONS: dict[bytes, str] = {
     bytes.fromhex("D3921000310001010100"): "card-info common DF (manufacture number)",
 }
 
-#: JPKI files readerd never uses: the signature certificate, key and PIN (DESIGN, hard rules).
+#: JPKI files readerd never uses: the signature certificate, key and PIN (docs/design.md, "Card safety
+#: and privacy (hard rules)").
 DENIED_EFS: dict[int, str] = {
     0x0001: "signature certificate",
     0x001A: "signature private key",

@@ -68,11 +68,11 @@ from protocols.transport import Transport
 #: Largest offset READ BINARY can address in its P1-P2 form (P1 bit 8 clear).
 MAX_READ_OFFSET = 0x7FFF
 
-#: An RSA-2048 signature (CARD-FACTS §3.3).
+#: An RSA-2048 signature (docs/card-facts.md §3.3).
 SIGNATURE_LENGTH = 256
 
 #: Status words on an extended read that mean "this card or reader does not do extended length here":
-#: fall back to short reads (DESIGN, "Identification in the fewest APDUs").
+#: fall back to short reads (docs/design.md, "Identification in the fewest APDUs").
 EXTENDED_FALLBACK_SWS: frozenset[int] = frozenset(
     {SW.WRONG_LENGTH, SW.WRONG_P1P2, SW.COMMAND_INCOMPATIBLE, SW.INS_NOT_SUPPORTED, SW.WRONG_P1P2_OFFSET}
 )
@@ -181,7 +181,7 @@ class PinStatus:
 def parse_pin_status(response: Response) -> PinStatus:
     """Interpret the answer to the tries query (VERIFY with no data).
 
-    Only 63Cx, 6983 and 6984 are understood; the card never answers 9000 here (CARD-FACTS §3.1), so
+    Only 63Cx, 6983 and 6984 are understood; the card never answers 9000 here (docs/card-facts.md §3.1), so
     anything else fails closed with :class:`PinStatusUnknownError`.
     """
     if response.data:
@@ -219,7 +219,7 @@ class UserAuthCertificate:
     """The user-authentication certificate: the card's identity, readable without a PIN.
 
     It holds no name or address, but ``not_after`` is the fifth birthday after issuance: it is personal
-    data and never published (DESIGN decision 1).
+    data and never published (docs/design.md D1).
     """
 
     der: bytes
@@ -279,7 +279,10 @@ def plan_short_reads(total_length: int, already: int = 0, chunk: int = SHORT_MAX
 
 
 def expected_identification_apdus(path: ReadPath, certificate_length: int) -> int:
-    """APDUs an identification costs: SELECT AP + the reads (documented in DESIGN.md)."""
+    """APDUs an identification costs: SELECT AP + the reads.
+
+    Documented in docs/design.md, "Identification in the fewest APDUs".
+    """
     if path is ReadPath.EXTENDED_SFI:
         return 2
     return 2 + len(plan_short_reads(certificate_length))  # SELECT AP, SELECT EF, reads

@@ -1,4 +1,4 @@
-"""Identifiers of the JPKI application on the My Number Card (CARD-FACTS §1, §2, §4).
+"""Identifiers of the JPKI application on the My Number Card (docs/card-facts.md §1, §2, §4).
 
 Only what readerd uses is named here. The card-info applications and the signature files are named in
 :mod:`protocols.guard` only, as what the guard refuses.
@@ -31,7 +31,7 @@ SFI_TO_EF: dict[int, int] = {ef & 0x1F: int(ef) for ef in READABLE_EFS}
 PIN_LENGTH = 4
 PIN_MAX_TRIES = 3
 
-#: Bytes of the token EF to read: myna reads 32, TRET 20; both work on real cards (CARD-FACTS §2).
+#: Bytes of the token EF to read: myna reads 32, TRET 20; both work on real cards (docs/card-facts.md §2).
 TOKEN_READ_LENGTH = 32
 
 

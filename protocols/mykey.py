@@ -3,7 +3,7 @@
 The certificate serial and a FeliCa IDm are stable identifiers of a person; published on a LAN they
 would let anyone who copies a card be followed across services. Events therefore carry a MyKey ID (from
 the Digital Agency's platform), a ``member_id`` issued by readerd's own directory, or a pseudonym keyed
-by a per-deployment secret (DESIGN decisions 10 and 11). The pseudonym spec is versioned by its domain
+by a per-deployment secret (docs/design.md D10 and D11). The pseudonym spec is versioned by its domain
 separation prefix; the test vector in ``docs/identifiers.md`` pins it.
 """
 
@@ -17,7 +17,7 @@ import unicodedata
 
 from protocols.errors import IdentifierFormatError
 
-#: MyKey IDs are "8 alphanumeric characters" (CARD-FACTS §7); their case rules are not documented.
+#: MyKey IDs are "8 alphanumeric characters" (docs/card-facts.md §7); their case rules are not documented.
 #: readerd compares them case-insensitively and stores them upper case: one place to change if a real
 #: platform answer shows otherwise.
 MYKEY_ID_LENGTH = 8

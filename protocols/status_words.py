@@ -1,4 +1,4 @@
-"""ISO 7816-4 status words as the My Number Card uses them (CARD-FACTS §3.4).
+"""ISO 7816-4 status words as the My Number Card uses them (docs/card-facts.md §3.4).
 
 Where the card's behaviour is uncertain (the blocked-PIN word, what lies past the end of a file), the
 value is a named constant here so a real card can correct it in one place.
@@ -56,10 +56,10 @@ _MEANINGS: dict[int, str] = {
     SW.NO_PRECISE_DIAGNOSIS: "no precise diagnosis",
 }
 
-#: Status words after which VERIFY reports the PIN as blocked (CARD-FACTS §3.4, open uncertainty 2).
+#: Status words after which VERIFY reports the PIN as blocked (docs/card-facts.md §3.4 and U2).
 PIN_BLOCKED_SWS: frozenset[int] = frozenset({SW.REFERENCE_DATA_UNUSABLE, SW.AUTH_METHOD_BLOCKED})
 
-#: Success words for READ BINARY: 6282 means "short read at the end of the file" (DESIGN decision 12).
+#: Success words for READ BINARY: 6282 means "short read at the end of the file" (docs/design.md D12).
 READ_SUCCESS_SWS: frozenset[int] = frozenset({SW.OK, SW.END_OF_FILE_WARNING})
 
 

@@ -14,7 +14,7 @@ from protocols.errors import MalformedTlvError, TruncatedDataError
 TAG_SEQUENCE = 0x30
 
 #: Largest certificate readerd will read. Real JPKI end-entity certificates are 1-2 KiB and the J-LIS
-#: CA certificates about 1.3 KiB (CARD-FACTS §2); 16 KiB leaves room without allowing absurd plans.
+#: CA certificates about 1.3 KiB (docs/card-facts.md §2); 16 KiB leaves room without allowing absurd plans.
 MAX_CERTIFICATE_LENGTH = 16 * 1024
 
 #: Bytes that always hold a DER header readerd accepts: 1 tag byte + 1 length byte + 4 length octets.

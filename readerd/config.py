@@ -14,9 +14,20 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from readerd.errors import ConfigError
-from readerd.plugin.builtins import BUILTIN
 
 BACKENDS = ("pcsc", "nfc", "sim")
+
+#: The built-in plugins (``plugins/``), name -> ``module:object``: a kiosk names those it runs in
+#: ``[plugins] builtins`` (opt-in; ``readerd.plugin.loader`` loads them).
+BUILTIN_PLUGINS: dict[str, str] = {
+    "checkin": "plugins.checkin:CheckinPlugin",
+    "points": "plugins.points:PointsPlugin",
+    "bathhouse": "plugins.bathhouse:BathhousePlugin",
+    "library": "plugins.library:LibraryPlugin",
+}
+
+#: Where a kiosk keeps its configuration: read when no ``--config`` is given and it exists.
+DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 
 
 @dataclass(frozen=True)
@@ -135,9 +146,9 @@ class PluginsConfig:
     sections: dict[str, dict[str, object]] = field(default_factory=dict, metadata={"extra_tables": True})
 
     def validate(self) -> PluginsConfig:
-        unknown = set(self.builtins) - set(BUILTIN)
+        unknown = set(self.builtins) - set(BUILTIN_PLUGINS)
         if unknown:
-            missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN)
+            missing, known = ", ".join(sorted(unknown)), ", ".join(BUILTIN_PLUGINS)
             raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
         if self.replay_window < 0:
             raise ConfigError("plugins.replay_window must be 0 (no replay) or a number of seconds")
@@ -152,7 +163,7 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Plugin data (``readerd.plugin.store``, DESIGN decision 16): ``local`` is always a SQLite file,
+    """Plugin data (``readerd.plugin.store``, docs/design.md D16): ``local`` is always a SQLite file,
     ``shared`` is PostgreSQL when ``shared_url`` is set and otherwise the same SQLite file."""
 
     local_path: str = ""  # SQLite file of the local store; empty: <state_dir>/store.db
@@ -418,6 +429,12 @@ def _build(cls: type[_T], section: dict[str, object], where: str) -> _T:
         for name, value in section.items()
     }
     return replace(defaults, **values)  # type: ignore[type-var] # cls is a config dataclass
+
+
+def config_path(given: Path | None) -> Path | None:
+    """The file to read: the one given, else :data:`DEFAULT_CONFIG` when it exists (the daemon and
+    readerctl also run with no file at all)."""
+    return given or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
 
 
 def load_config(path: Path | None) -> Config:

@@ -31,9 +31,10 @@ from readerd.errors import ConfigError, MetricsUnavailableError
 from readerd.exitcodes import ExitCode
 from readerd.ops.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.ops.sdnotify import Notifier
-from readerd.plugin.host import PluginHost, log_backlog
+from readerd.plugin.host import PluginHost
 from readerd.plugin.link import SplitHostLink, prepare_runtime_dir
 from readerd.plugin.link import endpoints as split_endpoints
+from readerd.plugin.replay import log_backlog
 from readerd.plugin.store import Store
 from readerd.reading.backends import Backend
 from readerd.reading.identity import IdentityResolver, SqliteDirectory

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum, unique
@@ -86,6 +87,36 @@ class Envelope:
     @property
     def topic(self) -> str:
         return str(self.event.type)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Envelope:
+        """An envelope read back (the private feed, the event log); ValueError when it is not one."""
+        try:
+            event = Event(
+                type=str(obj["type"]),
+                reader=obj.get("reader"),
+                data=dict(obj.get("data") or {}),
+                private=dict(obj.get("private") or {}),
+                cause=obj.get("cause"),
+                replayed=bool(obj.get("replayed", False)),
+            )
+            return cls(
+                seq=int(obj["seq"]),
+                run_id=str(obj.get("run_id", "")),
+                id=str(obj["id"]),
+                ts=str(obj["ts"]),
+                kiosk=str(obj["kiosk"]),
+                event=event,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not an envelope: {type(e).__name__}: {e}") from e
+
+    @classmethod
+    def from_json(cls, body: bytes) -> Envelope:
+        obj = json.loads(body)
+        if not isinstance(obj, dict):
+            raise ValueError("an envelope is a JSON object")
+        return cls.from_dict(obj)
 
     def public_dict(self) -> dict[str, Any]:
         envelope = {

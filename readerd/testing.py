@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import zmq
 
-from readerd.cli.ctl import ControlSession, request
+from readerd.bus.control_client import ControlSession, request
 from readerd.config import BusConfig, Config, SessionConfig, SimConfig
 from readerd.daemon import Daemon
 from readerd.errors import ReaderdError

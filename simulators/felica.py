@@ -1,12 +1,12 @@
 """Virtual FeliCa cards: the card side of NFC-F, for the nfcpy ``udp`` path and a PC/SC (RC-S300) path.
 
 readerd identifies FeliCa cards by IDm and, for the city's own cards, by a few 16-byte blocks read with
-Read Without Encryption (DESIGN decision 13). The card model here answers FeliCa frames with its own
+Read Without Encryption (docs/design.md D13). The card model here answers FeliCa frames with its own
 small decoder, never with readerd's reader-side codecs in ``protocols/felica.py``: a shared parser would
 agree with itself and hide a bug on both sides. Only plain constants would be fair to share, and none
 is needed.
 
-Frame handling follows CARD-FACTS §8 and what nfcpy's reader side sends (``nfc/tag/tt3.py``):
+Frame handling follows docs/card-facts.md §8 and what nfcpy's reader side sends (``nfc/tag/tt3.py``):
 
 * Polling ``LEN 00 SC_hi SC_lo RC TSN``: answered when the system code matches byte-wise (``FF`` is a
   wildcard per byte); RC 0 -> IDm PMm, RC 1 -> + system code, RC 2 -> + 2 bytes of communication
@@ -15,8 +15,9 @@ Frame handling follows CARD-FACTS §8 and what nfcpy's reader side sends (``nfc/
 * Read Without Encryption ``LEN 06 IDm n_svc svc_LE... n_blk elements...``: status flags follow nfcpy's
   ``Type3TagEmulation`` (the card every nfcpy udp reader has met so far): ``FF A1`` unknown service
   (or a service count outside 1..16), ``FF A2`` block count outside 1..15, ``(1<<i) A3`` a block element
-  naming a service index not in the list, ``(1<<i) A2`` a block the service does not have. CARD-FACTS
-  folds the last case into ``FF A2``; nfcpy's code sets the bit of the failing element, and so do we.
+  naming a service index not in the list, ``(1<<i) A2`` a block the service does not have. For that last
+  case docs/card-facts.md §8 gives ``FF A2`` in general, and nfcpy's code sets the bit of the failing
+  element; so do we.
   A real FeliCa uses other SF2 codes for some of these (e.g. ``A8`` for a block number): readerd only
   distinguishes zero from non-zero.
 * Request Service ``02``: key version ``FFFF`` for a missing service, ``0000`` for a present one.
@@ -76,7 +77,7 @@ PMM_TRANSIT = bytes.fromhex("010B100B42474600")
 
 BATHHOUSE_MAGIC = b"OTS1"
 
-# Command and response codes (CARD-FACTS §8), as the card knows them.
+# Command and response codes (docs/card-facts.md §8), as the card knows them.
 CMD_POLLING = 0x00
 CMD_REQUEST_SERVICE = 0x02
 CMD_READ_WITHOUT_ENCRYPTION = 0x06
@@ -121,7 +122,7 @@ class FelicaCardProfile:
 
     @property
     def sensf_res(self) -> bytes:
-        """``01 || IDm || PMm || SYS``: what nfcpy's udp listener answers Polling with (CARD-FACTS §9)."""
+        """``01 || IDm || PMm || SYS``: nfcpy's udp listener's answer to Polling (docs/card-facts.md §9)."""
         return b"\x01" + self.idm + self.pmm + self.system_code.to_bytes(2, "big")
 
     @property
@@ -348,7 +349,7 @@ class VirtualFelicaCard:
 
 
 # --- the same card behind a PC/SC part-3 reader (RC-S300 class) ---------------------------------------
-#: PC/SC part-3 ATR of a FeliCa card (RID A000000306, SS 11, NN 003B; CARD-FACTS §8).
+#: PC/SC part-3 ATR of a FeliCa card (RID A000000306, SS 11, NN 003B; docs/card-facts.md §8).
 ATR_FELICA_PCSC = bytes.fromhex("3B8F8001804F0CA00000030611003B0000000042")
 
 SW_OK = b"\x90\x00"
@@ -419,11 +420,11 @@ class FelicaPcscCard:
     92 number of valid bits in the last byte, 96 response status, 97 ICC response) are PC/SC part 3
     v2.02 §3.2.2.1 as far as a search of stored copies and reader manuals shows (the stored text was
     not readable in full); the order and the exact 92/96 values follow RC-S300 logs reported in
-    CARD-FACTS §8 [weak]. ``C0 03 01 64 01`` for "no answer from the card" is the part-3 error form with
-    SW 6401 (execution error, no response) and is the least certain part: a real reader may answer with
-    an outer status word instead. readerd's reader side keys on C0's first byte and on 97, so these
-    details do not change what it sees. Session and switch-protocol answers carry ``C0 03 00 90 00``.
-    An exchange outside a session gets 6985.
+    docs/card-facts.md §8 [weak]. ``C0 03 01 64 01`` for "no answer from the card" is the part-3 error
+    form with SW 6401 (execution error, no response) and is the least certain part: a real reader may
+    answer with an outer status word instead. readerd's reader side keys on C0's first byte and on 97, so
+    these details do not change what it sees. Session and switch-protocol answers carry
+    ``C0 03 00 90 00``. An exchange outside a session gets 6985.
     """
 
     def __init__(self, card: VirtualFelicaCard | FelicaCardProfile) -> None:

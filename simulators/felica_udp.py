@@ -17,7 +17,7 @@ in-process, PC/SC and udp paths and logs every frame the reader sent, Polling in
   the next is ignored, and its command times out. That was seen here (a re-inserted card failed its
   first read); a real card has no such window, since FeliCa accepts any command carrying its IDm.
 
-Loopback only: nfcpy's listener binds ``0.0.0.0:<port>`` (``udp.Device._bind_socket``, CARD-FACTS §9).
+Loopback only: nfcpy's listener binds ``0.0.0.0:<port>`` (``udp.Device._bind_socket``, docs/card-facts.md §9).
 :class:`FelicaListenerDevice` (nfcpy's udp ``Device`` via ``simulators.mynumber_nfc.LoopbackListenerDevice``)
 refuses any host that is not a loopback address, binds that address once in its constructor and replaces
 ``_bind_socket`` so nfcpy never binds the wildcard address.

@@ -11,7 +11,7 @@ from typing import Protocol
 from protocols.errors import CardRemovedError, ReaderUnavailableError
 from protocols.transport import ReaderCapabilities
 
-#: What vpcd advertises (CARD-FACTS §10): 64 KiB APDUs.
+#: What vpcd advertises (docs/card-facts.md §10): 64 KiB APDUs.
 EXTENDED_CAPABILITIES = ReaderCapabilities(max_apdu_data=0x10000)
 SHORT_CAPABILITIES = ReaderCapabilities(max_apdu_data=0)
 

@@ -1,11 +1,12 @@
-"""A virtual My Number Card: a card OS that answers APDUs as the real card does (CARD-FACTS §1-§5).
+"""A virtual My Number Card: a card OS that answers APDUs as the real card does (docs/card-facts.md §1-§5).
 
 The card is an ``INS -> handler`` table with one place that turns a :class:`CardStatus` into a status
 word, as vsmartcard's virtual cards are built. It parses commands with its own small ISO 7816 decoder:
 reusing readerd's reader-side parser to answer itself would hide a bug on both sides.
 
-Where the real card's answer is not known for certain (CARD-FACTS "Open uncertainties"), the choice is a
-field of :class:`CardBehavior`, so a test can try both and a real card can correct the default.
+Where the real card's answer is not known for certain (docs/card-facts.md, "Open uncertainties"), the
+choice is a field of :class:`CardBehavior`, so a test can try both and a real card can correct the
+default.
 
 The card-info applications are present, with a fake My Number and fake attributes, so tests can prove
 readerd never touches them: every APDU the card receives is recorded in :attr:`VirtualMyNumberCard.log`.
@@ -33,7 +34,7 @@ JUKI_AID = bytes.fromhex("D3921000310001010401")  # 住基AP
 COMMON_AID = bytes.fromhex("D3921000310001010100")  # common DF (manufacture number)
 CARD_INFO_AIDS = frozenset({KENHOJO_AID, KENMEN_AID, JUKI_AID, COMMON_AID})
 
-#: Contactless ATR of a real card (PC/SC part 3, Type B; CARD-FACTS §5, "JPKI (06)").
+#: Contactless ATR of a real card (PC/SC part 3, Type B; docs/card-facts.md §5, "JPKI (06)").
 ATR_CONTACTLESS = bytes.fromhex("3B888001000005E0B381A1007F")
 ATR_CONTACT = bytes.fromhex("3BE000FF8131FE4514")
 
@@ -54,7 +55,7 @@ SW_OK = 0x9000
 
 
 class LeBeyondEof(Enum):
-    """What the card answers when a specific Le asks for more than the file holds [CARD-FACTS unc. 5]."""
+    """What the card answers when a specific Le asks for more than the file holds [docs/card-facts.md U5]."""
 
     PARTIAL_6282 = "6282"  # ISO: the remaining bytes and 6282
     EXACT_6CXX = "6cxx"  # no data, 6Cxx with the exact remaining length
@@ -62,7 +63,7 @@ class LeBeyondEof(Enum):
 
 @dataclass
 class CardBehavior:
-    """Answers the sources do not settle; defaults follow the best evidence in CARD-FACTS."""
+    """Answers the sources do not settle; defaults follow the best evidence in docs/card-facts.md."""
 
     extended_length: bool = True  # accept extended APDUs (jsapdu reads whole EFs this way)
     blocked_verify_sw: int = 0x6984  # VERIFY once blocked (§3.4: 6984, one maintained source)
@@ -387,7 +388,7 @@ class VirtualMyNumberCard:
     def _verify(self, c: Command) -> bytes:
         fid, pin = self._pin_for(c)
         if not c.data:
-            # The tries query: always 63Cx, even while verified (CARD-FACTS §3.1, OpenSC PR #959).
+            # The tries query: always 63Cx, even while verified (docs/card-facts.md §3.1, OpenSC PR #959).
             if pin.blocked:
                 raise CardStatus(self.behavior.blocked_query_sw)
             raise CardStatus(0x63C0 | pin.tries_left)

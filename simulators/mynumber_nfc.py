@@ -23,7 +23,7 @@ What nfcpy 1.0.4 does on the reader side, and therefore what this card has to an
   ISO 14443-4 half, driven through ``clf.listen()`` and ``clf.exchange()``.
 
 SENSB_RES (ATQB) of the simulated card, derived from the contactless PC/SC ATR the card model carries
-(CARD-FACTS §5, "JPKI (06)"): ``3B 88 80 01 | 00 00 05 E0 | B3 81 A1 | 00 | 7F``. T0 = 88 announces 8
+(docs/card-facts.md §5, "JPKI (06)"): ``3B 88 80 01 | 00 00 05 E0 | B3 81 A1 | 00 | 7F``. T0 = 88 announces 8
 historical bytes, which PC/SC part 3 builds for Type B as Application Data (4) + Protocol Info (3) +
 one byte whose high nibble is the MBLI from the ATTRIB answer. Hence::
 
@@ -92,7 +92,7 @@ def sensb_res(pupi: bytes) -> bytes:
 
 
 def random_pupi() -> bytes:
-    """A fresh PUPI per activation, as the real card does (CARD-FACTS §5)."""
+    """A fresh PUPI per activation, as the real card does (docs/card-facts.md §5)."""
     return os.urandom(4)
 
 

@@ -1,6 +1,6 @@
 """A test PKI shaped like J-LIS's: user-authentication and signature CAs, card certificates, and a CRL.
 
-Names, key sizes and extensions follow CARD-FACTS §6 (issuer ``C=JP, O=JPKI, OU=JPKI for user
+Names, key sizes and extensions follow docs/card-facts.md §6 (issuer ``C=JP, O=JPKI, OU=JPKI for user
 authentication, OU=Japan Agency for Local Authority Information Systems``, subject ``C=JP, CN=<opaque>``,
 RSA-2048, sha256WithRSA, no SAN on the auth certificate; the signature certificate carries the four
 attributes in its SubjectAltName). The CAs' O is ``JPKI TEST`` so a simulated certificate can never be
@@ -32,7 +32,7 @@ JLIS_OU = "Japan Agency for Local Authority Information Systems"
 RSA_BITS = 2048
 _CN_ALPHABET = string.ascii_uppercase + string.digits
 
-#: The four attributes in the signature certificate's SAN (CARD-FACTS §6, myna's jpki_ap.go).
+#: The four attributes in the signature certificate's SAN (docs/card-facts.md §6, myna's jpki_ap.go).
 OID_NAME = ObjectIdentifier("1.2.392.200149.8.5.5.1")
 OID_SEX = ObjectIdentifier("1.2.392.200149.8.5.5.3")
 OID_BIRTH_DATE = ObjectIdentifier("1.2.392.200149.8.5.5.4")

@@ -3,7 +3,7 @@
 vpcd (inside pcscd) listens on a TCP port per reader slot; a virtual card connects to it. Each message in
 both directions is a 2-byte big-endian length and a payload. From vpcd, a 1-byte payload is a control
 code (00 power off, 01 power on, 02 reset, 04 get ATR) and anything longer is a command APDU; the card
-answers only GET ATR and APDUs (CARD-FACTS §10). Connecting is inserting the card, disconnecting is
+answers only GET ATR and APDUs (docs/card-facts.md §10). Connecting is inserting the card, disconnecting is
 removing it.
 
 Latency: vpcd writes the length and the payload separately; with Nagle and delayed ACKs every APDU would
@@ -38,7 +38,7 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 def check_loopback(host: str) -> str:
     """``host`` if it is a loopback address (or ``localhost``); ValueError otherwise.
 
-    vpcd itself listens on every interface (CARD-FACTS §10), but the virtual card only ever dials a
+    vpcd itself listens on every interface (docs/card-facts.md §10), but the virtual card only ever dials a
     loopback address: its APDUs carry certificates and PINs and must not cross a network.
     """
     if host == "localhost":

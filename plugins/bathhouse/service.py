@@ -4,7 +4,7 @@ A member (member number, birth date, ward) holds one active FeliCa card at a tim
 old card, links the new one and records the fee. Once linked, the member's enrolled My Number Card works
 instead of the FeliCa card. At a bath house the tap is accepted, or refused with a reason:
 ``unknown_card``, ``revoked_card``, ``not_eligible`` (younger than ``min_age`` on the JST business date,
-ages in law: DESIGN decision 17), ``monthly_cap_reached`` (visits in the JST calendar month, at any bath
+ages in law: docs/design.md D17), ``monthly_cap_reached`` (visits in the JST calendar month, at any bath
 house), ``already_visited_today`` (a second tap the same day at the same bath house is not a visit).
 
 The visit is counted in one transaction that locks the member's row, so two bath houses cannot both

@@ -1,6 +1,6 @@
 """Where patrons and loans live: the library's own system (SIP2), or the plugin's store when it has none.
 
-DESIGN decision 19: patrons live in the library's system; readerd links a library card number to a
+docs/design.md D19: patrons live in the library's system; readerd links a library card number to a
 MyKey/member ID and asks the system about that card. :class:`IlsAdapter` is the four questions readerd
 asks; :class:`Sip2Ils` asks them over SIP2 (one TCP connection, reconnected when it drops, every message
 with a sequence number and checksum), :class:`LocalIls` answers them from the plugin's own tables with

@@ -1,4 +1,4 @@
-"""The append-only audit log a security reviewer asks for (DESIGN decision 21).
+"""The append-only audit log a security reviewer asks for (docs/design.md D21).
 
 One JSON object per line in ``<state_dir>/audit.log`` (mode 0600), written and fsynced before the action
 it records is reported as done: enrolments, unenrolments and relinks, a PIN sent on its last try, and

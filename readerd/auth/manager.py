@@ -1,8 +1,8 @@
 """JPKI proof of possession on the control channel: ``auth.begin``, ``auth.pin`` and MyKey enrolment.
 
 Reading a certificate proves nothing (anyone can copy one); a signature over a fresh challenge, made by
-the card after the citizen's PIN, does. This module owns the flow and its fail-closed rules (DESIGN
-decision 4); the card commands and the PIN policy are ``protocols.jpki.JpkiSession``'s, the challenge
+the card after the citizen's PIN, does. This module owns the flow and its fail-closed rules
+(docs/design.md D4); the card commands and the PIN policy are ``protocols.jpki.JpkiSession``'s, the challenge
 format ``readerd.auth.challenges``', the certificate checks ``readerd.auth.certvalidation``'s.
 
 The flow, as a kiosk UI drives it::
@@ -348,7 +348,7 @@ class AuthManager:
 
         The renewed certificate has a new serial, hence a new pseudonym, and the old one is revoked, so it
         cannot prove anything any more: staff confirm the person and give a ``reason``, which the audit
-        log keeps with both pseudonyms (DESIGN decision 11).
+        log keeps with both pseudonyms (docs/design.md D11).
         """
         member_id = request.args.get("member_id")
         reason = request.args.get("reason")

@@ -14,7 +14,7 @@ client in another language can use its own tooling: ``<name>.key`` holds the pub
 allowlist entries ``metadata / role``), ``<name>.key_secret`` the secret one too (0600). The directory
 is re-read while the daemon runs; ZAP runs only at the handshake, so when a key is revoked (or loses its
 control role) the bus re-binds its CURVE endpoints, which drops every connection and lets only the
-still-allowed keys back in (DESIGN decision 14).
+still-allowed keys back in (docs/design.md D14).
 """
 
 from __future__ import annotations

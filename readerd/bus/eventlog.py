@@ -1,6 +1,6 @@
 """The durable event log: every published event, with its ``seq``, in SQLite in the state directory.
 
-Why it exists (DESIGN decision 2): ZeroMQ PUB drops for late joiners and slow subscribers, so a client
+Why it exists (docs/design.md D2): ZeroMQ PUB drops for late joiners and slow subscribers, so a client
 that sees a gap in ``seq`` asks ``events.since`` on the control channel and gets the missed events from
 here; and ``seq`` survives a restart because the next one is the last logged plus one.
 
@@ -13,8 +13,8 @@ instead of a disk flush per card tap.
 It is personal data (pseudonyms, member IDs, and in the ``private`` column what only plugins may see), so
 it is bounded by age (default 7 days) and by count, pruned as it grows; docs/privacy.md says who reads it.
 The certificate's fields (serial, issuer, CN, validity dates: notAfter gives the birthday away) are never
-written (issue 6: no stored record carries them): a plugin that catches up through the log gets the event
-without them, as if it had not asked for them.
+written, so that no stored record carries them (docs/privacy.md): a plugin that catches up through the
+log gets the event without them, as if it had not asked for them.
 The highest ``seq`` ever logged is kept in ``meta`` too, so a log pruned to nothing still continues the
 numbering after a restart.
 """

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,88 +18,20 @@ import zmq
 
 from readerd import __version__
 from readerd.bus.client import BusClient, CurveKeys
+from readerd.bus.control_client import ControlSession, Unreachable, request
 from readerd.cli.ctl_auth import add_auth_parser, run_auth
 from readerd.cli.ctl_doctor import add_doctor_parser, run_doctor_command
 from readerd.cli.ctl_keys import add_keys_parser, run_keys
-from readerd.config import Config, PluginsConfig, load_config
+from readerd.config import DEFAULT_CONFIG, Config, PluginsConfig, config_path, load_config
 from readerd.errors import BusSilentError, CommandRefusedError, ConfigError, GapUnrecoverableError
 from readerd.exitcodes import ExitCode
 from readerd.plugin.api import CtlCommand
 from readerd.plugin.discovery import discover
 
-DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
-REQUEST_TIMEOUT_MS = 3000
-
-# Subcommands arriving with later issues, listed so --help shows the plan honestly.
-PLANNED: dict[str, str] = {}
-
-
-class Unreachable(Exception):
-    """The daemon did not answer: reported as exit 69."""
-
 
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-class ControlSession:
-    """A conversation with the daemon over one DEALER socket (an empty delimiter frame, then JSON).
-
-    The daemon knows a caller by its ROUTER identity, i.e. by this socket: an ``auth_id`` from
-    ``auth.begin`` is good only for ``auth.pin`` sent through the same session.
-    """
-
-    def __init__(
-        self, endpoint: str, timeout_ms: int = REQUEST_TIMEOUT_MS, curve: CurveKeys | None = None
-    ) -> None:
-        self.endpoint = endpoint
-        self.timeout_ms = timeout_ms
-        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._sock = context.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            curve.apply(self._sock)
-        self._sock.connect(endpoint)
-
-    def request(
-        self, cmd: str, args: dict[str, Any] | None = None, timeout_ms: int | None = None
-    ) -> dict[str, Any]:
-        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
-        request_id = str(uuid.uuid4())
-        body = {"id": request_id, "cmd": cmd, "args": args or {}}
-        self._sock.send_multipart([b"", json.dumps(body).encode()])
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:  # skip late answers to earlier requests that timed out on this socket
-            remaining = int((deadline - time.monotonic()) * 1000)
-            if remaining <= 0 or not self._sock.poll(remaining, zmq.POLLIN):
-                raise Unreachable(f"no answer from readerd at {self.endpoint} within {timeout_ms / 1000:g} s")
-            reply = json.loads(self._sock.recv_multipart()[-1])
-            if not isinstance(reply, dict):
-                raise Unreachable("the daemon answered something that is not a JSON object")
-            if reply.get("id") == request_id:
-                return reply
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> ControlSession:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-
-def request(
-    endpoint: str,
-    cmd: str,
-    args: dict[str, Any] | None = None,
-    timeout_ms: int = REQUEST_TIMEOUT_MS,
-    curve: CurveKeys | None = None,
-) -> dict[str, Any]:
-    """One request/response on the daemon's ROUTER, on a socket of its own."""
-    with ControlSession(endpoint, timeout_ms, curve) as session:
-        return session.request(cmd, args)
 
 
 def _format_event(env: dict[str, Any]) -> str:
@@ -239,13 +170,11 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
         plugin_parser = sub.add_parser(name, help=command.help)
         command.configure(plugin_parser)
         plugin_parser.set_defaults(plugin_command=command)
-    for name, text in PLANNED.items():
-        sub.add_parser(name, help=text)
     return parser
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(args.config)
     config = load_config(path) if path else Config()
     return args.control or config.bus.control, args.publish or config.bus.publish
 
@@ -256,7 +185,7 @@ def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:
         return None
     server = args.server_key
     if server is None:
-        path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        path = config_path(args.config)
         config = load_config(path) if path else Config()
         server = config.bus.curve_path(config.state_dir) / "server.key"
     return CurveKeys.from_files(server, args.client_key)
@@ -292,7 +221,7 @@ def _plugin_commands(argv: Sequence[str] | None) -> dict[str, CtlCommand]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
-    path = known.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(known.config)
     try:
         plugins = load_config(path).plugins if path else PluginsConfig()
     except (ConfigError, OSError):
@@ -333,9 +262,6 @@ def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
 
 def _local_command(args: argparse.Namespace) -> int | None:
     """Subcommands that need no daemon (their exit code), or None for those that talk to it."""
-    if args.command in PLANNED:
-        sys.stderr.write(f"readerctl {args.command}: not available in this version yet\n")
-        return ExitCode.UNAVAILABLE
     if args.command == "keys":
         return run_keys(args)
     if args.command == "doctor":

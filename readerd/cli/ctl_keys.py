@@ -1,6 +1,6 @@
 """``readerctl keys``: the deployment pseudonym key and the LAN bus's CURVE keys.
 
-``init-deployment`` makes the one key every kiosk of a deployment shares (DESIGN decision 10): it is
+``init-deployment`` makes the one key every kiosk of a deployment shares (docs/design.md D10): it is
 created once, on one machine, and copied; so it never overwrites an existing file, and it prints only the
 fingerprint, which operators compare across kiosks (``readerctl keys fingerprint`` on each).
 
@@ -30,8 +30,7 @@ from readerd.bus.curve import (
     generate,
     read_certificate,
 )
-from readerd.cli.main import DEFAULT_CONFIG
-from readerd.config import Config, IdentityConfig, load_config
+from readerd.config import Config, IdentityConfig, config_path, load_config
 from readerd.errors import ConfigError
 from readerd.exitcodes import ExitCode
 from readerd.ops.keys import create_pseudonym_key, load_pseudonym_key
@@ -74,7 +73,7 @@ def add_keys_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers a
 def _curve_dir(args: argparse.Namespace) -> Path:
     if args.curve_dir is not None:
         return Path(args.curve_dir)
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(args.config)
     config = load_config(path) if path else Config()
     return config.bus.curve_path(config.state_dir)
 

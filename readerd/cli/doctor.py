@@ -29,7 +29,8 @@ from typing import Any
 from cryptography import x509
 
 from protocols.errors import ReaderdError
-from readerd.config import Config, is_loopback_endpoint, load_config
+from readerd.bus.control_client import request
+from readerd.config import DEFAULT_CONFIG, Config, is_loopback_endpoint, load_config
 from readerd.errors import ConfigError, StoreUnavailableError
 from readerd.plugin.api import CheckResult, CheckStatus
 from readerd.reading.backends.usb import HOTPLUG, UsbReader
@@ -63,10 +64,7 @@ def utc_now() -> datetime:
 
 
 def _control_request(endpoint: str, cmd: str) -> dict[str, Any]:
-    """One control request; ``Unreachable`` when nothing answers (readerd.cli.ctl, imported late: it imports
-    this module)."""
-    from readerd.cli.ctl import request  # noqa: PLC0415 - import cycle, and zmq only when asked
-
+    """One control request; ``Unreachable`` when nothing answers."""
     return request(endpoint, cmd, timeout_ms=DAEMON_TIMEOUT_MS)
 
 
@@ -74,7 +72,7 @@ def _control_request(endpoint: str, cmd: str) -> dict[str, Any]:
 class DoctorEnv:
     """What the checks look at; the defaults are the real kiosk's."""
 
-    config_path: Path = Path("/etc/readerd/readerd.toml")
+    config_path: Path = DEFAULT_CONFIG
     proc_modules: Path = Path("/proc/modules")
     sys_module: Path = Path("/sys/module")
     usb_dev_root: Path = Path("/dev/bus/usb")

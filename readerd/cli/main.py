@@ -13,11 +13,10 @@ from pathlib import Path
 
 from readerd import __version__
 from readerd import logging as rlog
-from readerd.config import BACKENDS, Config, load_config, with_overrides
+from readerd.config import BACKENDS, DEFAULT_CONFIG, Config, config_path, load_config, with_overrides
 from readerd.errors import BusError, ConfigError, StoreUnavailableError
 from readerd.exitcodes import ExitCode
 
-DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 SIMULATE_STATE_DIR = ".readerd"
 
 
@@ -96,7 +95,7 @@ def _run_web(args: argparse.Namespace) -> int:
     from readerd.bus.client import CurveKeys  # noqa: PLC0415 - loads zmq
     from readerd.web import FleetKiosk, WebSettings, serve  # noqa: PLC0415 - loads starlette, uvicorn
 
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(args.config)
     config = with_overrides(load_config(path), {"web.listen": args.listen}).validate()
     rlog.configure(args.log_level or config.log_level, args.log_format)
     curve = None
@@ -123,7 +122,7 @@ def _run_web(args: argparse.Namespace) -> int:
 
 
 def plugins_config_from_args(args: argparse.Namespace) -> Config:
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config_path(args.config)
     overrides: dict[str, object] = {
         "state_dir": args.state_dir,
         "log_level": args.log_level,
@@ -153,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backends = tuple(args.backend or ["sim"])
         state_dir = args.state_dir or SIMULATE_STATE_DIR
     else:
-        path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        path = config_path(args.config)
         base = load_config(path)
         backends = tuple(args.backend) if args.backend else None
         state_dir = args.state_dir

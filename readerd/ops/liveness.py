@@ -6,7 +6,7 @@ while :meth:`readerd.daemon.Daemon.healthy`; so each backend loop marks the step
 :meth:`StepWatch.step`, and a step running longer than its budget makes the backend report itself not
 alive. Waiting for work (an idle queue, the backoff before reconnecting to pcscd) is not a step: an idle
 kiosk is healthy. A card read is bounded by the session deadline, and a stalled card is abandoned
-without wedging the loop (DESIGN decision 9), so the budgets sit well above the deadline.
+without wedging the loop (docs/design.md D9), so the budgets sit well above the deadline.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from protocols.errors import ReaderdError
+from readerd.events import Envelope
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy; plugin_api stays light to import
     from readerd.plugin.store import PluginStore
@@ -123,18 +124,18 @@ class PluginEvent:
 
     @classmethod
     def from_envelope(
-        cls, envelope: Mapping[str, Any], private: JsonObject | None = None, *, replayed: bool = False
+        cls, envelope: Envelope, private: JsonObject | None = None, *, replayed: bool = False
     ) -> PluginEvent:
         return cls(
-            type=str(envelope["type"]),
-            seq=int(envelope["seq"]),
-            id=str(envelope["id"]),
-            ts=str(envelope["ts"]),
-            kiosk=str(envelope["kiosk"]),
-            reader=envelope.get("reader"),
-            data=dict(envelope.get("data") or {}),
+            type=envelope.topic,
+            seq=envelope.seq,
+            id=envelope.id,
+            ts=envelope.ts,
+            kiosk=envelope.kiosk,
+            reader=envelope.event.reader,
+            data=dict(envelope.event.data),
             private=private or {},
-            run_id=str(envelope.get("run_id", "")),
+            run_id=envelope.run_id,
             replayed=replayed,
         )
 

@@ -1,4 +1,4 @@
-"""Business time for plugins (DESIGN decision 17): the ward's calendar, not the machine's.
+"""Business time for plugins (docs/design.md D17): the ward's calendar, not the machine's.
 
 Everything a citizen or the ward office counts is counted in Japan Standard Time: a "month" of bath-house
 visits or a settlement period is a JST calendar month, a yearly figure is a fiscal year (April to March,

@@ -9,21 +9,14 @@ reported on stderr by name and left out: one broken plugin must not take ``reade
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.metadata
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from readerd.config import PluginsConfig
-from readerd.plugin import hookspecs
+from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import CtlCommand, DoctorCheck
-from readerd.plugin.builtins import BUILTIN
-from readerd.plugin.host import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_object
 
 
 @dataclass
@@ -66,17 +59,9 @@ def discover(config: PluginsConfig) -> Discovered:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     found = Discovered(pm)
-    loaders: list[tuple[str, Callable[[], object]]] = [
-        (name, functools.partial(load_object, BUILTIN[name])) for name in config.builtins if name in BUILTIN
-    ]
-    if config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
-        loaders += [(e.name, e.load) for e in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
-    for name, load in loaders:
-        if name in config.disabled:
-            continue
+    for candidate in loader.candidates(config).load:
         try:
-            plugin = load()
-            pm.register(plugin() if isinstance(plugin, type) else plugin, name=name)
+            pm.register(loader.instantiate(candidate.load()), name=candidate.name)
         except Exception as e:  # ImportError, a bad hookimpl (PluginValidationError), a plugin's bug
-            found.problems[name] = f"{type(e).__name__}: {e}"
+            found.problems[candidate.name] = f"{type(e).__name__}: {e}"
     return found

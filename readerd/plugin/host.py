@@ -21,17 +21,11 @@ and a plugin such as check-in keeps working offline on its local store between s
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.metadata
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -40,18 +34,16 @@ import structlog
 import zmq
 
 from readerd import events as ev
-from readerd.bus.eventlog import EventLog
 from readerd.config import PluginsConfig
 from readerd.errors import (
-    GapUnrecoverableError,
     PluginError,
     ReaderdError,
     StoreBusyError,
     StoreUnavailableError,
 )
-from readerd.events import Event
-from readerd.plugin import builtins as builtin_plugins
-from readerd.plugin import hookspecs
+from readerd.events import Envelope, Event, EventType
+from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
+from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import (
     CommandSpec,
     EventInterest,
@@ -60,28 +52,13 @@ from readerd.plugin.api import (
     PluginEvent,
     check_plugin_name,
 )
+from readerd.plugin.replay import BacklogSource, FeedCursors, Tracked
 from readerd.plugin.store import PluginStore, Store
-from readerd.reading.sessions import SessionTimeoutError, run_with_deadline
 
 log = structlog.get_logger("readerd.plugins")
 
-ENTRY_POINT_GROUP = "readerd"
-#: Set (to anything but "" or "0") to load no third-party plugin, as PYTEST_DISABLE_PLUGIN_AUTOLOAD does.
-DISABLE_AUTOLOAD_ENV = "READERD_DISABLE_PLUGIN_AUTOLOAD"
-#: The built-in plugins (readerd/plugin/builtins.py), the same dict: tests and tools patch it here.
-BUILTIN = builtin_plugins.BUILTIN
-
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
 PLUGIN_RESULT_HOOK = "readerd_plugin_result"
-
-
-def load_object(spec: str) -> object:
-    """``module`` or ``module:attribute``, as in entry points."""
-    module, _, attribute = spec.partition(":")
-    loaded: object = importlib.import_module(module)
-    for part in filter(None, attribute.split(".")):
-        loaded = getattr(loaded, part)
-    return loaded
 
 
 #: Which hook an event type goes to.
@@ -150,19 +127,6 @@ class _Origin:
 _HANDLING = threading.local()
 
 
-@dataclass
-class Backlog:
-    """What the event log holds of a range a plugin was not given: ``(seq, type)`` of every event, and
-    the envelopes (private fields included) from the first one logged within ``replay_window`` on."""
-
-    types: list[tuple[int, str]] = field(default_factory=list)
-    recent: list[JsonObject] = field(default_factory=list)
-
-
-#: ``(after, upto, newer_than)`` -> the event log's :class:`Backlog` of ``(after, upto]``, None if pruned.
-BacklogSource = Callable[[int, int, float], Backlog | None]
-
-
 class PluginHost:
     def __init__(
         self,
@@ -196,51 +160,37 @@ class PluginHost:
         self.plugins: dict[str, LoadedPlugin] = {}
         self.rejected: dict[str, str] = {}  # plugins that could not be loaded, and why
         self.commands: dict[str, tuple[str, CommandSpec]] = {}
-        self.gaps: list[tuple[int, int]] = []  # (first missing seq, last missing seq) of the feed
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin-command")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._feed_seq: tuple[str, int] | None = None  # (run_id, last seq) seen on the feed
-        self._cursor_write_failing = False
-        self._backlog = backlog
-        self._flushed = flushed
         self._drain_until = 0.0  # set by stop(): the feed thread delivers what arrived until then
-        self._pending_cursors: dict[str, int] = {}  # advanced but not yet written (no hook was called)
-        self._pending_run_id = ""
+        self.cursors = FeedCursors(self, config, store=store, backlog=backlog, flushed=flushed)
         self._lock = threading.Lock()
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
         """Find, register and start every enabled plugin; a broken one is reported and skipped."""
-        for name in self.config.builtins:
-            if name not in BUILTIN:
-                self._reject(name, f"no built-in plugin {name!r} (there are: {', '.join(sorted(BUILTIN))})")
-                continue
-            self._add(name, functools.partial(load_object, BUILTIN[name]), "builtin", None)
-        if self.config.autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0"):
-            for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                version = entry.dist.version if entry.dist is not None else None
-                self._add(entry.name, entry.load, "entrypoint", version)
-        for name, plugin in self._given.items():
-            self._add(name, functools.partial(_identity, plugin), "given", None)
-        recorded = self._read_cursors()
+        found = loader.candidates(self.config, self._given)
+        for name, why in found.unknown.items():
+            self._reject(name, why)
+        for name in found.disabled:
+            log.info("plugin disabled by configuration", plugin=name)
+        for candidate in found.load:
+            self._add(candidate)
+        recorded = self.cursors.read()
         for loaded in list(self.plugins.values()):
             loaded.cursor = recorded.get(loaded.name)
             self._start_plugin(loaded)
 
-    def _add(self, name: str, load: Callable[[], object], source: str, version: str | None) -> None:
-        if name in self.config.disabled:
-            log.info("plugin disabled by configuration", plugin=name)
-            return
+    def _add(self, candidate: loader.Candidate) -> None:
+        name, version = candidate.name, candidate.version
         try:
             check_plugin_name(name)
             if name in self.plugins:
                 raise PluginError(name, "load", "a plugin of this name is already loaded")
             # Before loading: a name the store cannot prefix its tables with rejects the plugin cleanly.
             plugin_store = self.store.for_plugin(name) if self.store is not None else None
-            plugin = load()
-            if isinstance(plugin, type):
-                plugin = plugin()
+            plugin = loader.instantiate(candidate.load())
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as e:
             self._reject(name, f"bad hook implementation: {e}")
@@ -258,8 +208,8 @@ class PluginHost:
             log=structlog.get_logger(f"readerd.plugin.{name}"),
             _publish=self._publish_result,
         )
-        self.plugins[name] = LoadedPlugin(name, plugin, source, version, context)
-        log.info("plugin loaded", plugin=name, source=source, version=version)
+        self.plugins[name] = LoadedPlugin(name, plugin, candidate.source, version, context)
+        log.info("plugin loaded", plugin=name, source=candidate.source, version=version)
 
     def _reject(self, name: str, why: str) -> None:
         self.rejected[name] = why
@@ -358,37 +308,24 @@ class PluginHost:
         self._report(loaded.name, hook, code, message, True)
 
     # -- events -------------------------------------------------------------------------------------
-    def dispatch(self, envelope: JsonObject, *, replayed: bool = False) -> None:
+    def dispatch(self, envelope: JsonObject | Envelope, *, replayed: bool = False) -> None:
         """Hand one private-feed envelope to every plugin that wants it, one plugin at a time; then
         record the plugins' cursors. ``replayed``: the split host's catch-up of what was logged before it
         connected (the plugins get it marked, as the embedded host's replay)."""
-        if self._feed_seq is None:  # the first message since the host started
-            try:
-                self._check_cursors(envelope)
-            except Exception:  # a broken check must not keep this (or any) event from the plugins
-                log.exception("plugin cursor check failed")
-        self._track_seq(envelope)
-        event_type = str(envelope.get("type"))
-        if event_type == "heartbeat":
+        if not isinstance(envelope, Envelope):
+            envelope = Envelope.from_dict(envelope)
+        self.cursors.observe(envelope)
+        if envelope.event.type == EventType.HEARTBEAT:
             return
-        hook = _hook_for(event_type)
-        delivered = (
-            self._deliver(envelope, event_type, hook, replayed=replayed) if hook is not None else False
-        )
-        self._advance_cursors(int(envelope.get("seq", 0)), str(envelope.get("run_id", "")), flush=delivered)
+        delivered = self.deliver(envelope, replayed=replayed)
+        self.cursors.advance(envelope.seq, envelope.run_id, flush=delivered)
 
-    def _deliver(
-        self,
-        envelope: JsonObject,
-        event_type: str,
-        hook: str,
-        *,
-        to: set[str] | None = None,
-        replayed: bool = False,
-    ) -> bool:
+    def deliver(self, envelope: Envelope, *, to: set[str] | None = None, replayed: bool = False) -> bool:
         """True if some plugin's hook was called with the event. ``to``: a replay, for these plugins."""
-        replayed = replayed or to is not None
-        private = envelope.get("private") or {}
+        event_type = envelope.topic
+        hook = hook_for(event_type)
+        if hook is None:
+            return False
         delivered = False
         for loaded in list(self.plugins.values()):
             if loaded.quarantined or not loaded.interest.wants(event_type):
@@ -397,13 +334,38 @@ class PluginHost:
                 continue  # never its own results: a plugin answering itself would loop
             if to is not None and loaded.name not in to:
                 continue
-            shown = loaded.interest.strip(private)
+            shown = loaded.interest.strip(envelope.event.private)
             event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
             delivered = delivered or self._implements(loaded, hook)
             origin = _Origin(loaded.name, event.id, event.replayed)
             self._call(loaded, hook, {"event": event, "context": loaded.context}, origin)
             loaded.last_seq = event.seq
         return delivered
+
+    @property
+    def tracked(self) -> list[Tracked]:
+        return list(self.plugins.values())
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """(first missing seq, last missing seq) of the feed: found on it, or missed before this start."""
+        return self.cursors.gaps
+
+    def flush_cursors(self) -> None:
+        self.cursors.flush()
+
+    def would_deliver(self, name: str, event_type: str) -> bool:
+        """Whether an event of this type is handed to this plugin (what :meth:`deliver` decides)."""
+        hook = hook_for(event_type)
+        return (
+            hook is not None
+            and self.plugins[name].interest.wants(event_type)
+            and not event_type.startswith(f"plugin.{name}.")
+            and hook in self.hooks_of(name)
+        )
+
+    def report(self, plugin: str, hook: str, code: str, message: str, quarantined: bool) -> None:
+        self._report(plugin, hook, code, message, quarantined)
 
     def _publish_result(self, plugin: str, event: str, data: JsonObject, reader: str | None) -> None:
         """A result published while its plugin handles an event names that event (``cause``: a screen
@@ -415,193 +377,6 @@ class PluginHost:
         cause = origin.event_id if origin is not None else None
         replayed = origin is not None and origin.replayed
         self._publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
-
-    # -- cursors: which seqs each plugin was given, across restarts (DESIGN decision 2) ---------------
-    def _read_cursors(self) -> dict[str, int]:
-        if self.store is None:
-            return {}
-        try:
-            return self.store.read_cursors()
-        except (StoreUnavailableError, StoreBusyError) as e:
-            log.error("plugin cursors unreadable: no restart gap check this run", error=str(e))
-            return {}
-
-    def _advance_cursors(self, seq: int, run_id: str, *, flush: bool) -> None:
-        """Every plugin not quarantined was given ``seq`` (delivered, or not of a type it wants, or its
-        hook failed: that failure was reported on its own); a quarantined plugin's cursor stays, so the
-        events it misses show at the next start.
-
-        Written at once when a hook was called with the event; otherwise kept until the feed is idle or
-        the host stops (:meth:`flush_cursors`). A local write costs a disk flush (milliseconds) and a tap
-        brings several events no plugin handles; losing such an update in a crash is harmless, since
-        the check at the next start counts only events a plugin would have been handed."""
-        for loaded in self.plugins.values():
-            if not loaded.quarantined and (loaded.cursor is None or seq > loaded.cursor):
-                loaded.cursor = seq
-                self._pending_cursors[loaded.name] = seq
-        self._pending_run_id = run_id
-        if flush:
-            self.flush_cursors()
-
-    def flush_cursors(self) -> None:
-        """Write the cursors not yet recorded (feed thread only), once the results the plugins published
-        while handling those events are logged: a cursor past an event whose result a crash lost would
-        keep that event from the replay. Not logged in time (the bus is stuck): kept for the next try."""
-        if not self._pending_cursors:
-            return
-        if self._flushed is not None and not self._flushed():
-            log.warning("plugin results not yet logged; cursors not recorded", cursors=self._pending_cursors)
-            return
-        pending, self._pending_cursors = self._pending_cursors, {}
-        self._write_cursors(pending, self._pending_run_id)
-
-    def _write_cursors(self, cursors: dict[str, int], run_id: str) -> None:
-        if self.store is None or not cursors:
-            return
-        try:
-            self.store.write_cursors(cursors, run_id)
-        except (StoreUnavailableError, StoreBusyError) as e:
-            # Logged once per outage, never published: a plugin.error is itself a feed event, whose
-            # cursor write would fail again.
-            if not self._cursor_write_failing:
-                log.error("plugin cursors not recorded", error=str(e))
-            self._cursor_write_failing = True
-            return
-        if self._cursor_write_failing:
-            log.info("plugin cursors recorded again")
-        self._cursor_write_failing = False
-
-    def _check_cursors(self, envelope: JsonObject) -> None:
-        """At the first message after a start: each plugin's recorded cursor against the feed's position.
-
-        The feed's ``seq`` continues across restarts (the event log), so a plugin whose cursor is behind
-        the last seq before this message was not given those events: the previous run stopped its host
-        before the bus (results still in flight), ran without this plugin (disabled, quarantined,
-        ``--no-plugins``), or crashed. Those the event log still holds and that are younger than
-        ``replay_window`` are handed to the plugin now, in order, marked ``replayed`` (at least once:
-        DESIGN decision 2). The rest are missed: only the events the plugin would have been handed count
-        (a type it wants, a hook it implements, not its own result); without the log, or when it no
-        longer holds them, the whole range does. Missed events are logged, kept in the plugin's
-        ``missed`` (``readerctl plugins``), published as ``plugin.error`` (``events_missed``) and added
-        to ``feed_gaps``.
-        """
-        seq, run_id = int(envelope.get("seq", 0)), str(envelope.get("run_id", ""))
-        before = seq if envelope.get("type") == "heartbeat" else seq - 1  # the last seq not seen here
-        behind = {}
-        for loaded in self.plugins.values():
-            if loaded.quarantined or loaded.cursor is None or loaded.cursor == before:
-                continue
-            if loaded.cursor > before:
-                log.warning(
-                    "the feed is behind a plugin's cursor (event log removed?)",
-                    plugin=loaded.name,
-                    cursor=loaded.cursor,
-                    feed_seq=before,
-                )
-                continue
-            behind[loaded.name] = loaded.cursor
-        found = None
-        if behind and self._backlog is not None:
-            window = self.config.replay_window
-            newer_than = time.time() - window if window > 0 else float("inf")
-            found = self._backlog(min(behind.values()), before, newer_than)
-        types = found.types if found is not None else None
-        replay = found.recent if found is not None else []
-        # Older than the window (or all, without a log): missed, up to the first replayable seq.
-        missed_upto = int(replay[0]["seq"]) - 1 if replay else before
-        gaps: list[tuple[int, int]] = []
-        for name, cursor in behind.items():
-            if cursor >= missed_upto:
-                continue  # all it missed is replayed
-            gap = self._missed(self.plugins[name], cursor, missed_upto, types)
-            if gap is not None:
-                gaps.append(gap)
-        if gaps:
-            self.gaps.append((min(g[0] for g in gaps), max(g[1] for g in gaps)))
-        self._replay(replay, behind)
-        if replay and self._flushed is not None:
-            self._flushed()  # the replayed events' results logged before the cursors move past them
-        # From here on every plugin is at `before`: a gap is reported once, not at every start.
-        moved = {}
-        for loaded in self.plugins.values():
-            if not loaded.quarantined:
-                loaded.cursor = before
-                moved[loaded.name] = before
-        self._write_cursors(moved, run_id)
-
-    def _replay(self, backlog: list[JsonObject], cursors: dict[str, int]) -> None:
-        """Hand each logged event to the plugins whose cursor is before it, in seq order."""
-        counts: dict[str, int] = {}
-        for envelope in backlog:
-            seq, event_type = int(envelope["seq"]), str(envelope.get("type"))
-            to = {name for name, cursor in cursors.items() if cursor < seq}
-            hook = _hook_for(event_type)
-            if hook is None or not to:
-                continue
-            for name in to:
-                if self._would_deliver(self.plugins[name], event_type):
-                    counts[name] = counts.get(name, 0) + 1
-            self._deliver(envelope, event_type, hook, to=to)
-        for name, count in counts.items():
-            self.plugins[name].replayed += count
-            log.info(
-                "events replayed to a plugin",
-                plugin=name,
-                count=count,
-                first_seq=int(backlog[0]["seq"]),
-                last_seq=int(backlog[-1]["seq"]),
-            )
-
-    def _missed(
-        self, loaded: LoadedPlugin, cursor: int, before: int, types: list[tuple[int, str]] | None
-    ) -> tuple[int, int] | None:
-        """Report the events in ``(cursor, before]`` this plugin would have been given; their range."""
-        if types is None:
-            seqs = [cursor + 1, before]
-            count = before - cursor
-        else:
-            seqs = [s for s, t in types if cursor < s <= before and self._would_deliver(loaded, t)]
-            count = len(seqs)
-        if not seqs:
-            return None
-        gap = (seqs[0], seqs[-1])
-        loaded.missed.append(gap)
-        log.error(
-            "events missed by a plugin", plugin=loaded.name, first_seq=gap[0], last_seq=gap[1], count=count
-        )
-        message = (
-            f"{count} event(s) in seq {gap[0]}..{gap[1]} were never given to the plugin (before this start)"
-        )
-        self._report(loaded.name, "feed", "events_missed", message, False)
-        return gap
-
-    def _would_deliver(self, loaded: LoadedPlugin, event_type: str) -> bool:
-        """Whether an event of this type is handed to this plugin (what :meth:`_deliver` decides)."""
-        hook = _hook_for(event_type)
-        return (
-            hook is not None
-            and loaded.interest.wants(event_type)
-            and not event_type.startswith(f"plugin.{loaded.name}.")
-            and hook in self.hooks_of(loaded.name)
-        )
-
-    def _track_seq(self, envelope: JsonObject) -> None:
-        """Record gaps in the feed's ``seq`` (replay arrives with the LAN bus's ``events.since``)."""
-        run_id, seq = str(envelope.get("run_id")), int(envelope.get("seq", 0))
-        if envelope.get("type") == "heartbeat":
-            if self._feed_seq is not None and self._feed_seq[0] == run_id and seq > self._feed_seq[1]:
-                self._gap(self._feed_seq[1] + 1, seq)
-                self._feed_seq = (run_id, seq)
-            elif self._feed_seq is None or self._feed_seq[0] != run_id:
-                self._feed_seq = (run_id, seq)
-            return
-        if self._feed_seq is not None and self._feed_seq[0] == run_id and seq > self._feed_seq[1] + 1:
-            self._gap(self._feed_seq[1] + 1, seq - 1)
-        self._feed_seq = (run_id, seq)
-
-    def _gap(self, first: int, last: int) -> None:
-        self.gaps.append((first, last))
-        log.error("events missed on the feed", first_seq=first, last_seq=last)
 
     # -- commands -----------------------------------------------------------------------------------
     def run_command(self, name: str, args: JsonObject) -> Future[JsonObject]:
@@ -667,21 +442,21 @@ class PluginHost:
                 if sock.poll(50):
                     ready.set()
                     self._receive(sock)
-                elif self._pending_cursors:
-                    self.flush_cursors()  # the feed is idle
+                elif self.cursors.pending:
+                    self.cursors.flush()  # the feed is idle
             # Stopping: the backends have stopped, so what already arrived is the rest of the run
             # (card.removed, plugin results). Hand it over within the budget instead of dropping it:
             # a dropped event is one the plugins never get (the cursors would show it at the next start).
             while time.monotonic() < self._drain_until and sock.poll(0):
                 self._receive(sock)
-            self.flush_cursors()
+            self.cursors.flush()
         finally:
             sock.close()
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         topic, body = sock.recv_multipart()
         try:
-            self.dispatch(_json(body))
+            self.dispatch(Envelope.from_json(body))
         except Exception:  # the host thread must outlive any event
             log.exception("plugin dispatch failed", topic=topic.decode(errors="replace"))
 
@@ -709,54 +484,9 @@ class PluginHost:
         }
 
 
-def _identity(plugin: object) -> object:
-    return plugin
-
-
-def _hook_for(event_type: str) -> str | None:
+def hook_for(event_type: str) -> str | None:
     """The hook an event type goes to: a card or reader hook, or other plugins' results."""
     hook = EVENT_HOOKS.get(event_type)
     if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
         hook = PLUGIN_RESULT_HOOK
     return hook
-
-
-def _epoch(envelope: JsonObject) -> float:
-    """An envelope's ``ts`` in seconds (0 when unreadable: such an event counts as old)."""
-    try:
-        return datetime.fromisoformat(str(envelope["ts"])).timestamp()
-    except (KeyError, ValueError):
-        return 0.0
-
-
-def _json(body: bytes) -> JsonObject:
-    value = json.loads(body)
-    if not isinstance(value, dict):
-        raise ValueError("an envelope is a JSON object")
-    return value
-
-
-def log_backlog(event_log: EventLog) -> BacklogSource:
-    """``backlog`` for :class:`PluginHost` from the daemon's event log (the embedded host reads it in
-    process), read a page at a time: only the recent tail is kept whole (the log may hold 100,000)."""
-
-    def backlog(after: int, upto: int, newer_than: float) -> Backlog | None:
-        found = Backlog()
-        seq = after
-        while seq < upto:
-            try:
-                answer = event_log.since(seq, limit=1000, private=True)
-            except GapUnrecoverableError:
-                return None
-            for envelope in answer.events:
-                if int(envelope["seq"]) > upto:
-                    return found
-                found.types.append((int(envelope["seq"]), str(envelope["type"])))
-                if found.recent or _epoch(envelope) >= newer_than:
-                    found.recent.append(envelope)
-            if not answer.more or not answer.events:
-                break
-            seq = int(answer.events[-1]["seq"])
-        return found
-
-    return backlog

@@ -2,8 +2,9 @@
 
 The pseudonym (``protocols.mykey``) needs no database and reveals nothing without the deployment key.
 The directory maps a pseudonym to readerd's own ``member_id`` and, when a remote MyKey adapter supplied
-one, the real MyKey ID (DESIGN decision 11). Unknown cards are not an error: they produce events with
-``enrolled: false``; enrolment itself needs proof of possession (the JPKI authentication issue).
+one, the real MyKey ID (docs/design.md D11). Unknown cards are not an error: they produce events with
+``enrolled: false``; enrolment itself needs proof of possession, a PIN and a signature by the card
+(:mod:`readerd.auth.manager`).
 """
 
 from __future__ import annotations

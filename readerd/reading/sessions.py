@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
 
@@ -32,42 +31,12 @@ from protocols.transport import FelicaTransport, Transport
 from readerd import events as ev
 from readerd.config import FelicaRead
 from readerd.events import AbortReason, CardKind, Event
+from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
 from readerd.reading.identity import Identity, IdentityResolver
 
 log = structlog.get_logger("readerd.sessions")
 
 EventSink = Callable[[Event], object]
-_T = TypeVar("_T")
-
-
-class SessionTimeoutError(TransportError):
-    """The card did not finish within the session deadline (a stalled card cannot be cancelled)."""
-
-    code = "timeout"
-
-
-def run_with_deadline(fn: Callable[[], _T], deadline: float, name: str = "card-session") -> _T:
-    """Run ``fn`` on a worker thread and wait at most ``deadline`` seconds.
-
-    pyscard cannot time out a stalled ``SCardTransmit`` (DESIGN decision 9), so on timeout the worker is
-    abandoned (a daemon thread) and its late result discarded; the caller reports the reader wedged.
-    """
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
-    worker.join(deadline)
-    if worker.is_alive():
-        raise SessionTimeoutError(f"no answer within {deadline} s")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc] # a BaseException stored above
-    return box["result"]  # type: ignore[return-value] # set by fn's return
 
 
 def abort_reason(error: BaseException) -> AbortReason:

@@ -3,8 +3,8 @@
 Why a separate process and not a part of the daemon: a browser, a web server and their bugs must never
 be able to delay card reading, and the app is just another bus client (docs/clients.md): it follows the
 public feed with :class:`readerd.bus.client.AsyncBusClient` (gap-free, CURVE on a LAN) and sends commands
-through :class:`readerd.cli.ctl.ControlSession`, one per kiosk page, because the daemon binds an ``auth_id``
-to the socket that asked for it.
+through :class:`readerd.bus.control_client.ControlSession`, one per kiosk page, because the daemon binds
+an ``auth_id`` to the socket that asked for it.
 
 Browsers get events over Server-Sent Events (plain ``text/event-stream``: one-way is all a screen needs,
 and it reconnects by itself). The kiosk feed is reduced to what a screen shows: plugin results as the
@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from readerd import logging as rlog
 from readerd.bus.client import AsyncBusClient, CurveKeys
-from readerd.cli.ctl import ControlSession, Unreachable
+from readerd.bus.control_client import ControlSession, Unreachable
 from readerd.errors import BusSilentError, GapUnrecoverableError
 
 log = rlog.get_logger("readerd.web")

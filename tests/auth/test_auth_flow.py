@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from protocols.jpki import UserAuthCertificate
-from readerd.cli.ctl import ControlSession
+from readerd.bus.control_client import ControlSession
 from readerd.config import AuthConfig, Config
 from simulators.mynumber import VirtualMyNumberCard
 from simulators.pki import PkiStore, SimulatedCa, foreign_ca_name, write_pem

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from readerd.cli.ctl import ControlSession
+from readerd.bus.control_client import ControlSession
 from readerd.config import AuthConfig, Config, PcscConfig
 from simulators.mynumber import CardProfile, VirtualMyNumberCard, build_card, crl_for
 from simulators.pki import CaKind, PkiStore, SimulatedCa, foreign_ca_name, write_pem

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from readerd.cli.ctl import ControlSession, request
+from readerd.bus.control_client import ControlSession, request
 from tests.support.ports import free_tcp_port
 
 pytestmark = pytest.mark.timeout(120)

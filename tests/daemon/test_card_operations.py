@@ -15,8 +15,8 @@ import pytest
 
 from protocols.jpki import JpkiSession
 from protocols.transport import Transport
+from readerd.bus.control_client import request
 from readerd.bus.server import Bus, CommandError, ControlRequest
-from readerd.cli.ctl import request
 from readerd.config import BusConfig, PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from simulators.mynumber import CardProfile, build_card

@@ -37,7 +37,8 @@ def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
     DEPLOYMENT_KEY.exists(), reason="this machine has a deployment key: the fallback is not used"
 )
 def test_run_backend_pcsc_without_a_config_file(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
-    """`readerd run --backend pcsc --publish … --state-dir DIR` (issue 4, item 7), read through real pcscd."""
+    """`readerd run --backend pcsc --publish … --state-dir DIR` with no configuration file, read through
+    real pcscd."""
     publish, control = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
     state = tmp_path / "state"
     daemon = subprocess.Popen(

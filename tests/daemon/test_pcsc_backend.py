@@ -237,7 +237,7 @@ def test_pcscd_restart_is_survived(private_pcscd: PrivatePcscd, pki: PkiStore, t
 
 
 def test_a_vanishing_reader_is_removed(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
-    """vpcd readers are static: a reader vanishes when pcscd restarts without it (DESIGN decision 8)."""
+    """vpcd readers are static: a reader vanishes when pcscd restarts without it (docs/design.md D8)."""
     with pcsc_daemon(tmp_path) as d, d.subscriber("reader.") as sub:
         private_pcscd.restart(entries=0)
         events = sub.until(lambda e: e["type"] == "reader.removed" and e["reader"] == READER1, timeout=20)

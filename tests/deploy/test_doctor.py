@@ -24,9 +24,9 @@ from cryptography.x509.oid import NameOID
 
 from readerd.cli import doctor
 from readerd.cli.doctor import DoctorEnv, run_doctor
+from readerd.config import BUILTIN_PLUGINS as BUILTIN
 from readerd.config import AuthConfig, BusConfig, Config, NfcConfig, PcscConfig, PluginsConfig, StoreConfig
 from readerd.plugin.api import CheckStatus
-from readerd.plugin.builtins import BUILTIN
 from readerd.reading.backends.usb import UsbReader
 from tests.deploy.support import VENV_BIN
 from tests.support.daemon import running_daemon, sim_config

@@ -20,7 +20,8 @@ from readerd.reading.backends.usb import supported_ids
 from tests.deploy.support import SYSTEMD, install_kiosk, require_tool
 
 UNITS = ("readerd.service", "readerd-plugins.service")
-#: The issue's target; what the units reach is stated in docs/kiosk.md.
+#: The highest ``systemd-analyze security`` exposure a unit may have; what the units reach is stated in
+#: docs/kiosk.md.
 MAX_EXPOSURE = 3.0
 
 

@@ -173,7 +173,7 @@ def test_pings_stop_when_the_backend_thread_dies(
 def test_a_stalled_card_does_not_stop_the_pings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: socket.socket
 ) -> None:
-    """DESIGN decision 9: a stalled card is the session deadline's business (read aborted, worker
+    """docs/design.md D9: a stalled card is the session deadline's business (read aborted, worker
     abandoned), not the watchdog's: restarting the daemon would cut every other reader off too."""
     config = sim_config(tmp_path, sessions=SessionConfig(deadline=0.2, repeat_window=10.0))
     notifier = _daemon_notifier(monkeypatch, notify_socket)

@@ -12,7 +12,7 @@ import pytest
 
 from readerd.cli import ctl
 from readerd.config import PluginsConfig
-from readerd.plugin import host as plugin_host
+from readerd.plugin import loader
 from readerd.plugin.api import CheckStatus
 from readerd.plugin.discovery import discover
 from tests.support.daemon import running_daemon, sim_config
@@ -22,8 +22,8 @@ PROBE = "tests.plugins.probe_plugin"
 
 @pytest.fixture
 def builtin_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(plugin_host.BUILTIN, "probe", PROBE)
-    monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")  # only the built-ins
+    monkeypatch.setitem(loader.BUILTIN, "probe", PROBE)
+    monkeypatch.setenv(loader.DISABLE_AUTOLOAD_ENV, "1")  # only the built-ins
 
 
 def readerctl_config(tmp_path: Path) -> Path:
@@ -83,9 +83,9 @@ def test_readerctl_reports_a_refusal_from_the_daemon(
 def test_a_plugin_cannot_take_a_readerctl_name_and_a_broken_one_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(plugin_host.DISABLE_AUTOLOAD_ENV, "1")
-    monkeypatch.setitem(plugin_host.BUILTIN, "probe", PROBE)
-    monkeypatch.setitem(plugin_host.BUILTIN, "missing", "tests.plugins.no_such_module")
+    monkeypatch.setenv(loader.DISABLE_AUTOLOAD_ENV, "1")
+    monkeypatch.setitem(loader.BUILTIN, "probe", PROBE)
+    monkeypatch.setitem(loader.BUILTIN, "missing", "tests.plugins.no_such_module")
     found = discover(PluginsConfig(builtins=("probe", "missing")))
     assert found.ctl_commands({"probe"}) == {}
     assert found.problems["probe"] == "readerctl probe exists already"

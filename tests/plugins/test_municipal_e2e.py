@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from readerd.cli.ctl import ControlSession
+from readerd.bus.control_client import ControlSession
 from readerd.config import PluginsConfig
 from tests.support.auth import READER, error, ok, tap
 from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config

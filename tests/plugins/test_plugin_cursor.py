@@ -1,4 +1,4 @@
-"""The plugin host's cursors (DESIGN decision 2): the last feed seq each plugin was given is kept in the
+"""The plugin host's cursors (docs/design.md D2): the last feed seq each plugin was given is kept in the
 store, and at the next start events a plugin was never given are detected, reported once, and shown."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from readerd.errors import StoreUnavailableError
 from readerd.events import Event, stamp
 from readerd.plugin.api import EventInterest, PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.host import BUILTIN, Backlog, BacklogSource, PluginHost, log_backlog
+from readerd.plugin.host import PluginHost
+from readerd.plugin.loader import BUILTIN
+from readerd.plugin.replay import Backlog, BacklogSource, log_backlog
 from readerd.plugin.store import Store
 from tests.store.conftest import FAST
 from tests.support.daemon import running_daemon, sim_config
@@ -90,7 +92,7 @@ def run_and_tap(
 
 
 def test_what_a_run_without_the_plugin_logged_is_replayed_at_the_next_start(tmp_path: Path) -> None:
-    """DESIGN decision 2 (at least once): the event log still holds bob's tap, within the replay window."""
+    """docs/design.md D2 (at least once): the event log still holds bob's tap, within the replay window."""
     first = run_and_tap(tmp_path, "alice")
     without = run_and_tap(tmp_path, "bob", disabled=("recorder",))
     bob = without["identified"]

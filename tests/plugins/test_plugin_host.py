@@ -16,7 +16,8 @@ from readerd.config import FelicaConfig, FelicaRead, PluginsConfig
 from readerd.errors import ReaderdError
 from readerd.plugin.api import Arg, ArgType, CommandSpec, EventInterest, PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.host import BUILTIN, DISABLE_AUTOLOAD_ENV, PluginHost, load_object
+from readerd.plugin.host import PluginHost
+from readerd.plugin.loader import BUILTIN, DISABLE_AUTOLOAD_ENV, load_object
 from tests.support.daemon import running_daemon, sim_config
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,5 +1,5 @@
 """``readerctl checkin|points|bathhouse`` reports against a running daemon: CSV for the offices, a table
-for people (issue 7). readerctl finds the subcommands through the kiosk's configuration."""
+for people. readerctl finds the subcommands through the kiosk's configuration."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from readerd.bus.control_client import ControlSession
 from readerd.cli import ctl
-from readerd.cli.ctl import ControlSession
 from readerd.config import PluginsConfig
 from readerd.plugin.business_time import TOKYO
 from tests.support.auth import READER, ok

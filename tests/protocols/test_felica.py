@@ -1,4 +1,4 @@
-"""FeliCa frames, PC/SC pseudo-APDUs and the FeliCa session (CARD-FACTS §8, §9; DESIGN decision 13).
+"""FeliCa frames, PC/SC pseudo-APDUs and the FeliCa session (docs/card-facts.md §8, §9; docs/design.md D13).
 
 Vectors are written out byte by byte here, not produced by the code under test. Property tests run
 ``READERD_HYPOTHESIS_EXAMPLES`` examples (300 by default) so CI can raise it.

@@ -123,7 +123,7 @@ ALLOWED_EFS = {0x0006, 0x000A, 0x000B, 0x0017, 0x0018}
 
 
 def _independently_allowed(apdu: bytes) -> bool:
-    """DESIGN decision 3 restated from the text (not from the guard's code)."""
+    """docs/design.md D3 restated from the text (not from the guard's code)."""
     if apdu == HEX("00 A4 04 0C 0A") + JPKI_AID:
         return True
     if len(apdu) == 7 and apdu[:5] == HEX("00 A4 02 0C 02"):

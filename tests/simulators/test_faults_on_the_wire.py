@@ -109,7 +109,7 @@ def test_removed_between_commands(private_pcscd: PrivatePcscd, pki_store: PkiSto
 
     The next command fails at once with SCARD_E_NOT_TRANSACTED, and until pcscd's presence poll SCardStatus
     still calls the card present (measured, 5 of 5): a client that reads NOT_TRANSACTED on an extended APDU
-    with the card "present" as "extended length unsupported" (DESIGN decision 12) is misled by vpcd here.
+    with the card "present" as "extended length unsupported" (docs/design.md D12) is misled by vpcd here.
     A real reader knows at once. Only the first part is asserted: the poll may come first.
     """
     with faulty_card_on_pcscd(private_pcscd, pki_store) as w:
@@ -189,7 +189,7 @@ def test_stall_holds_the_transmit_until_the_card_answers(
     private_pcscd: PrivatePcscd, pki_store: PkiStore
 ) -> None:
     # Never more than 2 s, and ended early: SCardTransmit cannot be timed out or cancelled through
-    # pyscard (DESIGN decision 9), so the caller's thread is held for as long as the card stalls.
+    # pyscard (docs/design.md D9), so the caller's thread is held for as long as the card stalls.
     with faulty_card_on_pcscd(
         private_pcscd, pki_store, {"action": "stall", "after_apdus": 2, "seconds": 2}
     ) as w:

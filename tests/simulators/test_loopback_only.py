@@ -1,4 +1,5 @@
-"""The simulator never listens on anything but loopback (issue 3, "done when").
+"""The simulator never listens on anything but loopback: reachable from the network, it would let anyone
+present a fake card (docs/design.md D6).
 
 Three layers: every socket a simulator server opens is bound to 127.0.0.1 according to the kernel (not
 only ``getsockname``); every way to ask for another address is refused with a message saying why; and no

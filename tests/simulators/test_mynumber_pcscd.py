@@ -2,7 +2,7 @@
 
 Only bare pyscard APDUs (tests/simulators/wire.py), no readerd session code: what another program written
 against real cards would send. The certificates must arrive byte-identical to what the test PKI issued,
-and the PIN counter must behave as the real card's (CARD-FACTS §3.4) with pcscd in between.
+and the PIN counter must behave as the real card's (docs/card-facts.md §3.4) with pcscd in between.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The point of these tests is that software written against real cards by other people reads the virtual
 card as a real one, so they speak bare ``smartcard.scard`` (status codes, byte lists) and build every APDU
-by hand from CARD-FACTS, never through ``protocols/``. Every wait is bounded.
+by hand from docs/card-facts.md, never through ``protocols/``. Every wait is bounded.
 """
 
 from __future__ import annotations

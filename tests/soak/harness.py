@@ -3,7 +3,7 @@ PostgreSQL, a plugin that crashes every few calls, random taps with fault script
 (daemon restarts, the database stopped and started, pcscd killed and restarted).
 
 Everything the soak asserts is read back at the end from the daemon's durable event log (gap-free across
-restarts, DESIGN decision 2) and from the stores, not from what a subscriber happened to receive: the
+restarts, docs/design.md D2) and from the stores, not from what a subscriber happened to receive: the
 subscriber is only how the driver waits for the daemon to catch up.
 """
 
@@ -363,7 +363,7 @@ class Soak:
 
     def pcsc_tap(self, fault: bool = False) -> Tap:
         """A card put on the vpcd reader through pcscd, read, taken off (synchronous: pcscd's presence
-        poll quantises insert and removal, DESIGN decision 8)."""
+        poll quantises insert and removal, docs/design.md D8)."""
         assert self.pcscd is not None
         name = self.rng.choice(("dora", "eve"))  # not a sim card: another PKI, another pseudonym
         card: CardModel = build_card(CardProfile(name=f"pcsc-{name}"), self.pki)

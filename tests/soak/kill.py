@@ -2,7 +2,7 @@
 
 A killed daemon loses what it had not made durable: taps still queued in the sim backend (never read),
 events not yet handed to the plugin host, plugin results not yet published. What must survive: the event
-log (``seq`` gap-free across the kill, DESIGN decision 2), every effect at most once (no tap read twice, no
+log (``seq`` gap-free across the kill, docs/design.md D2), every effect at most once (no tap read twice, no
 check-in or ledger entry twice), the ledger's balances. What is lost is counted, not hidden: the report
 says how many identified cards never got a check-in result, and how many accepted check-ins never got a
 points answer, because the daemon died in between.
@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from plugins.points.service import PointsService
-from readerd.cli.ctl import request
+from readerd.bus.control_client import request
 from readerd.plugin.store import Store
 from tests.soak.harness import OUTCOMES, Soak, _earns, unanswered_earnings, unanswered_taps
 from tests.support.daemon import Subscriber
@@ -222,7 +222,7 @@ class KillSoak(Soak):
 
 
 def verify_killed(soak: KillSoak, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """What must hold across SIGKILLs (DESIGN decision 2: delivery at least once, effects exactly once).
+    """What must hold across SIGKILLs (docs/design.md D2: delivery at least once, effects exactly once).
 
     Every identified tap has a check-in result (a ``cause`` names the tap), however many kills came
     between the tap and the plugin; a tap has at most one live result, and every result of one tap says

@@ -1,4 +1,4 @@
-"""Business time (DESIGN decision 17): JST days and months, fiscal years April–March, ages in law, and
+"""Business time (docs/design.md D17): JST days and months, fiscal years April–March, ages in law, and
 the store's injectable clock."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A private pcscd with vsmartcard's vpcd driver, owned by the tests (DESIGN decision 7).
+"""A private pcscd with vsmartcard's vpcd driver, owned by the tests (docs/design.md D7).
 
 Never the system's pcscd, never ``/etc/reader.conf.d``, never ``pkill``: the instance lives in a
 directory D of its own (``D/reader.conf.d``, ``D/pcscd.comm``, ``D/pcscd.log``) and is stopped by PID.

@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster owned by the tests (DESIGN decision 16), never the system's.
+"""A private PostgreSQL cluster owned by the tests (docs/design.md D16), never the system's.
 
 One cluster per test session: ``initdb`` into a fresh directory D under ``/tmp`` (``D/data``), the server
 listening on its own socket directory ``D/sock`` and on a free port of 127.0.0.1 only, its log in

@@ -3,10 +3,10 @@
 vpcd (inside pcscd) listens; the vicc connects to ``127.0.0.1:<port>`` (= card inserted) and disconnects
 (= card removed). Every message, both ways, is a 2-byte big-endian length and a payload. From vpcd, a
 1-byte payload is a control code: ``00`` power off, ``01`` power on, ``02`` reset (no reply to those),
-``04`` get ATR (reply: the ATR); anything else is a C-APDU (reply: the R-APDU). CARD-FACTS §10.
+``04`` get ATR (reply: the ATR); anything else is a C-APDU (reply: the R-APDU). docs/card-facts.md §10.
 
 ``TCP_NODELAY`` is set on the socket and ``TCP_QUICKACK`` before every ``recv`` (Linux clears it): without
-them each APDU costs ~48 ms of delayed-ACK stall (CARD-FACTS §10, latency trap).
+them each APDU costs ~48 ms of delayed-ACK stall (docs/card-facts.md §10, latency trap).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ with Read Without Encryption through :class:`NfcpyFelicaTransport`. When the dev
 unplugged) nfcpy's ``connect`` returns False: the thread reports the reader removed
 and reopens it with backoff.
 
-This is the only module that imports nfcpy (DESIGN.md, "Transport").
+Only this module and :mod:`readerd.reading.backends.usb` (which reads nfcpy's table of supported readers)
+import nfcpy (docs/design.md, "Transport").
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from readerd.bus.server import CommandHandler, JsonObject
 from readerd.config import NfcConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
+from readerd.ops.deadline import run_with_deadline
 from readerd.reading.backends import CardOperation, failed
 from readerd.reading.backends.usb import HOTPLUG, supported_readers
-from readerd.reading.sessions import CardSessions, run_with_deadline
+from readerd.reading.sessions import CardSessions
 
 log = structlog.get_logger("readerd.backends.nfc")
 

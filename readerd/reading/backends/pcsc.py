@@ -1,6 +1,6 @@
 """The PC/SC backend (pyscard): every reader pcscd knows, hotplug, and recovery when pcscd restarts.
 
-Threads (DESIGN decision 9): one monitor with its own context waits in ``SCardGetStatusChange`` on every
+Threads (docs/design.md D9): one monitor with its own context waits in ``SCardGetStatusChange`` on every
 reader plus the PnP pseudo-reader; one worker per reader, with its own context, reads the cards the
 monitor reports. A stalled card cannot be cancelled through pyscard: when a read passes its deadline the
 worker is abandoned (its late result discarded) and a fresh one takes the reader, so other readers and
@@ -35,6 +35,7 @@ from readerd.bus.server import CommandHandler, JsonObject
 from readerd.config import PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import AbortReason, CardKind
+from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
 from readerd.ops.liveness import StepWatch
 from readerd.reading.backends import CardOperation, failed
 from readerd.reading.backends.pcsc_state import (
@@ -49,7 +50,7 @@ from readerd.reading.backends.pcsc_state import (
     parse_features,
     parse_tlv_properties,
 )
-from readerd.reading.sessions import CardSessions, SessionTimeoutError, run_with_deadline
+from readerd.reading.sessions import CardSessions
 
 log = structlog.get_logger("readerd.backends.pcsc")
 
@@ -126,7 +127,7 @@ class PcscTransport:
             and apdu[4] == 0
             and self._card_present()
         ):
-            # DESIGN decision 12: only "unsupported" if the card is still there.
+            # docs/design.md D12: only "unsupported" if the card is still there.
             raise ExtendedLengthUnsupportedError(f"the reader refused an extended APDU: {_message(hresult)}")
         raise _error_for(hresult, "SCardTransmit")
 
@@ -277,7 +278,7 @@ class ReaderWorker:
         scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
 
     def _operate(self, task: _Operation) -> None:
-        """One exclusive transaction on the present card, ended with a reset (DESIGN decision 4)."""
+        """One exclusive transaction on the present card, ended with a reset (docs/design.md D4)."""
         if self.card is not CardKind.JPKI:
             task.future.set_exception(CardAbsentError(f"no My Number Card on {self.name}"))
             return

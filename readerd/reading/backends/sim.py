@@ -1,6 +1,6 @@
 """The simulator backend: in-process readers and virtual cards, for ``readerd run --simulate``.
 
-It exists only with ``--backend sim`` and loopback endpoints (DESIGN decision 6): the control commands
+It exists only with ``--backend sim`` and loopback endpoints (docs/design.md D6): the control commands
 ``tap`` and ``remove`` inject cards, which a production daemon must never accept. Events it causes carry
 ``"simulated": true``.
 
@@ -26,9 +26,10 @@ from readerd.bus.server import CommandError, CommandHandler, ControlRequest, Jso
 from readerd.config import SimConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind
+from readerd.ops.deadline import run_with_deadline
 from readerd.ops.liveness import STEP_MARGIN, StepWatch
 from readerd.reading.backends import CardOperation, failed
-from readerd.reading.sessions import CardSessions, run_with_deadline
+from readerd.reading.sessions import CardSessions
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
 from simulators.felica import (
     FelicaCardProfile,

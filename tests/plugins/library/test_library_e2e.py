@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from readerd.cli.ctl import ControlSession
+from readerd.bus.control_client import ControlSession
 from readerd.config import PluginsConfig
 from simulators.sip2_acs import FakeAcs, Item, Library
 from tests.support.auth import READER, error, ok, tap

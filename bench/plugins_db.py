@@ -51,7 +51,7 @@ from plugins.points.service import PointsService
 from readerd.config import StoreConfig
 from readerd.errors import StoreBusyError, StoreUnavailableError
 from readerd.logging import configure as configure_logging
-from readerd.plugin.api import Refusal
+from readerd.plugin import Refusal
 from readerd.plugin.store import Store
 from tests.support.postgres import PostgresUnavailable, PrivatePostgres, missing_tools
 

@@ -25,8 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from readerd.plugin.api import JsonObject, Refusal
-from readerd.plugin.store import MigrationContext, PluginDatabase
+from readerd.plugin import JsonObject, MigrationContext, PluginDatabase, Refusal
 
 KEY_MAX = 128
 

@@ -23,11 +23,12 @@ from protocols.mykey import key_fingerprint
 from readerd import events as ev
 from readerd.auth.audit import AuditLog
 from readerd.auth.manager import AuthManager, build_validator
+from readerd.bus.control import ControlRequest, JsonObject
 from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.bus.eventlog import DAY, EventLog
-from readerd.bus.server import Bus, CommandError, ControlRequest, CurveServer, JsonObject
+from readerd.bus.server import Bus, CurveServer
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
-from readerd.errors import ConfigError, MetricsUnavailableError
+from readerd.errors import ConfigError, MetricsUnavailableError, Refusal
 from readerd.exitcodes import ExitCode
 from readerd.ops.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.ops.sdnotify import Notifier
@@ -53,7 +54,7 @@ def _plugin_command(host: PluginHost, request: ControlRequest) -> Future[JsonObj
     try:
         return host.run_command(request.cmd, request.args)
     except ValueError as e:  # the arguments do not match the command's schema
-        raise CommandError("bad_request", str(e)) from e
+        raise Refusal("bad_request", str(e)) from e
 
 
 class Daemon:

@@ -56,13 +56,18 @@ class UnknownReaderError(ReaderdError):
     code = "unknown_reader"
 
 
-class CommandRefusedError(ReaderdError):
-    """The daemon answered a control request with an error (``readerctl`` and plugin subcommands raise
-    it from their ``call``); ``code`` and ``details`` are the daemon's."""
+class Refusal(ReaderdError):
+    """A request refused with a code of its own: the one coded error of the control plane.
 
-    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+    A command handler raises it (``bad_request``, ``unknown_reader``; a plugin's ``insufficient_points``,
+    ``no_card``); the caller gets ``code``, the message and ``details`` in the reply's ``error``, and the
+    clients (readerctl, the bus client, the test fixture) raise it again from such a reply. It is not a
+    failure of the plugin that raised it: no ``plugin.error``, no quarantine.
+    """
+
+    def __init__(self, code: str, message: str, **details: object) -> None:
         self.code = code
-        self._details = details or {}
+        self._details = details
         super().__init__(message)
 
     def details(self) -> dict[str, object]:

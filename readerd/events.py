@@ -182,6 +182,26 @@ def card_presented(reader: str, kind: CardKind, *, simulated: bool = False, repe
     return Event(EventType.CARD_PRESENTED, reader, data)
 
 
+def card_identified(
+    reader: str,
+    kind: CardKind,
+    identity: dict[str, Any],
+    *,
+    repeat: bool,
+    read: dict[str, Any],
+    private: dict[str, Any],
+    simulated: bool = False,
+) -> Event:
+    """A card identified. ``identity``: the identity's public fields (pseudonym, MyKey ID, member ID);
+    ``read``: how it was read (``apdus`` and ``read_path``; FeliCa's ``system_code``, ``services`` and
+    ``frames``); ``private``: what only plugins that ask may see (the certificate's serial, issuer and
+    validity; the IDm, PMm and blocks). Never the certificate itself."""
+    data: dict[str, Any] = {"kind": str(kind), **identity, "repeat": repeat, **read}
+    if simulated:
+        data["simulated"] = True
+    return Event(EventType.CARD_IDENTIFIED, reader, data, private)
+
+
 def card_removed(reader: str, kind: CardKind, *, simulated: bool = False) -> Event:
     data: dict[str, Any] = {"kind": str(kind)}
     if simulated:

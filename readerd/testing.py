@@ -30,22 +30,14 @@ from typing import Any
 import pytest
 import zmq
 
+from readerd.bus.control import result_of
 from readerd.bus.control_client import ControlSession, request
 from readerd.config import BusConfig, Config, SessionConfig, SimConfig
 from readerd.daemon import Daemon
-from readerd.errors import ReaderdError
 from readerd.ops.sdnotify import Notifier
 from readerd.plugin.store import PluginStore
 
 Envelope = dict[str, Any]
-
-
-class CommandFailedError(ReaderdError):
-    """A control command answered ``ok: false``; ``code`` is its error code (``insufficient_points`` ...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {message}")
 
 
 def sim_config(state_dir: Path, **overrides: Any) -> Config:  # noqa: ANN401 - Config fields of all types
@@ -119,14 +111,12 @@ class RunningDaemon:
 
     def tap(self, card: str = "alice", **args: object) -> dict[str, Any]:
         reply = self.request("tap", {"card": card, **args})
-        if not reply["ok"]:
-            raise CommandFailedError(reply["error"]["code"], reply["error"]["message"])
+        result_of(reply)
         return reply
 
     def remove(self, reader: str | None = None) -> None:
         reply = self.request("remove", {"reader": reader} if reader else {})
-        if not reply["ok"]:
-            raise CommandFailedError(reply["error"]["code"], reply["error"]["message"])
+        result_of(reply)
 
     @contextmanager
     def subscriber(
@@ -221,12 +211,8 @@ class ReaderdHarness:
         return self.wait_for("card.removed")
 
     def command(self, name: str, **args: object) -> dict[str, Any]:
-        """Send a control command; its result, or :class:`CommandFailedError` with the error code."""
-        reply = self.running.request(name, args)
-        if not reply["ok"]:
-            raise CommandFailedError(reply["error"]["code"], reply["error"]["message"])
-        result: dict[str, Any] = reply["result"]
-        return result
+        """Send a control command; its result, or :class:`readerd.errors.Refusal` with the error code."""
+        return result_of(self.running.request(name, args))
 
     def wait_for(self, what: str | Callable[[Envelope], bool], timeout: float = 5.0) -> Envelope:
         """The next event whose type starts with ``what`` (or for which ``what`` is true)."""

@@ -22,10 +22,11 @@ from collections.abc import Callable
 
 from plugins.bathhouse.service import BathhouseService, Rules
 from plugins.common import config_int, person_of
-from readerd.plugin.api import (
+from readerd.plugin import (
     OPERATOR,
     Arg,
     ArgType,
+    CardsOnReaders,
     CommandSpec,
     CtlCommand,
     EventInterest,
@@ -33,8 +34,8 @@ from readerd.plugin.api import (
     PluginContext,
     PluginEvent,
     Refusal,
+    hookimpl,
 )
-from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 
@@ -46,7 +47,7 @@ class BathhousePlugin:
     def __init__(self) -> None:
         self.service: BathhouseService | None = None
         self.bath_house = ""
-        self.on_reader: dict[str, JsonObject] = {}
+        self.cards = CardsOnReaders()
 
     @hookimpl
     def readerd_startup(self, context: PluginContext) -> None:
@@ -75,7 +76,7 @@ class BathhousePlugin:
         if event.replayed:
             return  # a gate decides while the senior stands there: after a crash they tap again
         reader, data = event.reader or "", dict(event.data)
-        self.on_reader[reader] = data
+        self.cards.identified(event)
         if not self.bath_house:
             return  # a registration counter: taps are for the commands
         if data.get("kind") == "felica":
@@ -90,18 +91,18 @@ class BathhousePlugin:
 
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
-        self.on_reader.pop(event.reader or "", None)
+        self.cards.removed(event)
 
     # -- counter commands -----------------------------------------------------------------------------
     def _felica_on(self, args: JsonObject) -> str:
-        card = self.on_reader.get(str(args["reader"]))
-        if card is None or card.get("kind") != "felica":
-            raise Refusal("no_card", "hold the bath-house card on the reader")
-        return str(card["pseudonym"])
+        card = self.cards.require(
+            str(args["reader"]), "felica", refusal="hold the bath-house card on the reader"
+        )
+        return card.pseudonym
 
     def _link(self, args: JsonObject) -> JsonObject:
-        card = self.on_reader.get(str(args["reader"]))
-        person = None if card is None or card.get("kind") != "jpki" else person_of(card)
+        card = self.cards.get(str(args["reader"]), "jpki")
+        person = None if card is None else person_of(card.data)
         if person is None:
             raise Refusal("no_card", "hold the member's enrolled My Number Card on the reader")
         return self._service().link(person, {k: v for k, v in args.items() if k != "reader"})

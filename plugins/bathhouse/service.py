@@ -33,9 +33,7 @@ from plugins.common import (
     text_arg,
     upsert,
 )
-from readerd.plugin import business_time
-from readerd.plugin.api import JsonObject, Refusal
-from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore
+from readerd.plugin import JsonObject, MigrationContext, PluginDatabase, PluginStore, Refusal, business_time
 
 T = TypeVar("T")
 MEMBER = re.compile(r"[0-9A-Z]{1,16}")

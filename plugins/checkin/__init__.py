@@ -26,11 +26,11 @@ import structlog
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
 from plugins.common import Periodic, person_of
-from readerd.errors import StoreUnavailableError
-from readerd.plugin.api import (
+from readerd.plugin import (
     OPERATOR,
     Arg,
     ArgType,
+    CardsOnReaders,
     CommandSpec,
     CtlCommand,
     EventInterest,
@@ -38,8 +38,9 @@ from readerd.plugin.api import (
     PluginContext,
     PluginEvent,
     Refusal,
+    StoreUnavailableError,
+    hookimpl,
 )
-from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 
@@ -52,7 +53,7 @@ class CheckinPlugin:
     def __init__(self) -> None:
         self.service: CheckinService | None = None
         self.config: JsonObject = {}
-        self.on_reader: dict[str, tuple[str, str]] = {}  # reader -> (kind, pseudonym) of the card there
+        self.cards = CardsOnReaders()
         self._sync: Periodic | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -102,8 +103,7 @@ class CheckinPlugin:
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         reader, data = event.reader or "", event.data
         kind, pseudonym = str(data.get("kind")), str(data.get("pseudonym"))
-        if not event.replayed:  # a replayed card is long gone from the reader; its check-in still counts
-            self.on_reader[reader] = (kind, pseudonym)
+        self.cards.identified(event)  # not a replayed one: long gone from the reader, its check-in counts
         event_id = self.event_for(reader)
         if event_id is None:
             return  # this reader admits to nothing
@@ -124,18 +124,18 @@ class CheckinPlugin:
 
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
-        self.on_reader.pop(event.reader or "", None)
+        self.cards.removed(event)
 
     # -- commands -------------------------------------------------------------------------------------
     def _register_card(self, args: JsonObject) -> JsonObject:
         reader = str(args["reader"])
-        kind, pseudonym = self.on_reader.get(reader, ("", ""))
-        if kind != "felica":
-            raise Refusal("no_card", f"no FeliCa card on {reader}: hold the check-in card on the reader")
+        card = self.cards.require(
+            reader, "felica", refusal=f"no FeliCa card on {reader}: hold the check-in card on the reader"
+        )
         member = str(args["member_id"]).strip()
         if not member or len(member) > 32:
             raise Refusal("bad_request", "member_id: 1..32 characters")
-        return self._service().register_card(pseudonym, f"member:{member}", args)
+        return self._service().register_card(card.pseudonym, f"member:{member}", args)
 
     @hookimpl
     def readerd_commands(self) -> list[CommandSpec]:

@@ -7,7 +7,7 @@ import csv
 import sys
 from collections.abc import Callable
 
-from readerd.plugin.api import CtlCommand, JsonObject
+from readerd.plugin import CtlCommand, JsonObject
 
 Call = Callable[[str, JsonObject], JsonObject]
 COLUMNS = ("checked_in_at", "person", "via", "kiosk")

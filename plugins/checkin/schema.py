@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from plugins.common import create_requests_table
-from readerd.plugin.store import MigrationContext, PluginDatabase
+from readerd.plugin import MigrationContext, PluginDatabase
 
 ID = 36  # a UUID: the check-in's nonce, the same in outbox and checkins (pretix-style dedupe)
 NAME = 64

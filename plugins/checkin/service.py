@@ -30,9 +30,7 @@ from sqlalchemy.engine import Connection
 
 from plugins.checkin.schema import LOCAL, SHARED, Tables
 from plugins.common import idempotent, iso, parse_instant, requests_table, text_arg, upsert
-from readerd.errors import StoreUnavailableError
-from readerd.plugin.api import JsonObject, Refusal
-from readerd.plugin.store import PluginStore
+from readerd.plugin import JsonObject, PluginStore, Refusal, StoreUnavailableError
 
 log = structlog.get_logger("plugins.checkin")
 

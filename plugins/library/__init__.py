@@ -31,20 +31,21 @@ from typing import Any
 from plugins.common import config_int, person_of
 from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
 from plugins.library.service import LibraryService
-from readerd.errors import ReaderdError
-from readerd.plugin.api import (
+from readerd.plugin import (
     OPERATOR,
     Arg,
     ArgType,
+    CardsOnReaders,
     CommandSpec,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
+    PluginStore,
+    ReaderdError,
     Refusal,
+    hookimpl,
 )
-from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.store import PluginStore
 
 __version__ = "1.0"
 
@@ -61,7 +62,7 @@ class LibraryPlugin:
         self.context: PluginContext | None = None
         self.auth_window = 120.0
         self.auto_renew = True
-        self.on_reader: dict[str, str | None] = {}  # reader -> person of the card on it
+        self.cards = CardsOnReaders()
         self.authenticated: dict[str, tuple[str, float]] = {}  # reader -> (person, when) of a JPKI proof
         self._proof_arrived = threading.Condition()
         self.receipts: dict[str, list[JsonObject]] = {}  # reader -> this visit's checkouts
@@ -121,7 +122,7 @@ class LibraryPlugin:
             return  # the patron screen is for the card on the reader now
         reader = event.reader or ""
         person = person_of(event.data) if event.data.get("kind") == "jpki" else None
-        self.on_reader[reader] = person
+        self.cards.identified(event)
         self.receipts[reader] = []
         if person is None:
             return
@@ -153,14 +154,15 @@ class LibraryPlugin:
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
         reader = event.reader or ""
-        self.on_reader.pop(reader, None)
+        self.cards.removed(event)
         self.authenticated.pop(reader, None)
         self.receipts.pop(reader, None)
 
     # -- commands -------------------------------------------------------------------------------------
     def _person(self, args: JsonObject) -> str:
         reader = str(args.get("reader"))
-        person = self.on_reader.get(reader)
+        card = self.cards.get(reader, "jpki")
+        person = None if card is None else person_of(card.data)
         if person is None:
             raise Refusal("no_card", f"no enrolled My Number Card on {reader}")
         return person

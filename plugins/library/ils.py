@@ -25,8 +25,7 @@ from sqlalchemy.engine import Connection
 from plugins.common import iso
 from protocols import sip2
 from protocols.errors import BadResponseError, ReaderdError
-from readerd.plugin import business_time
-from readerd.plugin.store import MigrationContext, PluginStore
+from readerd.plugin import MigrationContext, PluginStore, business_time
 
 T = TypeVar("T")
 

@@ -24,9 +24,7 @@ from sqlalchemy.engine import Connection
 
 from plugins.common import KEY_MAX, create_requests_table, iso, request_digest, requests_table, text_arg
 from plugins.library.ils import IlsAdapter, LoanResult
-from readerd.plugin import business_time
-from readerd.plugin.api import JsonObject, Refusal
-from readerd.plugin.store import MigrationContext, PluginStore
+from readerd.plugin import JsonObject, MigrationContext, PluginStore, Refusal, business_time
 
 T = TypeVar("T")
 

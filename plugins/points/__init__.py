@@ -25,20 +25,23 @@ import structlog
 from plugins.common import Periodic, parse_date
 from plugins.points.ctl import ctl_command
 from plugins.points.service import PointsService, account_of
-from readerd.errors import ReaderdError, StoreBusyError, StoreUnavailableError
-from readerd.plugin.api import (
+from readerd.plugin import (
     OPERATOR,
     Arg,
     ArgType,
+    CardsOnReaders,
     CommandSpec,
     CtlCommand,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
+    ReaderdError,
     Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
+    hookimpl,
 )
-from readerd.plugin.hookspecs import hookimpl
 
 __version__ = "1.0"
 
@@ -58,7 +61,7 @@ class PointsPlugin:
         self.service: PointsService | None = None
         self.context: PluginContext | None = None
         self.earn_programme = ""
-        self.on_reader: dict[str, JsonObject] = {}  # reader -> the identified card's public fields
+        self.cards = CardsOnReaders()
         self._retry: Periodic | None = None
 
     @hookimpl
@@ -113,12 +116,11 @@ class PointsPlugin:
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent) -> None:
-        if event.reader and not event.replayed:
-            self.on_reader[event.reader] = dict(event.data)
+        self.cards.identified(event)
 
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
-        self.on_reader.pop(event.reader or "", None)
+        self.cards.removed(event)
 
     @hookimpl
     def readerd_plugin_result(self, event: PluginEvent, context: PluginContext) -> None:
@@ -158,18 +160,16 @@ class PointsPlugin:
         reader = args.get("reader")
         if not isinstance(reader, str):
             return args
-        card = self.on_reader.get(reader)
-        if card is None:
-            raise Refusal("no_card", f"no card on {reader}")
-        if card.get("kind") == "felica":
-            account = self._service().account_for_card(str(card.get("pseudonym")))
+        card = self.cards.require(reader, refusal=f"no card on {reader}")
+        if card.kind == "felica":
+            account = self._service().account_for_card(card.pseudonym)
             if account is None:
                 raise Refusal("unknown_card", "this FeliCa card is not registered for points")
             kind, value = account.split(":", 1)
             return {**args, f"{kind}_id": value}
-        if not card.get("mykey_id") and not card.get("member_id"):
+        if not card.data.get("mykey_id") and not card.data.get("member_id"):
             raise Refusal("not_enrolled", "the card is not enrolled: enrol it with mykey.enroll first")
-        return {**args, "mykey_id": card.get("mykey_id"), "member_id": card.get("member_id")}
+        return {**args, "mykey_id": card.data.get("mykey_id"), "member_id": card.data.get("member_id")}
 
     def _publishing(
         self, event: str, run: Callable[[JsonObject], JsonObject]
@@ -187,12 +187,8 @@ class PointsPlugin:
 
     def _register_card(self, args: JsonObject) -> JsonObject:
         reader = str(args["reader"])
-        card = self.on_reader.get(reader)
-        if card is None or card.get("kind") != "felica":
-            raise Refusal("no_card", f"no FeliCa card on {reader}")
-        return self._service().register_card(
-            str(card["pseudonym"]), {k: v for k, v in args.items() if k != "reader"}
-        )
+        card = self.cards.require(reader, "felica", refusal=f"no FeliCa card on {reader}")
+        return self._service().register_card(card.pseudonym, {k: v for k, v in args.items() if k != "reader"})
 
     @hookimpl
     def readerd_commands(self) -> list[CommandSpec]:

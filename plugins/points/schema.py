@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from plugins.common import create_requests_table
-from readerd.plugin.store import MigrationContext, PluginDatabase
+from readerd.plugin import MigrationContext, PluginDatabase
 
 NAME = 64
 

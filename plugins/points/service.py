@@ -34,9 +34,7 @@ from sqlalchemy.engine import Connection
 
 from plugins.common import idempotent, iso, parse_date, requests_table, text_arg, upsert
 from plugins.points.schema import LOCAL, SHARED, Tables, pending_table
-from readerd.plugin import business_time
-from readerd.plugin.api import JsonObject, Refusal
-from readerd.plugin.store import PluginStore
+from readerd.plugin import JsonObject, PluginStore, Refusal, business_time
 
 T = TypeVar("T")
 

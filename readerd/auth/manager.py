@@ -52,13 +52,15 @@ from readerd import events as ev
 from readerd.auth.audit import AuditLog
 from readerd.auth.certvalidation import CertificateValidator, LocalValidator, StaleCrlPolicy
 from readerd.auth.challenges import ChallengeStore, verify_signature
-from readerd.bus.server import Bus, CommandError, ControlRequest, JsonObject
+from readerd.bus.control import ControlRequest, JsonObject
+from readerd.bus.server import Bus
 from readerd.config import AuthConfig
 from readerd.errors import (
     AuthNotConfiguredError,
     AuthSessionInvalidError,
     CardAbsentError,
     CertificateRejectedError,
+    Refusal,
     UnknownReaderError,
 )
 from readerd.reading.backends import Backend
@@ -159,7 +161,7 @@ class AuthManager:
         """The caller's session in ``state``, removed from the table (single use)."""
         auth_id = args.get("auth_id")
         if not isinstance(auth_id, str) or not auth_id:
-            raise CommandError("bad_request", "auth_id is required")
+            raise Refusal("bad_request", "auth_id is required")
         with self._lock:
             now = self.clock()
             for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
@@ -194,7 +196,7 @@ class AuthManager:
     def begin(self, request: ControlRequest) -> Future[JsonObject]:
         reader = request.args.get("reader")
         if not isinstance(reader, str) or not reader:
-            raise CommandError("bad_request", "reader is required")
+            raise Refusal("bad_request", "reader is required")
         if self.validator is None:
             raise AuthNotConfiguredError("no trust anchors or CRL configured ([auth] in the configuration)")
         backend = self._backend(reader)
@@ -252,10 +254,10 @@ class AuthManager:
         args = request.args
         allow_last_try = args.get("allow_last_try", False)
         if not isinstance(allow_last_try, bool):
-            raise CommandError("bad_request", "allow_last_try must be true or false")
+            raise Refusal("bad_request", "allow_last_try must be true or false")
         raw_pin = args.get("pin")
         if not isinstance(raw_pin, str):
-            raise CommandError("bad_request", "pin is required (a string of 4 digits)")
+            raise Refusal("bad_request", "pin is required (a string of 4 digits)")
         auth = self._take(args, request.peer, _State.PENDING)
         pin = normalize_pin(raw_pin)  # PinFormatError (no PIN in it) before the card is touched
         try:
@@ -353,17 +355,17 @@ class AuthManager:
         member_id = request.args.get("member_id")
         reason = request.args.get("reason")
         if not isinstance(member_id, str) or not member_id:
-            raise CommandError("bad_request", "member_id is required")
+            raise Refusal("bad_request", "member_id is required")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
-            raise CommandError("bad_request", "a reason of 1..200 characters is required (it is audited)")
+            raise Refusal("bad_request", "a reason of 1..200 characters is required (it is audited)")
         auth, identity = self._authenticated(request)
         before = self.resolver.directory.by_member_id(member_id)
         try:
             entry = self.resolver.directory.relink(member_id, identity.pseudonym)
         except KeyError:
-            raise CommandError("unknown_member", "no such member_id") from None
+            raise Refusal("unknown_member", "no such member_id") from None
         except ValueError as e:
-            raise CommandError("already_enrolled", str(e)) from None
+            raise Refusal("already_enrolled", str(e)) from None
         self.audit.append(
             "relink",
             reader=auth.reader,

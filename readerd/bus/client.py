@@ -42,7 +42,8 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from readerd.errors import BusSilentError, CommandRefusedError, GapUnrecoverableError
+from readerd.bus.control import refusal_of
+from readerd.errors import BusSilentError, GapUnrecoverableError
 
 log = structlog.get_logger("readerd.client")
 
@@ -302,9 +303,7 @@ class BusClient(_Base):
                 error = reply.get("error", {})
                 if error.get("code") == "gap_unrecoverable":
                     raise self.stream.lost(error)
-                raise CommandRefusedError(
-                    str(error.get("code")), str(error.get("message")), error.get("details")
-                )
+                raise refusal_of(reply)
             result = reply["result"]
             self._pending.extend(self.stream.replay(result))
             if not result.get("more"):
@@ -402,9 +401,7 @@ class AsyncBusClient(_Base):
                 error = reply.get("error", {})
                 if error.get("code") == "gap_unrecoverable":
                     raise self.stream.lost(error)
-                raise CommandRefusedError(
-                    str(error.get("code")), str(error.get("message")), error.get("details")
-                )
+                raise refusal_of(reply)
             result = reply["result"]
             self._pending.extend(self.stream.replay(result))
             if not result.get("more"):

@@ -37,6 +37,8 @@ import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from readerd.bus import control
+from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import (
     SUBSCRIBE_COMMANDS,
     ZAP_DOMAIN,
@@ -47,8 +49,9 @@ from readerd.bus.curve import (
     zap_reply,
 )
 from readerd.bus.eventlog import EventLog
+from readerd.bus.link import PrivateLink, owner_only
 from readerd.config import BusConfig
-from readerd.errors import BusError, ForbiddenError, ReaderdError, StoreUnavailableError
+from readerd.errors import BusError, ForbiddenError, Refusal, StoreUnavailableError
 from readerd.events import Envelope, Event, heartbeat, stamp
 from readerd.ops.liveness import StepWatch
 
@@ -61,37 +64,6 @@ DRAIN_BATCH = 500
 STEP_BUDGET = 10.0
 #: The most events one ``events.since`` answer carries; a client asks again while ``more`` is true.
 SINCE_LIMIT = 1000
-
-JsonObject = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ControlRequest:
-    """One control request as a handler sees it: who asked (the ROUTER identity) and what."""
-
-    cmd: str
-    args: JsonObject
-    peer: bytes
-    request_id: str | None
-    user: str | None = None  # the CURVE key's ``<role>:<name>`` (ZAP User-Id); None without CURVE
-
-
-#: A handler answers at once (a dict) or later (a Future): a command that talks to a card (``auth.pin``)
-#: runs on that reader's thread, and the bus thread must go on publishing meanwhile.
-CommandResult = JsonObject | Future[JsonObject]
-CommandHandler = Callable[[ControlRequest], CommandResult]
-
-
-class CommandError(ReaderdError):
-    """Raised by a command handler for a refusal with a fixed error code (``bad_request``, ...)."""
-
-    def __init__(self, code: str, message: str, **details: object) -> None:
-        self.code = code
-        self._details = details
-        super().__init__(message)
-
-    def details(self) -> dict[str, object]:
-        return dict(self._details)
 
 
 @dataclass(frozen=True)
@@ -137,11 +109,9 @@ class Bus:
         self.kiosk = kiosk
         self.private_endpoint = private_endpoint
         self.private_control_endpoint = private_control
-        self._private_commands: dict[str, CommandHandler] = {"events.since": self._events_since_private}
+        self._link = PrivateLink(self._wake)
+        self._link.commands["events.since"] = self._events_since_private
         self._private_router: zmq.Socket[bytes] | None = None
-        self._forwards: dict[str, tuple[float, Future[JsonObject]]] = {}
-        self._forward_out: queue.SimpleQueue[tuple[bytes, JsonObject]] = queue.SimpleQueue()
-        self._private_replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
         self.run_id = str(uuid.uuid4())
         self.context = context or zmq.Context.instance()
         self.stats = BusStats()
@@ -189,18 +159,12 @@ class Bus:
 
     def register_private_command(self, name: str, handler: CommandHandler) -> None:
         """A command of the private control socket (the split plugin host's link to the daemon)."""
-        self._private_commands[name] = handler
+        self._link.commands[name] = handler
 
     def forward(self, peer: bytes, cmd: str, args: JsonObject, timeout: float = 10.0) -> Future[JsonObject]:
-        """Send a request to ``peer`` on the private control socket (any thread); the Future gets its
-        ``result``, or raises :class:`CommandError` with the peer's error code, or ``plugin_host_unavailable``
-        after ``timeout`` seconds without an answer."""
-        forward_id = str(uuid.uuid4())
-        done: Future[JsonObject] = Future()
-        self._forwards[forward_id] = (time.monotonic() + timeout, done)
-        self._forward_out.put((peer, {"id": forward_id, "cmd": cmd, "args": args}))
-        self._wake()
-        return done
+        """Send a request to ``peer`` on the private control socket (any thread): see
+        :meth:`readerd.bus.link.PrivateLink.forward`."""
+        return self._link.forward(peer, cmd, args, timeout)
 
     # -- any thread -----------------------------------------------------------------------------------
     def publish(self, event: Event) -> bool:
@@ -275,11 +239,11 @@ class Bus:
         seq = request.args.get("seq")
         limit = request.args.get("limit", SINCE_LIMIT)
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise CommandError("bad_request", "seq: a non-negative integer")
+            raise Refusal("bad_request", "seq: a non-negative integer")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= SINCE_LIMIT:
-            raise CommandError("bad_request", f"limit: 1..{SINCE_LIMIT}")
+            raise Refusal("bad_request", f"limit: 1..{SINCE_LIMIT}")
         if self.event_log is None:
-            raise CommandError("unavailable", "this bus keeps no event log")
+            raise Refusal("unavailable", "this bus keeps no event log")
         answer = self.event_log.since(seq, limit=limit, private=private)
         return {
             "run_id": self.run_id,
@@ -362,12 +326,12 @@ class Bus:
             if self.private_endpoint:
                 private = self._bind(zmq.PUB, self.private_endpoint)
                 sockets.append(private)
-                _owner_only(self.private_endpoint)
+                owner_only(self.private_endpoint)
             if self.private_control_endpoint:
                 self._private_router = self._bind(zmq.ROUTER, self.private_control_endpoint)
                 self._private_router.setsockopt(zmq.ROUTER_MANDATORY, 1)
                 sockets.append(self._private_router)
-                _owner_only(self.private_control_endpoint)
+                owner_only(self.private_control_endpoint)
         except zmq.ZMQError:
             for sock in sockets:
                 sock.close(0)
@@ -435,7 +399,7 @@ class Bus:
             self._serve_control(self._router)
         self._send_replies(self._router)
         if self._private_router is not None:
-            self._serve_private(self._private_router, ready)
+            self._link.serve(self._private_router, ready)
 
     def _serve_side_sockets(self, ready: dict[Any, int], zap: zmq.Socket[bytes] | None) -> None:
         """ZAP handshakes and the public PUB's connection events (bus thread)."""
@@ -485,55 +449,6 @@ class Bus:
             log.info("allowlist reloaded", keys=len(allowlist.keys), cut=len(cut))
         if cut:
             self._rebind()
-
-    def _serve_private(self, router: zmq.Socket[bytes], ready: dict[Any, int]) -> None:
-        """The private control socket: the split host's requests, and its answers to forwarded ones."""
-        while router in ready:
-            try:
-                frames = router.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                body = json.loads(frames[-1])
-            except ValueError:
-                body = None  # _answer says bad_request
-            if isinstance(body, dict) and "ok" in body and str(body.get("id")) in self._forwards:
-                _deadline, done = self._forwards.pop(str(body.get("id")))
-                _settle_forward(done, body)
-                continue
-            reply = self._answer(frames[0], frames[-1], commands=self._private_commands)
-            if isinstance(reply, Future):
-                reply.add_done_callback(functools.partial(self._deferred_private, frames[:-1]))
-                continue
-            _send_to_peer(router, [*frames[:-1], json.dumps(reply, ensure_ascii=False).encode()])
-        while True:
-            try:
-                envelope, answer = self._private_replies.get_nowait()
-            except queue.Empty:
-                break
-            _send_to_peer(router, [*envelope, json.dumps(answer, ensure_ascii=False).encode()])
-        self._send_forwards(router)
-
-    def _send_forwards(self, router: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                peer, request = self._forward_out.get_nowait()
-            except queue.Empty:
-                break
-            if not _send_to_peer(router, [peer, b"", json.dumps(request, ensure_ascii=False).encode()]):
-                entry = self._forwards.pop(str(request["id"]), None)
-                if entry is not None:
-                    error = CommandError("plugin_host_unavailable", "the plugin host is not connected")
-                    entry[1].set_exception(error)
-        now = time.monotonic()
-        for forward_id, (deadline, done) in list(self._forwards.items()):
-            if now > deadline:
-                del self._forwards[forward_id]
-                done.set_exception(CommandError("plugin_host_unavailable", "the plugin host did not answer"))
-
-    def _deferred_private(self, envelope: list[bytes], done: Future[JsonObject]) -> None:
-        self._private_replies.put((envelope, done.result()))
-        self._wake()
 
     def _serve_zap(self, zap: zmq.Socket[bytes]) -> None:
         assert self.curve is not None  # noqa: S101 - only polled with CURVE
@@ -657,96 +572,12 @@ class Bus:
                 return
             router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
 
-    def _answer(
-        self,
-        peer: bytes,
-        body: bytes,
-        user: str | None = None,
-        commands: dict[str, CommandHandler] | None = None,
-    ) -> JsonObject | Future[JsonObject]:
-        request_id: str | None = None
-        try:
-            obj = json.loads(body)
-            if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
-                raise CommandError("bad_request", 'a request is {"id": ..., "cmd": "...", "args": {...}}')
-            rid = obj.get("id")
-            request_id = str(rid) if rid is not None else None
-            args = obj.get("args") or {}
-            if not isinstance(args, dict):
-                raise CommandError("bad_request", "args must be an object")
-            handler = (self._commands if commands is None else commands).get(obj["cmd"])
-            if handler is None and commands is None and not self.commands_complete.is_set():
-                # The control socket answers from the bus's start; plugins register theirs later.
-                raise CommandError(
-                    "not_ready", "readerd is starting and has not registered every command: retry"
-                )
-            if handler is None:
-                raise CommandError("unknown_command", f"no command {obj['cmd']!r}")
-            if user is not None:
-                self._check_user(user, obj["cmd"])
-            result = handler(ControlRequest(obj["cmd"], args, peer, request_id, user))
-            if isinstance(result, Future):
-                return _reply_when_done(request_id, result)
-            return {"id": request_id, "ok": True, "result": result}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(request_id, "bad_request", "the request is not JSON")
-        except ReaderdError as e:
-            return _error(request_id, e.code, str(e), e.details())
-        except Exception as e:  # a handler bug must not kill the bus thread
-            log.exception("control handler failed")
-            return _error(request_id, "internal_error", type(e).__name__)
-
-
-def _send_to_peer(router: zmq.Socket[bytes], frames: list[bytes]) -> bool:
-    """Send on the private ROUTER (``ROUTER_MANDATORY``); False if that peer has gone."""
-    try:
-        router.send_multipart(frames, flags=zmq.NOBLOCK)
-    except zmq.ZMQError as e:
-        log.info("private control peer gone", error=str(e))
-        return False
-    return True
-
-
-def _owner_only(endpoint: str) -> None:
-    """An ``ipc://`` socket file readable and writable by the daemon's user only (the private feed)."""
-    if endpoint.startswith("ipc://"):
-        os.chmod(endpoint.removeprefix("ipc://"), 0o600)
-
-
-def _settle_forward(done: Future[JsonObject], reply: JsonObject) -> None:
-    if reply.get("ok"):
-        result = reply.get("result")
-        done.set_result(result if isinstance(result, dict) else {})
-        return
-    raw = reply.get("error")
-    error: JsonObject = raw if isinstance(raw, dict) else {}
-    raw_details = error.get("details")
-    details: JsonObject = raw_details if isinstance(raw_details, dict) else {}
-    done.set_exception(CommandError(str(error.get("code")), str(error.get("message")), **details))
-
-
-def _reply_when_done(request_id: str | None, result: Future[JsonObject]) -> Future[JsonObject]:
-    """The reply a deferred result becomes, errors included, as the immediate path builds them."""
-    reply: Future[JsonObject] = Future()
-
-    def settle(done: Future[JsonObject]) -> None:
-        error = done.exception()
-        if error is None:
-            reply.set_result({"id": request_id, "ok": True, "result": done.result()})
-        elif isinstance(error, ReaderdError):
-            reply.set_result(_error(request_id, error.code, str(error), error.details()))
-        else:
-            log.error("deferred control handler failed", error_type=type(error).__name__)
-            reply.set_result(_error(request_id, "internal_error", type(error).__name__))
-
-    result.add_done_callback(settle)
-    return reply
-
-
-def _error(
-    request_id: str | None, code: str, message: str, details: dict[str, object] | None = None
-) -> JsonObject:
-    error: JsonObject = {"code": code, "message": message}
-    if details:
-        error["details"] = details
-    return {"id": request_id, "ok": False, "error": error}
+    def _answer(self, peer: bytes, body: bytes, user: str | None) -> JsonObject | Future[JsonObject]:
+        return control.answer(
+            peer,
+            body,
+            self._commands,
+            user=user,
+            authorize=self._check_user,
+            starting=not self.commands_complete.is_set(),
+        )

@@ -18,12 +18,13 @@ import zmq
 
 from readerd import __version__
 from readerd.bus.client import BusClient, CurveKeys
+from readerd.bus.control import result_of
 from readerd.bus.control_client import ControlSession, Unreachable, request
 from readerd.cli.ctl_auth import add_auth_parser, run_auth
 from readerd.cli.ctl_doctor import add_doctor_parser, run_doctor_command
 from readerd.cli.ctl_keys import add_keys_parser, run_keys
 from readerd.config import DEFAULT_CONFIG, Config, PluginsConfig, config_path, load_config
-from readerd.errors import BusSilentError, CommandRefusedError, ConfigError, GapUnrecoverableError
+from readerd.errors import BusSilentError, ConfigError, GapUnrecoverableError, Refusal
 from readerd.exitcodes import ExitCode
 from readerd.plugin.api import CtlCommand
 from readerd.plugin.discovery import discover
@@ -246,15 +247,11 @@ def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
 
     def call(cmd: str, cmd_args: dict[str, Any]) -> dict[str, Any]:
         reply = request(control, cmd, cmd_args, curve=_curve_keys(args))
-        if not reply.get("ok"):
-            error = reply.get("error", {})
-            raise CommandRefusedError(str(error.get("code")), str(error.get("message")), error.get("details"))
-        result: dict[str, Any] = reply["result"]
-        return result
+        return result_of(reply)
 
     try:
         return command.run(args, call)
-    except CommandRefusedError as e:
+    except Refusal as e:
         extra = f" {json.dumps(e.details(), ensure_ascii=False)}" if e.details() else ""
         sys.stderr.write(f"readerctl {command.name}: {e.code}: {e}{extra}\n")
         return 1

@@ -135,7 +135,7 @@ def _run_plugins(args: argparse.Namespace) -> int:
     """``readerd plugins``: SIGTERM/SIGINT stop it after the current event."""
     import signal  # noqa: PLC0415
 
-    from readerd.plugin.link import SplitHost  # noqa: PLC0415 - loads zmq and pluggy
+    from readerd.plugin.split_host import SplitHost  # noqa: PLC0415 - loads zmq and pluggy
 
     config = plugins_config_from_args(args)
     rlog.configure(args.log_level or config.log_level, args.log_format)

@@ -7,32 +7,19 @@ gives fixtures that run a real one on the simulator).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from protocols.errors import ReaderdError
+from readerd.errors import Refusal
 from readerd.events import Envelope
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy; plugin_api stays light to import
     from readerd.plugin.store import PluginStore
 
 JsonObject = dict[str, Any]
-
-
-class Refusal(ReaderdError):
-    """What a command handler raises to refuse with a code of its own (``insufficient_points``,
-    ``unknown_item``...): the caller gets ``code``, the message and ``details``; it is not a failure of the
-    plugin (no ``plugin.error``, no quarantine)."""
-
-    def __init__(self, code: str, message: str, **details: object) -> None:
-        self.code = code
-        self._details = details
-        super().__init__(message)
-
-    def details(self) -> dict[str, object]:
-        return dict(self._details)
 
 
 #: Event types a plugin receives when it does not say otherwise.
@@ -277,3 +264,62 @@ class PluginContext:
         if not _EVENT_NAME.fullmatch(event):
             raise ValueError(f"plugin event name {event!r}: lower case words joined by dots")
         self._publish(self.name, event, data, reader)
+
+
+@dataclass(frozen=True)
+class CardOnReader:
+    """The card identified on a reader: ``card.identified``'s public fields (``data``) and its event."""
+
+    reader: str
+    kind: str  # jpki | felica | unknown
+    data: JsonObject
+    event_id: str
+
+    @property
+    def pseudonym(self) -> str:
+        return str(self.data.get("pseudonym", ""))
+
+
+class CardsOnReaders:
+    """Which card is on which reader now, from ``card.identified`` until ``card.removed``.
+
+    A counter command (register this card, redeem with the card on the reader) asks for the card on a
+    reader; every plugin with such commands needs this. Hooks run on the host's feed thread and commands
+    on its command threads, so it locks. A replayed ``card.identified`` (handed again after a crash) is
+    long gone from the reader and is not recorded.
+
+    In a plugin: ``cards.identified(event)`` in ``readerd_card_identified``, ``cards.removed(event)`` in
+    ``readerd_card_removed``, and ``cards.require(reader, "felica", refusal="hold the card ...")`` in a
+    command.
+    """
+
+    def __init__(self) -> None:
+        self._cards: dict[str, CardOnReader] = {}
+        self._lock = threading.Lock()
+
+    def identified(self, event: PluginEvent) -> CardOnReader | None:
+        """Record the card of a ``card.identified`` (None, and nothing recorded, when replayed)."""
+        if event.replayed or not event.reader:
+            return None
+        card = CardOnReader(event.reader, str(event.data.get("kind", "")), dict(event.data), event.id)
+        with self._lock:
+            self._cards[event.reader] = card
+        return card
+
+    def removed(self, event: PluginEvent) -> None:
+        with self._lock:
+            self._cards.pop(event.reader or "", None)
+
+    def get(self, reader: str, kind: str | None = None) -> CardOnReader | None:
+        """The card on ``reader`` (of ``kind``, if given), or None."""
+        with self._lock:
+            card = self._cards.get(reader)
+        return card if card is not None and (kind is None or card.kind == kind) else None
+
+    def require(self, reader: str, kind: str | None = None, *, refusal: str) -> CardOnReader:
+        """The card on ``reader`` (of ``kind``), or :class:`Refusal` ``no_card`` with ``refusal``: the
+        words a kiosk screen shows, saying what to do."""
+        card = self.get(reader, kind)
+        if card is None:
+            raise Refusal("no_card", refusal)
+        return card

@@ -160,15 +160,7 @@ class CardSessions:
             cert = identity_read.certificate
             identity = self.resolver.jpki(cert)
             repeat = self.taps.identified(reader, identity.pseudonym)
-            data: dict[str, object] = {
-                "kind": str(CardKind.JPKI),
-                **identity.public_fields(),
-                "repeat": repeat,
-                "apdus": identity_read.apdus,
-                "read_path": identity_read.read_path.value,
-            }
-            if self.simulated:
-                data["simulated"] = True
+            read = {"apdus": identity_read.apdus, "read_path": identity_read.read_path.value}
             private = {
                 "serial": format(cert.serial_number, "X"),
                 "issuer_der": cert.issuer_der.hex(),
@@ -179,7 +171,16 @@ class CardSessions:
             with self._lock:  # before the event: a UI that reacts to it with auth.begin finds the card
                 self._insertions += 1
                 self._present[reader] = PresentCard(reader, self._insertions, identity)
-            emit(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
+            identified = ev.card_identified(
+                reader,
+                CardKind.JPKI,
+                identity.public_fields(),
+                repeat=repeat,
+                read=read,
+                private=private,
+                simulated=self.simulated,
+            )
+            emit(identified)
             return ReadResult(CardKind.JPKI, identity)
 
         try:
@@ -259,19 +260,23 @@ class CardSessions:
                 blocks[read.name] = [block.hex().upper() for block in found]
             identity = self.resolver.felica(polling.idm)
             repeat = self.taps.identified(reader, identity.pseudonym)
-            data: dict[str, object] = {
-                "kind": str(CardKind.FELICA),
-                **identity.public_fields(),
-                "repeat": repeat,
+            how = {
                 "system_code": None if polling.system_code is None else f"{polling.system_code:04X}",
                 "services": services,
                 "frames": session.frames_sent if session is not None else 0,
             }
-            if self.simulated:
-                data["simulated"] = True
             private = {"idm": polling.idm.hex().upper(), "pmm": polling.pmm.hex().upper(), "blocks": blocks}
+            identified = ev.card_identified(
+                reader,
+                CardKind.FELICA,
+                identity.public_fields(),
+                repeat=repeat,
+                read=how,
+                private=private,
+                simulated=self.simulated,
+            )
             if not abandoned.is_set():
-                self.sink(Event(ev.EventType.CARD_IDENTIFIED, reader, data, private))
+                self.sink(identified)
             return ReadResult(CardKind.FELICA, identity)
 
         try:

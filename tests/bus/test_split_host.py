@@ -25,7 +25,8 @@ from readerd.plugin.api import (
     PluginEvent,
 )
 from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.link import SplitHost, runtime_dir
+from readerd.plugin.link import runtime_dir
+from readerd.plugin.split_host import SplitHost
 from tests.support.daemon import running_daemon, sim_config
 
 

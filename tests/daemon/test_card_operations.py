@@ -15,10 +15,12 @@ import pytest
 
 from protocols.jpki import JpkiSession
 from protocols.transport import Transport
+from readerd.bus.control import ControlRequest
 from readerd.bus.control_client import request
-from readerd.bus.server import Bus, CommandError, ControlRequest
+from readerd.bus.server import Bus
 from readerd.config import BusConfig, PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
+from readerd.errors import Refusal as CommandError
 from simulators.mynumber import CardProfile, build_card
 from simulators.pki import PkiStore
 from simulators.vicc import ViccBridge

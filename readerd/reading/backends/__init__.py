@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from protocols.transport import Transport
-from readerd.bus.server import CommandHandler, JsonObject
+from readerd.bus.control import CommandHandler, JsonObject
 from readerd.errors import ReaderdError
 
 #: Work on the card in a reader (a PIN check, a signature), run on that reader's own thread inside one

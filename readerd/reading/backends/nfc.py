@@ -32,7 +32,7 @@ from protocols.errors import CardRemovedError, TransportError
 from protocols.felica import PollingResponse
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
-from readerd.bus.server import CommandHandler, JsonObject
+from readerd.bus.control import CommandHandler, JsonObject
 from readerd.config import NfcConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import CardKind

@@ -31,7 +31,7 @@ from protocols.errors import (
 from protocols.felica import is_felica_atr
 from protocols.transport import ReaderCapabilities
 from readerd import events as ev
-from readerd.bus.server import CommandHandler, JsonObject
+from readerd.bus.control import CommandHandler, JsonObject
 from readerd.config import PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
 from readerd.events import AbortReason, CardKind

@@ -22,9 +22,9 @@ import structlog
 from protocols.errors import ReaderdError
 from protocols.felica import build_polling, parse_polling_response
 from readerd import events as ev
-from readerd.bus.server import CommandError, CommandHandler, ControlRequest, JsonObject
+from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
 from readerd.config import SimConfig
-from readerd.errors import CardAbsentError, UnknownReaderError
+from readerd.errors import CardAbsentError, Refusal, UnknownReaderError
 from readerd.events import CardKind
 from readerd.ops.deadline import run_with_deadline
 from readerd.ops.liveness import STEP_MARGIN, StepWatch
@@ -159,32 +159,32 @@ class SimBackend:
     def _slot_name(self, args: JsonObject) -> str:
         name = args.get("reader") or next(iter(self._slots))
         if name not in self._slots:
-            raise CommandError("unknown_reader", f"no simulated reader {name!r}")
+            raise Refusal("unknown_reader", f"no simulated reader {name!r}")
         return str(name)
 
     def tap(self, request: ControlRequest) -> JsonObject:
         args = request.args
         reader = self._slot_name(args)
         if not self._slots[reader].plugged:
-            raise CommandError("unknown_reader", f"{reader} is unplugged (readerctl plug)")
+            raise Refusal("unknown_reader", f"{reader} is unplugged (readerctl plug)")
         card = args.get("card", "alice")
         if not isinstance(card, str) or not card or len(card) > 64:
-            raise CommandError("bad_request", "card is a profile name of 1..64 characters")
+            raise Refusal("bad_request", "card is a profile name of 1..64 characters")
         pin = args.get("pin", "1234")
         if not isinstance(pin, str) or len(pin) != 4 or not pin.isascii() or not pin.isdigit():
-            raise CommandError("bad_request", "pin is the simulated card's 4-digit PIN")
+            raise Refusal("bad_request", "pin is the simulated card's 4-digit PIN")
         if "faults" in args:
             try:
                 FaultScript.from_data(args["faults"])
             except (FaultScriptError, AttributeError, TypeError) as e:
-                raise CommandError("bad_request", f"faults: {e}") from e
+                raise Refusal("bad_request", f"faults: {e}") from e
         if "felica" in args:
             if "faults" in args:
-                raise CommandError("bad_request", "fault scripts are for My Number Cards only")
+                raise Refusal("bad_request", "fault scripts are for My Number Cards only")
             try:
                 felica_profile(str(args["felica"]), card)
             except ValueError as e:
-                raise CommandError("bad_request", str(e)) from e
+                raise Refusal("bad_request", str(e)) from e
         self._commands.put(("tap", reader, args))
         return {"reader": reader, "card": card, "queued": True}
 

@@ -11,7 +11,7 @@ import pytest
 
 from plugins.bathhouse.service import BathhouseService, Rules
 from readerd.config import StoreConfig
-from readerd.plugin.api import Refusal
+from readerd.plugin import Refusal
 from readerd.plugin.business_time import TOKYO
 from readerd.plugin.store import Store
 

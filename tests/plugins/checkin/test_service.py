@@ -11,7 +11,7 @@ import pytest
 
 from plugins.checkin.service import CheckinService
 from readerd.config import StoreConfig
-from readerd.plugin.api import Refusal
+from readerd.plugin import Refusal
 from readerd.plugin.store import Store
 
 JST_EVENING = datetime(2026, 8, 15, 9, 0, tzinfo=UTC)  # 18:00 JST

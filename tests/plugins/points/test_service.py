@@ -11,7 +11,7 @@ import pytest
 
 from plugins.points.service import PointsService
 from readerd.config import StoreConfig
-from readerd.plugin.api import Refusal
+from readerd.plugin import Refusal
 from readerd.plugin.store import Store
 
 

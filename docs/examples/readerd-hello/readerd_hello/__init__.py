@@ -6,9 +6,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from readerd.plugin.api import Arg, ArgType, CommandSpec, PluginContext, PluginEvent
-from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.store import MigrationContext, PluginStore
+from readerd.plugin import (
+    Arg,
+    ArgType,
+    CommandSpec,
+    MigrationContext,
+    PluginContext,
+    PluginEvent,
+    PluginStore,
+    hookimpl,
+)
 
 __version__ = "1.1.0"
 

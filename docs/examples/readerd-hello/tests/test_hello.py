@@ -9,7 +9,8 @@ import readerd_hello
 import sqlalchemy as sa
 
 from readerd.config import Config, PluginsConfig
-from readerd.testing import CommandFailedError, ReaderdHarness, sim_config
+from readerd.plugin import Refusal as CommandFailedError
+from readerd.testing import ReaderdHarness, sim_config
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 An event has a ``type`` (the bus topic), a public ``data`` dict that goes on the PUB socket, and a
 ``private`` dict that only the plugin host's private feed sees (certificate serial and validity, FeliCa
-IDm and blocks: DESIGN decision 1). The bus stamps ``seq``, ``run_id``, ``id``, ``ts`` and ``kiosk`` when it
+IDm and blocks: docs/design.md D1). The bus stamps ``seq``, ``run_id``, ``id``, ``ts`` and ``kiosk`` when it
 publishes, so every event has one publisher-assigned order. The JSON envelope is documented in
 ``docs/events.md``; ``v`` changes only with an incompatible change.
 """

@@ -165,3 +165,27 @@ def test_the_graph_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
     assert graph["readerd.a"] == {"readerd.b"}
     assert graph["readerd.b"] == {"readerd.a"}
     assert _cycles(graph) == [["readerd.a", "readerd.b"]]
+
+
+def test_plugins_use_only_the_plugin_face() -> None:
+    """The built-in plugins and the example plugin import from ``readerd.plugin`` alone, as a
+    third-party plugin should: the daemon's other modules may move without breaking them."""
+    sources = [
+        *(ROOT / "plugins").rglob("*.py"),
+        *(ROOT / "docs/examples/readerd-hello/readerd_hello").rglob("*.py"),
+    ]
+    assert len(sources) > 15, "the plugins went missing"
+    wrong = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            wrong += [
+                f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)} imports {name}"
+                for name in names
+                if name.split(".")[0] == "readerd" and name != "readerd.plugin"
+            ]
+    assert wrong == []

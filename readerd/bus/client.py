@@ -2,7 +2,7 @@
 
 ZeroMQ PUB/SUB drops for a late joiner, a slow subscriber (past its high-water mark) and across
 reconnects; the daemon numbers events with a persistent, gap-free ``seq`` and keeps them in its event log
-(DESIGN decision 2). This client does what the ZeroMQ guide's Clone pattern does with that: subscribe
+(docs/design.md D2). This client does what the ZeroMQ guide's Clone pattern does with that: subscribe
 first, then ask the control socket for what it missed (``events.since``), and drop from the live feed
 what it already has. It yields a stream with no gap and no duplicate, or raises
 :class:`~readerd.errors.GapUnrecoverableError` once when the daemon no longer holds the missing events.
@@ -116,7 +116,7 @@ class Stream:
                 self.stats.restarts += 1
                 log.info("daemon restarted", run_id=run_id, seq=seq, last_seq=self.last_seq)
             # The first message after connecting, or of a new run, shows where the daemon is now: it
-            # cannot be behind a cursor it gave us, since seq is persistent (DESIGN decision 2), unless
+            # cannot be behind a cursor it gave us, since seq is persistent (docs/design.md D2), unless
             # its event log was lost. Then the numbering starts over from here. (Later in one run a
             # heartbeat may well be behind: it waited on the SUB socket while events.since answered.)
             last = self.last_seq

@@ -30,7 +30,7 @@ import structlog
 import zmq
 from zmq.utils import z85
 
-from readerd.errors import ConfigError
+from readerd.errors import ConfigError, ForbiddenError
 
 log = structlog.get_logger("readerd.curve")
 
@@ -268,3 +268,33 @@ def zap_reply(allowlist: Allowlist, frames: list[bytes]) -> list[bytes]:
             log.warning("CURVE key refused: not in the allowlist", key=public.decode(), address=address)
         return [version, request_id, b"400", b"key not allowed", b"", b""]
     return [version, request_id, b"200", b"OK", allowed.user_id.encode(), b""]
+
+
+def serve_zap(zap: zmq.Socket[bytes], allowlist: Allowlist) -> None:
+    """Answer every ZAP request waiting on the handler's socket (the bus thread, which owns it)."""
+    while True:
+        try:
+            frames = zap.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        zap.send_multipart(zap_reply(allowlist, frames))
+
+
+def make_curve_server(sock: zmq.Socket[bytes], keys: KeyPair) -> None:
+    """Make ``sock`` a CURVE server of the daemon's key pair, its handshakes judged by our ZAP domain."""
+    sock.curve_server = True
+    sock.curve_secretkey = keys.secret or b""
+    sock.curve_publickey = keys.public
+    sock.zap_domain = ZAP_DOMAIN.encode()
+
+
+def authorize(allowlist: Allowlist, user: str, cmd: str, needed: str) -> None:
+    """A CURVE caller's request against the allowlist as it is now: revoked keys and lost roles take
+    effect on the next request, not at the next handshake. ``user`` is the ZAP User-Id
+    (``<role>:<name>``); ``needed`` the role the command needs. Raises :class:`ForbiddenError`."""
+    role, _, name = user.partition(":")
+    current = allowlist.by_name.get(name)
+    if current is None or current.role != role:
+        raise ForbiddenError("this key is no longer allowed (revoked or its role changed)")
+    if not role_allows(role, needed):
+        raise ForbiddenError(f"this key has the {role} role; {cmd!r} needs the {needed} role")

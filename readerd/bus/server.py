@@ -7,10 +7,11 @@ The bus thread stamps each event with the next ``seq`` and sends it on:
 - the public PUB socket: ``[topic, json]`` with the redacted ``data`` only (LAN clients, kiosk screens);
 - the private PUB socket (``inproc``/``ipc``, for the plugin host): the same plus the ``private`` fields.
 
-A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name.
-With CURVE (``readerd.bus.curve``) the bus thread is also the ZAP handler and re-binds the PUB socket when a
-key is revoked; without the embedded plugin host, a second, private ROUTER links the daemon to
-``readerd plugins`` (``readerd.plugin.link``).
+A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name;
+what a request and its reply look like is :mod:`readerd.bus.control`. With CURVE (:mod:`readerd.bus.curve`)
+the bus thread is also the ZAP handler and re-binds the PUB socket when a key is revoked; without the
+embedded plugin host, a second, private ROUTER (:mod:`readerd.bus.link`) links the daemon to
+``readerd plugins`` (:mod:`readerd.plugin.link`). This module is the thread and its sockets.
 PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
 (detected by ``seq`` gaps, healed by catch-up: every event is appended to the durable event log before it
 is sent, and ``events.since`` on the control socket replays it). If the queue itself is full the event is
@@ -41,17 +42,17 @@ from readerd.bus import control
 from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import (
     SUBSCRIBE_COMMANDS,
-    ZAP_DOMAIN,
     ZAP_ENDPOINT,
     Allowlist,
     KeyPair,
-    role_allows,
-    zap_reply,
+    authorize,
+    make_curve_server,
+    serve_zap,
 )
 from readerd.bus.eventlog import EventLog
 from readerd.bus.link import PrivateLink, owner_only
 from readerd.config import BusConfig
-from readerd.errors import BusError, ForbiddenError, Refusal, StoreUnavailableError
+from readerd.errors import BusError, Refusal, StoreUnavailableError
 from readerd.events import Envelope, Event, heartbeat, stamp
 from readerd.ops.liveness import StepWatch
 
@@ -288,10 +289,7 @@ class Bus:
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         if self.curve is not None and self._uses_curve(endpoint):
-            sock.curve_server = True
-            sock.curve_secretkey = self.curve.keys.secret or b""
-            sock.curve_publickey = self.curve.keys.public
-            sock.zap_domain = ZAP_DOMAIN.encode()
+            make_curve_server(sock, self.curve.keys)
         if endpoint.endswith(":0"):
             endpoint = endpoint.rsplit(":", 1)[0] + ":*"  # an ephemeral port, for tests
         deadline = time.monotonic() + retry_for
@@ -452,16 +450,11 @@ class Bus:
 
     def _serve_zap(self, zap: zmq.Socket[bytes]) -> None:
         assert self.curve is not None  # noqa: S101 - only polled with CURVE
-        while True:
-            try:
-                frames = zap.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            zap.send_multipart(zap_reply(self.curve.allowlist, frames))
+        serve_zap(zap, self.curve.allowlist)
 
     def _rebind(self) -> None:
         """Close and re-bind the CURVE PUB endpoint: the only way to cut subscriptions whose key was
-        revoked, as ZAP is asked only at the handshake (DESIGN decision 14) and PUB cannot drop one peer.
+        revoked, as ZAP is asked only at the handshake (docs/design.md D14) and PUB cannot drop one peer.
         Allowed subscribers reconnect on their own and catch up through ``events.since``. The control
         socket is not re-bound: every request is checked against the current allowlist
         (:meth:`_check_user`), so a revoked key is refused at once and the conversations of the others
@@ -476,20 +469,15 @@ class Bus:
         self.stats.rebinds += 1
 
     def _check_user(self, user: str, cmd: str) -> None:
-        """A CURVE caller's request against the allowlist as it is now: revoked keys and lost roles
-        take effect on the next request, not at the next handshake."""
-        role, _, name = user.partition(":")
-        current = self.curve.allowlist.by_name.get(name) if self.curve is not None else None
-        if current is None or current.role != role:
-            raise ForbiddenError("this key is no longer allowed (revoked or its role changed)")
+        """A CURVE caller's request against the allowlist as it is now (:func:`authorize`)."""
+        assert self.curve is not None  # noqa: S101 - only CURVE connections carry a user
         needed = "subscribe" if cmd in SUBSCRIBE_COMMANDS else self._roles.get(cmd, "control")
-        if not role_allows(role, needed):
-            raise ForbiddenError(f"this key has the {role} role; {cmd!r} needs the {needed} role")
+        authorize(self.curve.allowlist, user, cmd, needed)
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
 
-        The append comes first (DESIGN decision 2): an event a client saw is always there for
+        The append comes first (docs/design.md D2): an event a client saw is always there for
         ``events.since``, and the next seq after a restart is the last logged one plus one.
         """
         while True:

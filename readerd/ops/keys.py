@@ -1,8 +1,8 @@
 """The deployment pseudonym key: 32 random bytes, the same on every kiosk of a deployment.
 
 The key turns certificate serials and IDms into pseudonyms; whoever holds it can test whether a given
-card was seen, so the file is 0640 root:readerd in production (docs/security.md) and never logged; only
-its fingerprint is.
+card was seen, so the file is 0640 root:readerd in production (systemd/readerd.tmpfiles, docs/kiosk.md)
+and never logged; only its fingerprint is.
 """
 
 from __future__ import annotations

@@ -284,8 +284,8 @@ class CardsOnReaders:
     """Which card is on which reader now, from ``card.identified`` until ``card.removed``.
 
     A counter command (register this card, redeem with the card on the reader) asks for the card on a
-    reader; every plugin with such commands needs this. Hooks run on the host's feed thread and commands
-    on its command threads, so it locks. A replayed ``card.identified`` (handed again after a crash) is
+    reader; every plugin with such commands needs this. Hooks and commands run on different threads of
+    the plugin host, so it locks. A replayed ``card.identified`` (handed again after a crash) is
     long gone from the reader and is not recorded.
 
     In a plugin: ``cards.identified(event)`` in ``readerd_card_identified``, ``cards.removed(event)`` in

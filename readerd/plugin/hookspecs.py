@@ -1,17 +1,31 @@
 """The hooks a readerd plugin implements, with pluggy (project name ``readerd``).
 
-A plugin is a module or object with functions marked ``@hookimpl``, named like the specs below, taking any
-subset of the spec's arguments (pluggy passes them by name). Plugins are found through the ``readerd``
-entry-point group and the built-in ``plugins`` package; see ``docs/plugins.md`` for a tutorial.
+A plugin is a module, an object or a class (one instance per host) with functions marked ``@hookimpl``
+(``from readerd.plugin import hookimpl``), named like the specs below and taking any subset of the spec's
+arguments, which pluggy passes by name; an argument the spec does not have gets the plugin rejected when
+it is loaded. Plugins come from the ``readerd`` entry-point group and from the built-in ``plugins``
+package (those named in ``[plugins] builtins``); ``docs/plugins.md`` is the tutorial and ends with these
+docstrings (``python -m readerd.plugin.docs``).
 
-When the hooks run, and what that means for a plugin author:
+Where and when the hooks run:
 
-- Event hooks run in the **plugin host**, which subscribes to the daemon's private event feed like any
-  client: a slow plugin delays only itself, never card reading. Each call has a timeout
-  (``plugins.hook_timeout``); a plugin that raises or times out is logged, reported as ``plugin.error``, and
-  after ``plugins.quarantine_after`` failures in a row it receives nothing until the host is reloaded.
-- Each plugin's event hooks are called one plugin at a time (not with pluggy's all-at-once ``hook()``), so
-  one plugin raising does not keep the event from the others.
+- The **plugin host** runs in ``readerd run`` (its feed thread) or as ``readerd plugins`` (its main loop),
+  subscribed to the daemon's private event feed like any client: a slow plugin delays only the plugins,
+  never card reading. At load it calls ``readerd_event_interest``, ``readerd_startup`` and
+  ``readerd_commands`` of each plugin, before any event; then the event hooks; ``readerd_shutdown`` when
+  it stops. ``readerd_ctl_commands`` and ``readerd_doctor_checks`` are called only by ``readerctl``, a
+  short-lived process of its own, never by the daemon.
+- Event hooks are called one plugin at a time (in load order: built-ins as configured, then entry points)
+  and one event at a time, in ``seq`` order; the events a start hands again come first, marked
+  ``event.replayed``. The feed thread runs each call on a thread of its own and waits for it at most
+  ``plugins.hook_timeout`` (5 s). Not pluggy's all-at-once ``hook()``: one plugin raising does not keep
+  the event from the others.
+- Command handlers (from ``readerd_commands``) run on the host's four command threads, concurrently with
+  the event hooks and with each other: state both touch needs a lock (:class:`CardsOnReaders` has one).
+- A hook that raises is logged and published as ``plugin.error``; ``plugins.quarantine_after`` (3)
+  failures in a row, or one timeout, quarantine the plugin: it gets no more events, its commands are
+  refused and its store is revoked, until the host restarts. ``StoreUnavailableError`` and
+  ``StoreBusyError`` are published too but never count: the fault is the database's.
 - A plugin sees only what it declared with :func:`readerd_event_interest`: by default the public fields of
   card and reader events; FeliCa blocks, the IDm or certificate details only when asked for by name.
 """
@@ -40,81 +54,325 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # --- lifecycle ---------------------------------------------------------------------------------------
 @hookspec
 def readerd_startup(context: PluginContext) -> None:
-    """Called once when the host starts the plugin, before any event.
+    """Set the plugin up: create or migrate its tables, read its configuration, start its own threads.
 
-    ``context`` carries the plugin's name, its configuration section (``[plugins.<name>]``), the store
-    handle, a logger bound to the plugin, and :meth:`PluginContext.publish` for results. Create tables or
-    run migrations here. Raising here keeps the plugin out (it is reported and quarantined).
+    ``context`` is the plugin's :class:`PluginContext`, the same object every later hook gets: ``name``,
+    ``config`` (its ``[plugins.<name>]`` table, ``{}`` when there is none), ``kiosk``, ``store`` (its
+    :class:`PluginStore`; None only in a ``PluginHost`` built without a store), ``log`` (a structlog
+    logger named ``readerd.plugin.<name>``) and ``publish(event, data, reader=)`` for results.
+
+    Runs once, when the host loads the plugin: after ``readerd_event_interest``, before
+    ``readerd_commands`` and before any event (in ``readerd run``, before the readers start), so no
+    event hook or command of the plugin runs yet. ``hook_timeout`` applies: a migration that takes
+    longer quarantines the plugin.
+
+    Returns nothing; a return value is ignored. Raising counts as one failure (``plugin.error``) but does
+    not keep the plugin out unless that quarantines it: its commands are still asked for and it still
+    receives events. A plugin that cannot work without its startup refuses in its hooks and commands
+    itself (``Refusal("not_ready", ...)``).
+
+    Example::
+
+        @hookimpl
+        def readerd_startup(context: PluginContext) -> None:
+            context.store.shared.migrate(MIGRATIONS)
+            context.log.info("ready", greeting=context.config.get("greeting", "ようこそ"))
     """
 
 
 @hookspec
 def readerd_shutdown(context: PluginContext) -> None:
-    """Called once when the host stops (daemon shutdown or plugin reload). Release what startup took."""
+    """Release what ``readerd_startup`` took: stop the plugin's own threads, write what it holds in memory.
+
+    ``context`` is the plugin's :class:`PluginContext`; its store is still open (the daemon closes the
+    store after the host).
+
+    Runs once, when the host stops (``readerd run`` shutting down, ``readerd plugins`` ending), called
+    from the thread that stops it, once the feed thread has handed over what had already arrived
+    (within half the stop budget). Command handlers may still run meanwhile. ``hook_timeout`` applies.
+    Not called for a plugin that is quarantined or was not loaded; called for one whose startup raised
+    without quarantining it.
+
+    Returns nothing; a return value is ignored. Raising is reported as ``plugin.error`` like any failure;
+    the host stops anyway.
+
+    Example::
+
+        @hookimpl
+        def readerd_shutdown(context: PluginContext) -> None:
+            sync_timer.stop()  # started in readerd_startup
+    """
 
 
 # --- what a plugin receives --------------------------------------------------------------------------
 @hookspec(firstresult=True)
 def readerd_event_interest() -> EventInterest | None:
-    """Declare which events and which private fields this plugin receives (data minimisation).
+    """Declare which events this plugin receives and which of their private fields (data minimisation).
 
-    Called once per plugin at startup (firstresult per plugin: the host asks each plugin on its own).
-    Return None for the default: every ``card.*`` and ``reader.*`` event with public fields only.
+    Takes no argument: it runs before ``readerd_startup``, once per plugin when the host loads it, under
+    ``hook_timeout``. The host asks each plugin on its own, so ``firstresult`` never mixes two plugins'
+    answers.
+
+    Returns an :class:`EventInterest`, or None for the default: the public fields of every ``card.*`` and
+    ``reader.*`` event (``card.identified``, ``card.authenticated``, ``card.removed``,
+    ``card.read_aborted``, ``reader.added``, ``reader.removed``, ``reader.error``). ``types`` replaces
+    that set (exact names), so list the card events still wanted beside other plugins' results.
+    ``private`` names fields from ``idm``, ``pmm``, ``blocks`` (FeliCa) and ``serial``, ``issuer_der``,
+    ``subject_cn``, ``not_before``, ``not_after`` (the certificate); ``blocks`` only of the FeliCa reads
+    named in ``felica_services``. Anything but an ``EventInterest`` or None quarantines the plugin at
+    once (``bad_result``): it is never started. Raising counts as a failure and leaves the default.
+
+    Example::
+
+        @hookimpl
+        def readerd_event_interest() -> EventInterest:
+            wanted = {"card.identified", "card.removed", "plugin.checkin.result"}
+            return EventInterest(types=frozenset(wanted))
     """
 
 
 @hookspec
 def readerd_card_identified(event: PluginEvent, context: PluginContext) -> None:
-    """A card was identified (``card.identified``): ``event.data`` has the pseudonym, member/MyKey ID,
-    ``kind`` (``jpki`` / ``felica``), ``repeat``; ``event.private`` only the fields declared."""
+    """A card was identified on a reader (``card.identified``): the tap a use case acts on.
+
+    ``event`` is a :class:`PluginEvent`. ``event.data`` has ``kind`` (``jpki`` / ``felica``),
+    ``pseudonym`` (stable per card: key records by it), ``enrolled``, ``member_id`` / ``mykey_id`` when
+    enrolled, ``repeat`` (true when the same card left this reader less than ``sessions.repeat_window``
+    ago: a re-tap) and how it was read (``apdus``, ``read_path``; FeliCa ``system_code``, ``services``,
+    ``frames``). ``event.private`` holds only the fields declared in ``readerd_event_interest``.
+    ``event.reader`` names the reader, ``event.id`` the event (key writes by it: an event may come twice).
+    ``context`` is the plugin's :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers (this plugin's too), never with another of its hooks;
+    ``hook_timeout`` applies. ``event.replayed`` is true when a start hands the event again after a
+    crash: record its effects, but the card is gone.
+
+    Returns nothing; a return value is ignored. What it publishes carries ``cause`` (this event's id).
+
+    Example::
+
+        @hookimpl
+        def readerd_card_identified(event: PluginEvent, context: PluginContext) -> None:
+            if event.data["repeat"] or event.replayed:
+                return  # a re-tap, or a card long gone: no greeting
+            context.publish("greeting", {"message": "ようこそ"}, reader=event.reader)
+    """
 
 
 @hookspec
 def readerd_card_authenticated(event: PluginEvent, context: PluginContext) -> None:
-    """The citizen proved possession with the PIN (``card.authenticated``)."""
+    """The citizen proved possession of the card with its PIN (``card.authenticated``).
+
+    ``event.data`` has ``pseudonym``, ``enrolled``, ``member_id`` / ``mykey_id`` when enrolled,
+    ``assurance`` (``jpki_pin_signature``), ``validation`` (``valid``: the certificate was checked),
+    ``expires_within_days`` (``30``, ``90``, ``365``, ``more``) and ``validation_warnings`` when there are
+    some; ``event.reader`` names the reader. It carries no private field. ``context`` is the plugin's
+    :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies;
+    ``event.replayed`` as for ``readerd_card_identified``.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_card_authenticated(event: PluginEvent, context: PluginContext) -> None:
+            if event.data["expires_within_days"] == "30" and not event.replayed:
+                context.publish("renew_card_soon", {}, reader=event.reader)
+    """
 
 
 @hookspec
 def readerd_card_removed(event: PluginEvent, context: PluginContext) -> None:
-    """The card left the reader (``card.removed``)."""
+    """The card left the reader (``card.removed``), whether its read succeeded or not.
+
+    ``event.reader`` names the reader; ``event.data`` has ``kind`` only (no identity: match it to the
+    card by reader, as :class:`CardsOnReaders` does). ``context`` is the plugin's :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies;
+    ``event.replayed`` as for ``readerd_card_identified``.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        cards = CardsOnReaders()  # filled by cards.identified(event) in readerd_card_identified
+
+        @hookimpl
+        def readerd_card_removed(event: PluginEvent) -> None:
+            cards.removed(event)
+    """
 
 
 @hookspec
 def readerd_card_read_aborted(event: PluginEvent, context: PluginContext) -> None:
-    """A read ended without an identity (``card.read_aborted``): ``event.data["reason"]`` says why."""
+    """A read ended without an identity (``card.read_aborted``).
+
+    ``event.data`` has ``kind``, ``reason`` (``removed``, ``malformed``, ``timeout``, ``transport``,
+    ``auth_required``, ``card_error``, ``denied``, ``internal_error``: docs/events.md), ``apdus`` (sent
+    before the abort) and ``error`` (a fixed code); never a pseudonym. ``event.reader`` names the reader.
+    ``context`` is the plugin's :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies;
+    ``event.replayed`` as for ``readerd_card_identified``.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_card_read_aborted(event: PluginEvent, context: PluginContext) -> None:
+            if event.data["reason"] == "removed" and not event.replayed:
+                context.publish("hold_longer", {}, reader=event.reader)
+    """
 
 
 @hookspec
 def readerd_reader_changed(event: PluginEvent, context: PluginContext) -> None:
-    """A reader came, went or failed (``reader.added`` / ``reader.removed`` / ``reader.error``)."""
+    """A reader came, went or failed (``reader.added`` / ``reader.removed`` / ``reader.error``).
+
+    ``event.type`` says which. ``event.data`` has ``backend`` (``pcsc``, ``nfc``, ``sim``; ``session``
+    for a wedged card), and for ``reader.error`` also ``reason`` (``pcscd_unavailable``, ``wedged``,
+    ``simulator``) and ``message``. ``event.reader`` names the reader (None when the error concerns no
+    single reader: ``pcscd_unavailable``). ``context`` is the plugin's :class:`PluginContext`. In
+    ``readerd run`` the host starts before the readers, so a plugin gets ``reader.added`` for each.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies;
+    ``event.replayed`` as for ``readerd_card_identified``.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_reader_changed(event: PluginEvent, context: PluginContext) -> None:
+            if event.type == "reader.error":
+                context.log.warning("reader failed", reader=event.reader, reason=event.data["reason"])
+    """
 
 
 @hookspec
 def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
     """Another plugin published a result (``plugin.<name>.<event>``): how plugins cooperate without
-    importing each other (the points plugin awards points for ``plugin.checkin.checked_in``).
+    importing each other (the points plugin awards points for ``plugin.checkin.result`` with
+    ``status`` ``accepted``).
 
-    Only the types the plugin declared in :func:`readerd_event_interest` arrive (exact names, e.g.
-    ``"plugin.checkin.checked_in"``); a plugin never receives its own results.
+    Only the types declared in ``readerd_event_interest`` arrive (exact names, e.g.
+    ``"plugin.checkin.result"``; never ``plugin.error``), and never the plugin's own results.
+    ``event.type`` is the result's type, ``event.data`` what the other plugin published,
+    ``event.reader`` the reader it named. ``context`` is the plugin's :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies.
+    ``event.replayed`` is true only when this delivery is itself a replay after a crash.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
+            if event.type == "plugin.checkin.result" and event.data.get("status") == "accepted":
+                context.publish("welcome_back", {"event_id": event.data["event_id"]}, reader=event.reader)
     """
 
 
 # --- what a plugin offers ----------------------------------------------------------------------------
 @hookspec
 def readerd_commands(context: PluginContext) -> list[CommandSpec]:
-    """Control-channel commands this plugin answers (``points.redeem``, ``library.checkout``...).
+    """Control commands this plugin answers (``points.redeem``, ``hello.visits``...), sent on the control
+    socket as ``{"cmd": "hello.visits", "args": {...}}`` by readerctl, kiosk screens and terminals.
 
-    Each :class:`CommandSpec` names the command (it must start with the plugin's name and a dot), its
-    argument schema (checked before the handler runs) and the handler, which runs in the host with the
-    hook timeout and returns a JSON object.
+    ``context`` is the plugin's :class:`PluginContext`. Runs once, when the host loads the plugin, right
+    after ``readerd_startup`` (not if that quarantined it), under ``hook_timeout``; the commands are
+    registered then and the hook is never asked again.
+
+    Returns a list of :class:`CommandSpec`: ``name`` is ``<plugin>.<verb>``; ``args`` maps each argument
+    to an :class:`Arg` (type, required); ``role`` is ``CONTROL`` (default) or ``OPERATOR`` (staff: on the
+    LAN only operator keys may send it). A spec that is not a ``CommandSpec`` or lacks the prefix is
+    skipped and reported (``bad_result``, counted as a failure); a return that is not a list registers
+    nothing.
+
+    The handler gets the arguments as a dict, checked first (unknown, missing or mistyped: the caller
+    gets ``bad_request`` and the handler is not called). It runs on one of the host's four command
+    threads, concurrently with the event hooks and other commands (its own too), under ``hook_timeout``:
+    a timeout quarantines the plugin. It returns a JSON object (anything else: the caller gets
+    ``plugin_error``). :class:`Refusal` or any other ``ReaderdError`` (``StoreUnavailableError``...)
+    reaches the caller with its code, and is not a failure; another exception is published as
+    ``plugin.error``, counts towards quarantine and gives the caller ``plugin_error``.
+
+    Example::
+
+        @hookimpl
+        def readerd_commands(context: PluginContext) -> list[CommandSpec]:
+            def card(args: JsonObject) -> JsonObject:
+                return {"pseudonym": cards.require(args["reader"], refusal="hold the card").pseudonym}
+
+            return [CommandSpec("hello.card", card, {"reader": Arg(ArgType.STRING)}, help="who is there")]
     """
 
 
 @hookspec
 def readerd_ctl_commands() -> list[CtlCommand]:
-    """``readerctl`` subcommands this plugin contributes (``readerctl points settlement``...)."""
+    """``readerctl`` subcommands this plugin contributes (``readerctl points settlement``...).
+
+    Takes no argument. Runs in ``readerctl``, a short-lived process, never in the daemon: at each start
+    readerctl loads the plugins the configuration enables (built-ins named in ``[plugins] builtins``,
+    entry points unless autoload is off or ``READERD_DISABLE_PLUGIN_AUTOLOAD`` is set, minus
+    ``disabled``), makes a class plugin's instance and calls this hook to build its parser. Nothing
+    else runs there: no ``readerd_startup``, no context, no store, no timeout; keep it cheap.
+
+    Returns a list of :class:`CtlCommand` ``(name, help, configure, run)``: ``configure(parser)`` adds
+    argparse arguments; ``run(args, call)`` returns the exit code, where ``call(cmd, args)`` sends a
+    control request to the daemon and returns the result or raises :class:`Refusal` (readerctl prints
+    ``readerctl <name>: <code>: <message>`` and exits 1). A name readerctl or an earlier plugin has, or an
+    element that is not a ``CtlCommand``, is left out and reported on stderr; a hook that raises is
+    reported and its plugin contributes nothing. A return that cannot be iterated is not caught: readerctl
+    stops with a ``TypeError``.
+
+    Example::
+
+        @hookimpl
+        def readerd_ctl_commands() -> list[CtlCommand]:
+            def run(args: argparse.Namespace, call: Callable[[str, JsonObject], JsonObject]) -> int:
+                print(call("hello.visits", {"pseudonym": args.pseudonym})["visits"])
+                return 0
+
+            def configure(parser: argparse.ArgumentParser) -> None:
+                parser.add_argument("pseudonym")
+
+            return [CtlCommand("hello", "how often a card was greeted", configure, run)]
+    """
 
 
 @hookspec
 def readerd_doctor_checks() -> list[DoctorCheck]:
-    """Checks for ``readerctl doctor``: each returns ok or a problem with its fix."""
+    """Checks this plugin adds to ``readerctl doctor`` (its configuration, a server it needs...).
+
+    Takes no argument. Runs in the ``readerctl doctor`` process (the daemon need not run), never in the
+    daemon, after readerd's own checks; the plugins are loaded as for ``readerd_ctl_commands``, not
+    started. Skipped with ``--no-plugins`` or when the configuration does not load.
+
+    Returns a list of :class:`DoctorCheck` ``(name, run)``, shown as ``<plugin>.<name>``: ``run()`` returns
+    a :class:`CheckResult` ``(status, message, fix)``; only ``CheckStatus.PROBLEM`` makes doctor exit 1.
+    A ``run`` that raises or returns something else is a problem ("the check failed"); a hook that raises
+    is the problem ``<plugin>.load``; an element that is not a ``DoctorCheck`` is skipped unreported; a
+    return that cannot be iterated is not caught (doctor stops with a ``TypeError``).
+
+    Example::
+
+        @hookimpl
+        def readerd_doctor_checks() -> list[DoctorCheck]:
+            def server() -> CheckResult:
+                if reachable(ILS_HOST):
+                    return CheckResult(CheckStatus.OK, f"{ILS_HOST} answers")
+                return CheckResult(CheckStatus.PROBLEM, f"{ILS_HOST} does not answer", "check the VPN")
+
+            return [DoctorCheck("ils", server)]
+    """

@@ -1,11 +1,11 @@
 """The plugin host: loads plugins, feeds them bus events, runs their commands, keeps them apart.
 
-The host is a subscriber of the daemon's private feed like any client (DESIGN decision 1), on a thread of
+The host is a subscriber of the daemon's private feed like any client (docs/design.md D1), on a thread of
 its own (embedded in ``readerd run``) or in its own process (``readerd plugins``), so a slow or hung plugin
 can never delay card reading. Each hook call of each plugin runs separately, under ``hook_timeout``: pluggy's
 own ``hook(...)`` would stop at the first implementation that raises and keep the event from the rest.
 
-Failure policy (DESIGN decision 15): an exception counts as a failure and ``quarantine_after`` failures in a
+Failure policy (docs/design.md D15): an exception counts as a failure and ``quarantine_after`` failures in a
 row quarantine the plugin; a timeout quarantines it at once, since its thread is abandoned still running.
 A quarantined plugin receives nothing until the host is reloaded; ``readerctl status`` and
 ``readerctl plugins`` show it, and every failure is published as ``plugin.error``. Quarantine also revokes

@@ -92,7 +92,7 @@ class SplitHost:
 
     def _write_cursor(self, seq: int) -> None:
         # Not fsynced: a cursor that lags after a crash only means a few events are given again, and
-        # plugins key their writes by event id (DESIGN decision 2).
+        # plugins key their writes by event id (docs/design.md D2).
         tmp = self.cursor_path.with_suffix(".tmp")
         tmp.write_text(str(seq), encoding="ascii")
         os.replace(tmp, self.cursor_path)
@@ -131,7 +131,7 @@ class SplitHost:
                 # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
                 log.error("the daemon does not answer on its plugin socket", endpoint=control)
                 return ExitCode.UNAVAILABLE
-            # Resume after the lowest of the plugins' own cursors (the store, issue 5) and ours: a plugin
+            # Resume after the lowest of the plugins' own cursors (the store) and ours: a plugin
             # ahead of it gets a few events again, which its writes keyed by event id absorb.
             cursors = [p.cursor for p in host.plugins.values() if p.cursor is not None]
             mine = self._read_cursor()

@@ -207,7 +207,7 @@ class CardSessions:
 
     def read_pcsc_felica_card(self, reader: str, transport: Transport, *, transparent: bool) -> ReadResult:
         """A FeliCa card on a PC/SC reader: IDm (and PMm) by GET DATA; with ``transparent``, Polling and
-        block reads through the reader's part-3 transparent session (DESIGN decision 13)."""
+        block reads through the reader's part-3 transparent session (docs/design.md D13)."""
         pcsc = PcscFelica(transport)
 
         def prepare() -> tuple[FelicaTransport | None, PollingResponse]:

@@ -12,9 +12,10 @@ concurrent revocation could race.
 Keys are ZeroMQ certificate files (the ZPL text czmq's ``zcert`` and pyzmq's ``zmq.auth`` read), so a
 client in another language can use its own tooling: ``<name>.key`` holds the public key (and for
 allowlist entries ``metadata / role``), ``<name>.key_secret`` the secret one too (0600). The directory
-is re-read while the daemon runs; ZAP runs only at the handshake, so when a key is revoked (or loses its
-control role) the bus re-binds its CURVE endpoints, which drops every connection and lets only the
-still-allowed keys back in (docs/design.md D14).
+is re-read while the daemon runs; ZAP runs only at the handshake, so when a key is revoked the bus
+re-binds its CURVE publish endpoint, which drops every subscription and lets only the still-allowed keys
+back in, and every control request is checked against the allowlist as it is then (:func:`authorize`),
+so a revoked key or a lost role takes effect at the next request (docs/design.md D14).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -28,9 +27,6 @@ from readerd.bus.curve import ROLES
 from readerd.bus.server import Bus
 from readerd.config import Config
 from readerd.errors import Refusal
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger("readerd.plugin_link")
 

@@ -27,7 +27,7 @@ from readerd.bus.client import BusClient
 from readerd.bus.control import JsonObject
 from readerd.config import Config
 from readerd.errors import BusSilentError, GapUnrecoverableError
-from readerd.events import Event
+from readerd.events import Envelope, Event
 from readerd.exitcodes import ExitCode
 from readerd.plugin.host import PluginHost
 from readerd.plugin.link import CURSOR_FILE, endpoints
@@ -172,9 +172,10 @@ class SplitHost:
                 restarts = client.stats.restarts
                 uplink.send("plugins.register", {"commands": _roles(host)})
             if env is not None:
-                host.dispatch(env, replayed=int(env["seq"]) <= backlog_end)
+                envelope = Envelope.from_dict(env)
+                host.dispatch(envelope, replayed=envelope.seq <= backlog_end)
                 self.dispatched += 1
-                self._write_cursor(int(env["seq"]))
+                self._write_cursor(envelope.seq)
             self._serve(host, uplink)
             uplink.flush()
 

@@ -54,7 +54,8 @@ def measure(taps: int) -> list[float]:
             with WebServer(settings) as web, sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page()
-                page.goto(f"{web.url}/kiosk?reader={READER.replace(' ', '%20')}")
+                # the kiosk secret in the fragment, as the launcher hands it (docs/web.md)
+                page.goto(f"{web.url}/kiosk?reader={READER.replace(' ', '%20')}#secret={web.kiosk_secret}")
                 page.wait_for_selector("body[data-connected=yes]", timeout=10_000)
                 for i in range(taps):
                     started = time.monotonic()

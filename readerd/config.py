@@ -7,6 +7,7 @@ daemon at start (exit 78) rather than silently keep the safe default the operato
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from urllib.parse import urlparse
 from readerd.errors import ConfigError
 
 BACKENDS = ("pcsc", "nfc", "sim")
+#: The backends with real readers: beside them, the sim backend needs ``sim.allow_simulated_cards``.
+HARDWARE_BACKENDS = ("pcsc", "nfc")
 
 #: The built-in plugins (``plugins/``), name -> ``module:object``: a kiosk names those it runs in
 #: ``[plugins] builtins`` (opt-in; ``readerd.plugin.loader`` loads them).
@@ -43,9 +46,37 @@ class BusConfig:
     curve: bool = False  # CURVE on every tcp:// endpoint (a non-loopback one needs it or insecure_lan)
     curve_dir: str = ""  # server.key(_secret) and clients/ (the allowlist); empty: <state_dir>/curve
     allowlist_poll: float = 0.5  # seconds between looks at the allowlist (a revocation re-binds)
+    max_request_bytes: int = 65536  # a larger control message disconnects its sender (ZMQ_MAXMSGSIZE)
+    since_rate: float = 5.0  # events.since requests per second and client, on average ...
+    since_burst: int = 10  # ... in bursts of at most this many; beyond: rate_limited (2x for all clients)
+    # the local role sockets (operator.sock, control.sock, status.sock: readerd.bus.roles); empty: systemd's
+    # $RUNTIME_DIRECTORY (/run/readerd), else <state_dir>/run
+    sockets_dir: str = ""
+    operator_group: str = "readerd-operator"  # may connect to operator.sock (0660); a name or a gid
+    control_group: str = "readerd-control"  # may connect to control.sock (0660); a name or a gid
 
     def curve_path(self, state_dir: str) -> Path:
         return Path(self.curve_dir) if self.curve_dir else Path(state_dir) / "curve"
+
+    def sockets_path(self, state_dir: str) -> Path:
+        """Where the role sockets are bound (see ``sockets_dir``)."""
+        if self.sockets_dir:
+            return Path(self.sockets_dir)
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        return Path(runtime) if runtime else Path(state_dir) / "run"
+
+    def validate(self) -> BusConfig:
+        if self.allowlist_poll <= 0:
+            raise ConfigError("bus.allowlist_poll must be positive")
+        if self.max_request_bytes < 1024:
+            raise ConfigError(
+                "bus.max_request_bytes must be at least 1024 (a tap or a PIN request is ~200 bytes)"
+            )
+        if self.since_rate <= 0 or self.since_burst < 1:
+            raise ConfigError("bus.since_rate and bus.since_burst must be positive")
+        if self.log_retention_days <= 0 or self.log_max_events < 1:
+            raise ConfigError("bus.log_retention_days and bus.log_max_events must be positive")
+        return self
 
 
 @dataclass(frozen=True)
@@ -159,6 +190,9 @@ class PluginsConfig:
 class SimConfig:
     readers: tuple[str, ...] = ("Simulated Reader 00",)
     extended_length: bool = True
+    # sim beside pcsc or nfc (a test bench): refused at start unless true; then every simulated card's
+    # events and authentications say "simulated": true, and the simulator's CA never vouches for a real card
+    allow_simulated_cards: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,6 +295,12 @@ class WebConfig:
     console_token: str = ""  # the operator console's token; empty: the console is closed
     events_kept: int = 200  # recent events the console shows (and the tap chart counts from)
     kiosks: tuple[WebKiosk, ...] = field(default=(), metadata={"item": WebKiosk})  # the console's fleet
+    kiosk_secret_file: str = ""  # the kiosk page's per-boot secret; "": $RUNTIME_DIRECTORY/kiosk-secret
+    kiosk_secret_group: str = ""  # the kiosk session's group, which may read that file (0640); "": 0600
+    hosts: tuple[str, ...] = ()  # Host names served besides 127.0.0.1, localhost, [::1] (DNS rebinding)
+    console_idle: float = 1800.0  # seconds: a console session unused this long ends
+    console_max_age: float = 28800.0  # seconds: and this long after its login, used or not
+    console_login_attempts: int = 5  # failed logins a minute per client address before a lockout
 
     def address(self) -> tuple[str, int]:
         """(host, port); ConfigError (exit 78) for a malformed one or a refused non-loopback host."""
@@ -307,6 +347,11 @@ class Config:
     def simulated(self) -> bool:
         return "sim" in self.backends
 
+    @property
+    def hardware(self) -> bool:
+        """A backend with real readers is configured (pcsc, nfc)."""
+        return any(backend in HARDWARE_BACKENDS for backend in self.backends)
+
     def validate(self) -> Config:
         for backend in self.backends:
             if backend not in BACKENDS:
@@ -322,10 +367,14 @@ class Config:
                 )
             if self.simulated and not is_loopback_endpoint(endpoint):
                 raise ConfigError("the sim backend only runs with loopback endpoints (no injection on a LAN)")
-        if self.bus.allowlist_poll <= 0:
-            raise ConfigError("bus.allowlist_poll must be positive")
-        if self.bus.log_retention_days <= 0 or self.bus.log_max_events < 1:
-            raise ConfigError("bus.log_retention_days and bus.log_max_events must be positive")
+        if self.simulated and self.hardware and not self.sim.allow_simulated_cards:
+            hardware = " and ".join(b for b in self.backends if b in HARDWARE_BACKENDS)
+            raise ConfigError(
+                f"backends: sim beside {hardware} would put simulated cards (and the tap command) on a "
+                'kiosk with real readers; remove "sim" from backends, or, on a test bench only, set '
+                "allow_simulated_cards = true in [sim] (their events are then marked simulated)"
+            )
+        self.bus.validate()
         if self.bus.heartbeat_interval <= 0 or self.sessions.deadline <= 0:
             raise ConfigError("intervals and deadlines must be positive")
         if not self.kiosk or len(self.kiosk) > 64:

@@ -1,10 +1,10 @@
 """The daemon: wires configuration, identity, the bus and the backends, and lives until told to stop.
 
-Start order: state directory, pseudonym key, member directory, plugin store (with plugins enabled; a
-local file that cannot be opened exits 69), bus (binds, so a port conflict fails
-before any reader is touched), backends, then ``READY=1``. The main thread only waits: it pings the
-systemd watchdog while every backend thread and the bus thread are alive, so a hung or dead thread gets
-the daemon restarted. Stop order is the reverse, within ``SHUTDOWN_BUDGET`` seconds.
+Start order: state directory (0700, its files 0600: readerd/ops/statedir.py), pseudonym key, member
+directory, plugin store (with plugins enabled; a local file that cannot be opened exits 69), bus (binds,
+so a port conflict fails before any reader is touched), backends, then ``READY=1``. The main thread only
+waits: it pings the systemd watchdog while every backend thread and the bus thread are alive, so a hung
+or dead thread gets the daemon restarted. Stop order is the reverse, within ``SHUTDOWN_BUDGET`` seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import signal
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -26,12 +26,14 @@ from readerd.auth.manager import AuthManager, build_validator
 from readerd.bus.control import ControlRequest, JsonObject
 from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.bus.eventlog import DAY, EventLog
+from readerd.bus.roles import RoleSockets
 from readerd.bus.server import Bus, CurveServer
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
-from readerd.errors import ConfigError, MetricsUnavailableError, Refusal
+from readerd.errors import ConfigError, MetricsUnavailableError, Refusal, StoreUnavailableError
 from readerd.exitcodes import ExitCode
 from readerd.ops.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.ops.sdnotify import Notifier
+from readerd.ops.statedir import private_dir, private_sqlite, private_tree
 from readerd.plugin.host import PluginHost
 from readerd.plugin.link import SplitHostLink, prepare_runtime_dir
 from readerd.plugin.link import endpoints as split_endpoints
@@ -68,6 +70,7 @@ class Daemon:
         self.started = threading.Event()  # set once the bus, the plugins and every backend run
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
+        self._audit_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
         self.auth: AuthManager | None = None
@@ -103,15 +106,18 @@ class Daemon:
         A kiosk on its own must start from the README's one command; a deployment of several kiosks
         shares one key (``readerctl keys init-deployment``), or their pseudonyms would differ. A key file
         named in the configuration must exist (exit 78 otherwise): that is a deployment that lost its key.
+        The sim backend alone uses the state dir's key; beside real readers the deployment's key stays
+        in force (real cards' pseudonyms must not change because a simulator runs beside them).
         """
         config = self.config
         configured = Path(config.identity.pseudonym_key_file)
         default = Path(IdentityConfig().pseudonym_key_file)
-        if config.simulated or (configured == default and not configured.exists()):
+        sim_only = config.simulated and not config.hardware
+        if sim_only or (configured == default and not configured.exists()):
             own = state_dir / "pseudonym.key"
             created = not own.exists()
             key = load_or_create_pseudonym_key(own)
-            if not config.simulated:
+            if not sim_only:
                 log.warning(
                     "no deployment pseudonym key: using this kiosk's own",
                     path=str(own),
@@ -139,10 +145,31 @@ class Daemon:
             event_log=event_log,
             curve=self._curve(),
             private_control=plugin_control,
+            role_sockets=RoleSockets(
+                config.bus.sockets_path(config.state_dir),
+                operator_group=config.bus.operator_group,
+                control_group=config.bus.control_group,
+            ),
         )
+        bus.add_command_observer(self._audit_command)
         if split:
             SplitHostLink(bus)
         return bus
+
+    def _audit_command(self, request: ControlRequest, role: str, outcome: str) -> None:
+        """An operator command, answered: who (uid or key name), what, the outcome (no arguments: they
+        may hold member IDs), written off the bus thread since the audit log fsyncs."""
+        audit = AuditLog(Path(self.config.state_dir) / "audit.log", kiosk=self.config.kiosk)
+
+        def write() -> None:
+            try:
+                audit.append(
+                    "operator_command", cmd=request.cmd, caller=request.caller, role=role, outcome=outcome
+                )
+            except StoreUnavailableError as e:
+                log.error("operator command not audited", cmd=request.cmd, error=str(e))
+
+        self._audit_writer.submit(write)
 
     def _curve(self) -> CurveServer | None:
         """The bus's CURVE keys and allowlist (``bus.curve``); the server key is made on first start."""
@@ -166,15 +193,9 @@ class Daemon:
         if not config.backends:
             log.error("no reader backend configured", hint="use `readerd run --simulate` or --backend pcsc")
             return ExitCode.CONFIG
-        for endpoint in (config.bus.publish, config.bus.control):
-            if not is_loopback_endpoint(endpoint) and not config.bus.curve:
-                log.warning(
-                    "insecure LAN endpoint: events travel unencrypted and anyone may connect",
-                    endpoint=endpoint,
-                    hint="bus.curve = true (docs/clients.md)",
-                )
+        self._warn_unsafe()
         state_dir = Path(config.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._private_state_dir(state_dir)
         key = self._pseudonym_key(state_dir)
         directory = SqliteDirectory(state_dir / "members.db")
         if config.plugins.enabled:  # only plugins use it: without them a broken store must not stop readers
@@ -192,12 +213,12 @@ class Daemon:
             bus.publish,
             deadline=config.sessions.deadline,
             repeat_window=config.sessions.repeat_window,
-            simulated=config.simulated,
             felica_reads=config.felica.reads,
         )
         self.backends = self._build_backends(sessions, state_dir)
         self._register_commands(bus)
         self.auth = self._auth(sessions, resolver, bus, state_dir)
+        self._private_state_files(state_dir, found=False)  # made by now: databases, keys, the sim's PKI
         bus.start()
         try:
             self.metrics = self._start_metrics(bus)
@@ -228,6 +249,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.stop(SHUTDOWN_BUDGET / 4)
             bus.stop(SHUTDOWN_BUDGET / 4)
+            self._audit_writer.shutdown(wait=True)  # what the last operator commands did is recorded
             directory.close()
             event_log.close()
             if self.store is not None:
@@ -235,24 +257,80 @@ class Daemon:
             log.info("readerd stopped")
         return ExitCode.OK
 
+    def _warn_unsafe(self) -> None:
+        """Settings that are allowed but must not go unnoticed: logged at every start."""
+        config = self.config
+        for endpoint in (config.bus.publish, config.bus.control):
+            if not is_loopback_endpoint(endpoint) and not config.bus.curve:
+                log.warning(
+                    "insecure LAN endpoint: events travel unencrypted and anyone may connect",
+                    endpoint=endpoint,
+                    hint="bus.curve = true (docs/clients.md)",
+                )
+        if config.simulated and config.hardware:
+            log.warning(
+                "simulated cards beside real readers (sim.allow_simulated_cards): a test bench, not a kiosk",
+                hint="their events say simulated: true; tap works on the simulated readers only",
+            )
+
+    def _private_state_dir(self, state_dir: Path) -> None:
+        """The state directory, 0700: made so, or an existing one with a looser mode set to it (logged),
+        and the files in it 0600. One that cannot be made private (another owner) stops the start
+        (exit 78)."""
+        try:
+            loose = private_dir(state_dir)
+        except OSError as e:
+            raise ConfigError(
+                f"state_dir {state_dir}: cannot make it private (0700): {e.strerror or e}; it must belong "
+                "to the daemon's user (docs/kiosk.md, state_dir)"
+            ) from e
+        if loose is not None:
+            log.warning("state directory was open to others: now 0700", path=str(state_dir), was=oct(loose))
+        self._private_state_files(state_dir, found=True)  # before SQLite reopens a loose -wal
+
+    def _private_state_files(self, state_dir: Path, *, found: bool) -> None:
+        """Every file under the state directory 0600 (directories 0700), the local store's too when it
+        lives elsewhere. ``found``: the files an earlier version, a copy or a restore left readable,
+        fixed before they are opened (logged); else the files this start made (curve keys, the
+        simulator's certificates), quietly."""
+        store = self.config.store
+        if store.local_path and self.config.plugins.enabled:
+            private_sqlite(Path(store.local_path))
+        changed, failed = private_tree(state_dir)
+        if changed and found:
+            log.warning(
+                "state files were open to others: set to owner only",
+                files=len(changed),
+                first=str(changed[0].relative_to(state_dir)),
+            )
+        for path, reason in failed:
+            log.warning("cannot make a state file private", path=str(path), error=reason)
+
     def _auth(
         self, sessions: CardSessions, resolver: IdentityResolver, bus: Bus, state_dir: Path
     ) -> AuthManager:
+        """Real readers' cards are checked against the configured anchors only; the sim backend's against
+        the simulator's CA (unless anchors are configured), which never vouches for a real card."""
         simulated_trust = None
         for backend in self.backends:
             trust_files = getattr(backend, "trust_files", None)  # the sim backend's test CA and CRL
             if callable(trust_files):
                 simulated_trust = trust_files()
-        validator = build_validator(self.config.auth, simulated_trust=simulated_trust)
-        if validator is None:
+        auth_config = self.config.auth
+        validator = build_validator(auth_config, simulated_trust=None) if self.config.hardware else None
+        simulated_validator = (
+            build_validator(auth_config, simulated_trust=simulated_trust) if self.config.simulated else None
+        )
+        if self.config.hardware and validator is None:
             log.warning("no trust anchors configured: JPKI authentication is refused", hint="see [auth]")
         auth = AuthManager(
-            self.config.auth,
+            auth_config,
             kiosk=self.config.kiosk,
             sessions=sessions,
             backends=self.backends,
             resolver=resolver,
             validator=validator,
+            simulated_validator=simulated_validator,
             publish=bus.publish,
             audit=AuditLog(state_dir / "audit.log", kiosk=self.config.kiosk),
         )

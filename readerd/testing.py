@@ -10,7 +10,8 @@ This module is also a pytest plugin (entry point ``pytest11``), so a plugin pack
 
 The daemon runs the sim backend on ephemeral loopback ports with every installed plugin (entry-point group
 ``readerd``) loaded, exactly as ``readerd run --simulate`` would; events are read from its PUB socket like
-any LAN client does. Plugins get a real store: a SQLite file in the test's temporary state directory
+any LAN client does, and commands go to its operator socket (in a short temporary directory), so a test
+may send every command. Plugins get a real store: a SQLite file in the test's temporary state directory
 (``ReaderdHarness.store(name)`` reads it back); point ``store.shared_url`` of ``readerd_config`` at a
 PostgreSQL database to test the shared role on the real thing. Override the ``readerd_config`` fixture
 to change the configuration (plugin sections, FeliCa reads, the store).
@@ -19,6 +20,7 @@ to change the configuration (plugin sections, FeliCa reads, the store).
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ import zmq
 
 from readerd.bus.control import result_of
 from readerd.bus.control_client import ControlSession, request
+from readerd.bus.curve import OPERATOR
 from readerd.config import BusConfig, Config, SessionConfig, SimConfig
 from readerd.daemon import Daemon
 from readerd.ops.sdnotify import Notifier
@@ -45,7 +48,14 @@ def sim_config(state_dir: Path, **overrides: Any) -> Config:  # noqa: ANN401 - C
         kiosk="test-kiosk",
         state_dir=str(state_dir),
         backends=("sim",),
-        bus=BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0", heartbeat_interval=0.05),
+        # The role sockets in a short directory of their own (a socket path holds at most 107 bytes, and a
+        # test's temporary directory can be longer): the harness talks to the operator socket.
+        bus=BusConfig(
+            publish="tcp://127.0.0.1:0",
+            control="tcp://127.0.0.1:0",
+            heartbeat_interval=0.05,
+            sockets_dir=tempfile.mkdtemp(prefix="readerd-"),
+        ),
         sessions=SessionConfig(deadline=3.0, repeat_window=10.0),
         sim=SimConfig(readers=("Sim 00", "Sim 01")),
     )
@@ -175,7 +185,9 @@ def running_daemon(
         time.sleep(0.005)
     bus = daemon.bus
     try:
-        yield RunningDaemon(daemon, thread, bus.publish_endpoint, bus.control_endpoint, result)
+        assert bus.role_sockets is not None  # noqa: S101 - the daemon always binds them
+        operator = f"ipc://{bus.role_sockets.path(OPERATOR)}"
+        yield RunningDaemon(daemon, thread, bus.publish_endpoint, operator, result)
     finally:
         daemon.stop_event.set()
         thread.join(10)

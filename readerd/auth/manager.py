@@ -29,6 +29,10 @@ Rules, each tested on the card's own APDU record:
 * Success needs all of: VERIFY 9000, a signature over the challenge's DigestInfo that verifies with the
   certificate's key, and the validator's ``valid`` for the certificate. Then ``card.authenticated`` is
   published (identity, assurance, an ``expires_within_days`` bucket; no certificate field).
+* A card on a simulated reader (a backend whose ``simulated`` is true) is checked by the simulated
+  validator (the simulator's CA unless anchors are configured), a card on a real reader only by the
+  configured anchors: the simulator's CA never vouches for a real card. Both events of a simulated
+  card's authentication say ``"simulated": true``.
 """
 
 from __future__ import annotations
@@ -88,13 +92,15 @@ class _AuthSession:
     expires_at: float
     state: _State = _State.PENDING
     identity: Identity | None = field(default=None)
+    simulated: bool = False  # the card is on a simulated reader
 
 
 def build_validator(
     config: AuthConfig, *, simulated_trust: tuple[Path, Path] | None
 ) -> CertificateValidator | None:
-    """The local validator from the configuration; on the sim backend without configured anchors, the
-    simulator's test CA and CRL (``simulated_trust``). ``None``: nothing configured, auth refused."""
+    """The local validator from the configuration; for the sim backend's readers without configured
+    anchors, the simulator's test CA and CRL (``simulated_trust``; never pass them for a real reader's
+    validator). ``None``: nothing configured, auth refused."""
     anchors: Sequence[Path | str] = config.trust_anchors
     crls: Sequence[Path | str] = config.crl_files
     if not anchors and simulated_trust is not None:
@@ -120,12 +126,16 @@ class AuthManager:
         publish: Callable[[ev.Event], object],
         audit: AuditLog,
         clock: Callable[[], float] = time.monotonic,
+        simulated_validator: CertificateValidator | None = None,
     ) -> None:
+        """``validator`` checks the certificates of cards on real readers; ``simulated_validator`` those
+        on a simulated backend's readers (None: their authentications are refused)."""
         self.config = config
         self.sessions = sessions
         self.backends = backends
         self.resolver = resolver
         self.validator = validator
+        self.simulated_validator = simulated_validator
         self.publish = publish
         self.audit = audit
         self.clock = clock
@@ -142,10 +152,15 @@ class AuthManager:
 
     # -- helpers --------------------------------------------------------------------------------------
     def _backend(self, reader: str) -> Backend:
-        for backend in self.backends:
-            if backend.has_reader(reader):
-                return backend
-        raise UnknownReaderError(f"no reader {reader!r}")
+        found = [backend for backend in self.backends if backend.has_reader(reader)]
+        if len(found) > 1:  # a real reader named as a simulated one: which card is which is unknown
+            raise UnknownReaderError(f"reader {reader!r} is on more than one backend")
+        if not found:
+            raise UnknownReaderError(f"no reader {reader!r}")
+        return found[0]
+
+    def _validator(self, simulated: bool) -> CertificateValidator | None:
+        return self.simulated_validator if simulated else self.validator
 
     def _pseudonym(self, certificate: UserAuthCertificate) -> str:
         return self.resolver.jpki(certificate).pseudonym
@@ -186,20 +201,22 @@ class AuthManager:
             raise AuthSessionInvalidError("the card left the reader since auth.begin", reason="card_changed")
         return present
 
-    def _failed(self, reader: str, error: BaseException) -> None:
+    def _failed(self, reader: str, error: BaseException, *, simulated: bool) -> None:
         code = error.code if isinstance(error, ReaderdError) else "internal_error"
         facts = error.details() if isinstance(error, ReaderdError) else {}
-        self.publish(ev.card_auth_failed(reader, code, **facts))
-        log.info("authentication failed", reader=reader, reason=code, **facts)
+        marks = {"simulated": True} if simulated else {}
+        self.publish(ev.card_auth_failed(reader, code, **facts, **marks))
+        log.info("authentication failed", reader=reader, reason=code, **facts, **marks)
 
     # -- auth.begin -----------------------------------------------------------------------------------
     def begin(self, request: ControlRequest) -> Future[JsonObject]:
         reader = request.args.get("reader")
         if not isinstance(reader, str) or not reader:
             raise Refusal("bad_request", "reader is required")
-        if self.validator is None:
-            raise AuthNotConfiguredError("no trust anchors or CRL configured ([auth] in the configuration)")
         backend = self._backend(reader)
+        simulated = _simulated(backend)
+        if self._validator(simulated) is None:
+            raise AuthNotConfiguredError("no trust anchors or CRL configured ([auth] in the configuration)")
         present = self.sessions.present(reader)
         if present is None:
             raise CardAbsentError(f"no identified My Number Card on {reader}")
@@ -227,6 +244,7 @@ class AuthManager:
                     insertion=present.insertion,
                     pseudonym=bound,
                     expires_at=self.clock() + self.config.session_ttl,
+                    simulated=simulated,
                 )
                 self._still_present(auth)
                 with self._lock:
@@ -243,7 +261,7 @@ class AuthManager:
                     }
                 )
             except BaseException as e:  # handed to the caller with the reply
-                self._failed(reader, e)
+                self._failed(reader, e, simulated=simulated)
                 result.set_exception(e)
 
         backend.on_card(reader, operation).add_done_callback(done)
@@ -286,7 +304,7 @@ class AuthManager:
             try:
                 result.set_result(self._conclude(auth, card.result(), challenge.id, allow_last_try))
             except BaseException as e:  # handed to the caller with the reply
-                self._failed(auth.reader, e)
+                self._failed(auth.reader, e, simulated=auth.simulated)
                 result.set_exception(e)
 
         if allow_last_try:
@@ -300,9 +318,10 @@ class AuthManager:
         certificate: UserAuthCertificate = card["certificate"]
         challenge = self.challenges.redeem(challenge_id, reader=auth.reader)
         verify_signature(certificate, challenge, card["signature"])
-        if self.validator is None:  # auth.begin refuses without one; a reload may not take it away
+        validator = self._validator(auth.simulated)
+        if validator is None:  # auth.begin refuses without one; a reload may not take it away
             raise AuthNotConfiguredError("no certificate validator")
-        validation = self.validator.validate(certificate)
+        validation = validator.validate(certificate)
         if not validation.valid:
             raise CertificateRejectedError(validation.outcome.value)
         identity = self.resolver.jpki(certificate)
@@ -313,7 +332,8 @@ class AuthManager:
             self._sessions[auth.auth_id] = auth
         public = identity.public_fields()
         fields = validation.event_fields()
-        self.publish(ev.card_authenticated(auth.reader, public, ASSURANCE, fields))
+        marks = {"simulated": True} if auth.simulated else {}
+        self.publish(ev.card_authenticated(auth.reader, public, ASSURANCE, {**fields, **marks}))
         log.info("card authenticated", reader=auth.reader, pseudonym=identity.pseudonym, last_try=last_try)
         return {"verified": True, "auth_id": auth.auth_id, **public, "assurance": ASSURANCE, **fields}
 
@@ -375,6 +395,11 @@ class AuthManager:
             reason=reason.strip(),
         )
         return _entry_reply(entry.member_id, entry.mykey_id, created=False)
+
+
+def _simulated(backend: Backend) -> bool:
+    """The backend's cards are the simulator's (``SimBackend.simulated``); real backends lack the flag."""
+    return getattr(backend, "simulated", False) is True
 
 
 def _entry_reply(member_id: str, mykey_id: str | None, *, created: bool) -> JsonObject:

@@ -170,6 +170,19 @@ def _request_body(seq: int) -> tuple[str, bytes]:
     return request_id, json.dumps(body).encode()
 
 
+#: The longest pause a paced catch-up waits before it asks again.
+MAX_RETRY_AFTER = 2.0
+
+
+def _retry_after(error: dict[str, Any]) -> float | None:
+    """Seconds to wait before asking again when the daemon paced the request, else None."""
+    if error.get("code") not in ("rate_limited", "busy"):
+        return None
+    details = error.get("details") or {}
+    pause = details.get("retry_after_s", 0.1) if isinstance(details, dict) else 0.1
+    return min(MAX_RETRY_AFTER, max(0.01, float(pause))) if isinstance(pause, (int, float)) else 0.1
+
+
 def _parse(body: bytes) -> Envelope:
     env = json.loads(body)
     if not isinstance(env, dict):
@@ -303,6 +316,10 @@ class BusClient(_Base):
                 error = reply.get("error", {})
                 if error.get("code") == "gap_unrecoverable":
                     raise self.stream.lost(error)
+                pause = _retry_after(error)
+                if pause is not None:  # the daemon paces catch-up (rate_limited, busy): wait, ask again
+                    time.sleep(pause)
+                    continue
                 raise refusal_of(reply)
             result = reply["result"]
             self._pending.extend(self.stream.replay(result))
@@ -401,6 +418,10 @@ class AsyncBusClient(_Base):
                 error = reply.get("error", {})
                 if error.get("code") == "gap_unrecoverable":
                     raise self.stream.lost(error)
+                pause = _retry_after(error)
+                if pause is not None:  # the daemon paces catch-up (rate_limited, busy): wait, ask again
+                    await asyncio.sleep(pause)
+                    continue
                 raise refusal_of(reply)
             result = reply["result"]
             self._pending.extend(self.stream.replay(result))

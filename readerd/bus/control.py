@@ -36,11 +36,31 @@ class ControlRequest:
     peer: bytes
     request_id: str | None = None
     user: str | None = None
+    #: Who asked, for the audit log: ``uid:<n>`` (a local role socket), ``key:<name>`` (CURVE), ``tcp``.
+    caller: str | None = None
+    #: The caller's role on this connection (subscribe, control, operator); None on the private socket.
+    role: str | None = None
 
 
 #: A handler's answer: a JSON object, or a Future of one when the work runs elsewhere.
 CommandResult = JsonObject | Future[JsonObject]
 CommandHandler = Callable[[ControlRequest], CommandResult]
+#: ``(request, role, outcome)`` after an operator command was answered (outcome: ``ok`` or an error code).
+CommandObserver = Callable[[ControlRequest, str, str], None]
+
+
+class RawJson(str):
+    """A result already encoded as a JSON object (the event log's stored envelopes): sent as it is,
+    so a catch-up answer of 1,000 events is not decoded and encoded again on its way out."""
+
+
+def encode_reply(reply: JsonObject) -> bytes:
+    """The bytes of a reply on the wire; a :class:`RawJson` result is spliced in unchanged."""
+    result = reply.get("result")
+    if isinstance(result, RawJson):
+        head = json.dumps({"id": reply.get("id"), "ok": True}, ensure_ascii=False)
+        return f'{head[:-1]}, "result": {result}}}'.encode()
+    return json.dumps(reply, ensure_ascii=False).encode()
 
 
 def ok_reply(request_id: object, result: JsonObject) -> JsonObject:
@@ -93,6 +113,8 @@ def result_of(reply: Mapping[str, Any]) -> JsonObject:
     if not reply.get("ok"):
         raise refusal_of(reply)
     result = reply.get("result")
+    if isinstance(result, RawJson):
+        result = json.loads(result)
     return result if isinstance(result, dict) else {}
 
 
@@ -102,14 +124,17 @@ def answer(
     handlers: Mapping[str, CommandHandler],
     *,
     user: str | None = None,
-    authorize: Callable[[str, str], None] | None = None,
+    caller: str | None = None,
+    role: str | None = None,
+    authorize: Callable[[str], None] | None = None,
     starting: bool = False,
 ) -> JsonObject | Future[JsonObject]:
     """Answer one request with the handler of its ``cmd``: a reply, or a Future of one.
 
-    ``user`` and ``authorize(user, cmd)``: a CURVE caller, checked before its handler runs (raises
-    ForbiddenError). ``starting``: the daemon has not registered every command yet, so a command it
-    does not know may be one about to exist (``not_ready``, retry) rather than ``unknown_command``."""
+    ``authorize(cmd)`` checks the caller's right to the command before its handler runs (raises
+    ForbiddenError); ``user``, ``caller`` and ``role`` are handed to the handler. ``starting``: the daemon
+    has not registered every command yet, so a command it does not know may be one about to exist
+    (``not_ready``, retry) rather than ``unknown_command``."""
     request_id: str | None = None
     try:
         obj = json.loads(body)
@@ -125,9 +150,9 @@ def answer(
             raise Refusal("not_ready", "readerd is starting and has not registered every command: retry")
         if handler is None:
             raise Refusal("unknown_command", f"no command {obj['cmd']!r}")
-        if user is not None and authorize is not None:
-            authorize(user, obj["cmd"])
-        result = handler(ControlRequest(obj["cmd"], args, peer, request_id, user))
+        if authorize is not None:
+            authorize(obj["cmd"])
+        result = handler(ControlRequest(obj["cmd"], args, peer, request_id, user, caller, role))
         if isinstance(result, Future):
             return reply_when_done(request_id, result)
         return ok_reply(request_id, result)

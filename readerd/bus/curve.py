@@ -36,9 +36,10 @@ from readerd.errors import ConfigError, ForbiddenError
 log = structlog.get_logger("readerd.curve")
 
 #: The roles of an allowlisted key, each allowing what the ones before it do.
-ROLES = ("subscribe", "control", "operator")
+SUBSCRIBE, CONTROL, OPERATOR = "subscribe", "control", "operator"
+ROLES = (SUBSCRIBE, CONTROL, OPERATOR)
 #: Commands a subscribe-only key may send: what a subscriber needs to catch up and to see the daemon.
-SUBSCRIBE_COMMANDS = frozenset({"events.since", "status"})
+SUBSCRIBE_COMMANDS = frozenset({"events.since", "status", "readers"})
 
 
 def role_allows(role: str, needed: str) -> bool:

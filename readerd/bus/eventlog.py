@@ -4,11 +4,12 @@ Why it exists (docs/design.md D2): ZeroMQ PUB drops for late joiners and slow su
 that sees a gap in ``seq`` asks ``events.since`` on the control channel and gets the missed events from
 here; and ``seq`` survives a restart because the next one is the last logged plus one.
 
-Only the bus thread writes (it owns the order of events); ``events.since`` is answered on the same
-thread, so one connection and no lock would do, but a lock keeps the class safe for the plugin host's
-in-process reads. WAL with ``synchronous=NORMAL``: a commit is not fsynced, the WAL is at checkpoints, so
-a power cut can lose the last few events but never corrupt the file, and an append costs microseconds
-instead of a disk flush per card tap.
+Only the bus thread writes (it owns the order of events), on one connection under a lock. Reads
+(``events.since``, answered on worker threads, and the plugin host's catch-up) use a read-only connection
+per thread and never take that lock: WAL lets them read while the bus thread appends, so a long read
+never delays a card event. WAL with ``synchronous=NORMAL``: a commit is not fsynced, the WAL is at
+checkpoints, so a power cut can lose the last few events but never corrupt the file, and an append costs
+microseconds instead of a disk flush per card tap.
 
 It is personal data (pseudonyms, member IDs, and in the ``private`` column what only plugins may see), so
 it is bounded by age (default 7 days) and by count, pruned as it grows; docs/privacy.md says who reads it.
@@ -72,6 +73,15 @@ class Since:
     more: bool  # the limit cut the answer: ask again from the last event's seq
 
 
+@dataclass(frozen=True)
+class SinceJson:
+    """:class:`Since` with each event as its stored JSON text."""
+
+    events: list[str]
+    last_seq: int
+    more: bool
+
+
 class EventLog:
     def __init__(
         self,
@@ -87,6 +97,8 @@ class EventLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._appends = 0
+        self._local = threading.local()  # each reading thread's own connection
+        self._readers: list[sqlite3.Connection] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
@@ -172,24 +184,51 @@ class EventLog:
         it lost events rather than get a stream that silently skips. ``private`` adds the plugin-only
         fields (the in-process plugin host; never on the control channel).
         """
-        with self._lock:
-            last = self.last_seq
-            rows = self._db.execute(
-                "SELECT seq, public, private FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit + 1),
-            ).fetchall()
+        raw = self.since_json(seq, limit=limit, private=private)
+        return Since([json.loads(event) for event in raw.events], raw.last_seq, raw.more)
+
+    def since_json(self, seq: int, *, limit: int = 1000, private: bool = False) -> SinceJson:
+        """:meth:`since` with each envelope as the JSON text it was stored as (nothing decoded)."""
+        last = self.last_seq
+        try:
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT seq, public, private FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    (seq, last, limit + 1),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"event log read: {e}") from e
         if seq < last and (not rows or rows[0][0] != seq + 1):
             oldest = int(rows[0][0]) if rows else last + 1
             raise GapUnrecoverableError(oldest_seq=oldest, asked=seq)
         more = len(rows) > limit
-        events = []
-        for _seq, public, private_json in rows[:limit]:
-            envelope: dict[str, Any] = json.loads(public)
-            if private:
-                envelope["private"] = json.loads(private_json)
-            events.append(envelope)
-        return Since(events, last, more)
+        if private:  # the stored public envelope is an object: the private fields go in before its "}"
+            events = [
+                f'{public[:-1]},"private":{private_json}}}' for _s, public, private_json in rows[:limit]
+            ]
+        else:
+            events = [public for _s, public, _p in rows[:limit]]
+        return SinceJson(events, last, more)
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (made on its first read)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        with self._lock:
+            for conn in (self._db, *self._readers):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()

@@ -73,13 +73,13 @@ class PrivateLink:
             if isinstance(reply, Future):
                 reply.add_done_callback(functools.partial(self._deferred, frames[:-1]))
                 continue
-            _send_to_peer(router, [*frames[:-1], json.dumps(reply, ensure_ascii=False).encode()])
+            _send_to_peer(router, [*frames[:-1], control.encode_reply(reply)])
         while True:
             try:
                 envelope, answer = self._replies.get_nowait()
             except queue.Empty:
                 break
-            _send_to_peer(router, [*envelope, json.dumps(answer, ensure_ascii=False).encode()])
+            _send_to_peer(router, [*envelope, control.encode_reply(answer)])
         self._send_forwards(router)
 
     def _send_forwards(self, router: zmq.Socket[bytes]) -> None:

@@ -39,20 +39,24 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from readerd.bus import control
-from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
+from readerd.bus.control import CommandHandler, CommandObserver, ControlRequest, JsonObject
 from readerd.bus.curve import (
+    SUBSCRIBE,
     SUBSCRIBE_COMMANDS,
     ZAP_ENDPOINT,
     Allowlist,
     KeyPair,
     authorize,
     make_curve_server,
+    role_allows,
     serve_zap,
 )
 from readerd.bus.eventlog import EventLog
 from readerd.bus.link import PrivateLink, owner_only
+from readerd.bus.roles import ROLE_HINTS, RoleSockets
+from readerd.bus.since import SinceService
 from readerd.config import BusConfig
-from readerd.errors import BusError, Refusal, StoreUnavailableError
+from readerd.errors import BusError, ForbiddenError, StoreUnavailableError
 from readerd.events import Envelope, Event, heartbeat, stamp
 from readerd.ops.liveness import StepWatch
 
@@ -63,8 +67,8 @@ DRAIN_BATCH = 500
 #: Longest one round of the bus thread may take (a batch of DRAIN_BATCH events logged and sent, the
 #: requests answered) before the bus reports itself wedged and the watchdog pings stop.
 STEP_BUDGET = 10.0
-#: The most events one ``events.since`` answer carries; a client asks again while ``more`` is true.
-SINCE_LIMIT = 1000
+#: Control requests answered per round of the bus loop, before queued events go out again.
+CONTROL_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -98,22 +102,32 @@ class Bus:
         event_log: EventLog | None = None,
         curve: CurveServer | None = None,
         private_control: str | None = None,
+        role_sockets: RoleSockets | None = None,
+        anonymous_role: str = SUBSCRIBE,
     ) -> None:
         """``event_log``: where events are appended before they go out and ``events.since`` reads; the
         first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed.
         ``private_control``: a second ROUTER (``ipc://``, 0600) for the split plugin host only: its
         commands (:meth:`register_private_command`), ``events.since`` with the private fields, and
-        requests the daemon sends to the host (:meth:`forward`)."""
+        requests the daemon sends to the host (:meth:`forward`). ``role_sockets``: the local ``ipc://``
+        sockets whose callers get the socket's role (:mod:`readerd.bus.roles`); without them, only CURVE
+        keys get more than the subscribe role. ``anonymous_role``: the role of a TCP caller without a CURVE
+        key (the subscribe role: any local account reaches loopback; tests of the bus alone lift it)."""
         self.config = config
+        self.anonymous_role = anonymous_role
+        self.role_sockets = role_sockets
+        self._role_routers: dict[zmq.Socket[bytes], str] = {}  # bound role socket -> its role
+        self._observers: list[CommandObserver] = []
         self.event_log = event_log
         self.curve = curve
         self.kiosk = kiosk
         self.private_endpoint = private_endpoint
         self.private_control_endpoint = private_control
         self._link = PrivateLink(self._wake)
+        self.run_id = str(uuid.uuid4())
+        self._since = SinceService(event_log, self.run_id, rate=config.since_rate, burst=config.since_burst)
         self._link.commands["events.since"] = self._events_since_private
         self._private_router: zmq.Socket[bytes] | None = None
-        self.run_id = str(uuid.uuid4())
         self.context = context or zmq.Context.instance()
         self.stats = BusStats()
         self.last_seq = event_log.last_seq if event_log is not None else 0
@@ -127,7 +141,9 @@ class Bus:
         # Set by the daemon once the plugins' commands are registered: until then an unknown command
         # may be one that is about to exist, and is answered not_ready instead of unknown_command.
         self.commands_complete = threading.Event()
-        self._replies: queue.SimpleQueue[tuple[list[bytes], JsonObject]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[zmq.Socket[bytes], list[bytes], JsonObject]] = (
+            queue.SimpleQueue()
+        )
         self._status_providers: list[Callable[[], JsonObject]] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -157,6 +173,11 @@ class Bus:
 
     def add_status(self, provider: Callable[[], JsonObject]) -> None:
         self._status_providers.append(provider)
+
+    def add_command_observer(self, observer: CommandObserver) -> None:
+        """``observer(request, role, outcome)`` after every answered command that needs the operator role
+        (outcome ``ok`` or the error code): the daemon writes them to the audit log."""
+        self._observers.append(observer)
 
     def register_private_command(self, name: str, handler: CommandHandler) -> None:
         """A command of the private control socket (the split plugin host's link to the daemon)."""
@@ -226,32 +247,18 @@ class Bus:
             "oldest_seq": self.event_log.oldest_seq(),
             "last_seq": self.event_log.last_seq,
             "append_failures": self.stats.log_failures,
+            "since_refused": self._since.refused,
         }
 
-    def _events_since_private(self, request: ControlRequest) -> JsonObject:
+    def _events_since_private(self, request: ControlRequest) -> Future[JsonObject]:
         """``events.since`` on the private control socket: with the plugin-only fields (the split plugin
         host catches up with what its plugins may receive)."""
-        return self._events_since(request, private=True)
+        return self._since.handle(request, private=True)
 
-    def _events_since(self, request: ControlRequest, *, private: bool = False) -> JsonObject:
-        """``events.since {seq, limit?}``: the public envelopes after ``seq``, in order (Clone pattern's
-        snapshot). Answered on the bus thread, so no event can slip between the answer and the live feed:
-        everything with a higher seq than the answer's ``last_seq`` is still to come on the PUB socket."""
-        seq = request.args.get("seq")
-        limit = request.args.get("limit", SINCE_LIMIT)
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise Refusal("bad_request", "seq: a non-negative integer")
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= SINCE_LIMIT:
-            raise Refusal("bad_request", f"limit: 1..{SINCE_LIMIT}")
-        if self.event_log is None:
-            raise Refusal("unavailable", "this bus keeps no event log")
-        answer = self.event_log.since(seq, limit=limit, private=private)
-        return {
-            "run_id": self.run_id,
-            "last_seq": answer.last_seq,
-            "more": answer.more,
-            "events": answer.events,
-        }
+    def _events_since(self, request: ControlRequest) -> Future[JsonObject]:
+        """``events.since {seq, limit?}``: the public envelopes after ``seq``, in order (the Clone
+        pattern's snapshot), read off the bus thread (:mod:`readerd.bus.since`)."""
+        return self._since.handle(request)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self, timeout: float = 5.0) -> None:
@@ -265,6 +272,7 @@ class Bus:
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self._wake()
+        self._since.close()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._thread is None or not self._thread.is_alive():
@@ -288,6 +296,8 @@ class Bus:
         sock.setsockopt(zmq.LINGER, 0 if kind == zmq.REP else 200)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        if kind == zmq.ROUTER:  # a larger request disconnects its sender (libzmq), before any parsing
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_request_bytes)
         if self.curve is not None and self._uses_curve(endpoint):
             make_curve_server(sock, self.curve.keys)
         if endpoint.endswith(":0"):
@@ -320,6 +330,12 @@ class Bus:
             self._router = self._bind(zmq.ROUTER, self.config.control)
             sockets.append(self._router)
             self.control_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.role_sockets is not None:
+                for role, endpoint in self.role_sockets.endpoints().items():
+                    router = self._bind(zmq.ROUTER, endpoint)
+                    sockets.append(router)
+                    self.role_sockets.secure(role)
+                    self._role_routers[router] = role
             private = None
             if self.private_endpoint:
                 private = self._bind(zmq.PUB, self.private_endpoint)
@@ -346,6 +362,8 @@ class Bus:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
+        for router in self._role_routers:
+            poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
@@ -395,7 +413,10 @@ class Bus:
         self._drain(self._pub, private)
         if self._router in ready:
             self._serve_control(self._router)
-        self._send_replies(self._router)
+        for router, role in self._role_routers.items():
+            if router in ready:
+                self._serve_control(router, role)
+        self._send_replies()
         if self._private_router is not None:
             self._link.serve(self._private_router, ready)
 
@@ -528,44 +549,120 @@ class Bus:
                 return len(readers)
         return 0
 
-    def _serve_control(self, router: zmq.Socket[bytes]) -> None:
-        curve = self._uses_curve(self.control_endpoint)
-        while True:
+    def _serve_control(self, router: zmq.Socket[bytes], role: str | None = None) -> None:
+        """At most CONTROL_BATCH requests a round: a flood of them waits its turn behind the events.
+
+        ``role``: a local role socket's, for every caller on it (the kernel checked the group at
+        connect). None: the TCP control endpoint, where a CURVE key's role counts and a caller without
+        one has the subscribe role."""
+        curve = role is None and self._uses_curve(self.control_endpoint)
+        for _ in range(CONTROL_BATCH):
             try:
                 parts = router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.stats.control_requests += 1
-            # The ZAP handler's User-Id (<role>:<name>) rides on every message of a CURVE connection.
+            # The ZAP handler's User-Id (<role>:<name>) rides on every message of a CURVE connection;
+            # on an ipc socket libzmq's Peer-Address is the caller's "<host>:<uid>:<gid>:<pid>".
             user = str(parts[-1].get("User-Id")) if curve else None
+            caller = _caller(parts[-1], user, local=role is not None)
             frames = [part.bytes for part in parts]
             # Echo every routing/delimiter frame: REQ and DEALER clients, with or without an empty frame.
             envelope = frames[:-1]
-            reply = self._answer(frames[0], frames[-1], user)
+            effective = (
+                role if role is not None else (user.partition(":")[0] if user else self.anonymous_role)
+            )
+            reply = self._answer(frames[0], frames[-1], user, caller, effective)
             if isinstance(reply, Future):
-                reply.add_done_callback(functools.partial(self._deferred, envelope))
+                reply.add_done_callback(functools.partial(self._deferred, router, envelope))
                 continue
-            router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
+            router.send_multipart([*envelope, control.encode_reply(reply)])
 
-    def _deferred(self, envelope: list[bytes], done: Future[JsonObject]) -> None:
+    def _deferred(self, router: zmq.Socket[bytes], envelope: list[bytes], done: Future[JsonObject]) -> None:
         """A deferred answer is ready (any thread): hand it to the bus thread, which owns the socket."""
-        self._replies.put((envelope, done.result()))
+        self._replies.put((router, envelope, done.result()))
         self._wake()
 
-    def _send_replies(self, router: zmq.Socket[bytes]) -> None:
+    def _send_replies(self) -> None:
         while True:
             try:
-                envelope, reply = self._replies.get_nowait()
+                router, envelope, reply = self._replies.get_nowait()
             except queue.Empty:
                 return
-            router.send_multipart([*envelope, json.dumps(reply, ensure_ascii=False).encode()])
+            with contextlib.suppress(zmq.ZMQError):  # a role socket closed at stop
+                router.send_multipart([*envelope, control.encode_reply(reply)])
 
-    def _answer(self, peer: bytes, body: bytes, user: str | None) -> JsonObject | Future[JsonObject]:
-        return control.answer(
+    def _answer(
+        self, peer: bytes, body: bytes, user: str | None, caller: str, role: str
+    ) -> JsonObject | Future[JsonObject]:
+        def authorize(cmd: str) -> None:
+            needed = self.needed_role(cmd)
+            if user is not None:
+                self._check_user(user, cmd)
+            elif not role_allows(role, needed):
+                raise ForbiddenError(
+                    f"{cmd} needs the {needed} role; this connection has the {role} role: "
+                    + ROLE_HINTS.get(needed, "")
+                )
+
+        reply = control.answer(
             peer,
             body,
             self._commands,
             user=user,
-            authorize=self._check_user,
+            caller=caller,
+            role=role,
+            authorize=authorize,
             starting=not self.commands_complete.is_set(),
         )
+        if self._observers:
+            self._observe(body, peer=peer, user=user, caller=caller, role=role, reply=reply)
+        return reply
+
+    def needed_role(self, cmd: str) -> str:
+        """The role a command needs: subscribe for status and events.since, else as registered."""
+        return SUBSCRIBE if cmd in SUBSCRIBE_COMMANDS else self._roles.get(cmd, "control")
+
+    def _observe(
+        self,
+        body: bytes,
+        *,
+        peer: bytes,
+        user: str | None,
+        caller: str,
+        role: str,
+        reply: JsonObject | Future[JsonObject],
+    ) -> None:
+        """Tell the observers about an operator command, once its outcome is known."""
+        try:
+            obj = json.loads(body)
+            cmd = obj.get("cmd") if isinstance(obj, dict) else None
+        except ValueError:
+            return
+        if not isinstance(cmd, str) or self._roles.get(cmd) != "operator":
+            return
+        request = ControlRequest(cmd, {}, peer, None, user, caller, role)
+
+        def tell(answer: JsonObject) -> None:
+            outcome = "ok" if answer.get("ok") else str(answer.get("error", {}).get("code"))
+            for observer in self._observers:
+                try:
+                    observer(request, role, outcome)
+                except Exception:  # an observer must not break the bus thread
+                    log.exception("command observer failed", cmd=cmd)
+
+        if isinstance(reply, Future):
+            reply.add_done_callback(lambda done: tell(done.result()))
+        else:
+            tell(reply)
+
+
+def _caller(frame: zmq.Frame, user: str | None, *, local: bool) -> str:
+    """Who sent a request, for the audit log: ``key:<name>``, ``uid:<n>`` or ``tcp``."""
+    if user is not None:
+        return "key:" + user.partition(":")[2]
+    if local:
+        with contextlib.suppress(zmq.ZMQError, ValueError, IndexError):
+            return "uid:" + str(int(str(frame.get("Peer-Address")).split(":")[1]))
+        return "uid:?"
+    return "tcp"

@@ -20,6 +20,7 @@ from readerd import __version__
 from readerd.bus.client import BusClient, CurveKeys
 from readerd.bus.control import result_of
 from readerd.bus.control_client import ControlSession, Unreachable, request
+from readerd.bus.roles import control_endpoint
 from readerd.cli.ctl_auth import add_auth_parser, run_auth
 from readerd.cli.ctl_doctor import add_doctor_parser, run_doctor_command
 from readerd.cli.ctl_keys import add_keys_parser, run_keys
@@ -175,9 +176,11 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
+    """(control, publish): the control endpoint as :func:`readerd.bus.roles.control_endpoint` finds it."""
     path = config_path(args.config)
     config = load_config(path) if path else Config()
-    return args.control or config.bus.control, args.publish or config.bus.publish
+    control = control_endpoint(args.control, curve=args.client_key is not None, configured=config.bus.control)
+    return control, args.publish or config.bus.publish
 
 
 def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:

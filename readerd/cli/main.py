@@ -18,6 +18,8 @@ from readerd.errors import BusError, ConfigError, StoreUnavailableError
 from readerd.exitcodes import ExitCode
 
 SIMULATE_STATE_DIR = ".readerd"
+#: How often a thread holding the GIL hands it over (``sys.setswitchinterval``) in ``readerd run``.
+SWITCH_INTERVAL_S = 0.001
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_web(args: argparse.Namespace) -> int:
     """``readerd web``: runs until SIGINT/SIGTERM."""
     from readerd.bus.client import CurveKeys  # noqa: PLC0415 - loads zmq
-    from readerd.web import FleetKiosk, WebSettings, serve  # noqa: PLC0415 - loads starlette, uvicorn
+    from readerd.bus.roles import control_endpoint  # noqa: PLC0415
+    from readerd.web import FleetKiosk, WebSettings, serve, with_web_config  # noqa: PLC0415 - loads starlette
 
     path = config_path(args.config)
     config = with_overrides(load_config(path), {"web.listen": args.listen}).validate()
@@ -110,14 +113,14 @@ def _run_web(args: argparse.Namespace) -> int:
         fleet.append(FleetKiosk(kiosk.name, kiosk.control, keys))
     settings = WebSettings(
         publish=args.publish or config.bus.publish,
-        control=args.control or config.bus.control,
+        control=control_endpoint(args.control, curve=curve is not None, configured=config.bus.control),
         console_token=config.web.console_token,
         curve=curve,
         events_kept=config.web.events_kept,
         fleet=tuple(fleet),
     )
     host, port = config.web.address()
-    serve(settings, host, port)
+    serve(with_web_config(settings, config.web), host, port)
     return ExitCode.OK
 
 
@@ -192,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         daemon = Daemon(config)
         daemon.install_signal_handlers()
+        # Card sessions and the bus thread wait for the GIL behind any thread that computes (a catch-up
+        # read, a plugin): hand it over every millisecond instead of Python's default 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         return daemon.run()
     except ConfigError as e:
         log.error("configuration error", error=str(e))

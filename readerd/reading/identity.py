@@ -19,6 +19,7 @@ from typing import Protocol
 from protocols.jpki import UserAuthCertificate
 from protocols.mykey import felica_pseudonym, jpki_pseudonym, new_member_id, normalize_mykey_id
 from readerd.errors import StoreUnavailableError
+from readerd.ops.statedir import create_private
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,16 @@ CREATE TABLE IF NOT EXISTS members (
 
 
 class SqliteDirectory:
-    """The embedded directory: one SQLite file in the state directory (WAL, so readers never block)."""
+    """The embedded directory: one SQLite file in the state directory (WAL, so readers never block),
+    created 0600 before SQLite opens it, so that its -wal and -shm files are 0600 too."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        try:
+            create_private(self.path)
+        except OSError as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")

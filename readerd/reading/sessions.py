@@ -125,7 +125,7 @@ class CardSessions:
         self.resolver = resolver
         self.sink = sink
         self.deadline = deadline
-        self.simulated = simulated
+        self.simulated = simulated  # every card is simulated (the sim backend alone)
         self.felica_reads = felica_reads
         self.taps = TapTracker(repeat_window)
         self._read_paths: dict[tuple[str, bytes], ReadPath] = {}
@@ -133,8 +133,13 @@ class CardSessions:
         self._insertions = 0
         self._lock = threading.Lock()
 
-    def read_contact_card(self, reader: str, transport: Transport, atr: bytes) -> ReadResult:
-        """Recognise by SELECT of the JPKI AP, then identify. Emits the events; returns the identity."""
+    def read_contact_card(
+        self, reader: str, transport: Transport, atr: bytes, *, simulated: bool = False
+    ) -> ReadResult:
+        """Recognise by SELECT of the JPKI AP, then identify. Emits the events; returns the identity.
+
+        ``simulated``: the card is the simulator's (its events say so, also beside real readers)."""
+        simulated = simulated or self.simulated
         progress: dict[str, object] = {"kind": CardKind.UNKNOWN}
         abandoned = threading.Event()
 
@@ -149,11 +154,11 @@ class CardSessions:
             try:
                 session = JpkiSession(transport, read_path=path)
             except NotJpkiCardError:
-                emit(ev.card_presented(reader, CardKind.UNKNOWN, simulated=self.simulated))
+                emit(ev.card_presented(reader, CardKind.UNKNOWN, simulated=simulated))
                 return ReadResult(CardKind.UNKNOWN)
             progress["kind"] = CardKind.JPKI
             progress["session"] = session
-            emit(ev.card_presented(reader, CardKind.JPKI, simulated=self.simulated))
+            emit(ev.card_presented(reader, CardKind.JPKI, simulated=simulated))
             identity_read = session.identify()
             with self._lock:
                 self._read_paths[(reader, atr)] = session.read_path
@@ -178,7 +183,7 @@ class CardSessions:
                 repeat=repeat,
                 read=read,
                 private=private,
-                simulated=self.simulated,
+                simulated=simulated,
             )
             emit(identified)
             return ReadResult(CardKind.JPKI, identity)
@@ -191,10 +196,15 @@ class CardSessions:
             apdus = session.apdu_count if isinstance(session, JpkiSession) else 0
             kind = progress["kind"]
             assert isinstance(kind, CardKind)  # noqa: S101 - set above
-            return self.aborted(reader, kind, error, apdus)
+            return self.aborted(reader, kind, error, apdus, simulated=simulated)
 
     def read_felica_card(
-        self, reader: str, transport: FelicaTransport | None, polling: PollingResponse
+        self,
+        reader: str,
+        transport: FelicaTransport | None,
+        polling: PollingResponse,
+        *,
+        simulated: bool = False,
     ) -> ReadResult:
         """Identify a polled FeliCa card by its IDm and read the configured services.
 
@@ -203,7 +213,7 @@ class CardSessions:
         the card lacks (non-zero status flags) is ``absent``, not an error: kiosks see all kinds of cards.
         A card that stops answering aborts the read (no identity), as on the contact path.
         """
-        return self._felica(reader, lambda: (transport, polling), lambda: 0)
+        return self._felica(reader, lambda: (transport, polling), lambda: 0, simulated=simulated)
 
     def read_pcsc_felica_card(self, reader: str, transport: Transport, *, transparent: bool) -> ReadResult:
         """A FeliCa card on a PC/SC reader: IDm (and PMm) by GET DATA; with ``transparent``, Polling and
@@ -232,10 +242,13 @@ class CardSessions:
         reader: str,
         prepare: Callable[[], tuple[FelicaTransport | None, PollingResponse]],
         commands: Callable[[], int],
+        *,
+        simulated: bool = False,
     ) -> ReadResult:
+        simulated = simulated or self.simulated
         abandoned = threading.Event()
         state: dict[str, FelicaSession] = {}
-        self.sink(ev.card_presented(reader, CardKind.FELICA, simulated=self.simulated))
+        self.sink(ev.card_presented(reader, CardKind.FELICA, simulated=simulated))
 
         def session_work() -> ReadResult:
             transport, polling = prepare()
@@ -273,7 +286,7 @@ class CardSessions:
                 repeat=repeat,
                 read=how,
                 private=private,
-                simulated=self.simulated,
+                simulated=simulated,
             )
             if not abandoned.is_set():
                 self.sink(identified)
@@ -285,27 +298,28 @@ class CardSessions:
             abandoned.set()
             session = state.get("session")
             frames = session.frames_sent if session is not None else 0
-            return self.aborted(reader, CardKind.FELICA, error, commands() or frames)
+            return self.aborted(reader, CardKind.FELICA, error, commands() or frames, simulated=simulated)
 
-    def aborted(self, reader: str, kind: CardKind, error: Exception, commands: int) -> ReadResult:
+    def aborted(
+        self, reader: str, kind: CardKind, error: Exception, commands: int, *, simulated: bool = False
+    ) -> ReadResult:
         """``card.read_aborted`` (and ``reader.error`` for a stalled card) for a failed read."""
+        simulated = simulated or self.simulated
         if not isinstance(error, ReaderdError):
             log.exception("card session failed unexpectedly", reader=reader)
         reason = abort_reason(error)
         log.warning("card read aborted", reader=reader, reason=str(reason), error=str(error), apdus=commands)
         code = error.code if isinstance(error, ReaderdError) else "internal_error"
-        self.sink(
-            ev.card_read_aborted(reader, kind, reason, apdus=commands, error=code, simulated=self.simulated)
-        )
+        self.sink(ev.card_read_aborted(reader, kind, reason, apdus=commands, error=code, simulated=simulated))
         if reason is AbortReason.TIMEOUT:
             self.sink(ev.reader_error(reader, "session", "wedged", "the card stopped answering"))
         return ReadResult(kind, timed_out=reason is AbortReason.TIMEOUT)
 
-    def card_removed(self, reader: str, kind: CardKind) -> None:
+    def card_removed(self, reader: str, kind: CardKind, *, simulated: bool = False) -> None:
         with self._lock:
             self._present.pop(reader, None)
         self.taps.removed(reader)
-        self.sink(ev.card_removed(reader, kind, simulated=self.simulated))
+        self.sink(ev.card_removed(reader, kind, simulated=simulated or self.simulated))
 
     def present(self, reader: str) -> PresentCard | None:
         """The identified My Number Card on ``reader`` now, if any (what ``auth.begin`` binds to)."""

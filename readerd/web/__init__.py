@@ -9,19 +9,25 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
-from readerd.web.app import FleetKiosk, WebSettings, create_app
+from readerd import logging as rlog
+from readerd.web.app import FleetKiosk, WebSettings, create_app, with_web_config
+from readerd.web.guard import check_console_token, default_secret_file, ensure_kiosk_secret, token_urlsafe
 
-__all__ = ["FleetKiosk", "WebServer", "WebSettings", "create_app", "serve"]
+__all__ = ["FleetKiosk", "WebServer", "WebSettings", "create_app", "serve", "with_web_config"]
+
+log = rlog.get_logger("readerd.web")
 
 
-def _config(settings: WebSettings, host: str, port: int) -> uvicorn.Config:
-    # No access log: nothing secret is in a URL (the PIN goes in a POST body), but the log would still
-    # record which kiosk page was used when, which the daemon's own event log already keeps.
+def _config(settings: WebSettings, host: str, port: int, kiosk_secret: str) -> uvicorn.Config:
+    # No access log: nothing secret is in a URL (the PIN goes in a POST body, the kiosk secret in a
+    # fragment), but the log would still record which kiosk page was used when, which the daemon's own
+    # event log already keeps.
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, kiosk_secret=kiosk_secret),
         host=host,
         port=port,
         access_log=False,
@@ -31,16 +37,35 @@ def _config(settings: WebSettings, host: str, port: int) -> uvicorn.Config:
     )
 
 
+def kiosk_secret_path(settings: WebSettings) -> Path:
+    """``web.kiosk_secret_file``, or the runtime directory's ``kiosk-secret``."""
+    return Path(settings.kiosk_secret_file) if settings.kiosk_secret_file else default_secret_file()
+
+
 def serve(settings: WebSettings, host: str, port: int) -> None:
-    """Run until SIGINT/SIGTERM (uvicorn handles both)."""
-    uvicorn.Server(_config(settings, host, port)).run()
+    """Run until SIGINT/SIGTERM (uvicorn handles both). ConfigError (exit 78) for a weak console token or
+    a kiosk secret file that cannot be written, before anything listens."""
+    check_console_token(settings.console_token)  # first: the token is what an operator must fix
+    path = kiosk_secret_path(settings)
+    config = _config(settings, host, port, ensure_kiosk_secret(path, settings.kiosk_secret_group))
+    log.info("kiosk secret ready", file=str(path), group=settings.kiosk_secret_group or None)
+    uvicorn.Server(config).run()
 
 
 class WebServer:
-    """``readerd web`` on a thread: ``with WebServer(settings) as web: web.url``."""
+    """``readerd web`` on a thread: ``with WebServer(settings) as web: web.url``. The kiosk secret is
+    written to ``settings.kiosk_secret_file`` when that is set, else kept in memory only
+    (``web.kiosk_secret``): a test or an embedding application hands it to its page itself."""
 
     def __init__(self, settings: WebSettings, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = uvicorn.Server(_config(settings, host, port))
+        self.settings = settings
+        if settings.kiosk_secret_file:
+            self.kiosk_secret = ensure_kiosk_secret(
+                Path(settings.kiosk_secret_file), settings.kiosk_secret_group
+            )
+        else:
+            self.kiosk_secret = token_urlsafe()
+        self._server = uvicorn.Server(_config(settings, host, port, self.kiosk_secret))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
         self.url = ""
 

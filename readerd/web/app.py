@@ -9,6 +9,12 @@ an ``auth_id`` to the socket that asked for it.
 Browsers get events over Server-Sent Events (plain ``text/event-stream``: one-way is all a screen needs,
 and it reconnects by itself). The kiosk feed is reduced to what a screen shows: plugin results as the
 plugin published them, card events without pseudonyms or member IDs.
+
+Who may use it (:mod:`readerd.web.guard`, docs/web.md "Who may use it"): every request's ``Host`` must be
+one of this server's names; the kiosk API needs a session opened with the per-boot secret that only the
+kiosk session's user can read; ``allow_last_try`` goes to the daemon only with the one-time confirmation
+that this app handed out with ``auth.begin``'s ``last_try``; the console needs a token of at least 128
+bits, throttles failed logins per address and ends its sessions.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
+import math
 import secrets
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -37,7 +46,9 @@ from starlette.staticfiles import StaticFiles
 from readerd import logging as rlog
 from readerd.bus.client import AsyncBusClient, CurveKeys
 from readerd.bus.control_client import ControlSession, Unreachable
-from readerd.errors import BusSilentError, GapUnrecoverableError
+from readerd.config import WebConfig
+from readerd.errors import BusSilentError, ConfigError, GapUnrecoverableError
+from readerd.web.guard import ConsoleSessions, HostCheck, LoginThrottle, check_console_token, secret_matches
 
 log = rlog.get_logger("readerd.web")
 
@@ -45,12 +56,20 @@ STATIC = Path(__file__).parent / "static"
 KIOSK_COOKIE = "readerd_kiosk"
 CONSOLE_COOKIE = "readerd_console"
 SESSION_IDLE_S = 600.0  # a kiosk page's control session is closed after this long unused
+MAX_KIOSK_SESSIONS = 64  # only holders of the kiosk secret open one; the oldest goes first
+LAST_TRY_CONFIRMATION_S = 120.0  # a last-try confirmation outlives the daemon's auth_id (60 s) a little
 SSE_KEEPALIVE_S = 10.0
 # What of a card event a kiosk screen may see: the kind of card, why a read failed, tries left. Never
 # the pseudonym, member or MyKey ID (the screen is in a public place).
 KIOSK_CARD_FIELDS = ("kind", "reason", "error", "tries_left", "repeat", "expires_within_days")
 
-KIOSK_ARGS = ("reader", "auth_id", "pin", "allow_last_try")  # what a kiosk page may pass on
+KIOSK_ARGS = ("reader", "auth_id", "pin")  # what a kiosk page may pass on (allow_last_try: see below)
+NO_KIOSK_SESSION = {
+    "code": "kiosk_secret_required",
+    "message": "this page has no kiosk session: open it through the kiosk launcher "
+    "(python -m readerd.web.launch), which gives it the per-boot secret; POST /api/kiosk/session "
+    '{"secret": ...} opens one (docs/web.md)',
+}
 
 Envelope = dict[str, Any]
 
@@ -76,6 +95,29 @@ class WebSettings:
     request_timeout_ms: int = 5000
     fleet: tuple[FleetKiosk, ...] = ()
     fleet_timeout_ms: int = 1000  # a kiosk that does not answer within this is shown unreachable
+    kiosk_secret_file: str = ""  # "": the runtime directory's kiosk-secret (readerd.web.guard)
+    kiosk_secret_group: str = ""  # the kiosk session's group: the file is 0640 to it, else 0600
+    hosts: tuple[str, ...] = ()  # Host names besides 127.0.0.1, localhost, [::1] and the local address
+    console_idle: float = 1800.0  # a console session unused this long ends (seconds)
+    console_max_age: float = 28800.0  # and this long after its login
+    console_login_attempts: int = 5  # failed logins a minute per client address before a lockout
+    clock: Callable[[], float] = time.monotonic  # console sessions, throttle, confirmations (tests move it)
+
+
+def with_web_config(settings: WebSettings, web: WebConfig) -> WebSettings:
+    """``settings`` with the ``[web]`` keys on who may use the app; ConfigError (exit 78) for bad ones."""
+    if web.console_idle <= 0 or web.console_max_age <= 0 or web.console_login_attempts < 1:
+        raise ConfigError("web.console_idle, console_max_age and console_login_attempts must be positive")
+    check_console_token(web.console_token)
+    return replace(
+        settings,
+        kiosk_secret_file=web.kiosk_secret_file,
+        kiosk_secret_group=web.kiosk_secret_group,
+        hosts=tuple(web.hosts),
+        console_idle=web.console_idle,
+        console_max_age=web.console_max_age,
+        console_login_attempts=web.console_login_attempts,
+    )
 
 
 def fleet_row(name: str, reply: dict[str, Any]) -> dict[str, Any]:
@@ -232,33 +274,51 @@ class Hub:
 
 @dataclass
 class KioskSession:
-    """One kiosk page's conversation with the daemon: its own DEALER socket (its caller identity)."""
+    """One kiosk page's conversation with the daemon: its own DEALER socket (its caller identity), and
+    the last-try confirmations handed out with ``auth.begin`` (auth_id -> (confirmation, when))."""
 
     control: ControlSession
     lock: threading.Lock = field(default_factory=threading.Lock)
     used: float = field(default_factory=time.monotonic)
+    last_try: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 class Sessions:
-    """Kiosk pages' control sessions by cookie; idle ones are closed."""
+    """Kiosk pages' control sessions by cookie, opened only with the kiosk secret; idle ones are closed
+    (an open event stream keeps its page's session in use)."""
 
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
-        self._by_id: dict[str, KioskSession] = {}
+        self._by_id: OrderedDict[str, KioskSession] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, sid: str | None) -> tuple[str, KioskSession]:
+    def open(self, sid: str | None) -> tuple[str, KioskSession]:
+        """The live session of ``sid``, or a new one (the caller has shown the secret)."""
         with self._lock:
             self._expire()
             if sid and sid in self._by_id:
                 session = self._by_id[sid]
             else:
-                sid = secrets.token_urlsafe(24)
+                sid = secrets.token_urlsafe(32)
                 s = self.settings
                 session = KioskSession(ControlSession(s.control, s.request_timeout_ms, s.curve))
                 self._by_id[sid] = session
+                while len(self._by_id) > MAX_KIOSK_SESSIONS:
+                    evicted = self._by_id.popitem(last=False)[1]
+                    if evicted.lock.acquire(blocking=False):  # a request in flight: the GC closes it
+                        evicted.control.close()
+                        evicted.lock.release()
             session.used = time.monotonic()
             return sid, session
+
+    def find(self, sid: str | None) -> KioskSession | None:
+        """The live session of ``sid`` (marked used), or None: no session without the secret."""
+        with self._lock:
+            self._expire()
+            session = self._by_id.get(sid) if sid else None
+            if session is not None:
+                session.used = time.monotonic()
+            return session
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -296,30 +356,80 @@ def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # noqa: PLR0915 - routes
-    """The ASGI app. ``run_hub=False`` leaves the bus alone (unit tests feed :class:`Hub` directly)."""
+def _error(status: int, code: str, message: str | None = None, **extra: object) -> JSONResponse:
+    error: dict[str, object] = {"code": code, **extra}
+    if message:
+        error["message"] = message
+    return JSONResponse({"ok": False, "error": error}, status_code=status)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _on_loopback(request: Request) -> bool:
+    server = request.scope.get("server")
+    if not server:
+        return False
+    try:
+        return ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(  # noqa: PLR0915 - the routes share the app's state
+    settings: WebSettings, *, run_hub: bool = True, kiosk_secret: str | None = None
+) -> Starlette:
+    """The ASGI app. ``run_hub=False`` leaves the bus alone (unit tests feed :class:`Hub` directly).
+    ``kiosk_secret``: the per-boot secret a kiosk page must show (:func:`readerd.web.serve` writes it for
+    the launcher); without one the app makes its own, which nobody knows, so no page gets in."""
+    check_console_token(settings.console_token)
+    secret = kiosk_secret or secrets.token_urlsafe(32)
     hub = Hub(settings)
-    cookie_key = secrets.token_bytes(32)
     sessions = Sessions(settings)
+    # the console's state lives on the event loop's thread only: no locks
+    consoles = ConsoleSessions(settings.clock, settings.console_idle, settings.console_max_age)
+    throttle = LoginThrottle(settings.clock, settings.console_login_attempts)
 
     def token_ok(given: str) -> bool:
         token = settings.console_token
         # constant time: the comparison must not tell an attacker how much of a guess was right
         return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
-    def cookie_value() -> str:
-        """What the console's cookie holds: a MAC of the token under a key of this process, so the token
-        itself is not in the browser and a restart of ``readerd web`` logs everyone out."""
-        return hmac.new(cookie_key, settings.console_token.encode(), "sha256").hexdigest()
+    def secure(request: Request) -> bool:
+        """Cookies are ``Secure`` unless the page came over loopback (plain http to 127.0.0.1)."""
+        return request.url.scheme == "https" or not _on_loopback(request)
 
-    def console_allowed(request: Request) -> bool:
+    def too_many(wait: float) -> JSONResponse:
+        seconds = max(1, math.ceil(wait))
+        reply = _error(
+            429,
+            "too_many_attempts",
+            f"too many wrong tokens from this address: try again in {seconds} s",
+            retry_after=seconds,
+        )
+        reply.headers["Retry-After"] = str(seconds)
+        return reply
+
+    def console_refusal(request: Request) -> Response | None:
+        """None if the request may see the console, else the reply saying why not."""
         if not settings.console_token:
-            return False
+            return _error(401, "console_closed", "web.console_token is not set: the console is closed")
         cookie = request.cookies.get(CONSOLE_COOKIE)
-        if cookie is not None:
-            return hmac.compare_digest(cookie.encode(), cookie_value().encode())
         auth = request.headers.get("authorization", "")
-        return auth.startswith("Bearer ") and token_ok(auth.removeprefix("Bearer "))
+        if cookie is None and auth.startswith("Bearer "):
+            address = _client(request)
+            wait = throttle.wait(address)
+            if wait > 0:
+                return too_many(wait)
+            if token_ok(auth.removeprefix("Bearer ")):
+                throttle.succeeded(address)
+                return None
+            lockout = throttle.failed(address)
+            log.warning("console token refused", client=address, via="bearer", lockout_s=lockout or None)
+            return _error(401, "wrong_token")
+        why = consoles.check(cookie)
+        return None if why is None else _error(401, why, "log in with the console token")
 
     async def index(_request: Request) -> Response:
         return RedirectResponse("/kiosk")
@@ -330,10 +440,30 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
     async def console_page(_request: Request) -> Response:
         return FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-store"})
 
+    def no_kiosk_session() -> Response:
+        return JSONResponse({"ok": False, "error": NO_KIOSK_SESSION}, status_code=403)
+
+    async def kiosk_open(request: Request) -> Response:
+        """The page shows the per-boot secret once (from the launcher, in the URL's fragment, which is
+        sent to no server) and gets an HttpOnly cookie for its session."""
+        body = await json_body(request)
+        if body is None or not secret_matches(body.get("secret"), secret):
+            log.warning("kiosk session refused: no or wrong secret", client=_client(request))
+            return no_kiosk_session()
+        sid, _session = sessions.open(request.cookies.get(KIOSK_COOKIE))
+        response = JSONResponse({"ok": True})
+        response.set_cookie(
+            KIOSK_COOKIE, sid, path="/api/kiosk", httponly=True, samesite="strict", secure=secure(request)
+        )
+        return response
+
     async def kiosk_events(request: Request) -> Response:
+        session = sessions.find(request.cookies.get(KIOSK_COOKIE))
+        if session is None:
+            return no_kiosk_session()
         reader = request.query_params.get("reader") or None
         return StreamingResponse(
-            _stream(request, lambda env: _for_reader(env, reader)),
+            _stream(request, lambda env: _for_reader(env, reader), session),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -343,10 +473,13 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
             return None
         return kiosk_view(env)
 
-    async def _stream(request: Request, view: Callable[[Envelope], Envelope | None]) -> AsyncIterator[bytes]:
+    async def _stream(
+        request: Request, view: Callable[[Envelope], Envelope | None], session: KioskSession
+    ) -> AsyncIterator[bytes]:
         with hub.listen() as queue:
             yield _sse("hello", {"connected": hub.connected})
             while not await request.is_disconnected():
+                session.used = time.monotonic()  # a page on screen keeps its session
                 try:
                     env = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
                 except TimeoutError:
@@ -356,42 +489,111 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
                 if shown is not None:
                     yield _sse("bus", shown)
 
+    def last_try_refusal(
+        session: KioskSession, body: dict[str, Any], args: dict[str, Any]
+    ) -> Response | None:
+        """``allow_last_try: true`` goes to the daemon only with the confirmation this app gave with the
+        same ``auth_id``'s ``auth.begin`` (one use, this page's session only): the page sends it when the
+        citizen presses the confirm key under the last-try warning. Anything else is refused here, before
+        the daemon (and the card) see the PIN."""
+        auth_id = body.get("auth_id")
+        pending = session.last_try.pop(auth_id, None) if isinstance(auth_id, str) else None
+        allow = body.get("allow_last_try", False)
+        if allow is False:
+            return None
+        if allow is not True:
+            return _error(400, "bad_request", "allow_last_try is true or false")
+        fresh = pending is not None and settings.clock() - pending[1] <= LAST_TRY_CONFIRMATION_S
+        if pending is None or not fresh or not secret_matches(body.get("confirmation"), pending[0]):
+            log.warning("allow_last_try without the on-screen confirmation refused")
+            return _error(
+                409,
+                "last_try_confirmation_required",
+                "one try is left: show the last-try warning and send the confirmation of this auth_id's "
+                "auth.begin (result.last_try_confirmation) when the citizen presses the confirm key",
+            )
+        args["allow_last_try"] = True
+        return None
+
+    def offer_confirmation(session: KioskSession, reply: dict[str, Any]) -> None:
+        """``auth.begin`` said ``last_try``: a one-time confirmation bound to this session and auth_id."""
+        now = settings.clock()
+        for auth_id, (_c, at) in list(session.last_try.items()):
+            if now - at > LAST_TRY_CONFIRMATION_S:
+                del session.last_try[auth_id]
+        result = reply.get("result") if reply.get("ok") else None
+        if (
+            isinstance(result, dict)
+            and result.get("last_try") is True
+            and isinstance(result.get("auth_id"), str)
+        ):
+            confirmation = secrets.token_urlsafe(16)
+            session.last_try[result["auth_id"]] = (confirmation, now)
+            result["last_try_confirmation"] = confirmation
+
     async def kiosk_command(request: Request) -> Response:
         """``auth.begin`` and ``auth.pin`` for the PIN screen, in a POST body (never a URL, so a PIN is in
-        no access log), through this page's own control session."""
+        no access log), through this page's own control session. The PIN is never logged or kept."""
+        session = sessions.find(request.cookies.get(KIOSK_COOKIE))
+        if session is None:
+            return no_kiosk_session()
         cmd = request.path_params["cmd"]
         if cmd not in ("auth.begin", "auth.pin"):
-            return JSONResponse({"ok": False, "error": {"code": "unknown_command"}}, status_code=404)
+            return _error(404, "unknown_command")
         body = await json_body(request)
         if body is None:
-            return JSONResponse({"ok": False, "error": {"code": "bad_request"}}, status_code=400)
-        args: dict[str, Any] = {
-            k: body[k] for k in ("reader", "auth_id", "pin", "allow_last_try") if k in body
-        }
-        sid, session = sessions.get(request.cookies.get(KIOSK_COOKIE))
+            return _error(400, "bad_request")
+        args: dict[str, Any] = {k: body[k] for k in KIOSK_ARGS if k in body}
+        if cmd == "auth.pin":
+            refusal = last_try_refusal(session, body, args)
+            if refusal is not None:
+                return refusal
         try:
             reply = await run_in_threadpool(_request, session, cmd, args)
         except Unreachable as e:
             log.warning("daemon unreachable", cmd=cmd, error=str(e))
             reply = {"ok": False, "error": {"code": "unreachable", "message": str(e)}}
         reply.pop("id", None)
-        response = JSONResponse(reply)
-        response.set_cookie(KIOSK_COOKIE, sid, httponly=True, samesite="strict")
-        return response
+        if cmd == "auth.begin":
+            offer_confirmation(session, reply)
+        return JSONResponse(reply)
 
     async def console_login(request: Request) -> Response:
+        address = _client(request)
+        wait = throttle.wait(address)
+        if wait > 0:
+            return too_many(wait)
         body = await json_body(request)
         token = str(body.get("token", "")) if body is not None else ""
         if not token_ok(token):
-            log.warning("console login refused", client=request.client.host if request.client else None)
-            return JSONResponse({"ok": False}, status_code=401)
+            lockout = throttle.failed(address)
+            log.warning("console login refused", client=address, lockout_s=lockout or None)
+            return _error(401, "wrong_token")
+        throttle.succeeded(address)
         response = JSONResponse({"ok": True})
-        response.set_cookie(CONSOLE_COOKIE, cookie_value(), httponly=True, samesite="strict")
+        response.set_cookie(
+            CONSOLE_COOKIE,
+            consoles.open(),
+            max_age=int(settings.console_max_age),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
+        return response
+
+    async def console_logout(request: Request) -> Response:
+        consoles.close(request.cookies.get(CONSOLE_COOKIE))
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(
+            CONSOLE_COOKIE, path="/", httponly=True, samesite="strict", secure=secure(request)
+        )
         return response
 
     async def console_state(request: Request) -> Response:
-        if not console_allowed(request):
-            return JSONResponse({"ok": False}, status_code=401)
+        refusal = console_refusal(request)
+        if refusal is not None:
+            return refusal
 
         def ask(cmd: str) -> dict[str, Any]:
             s = settings
@@ -446,12 +648,15 @@ def create_app(settings: WebSettings, *, run_hub: bool = True) -> Starlette:  # 
             Route("/", index),
             Route("/kiosk", kiosk_page),
             Route("/console", console_page),
+            Route("/api/kiosk/session", kiosk_open, methods=["POST"]),
             Route("/api/kiosk/events", kiosk_events),
             Route("/api/kiosk/{cmd}", kiosk_command, methods=["POST"]),
             Route("/api/console/login", console_login, methods=["POST"]),
+            Route("/api/console/logout", console_logout, methods=["POST"]),
             Route("/api/console/state", console_state),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
+        middleware=[Middleware(HostCheck, hosts=settings.hosts)],
         lifespan=lifespan,
     )
     app.state.hub = hub

@@ -57,7 +57,9 @@ def test_correct_pin_sends_one_verify_and_publishes_authenticated(
         "validation",
         "expires_within_days",
         "validation_warnings",
+        "simulated",
     }
+    assert data["simulated"] is True  # a card of the sim backend
     assert data["expires_within_days"] in ("30", "90", "365", "more")
     raw = json.dumps(event)
     assert "4711" not in raw
@@ -84,7 +86,7 @@ def test_wrong_pin_says_how_many_tries_are_left(
         again = ok(ui.request("auth.begin", {"reader": READER}))
     assert err["code"] == "wrong_pin"
     assert err["details"] == {"tries_left": 2}
-    assert failed["data"] == {"reason": "wrong_pin", "tries_left": 2}
+    assert failed["data"] == {"reason": "wrong_pin", "tries_left": 2, "simulated": True}
     assert again["tries_left"] == 2
     assert pin_verifies(cards[-1]) == 1  # exactly the one the user asked for: never retried
 
@@ -226,7 +228,7 @@ def test_rejected_certificates_give_distinct_reasons(
         failed = sub.until(lambda e: e["type"] == "card.auth_failed")[-1]
     assert err["code"] == "certificate_rejected"
     assert err["details"] == {"validation": outcome}
-    assert failed["data"] == {"reason": "certificate_rejected", "validation": outcome}
+    assert failed["data"] == {"reason": "certificate_rejected", "validation": outcome, "simulated": True}
     assert pin_verifies(cards[-1]) == 1  # the proof was made; the certificate is what failed
 
 
@@ -308,8 +310,7 @@ def test_relink_moves_the_member_to_a_renewed_certificate(daemon: RunningDaemon)
         json.loads(line)
         for line in (Path(daemon.daemon.config.state_dir) / "audit.log").read_text().splitlines()
     ]
-    relink = audit[-1]
-    assert relink["action"] == "relink"
+    relink = next(record for record in reversed(audit) if record["action"] == "relink")
     assert relink["reason"] == "renewal, ID checked"
     assert relink["old_pseudonym"] != relink["pseudonym"]
 

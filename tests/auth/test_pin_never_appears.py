@@ -62,15 +62,16 @@ def test_the_search_finds_what_it_looks_for() -> None:
 class Daemon:
     def __init__(self, tmp_path: Path) -> None:
         self.publish = f"tcp://127.0.0.1:{free_tcp_port()}"
-        self.control = f"tcp://127.0.0.1:{free_tcp_port()}"
+        tcp_control = f"tcp://127.0.0.1:{free_tcp_port()}"
         self.state_dir = tmp_path / ".readerd"
+        self.control = f"ipc://{self.state_dir / 'run' / 'operator.sock'}"  # the local operator socket
         self.stdout = tmp_path / "stdout.log"
         self.stderr = tmp_path / "stderr.log"
         self.events: list[bytes] = []
         args = ["run", "--simulate", "--log-level", "TRACE", "--trace-plugins", "--heartbeat", "0.1"]
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [str(BIN / "readerd"), *args, "--publish", self.publish, "--control", self.control],
+                [str(BIN / "readerd"), *args, "--publish", self.publish, "--control", tcp_control],
                 cwd=tmp_path,
                 stdout=out,
                 stderr=err,

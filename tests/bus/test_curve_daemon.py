@@ -85,13 +85,15 @@ def test_daemon_with_curve_serves_allowed_keys_only(
         str(curve_dir),
     )
     with running_daemon(config) as d:
+        assert d.daemon.bus is not None
+        tcp = d.daemon.bus.control_endpoint  # CURVE: keys on TCP (d.control is the local operator socket)
         server_key = curve_dir / "server.key"
         assert (curve_dir / "server.key_secret").stat().st_mode & 0o777 == 0o600
         curve = CurveKeys.from_files(server_key, Path(str(client["secret"])))
-        with BusClient(d.publish, d.control, since=0, curve=curve) as events:
+        with BusClient(d.publish, tcp, since=0, curve=curve) as events:
             ctl = [
                 "--control",
-                d.control,
+                tcp,
                 "--client-key",
                 str(client["secret"]),
                 "--server-key",
@@ -101,7 +103,7 @@ def test_daemon_with_curve_serves_allowed_keys_only(
             types = [events.next(timeout=10)["type"] for _ in range(4)]
         assert readerctl([*ctl, "--json", "status"]) == 0
         status = json.loads(capsys.readouterr().out.splitlines()[-1])
-        assert readerctl(["--control", d.control, "status"]) == 69  # no key: no answer
+        assert readerctl(["--control", tcp, "status"]) == 69  # no key: no answer
     assert types == ["reader.added", "reader.added", "card.presented", "card.identified"]
     assert status["curve"] is True
 

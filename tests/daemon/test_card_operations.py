@@ -17,6 +17,7 @@ from protocols.jpki import JpkiSession
 from protocols.transport import Transport
 from readerd.bus.control import ControlRequest
 from readerd.bus.control_client import request
+from readerd.bus.curve import CONTROL
 from readerd.bus.server import Bus
 from readerd.config import BusConfig, PcscConfig
 from readerd.errors import CardAbsentError, UnknownReaderError
@@ -44,7 +45,8 @@ def test_deferred_replies_do_not_hold_up_the_bus() -> None:
         pending.append(future)
         return future
 
-    bus = Bus(BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0"), kiosk="k")
+    config = BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0")
+    bus = Bus(config, kiosk="k", anonymous_role=CONTROL)
     bus.register_command("slow", slow)
     bus.register_command("boom", lambda _r: _failing(CommandError("no_luck", "refused later")))
     bus.register_command("bug", lambda _r: _failing(ZeroDivisionError()))

@@ -132,9 +132,9 @@ def test_pseudonym_key_checks(tmp_path: Path) -> None:
         create_pseudonym_key(tmp_path / "new.key")
 
 
-def _ctl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def _ctl(*args: str, timeout: float = 20, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "readerctl"), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(BIN / "readerctl"), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
     )
 
 
@@ -172,8 +172,9 @@ def test_readme_flow_run_simulate_tap_tail(tmp_path: Path) -> None:
         # The first heartbeat tells that the subscription is live (ZeroMQ's slow joiner); then tap.
         while json.loads(tail.stdout.readline())["type"] != "heartbeat":
             pass
-        assert _ctl("--control", control, "tap", "alice").returncode == 0
-        assert _ctl("--control", control, "remove").returncode == 0
+        # From the daemon's directory readerctl finds its control sockets, as the README says.
+        assert _ctl("tap", "alice", cwd=tmp_path).returncode == 0
+        assert _ctl("remove", cwd=tmp_path).returncode == 0
         events: list[dict[str, object]] = []
         while not events or events[-1]["type"] != "card.removed":
             line = tail.stdout.readline()

@@ -19,7 +19,7 @@ from readerd.cli.main import build_parser
 from readerd.reading.backends.usb import supported_ids
 from tests.deploy.support import SYSTEMD, install_kiosk, require_tool
 
-UNITS = ("readerd.service", "readerd-plugins.service")
+UNITS = ("readerd.service", "readerd-plugins.service", "readerd-web.service")
 #: The highest ``systemd-analyze security`` exposure a unit may have; what the units reach is stated in
 #: docs/kiosk.md.
 MAX_EXPOSURE = 3.0
@@ -118,11 +118,28 @@ def test_daemon_unit_shape() -> None:
 @pytest.mark.parametrize("unit", UNITS)
 def test_exec_start_is_a_command_line_readerd_accepts(unit: str) -> None:
     """The flags the units pass are readerd's own (a renamed flag would fail at the kiosk's boot)."""
-    argv = _unit(unit)["Service"]["ExecStart"].split()
+    service = _unit(unit)["Service"]
+    argv = service["ExecStart"].split()
     assert argv[0] == "/opt/readerd/bin/readerd"
     args = build_parser().parse_args(argv[1:])
-    assert args.config == Path("/etc/readerd/readerd.toml")
+    if str(args.config).startswith("%d/"):  # a credential: systemd's copy of the file for this unit alone
+        assert service["LoadCredential"] == f"{args.config.name}:/etc/readerd/readerd.toml"
+    else:
+        assert args.config == Path("/etc/readerd/readerd.toml")
     assert args.log_format == "json"
+
+
+def test_web_unit_shape() -> None:
+    """readerd web as a user of its own: no daemon group, the config as a credential, the control role's
+    group and the kiosk's group (for the per-boot secret), a runtime directory that outlives a restart."""
+    service = _unit("readerd-web.service")["Service"]
+    assert service["User"] == service["Group"] == "readerd-web"
+    assert service["SupplementaryGroups"].split() == ["readerd-control", "readerd-kiosk"]
+    assert service["ExecStart"].split()[:2] == ["/opt/readerd/bin/readerd", "web"]
+    assert service["RestartPreventExitStatus"] == "78"
+    assert (service["RuntimeDirectory"], service["RuntimeDirectoryMode"]) == ("readerd-web", "0711")
+    assert service["RuntimeDirectoryPreserve"] == "restart"
+    assert "StateDirectory" not in service
 
 
 def test_udev_rules_cover_exactly_the_readers_nfcpy_drives() -> None:
@@ -164,7 +181,11 @@ def test_sysusers_and_tmpfiles_apply_in_a_private_root(installed: Path) -> None:
     passwd = _entries(installed / "etc/passwd")
     groups = _entries(installed / "etc/group")
     assert passwd["readerd"][6] == "/usr/sbin/nologin"
-    assert "readerd" in groups["readerd-ui"][3].split(",")
+    assert "readerd" in groups["readerd-operator"][3].split(",")
+    assert "readerd" in groups["readerd-control"][3].split(",")
+    assert set(groups["readerd-control"][3].split(",")) == {"readerd", "readerd-web"}
+    assert groups["readerd-kiosk"][3].split(",") == ["readerd-web"]
+    assert passwd["readerd-web"][6] == "/usr/sbin/nologin"
     subprocess.run(
         [tmpfiles, f"--root={installed}", "--create", str(installed / "etc/tmpfiles.d/readerd.conf")],
         capture_output=True,
@@ -192,7 +213,8 @@ def test_sysusers_and_tmpfiles_unprivileged(installed: Path) -> None:
         check=True,
     )
     assert "Creating user 'readerd'" in plan.stdout + plan.stderr
-    assert "Creating group 'readerd-ui'" in plan.stdout + plan.stderr
+    for group in ("readerd-operator", "readerd-control", "readerd-kiosk"):
+        assert f"Creating group '{group}'" in plan.stdout + plan.stderr
     snippet = installed / "etc/tmpfiles.d/readerd.conf"
     ownerless = re.sub(
         r" (root|readerd) (root|readerd) -$", " - - -", snippet.read_text(), flags=re.MULTILINE

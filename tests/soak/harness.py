@@ -203,7 +203,7 @@ class Soak:
             ("sim", "pcsc") if pcscd is not None else ("sim",),
             pcsc=PcscConfig(readers=(PCSC_READER,), allow_virtual_readers=True),
             sessions=SessionConfig(deadline=deadline, repeat_window=0.0),
-            sim=SimConfig(readers=self.reader_names),
+            sim=SimConfig(readers=self.reader_names, allow_simulated_cards=True),  # beside pcsc
             store=StoreConfig(shared_url=shared_url, connect_timeout=2.0, retries=3),
             plugins=PluginsConfig(
                 autoload=False, builtins=("checkin", "points"), sections=sections, quarantine_after=3

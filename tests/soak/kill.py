@@ -42,14 +42,15 @@ class SubprocessDaemon:
         self.config_path = workdir / "readerd.toml"
         self.config_path.write_text(config_toml, encoding="utf-8")
         self.publish = f"tcp://127.0.0.1:{free_tcp_port()}"
-        self.control = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.tcp_control = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.control = f"ipc://{state_dir / 'run' / 'operator.sock'}"  # the local operator socket
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "daemon.log"
 
     def start(self) -> None:
         command = [
             sys.executable, "-m", "readerd.cli.main", "run", "--simulate", "--config", str(self.config_path),
-            "--state-dir", str(self.state_dir), "--publish", self.publish, "--control", self.control,
+            "--state-dir", str(self.state_dir), "--publish", self.publish, "--control", self.tcp_control,
             "--heartbeat", "0.05", "--log-level", "WARNING", "--log-format", "json",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TOKEN = "console-token-for-tests"  # noqa: S105 - a test token
+TOKEN = "console-token-for-tests-0123456789"  # noqa: S105 - a test token (>= 128 bits)
 EVENT = "fest"
 
 
@@ -67,7 +67,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
 
 
 @pytest.fixture(scope="module")
-def web(daemon: RunningDaemon) -> Iterator[WebServer]:
+def web(daemon: RunningDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     # The fleet: the same daemon again under another name, and a kiosk that never answers.
     fleet = (FleetKiosk("hall-2", daemon.control), FleetKiosk("gone-3", "tcp://127.0.0.1:9"))
     settings = WebSettings(
@@ -76,6 +76,8 @@ def web(daemon: RunningDaemon) -> Iterator[WebServer]:
         console_token=TOKEN,
         fleet=fleet,
         fleet_timeout_ms=300,
+        # the per-boot secret where the launcher reads it (a test's own runtime directory)
+        kiosk_secret_file=str(tmp_path_factory.mktemp("run") / "readerd-web" / "kiosk-secret"),
     )
     with WebServer(settings) as server:
         yield server

@@ -13,6 +13,7 @@ import pytest
 
 from readerd.testing import RunningDaemon
 from readerd.web import WebServer
+from readerd.web.launch import kiosk_url, read_secret, write_launch_page
 from tests.web.conftest import TOKEN
 
 pytestmark = [pytest.mark.web, pytest.mark.timeout(60)]
@@ -29,9 +30,14 @@ def card_off(daemon: RunningDaemon) -> Iterator[None]:
 
 
 def open_kiosk(page: Any, web: WebServer, lang: str = "ja") -> None:
-    page.goto(f"{web.url}/kiosk?reader={READER.replace(' ', '%20')}&lang={lang}&hold=30")
+    """As on a kiosk: the launcher reads the per-boot secret and writes its launch page (in the session's
+    runtime directory, here the test's), which hands the secret to the kiosk page in the URL's fragment."""
+    secret_file = Path(web.settings.kiosk_secret_file)
+    url = kiosk_url(web.url, READER, read_secret([secret_file]), lang=lang, hold="30")
+    page.goto(write_launch_page(url, secret_file.parent.parent / "readerd-kiosk", READER).as_uri())
     # the stream is open once the app said hello: a tap from now on reaches this page
     page.wait_for_selector("body[data-connected=yes]", timeout=WAIT_MS)
+    assert "secret" not in page.url  # out of the address at once
 
 
 def test_a_tap_shows_the_check_in_result(page, web, daemon, card_off, screenshots: Path) -> None:
@@ -86,14 +92,27 @@ def test_pin_on_the_keypad_ends_in_card_authenticated(page, web, daemon, card_of
 
 
 def test_last_try_is_warned_and_asked_for(page, web, daemon, card_off, screenshots: Path) -> None:
+    """The confirm key under the warning sends the app's one-time confirmation: the last try is used."""
     open_kiosk(page, web)
-    daemon.tap("dave", reader=READER, tries=1)
+    daemon.tap("dave", reader=READER, tries=1, pin="4321")
     page.click("#pin-start", timeout=WAIT_MS)
     page.wait_for_selector("#pin-lastwarn:visible", timeout=WAIT_MS)
     page.screenshot(path=screenshots / "kiosk-pin-last-try.png")
     assert "残り 1 回" in page.inner_text("#pin-tries")
     assert "ロック" in page.inner_text("#pin-lastwarn")
     assert page.inner_text("#key-ok") == "最後の1回を使う"
+    press(page, "4321")
+    page.click("#key-ok")
+    page.wait_for_selector("body[data-state=authenticated]", timeout=WAIT_MS)
+
+
+def test_a_page_without_the_secret_is_refused(page, web, screenshots: Path) -> None:
+    """Opened without the launcher (no secret in the fragment): no events, no keypad, a plain refusal.
+    Cost: about 0.5 s."""
+    page.goto(f"{web.url}/kiosk?reader={READER.replace(' ', '%20')}#secret=not-this-boots")
+    page.wait_for_selector("body[data-connected=refused][data-state=refused]", timeout=WAIT_MS)
+    page.screenshot(path=screenshots / "kiosk-refused.png")
+    assert page.inner_text("#title") == "この画面は使えません"
 
 
 def test_console_refuses_a_wrong_token_and_shows_a_tap(page, web, daemon, card_off, screenshots) -> None:

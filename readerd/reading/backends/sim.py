@@ -28,6 +28,7 @@ from readerd.errors import CardAbsentError, Refusal, UnknownReaderError
 from readerd.events import CardKind
 from readerd.ops.deadline import run_with_deadline
 from readerd.ops.liveness import STEP_MARGIN, StepWatch
+from readerd.ops.statedir import private_tree
 from readerd.reading.backends import CardOperation, failed
 from readerd.reading.sessions import CardSessions
 from simulators.faults import FaultScript, FaultScriptError, FaultyCard
@@ -77,6 +78,9 @@ def felica_profile(kind: str, name: str, birth_year: int = 1950, ward: int = 131
 
 class SimBackend:
     name = "sim"
+    #: Its cards are the simulator's: their events and authentications say ``"simulated": true``, and
+    #: only its readers are checked against the simulator's CA (readerd.auth.manager).
+    simulated = True
 
     def __init__(self, config: SimConfig, sessions: CardSessions, pki_dir: Path) -> None:
         self.config = config
@@ -123,15 +127,24 @@ class SimBackend:
         return reader in self._slots and self._slots[reader].plugged
 
     def trust_files(self) -> tuple[Path, Path]:
-        """The simulator's user-auth CA (the trust anchor of a simulated daemon) and its CRL, which lists
-        the cards tapped with ``revoked: true``; the validator re-reads it when it changes."""
+        """The simulator's user-auth CA (the trust anchor for this backend's readers only, never for a real
+        reader's card) and its CRL, which lists the cards tapped with ``revoked: true``; the validator
+        re-reads it when it changes."""
         ca = self.store.ca(CaKind.USER_AUTH)
         anchor = write_pem(self.store.root / "trust-anchor.pem", ca.certificate)
         return anchor, self._write_crl()
 
     def _write_crl(self) -> Path:
         ca = self.store.ca(CaKind.USER_AUTH)
-        return write_pem(self.store.root / "user-auth.crl", ca.crl(sorted(self._revoked)))
+        crl = write_pem(self.store.root / "user-auth.crl", ca.crl(sorted(self._revoked)))
+        self._private()
+        return crl
+
+    def _private(self) -> None:
+        """The simulator's keys and certificates are state files like any other: 0600."""
+        _changed, failed = private_tree(self.store.root)
+        for path, reason in failed:
+            log.warning("cannot make a simulator file private", path=str(path), error=reason)
 
     def on_card(self, reader: str, operation: CardOperation) -> Future[JsonObject]:
         if reader not in self._slots:
@@ -248,6 +261,7 @@ class SimBackend:
             behavior=CardBehavior(extended_length=not args.get("no_extended", False)),
         )
         card: CardModel = build_card(profile, self.store)
+        self._private()  # a first tap of a card name wrote its key and certificates
         if args.get("revoked"):
             self._revoked.add(self.store.user_auth_certificate(profile.name).serial_number)
             self._write_crl()
@@ -265,11 +279,11 @@ class SimBackend:
         card = self._build(args)
         atr = slot.reader.insert(card)
         slot.kind, slot.card_name = CardKind.UNKNOWN, str(args.get("card", "alice"))
-        result = self.sessions.read_contact_card(reader, slot.reader, atr)
+        result = self.sessions.read_contact_card(reader, slot.reader, atr, simulated=True)
         slot.kind = result.kind
         if slot.reader.card is None:  # pulled during the read (fault script)
             slot.kind = None  # before the event: a client answering card.removed sees the reader empty
-            self.sessions.card_removed(reader, result.kind)
+            self.sessions.card_removed(reader, result.kind, simulated=True)
             return
         if args.get("hold") is False:
             self._remove(reader)
@@ -280,7 +294,7 @@ class SimBackend:
         slot.kind, slot.card_name = CardKind.FELICA, name
         # Poll as a reader does (wildcard system, request code 1: the card says its system code).
         polling = parse_polling_response(slot.field.exchange(build_polling(), 0.01))
-        self.sessions.read_felica_card(slot.reader.name, slot.field, polling)
+        self.sessions.read_felica_card(slot.reader.name, slot.field, polling, simulated=True)
         if args.get("hold") is False:
             self._remove(slot.reader.name)
 
@@ -291,4 +305,4 @@ class SimBackend:
         slot.reader.remove()
         slot.field.remove()
         kind, slot.kind, slot.card_name = slot.kind, None, None
-        self.sessions.card_removed(reader, kind)
+        self.sessions.card_removed(reader, kind, simulated=True)

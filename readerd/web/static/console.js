@@ -1,4 +1,5 @@
-// The operator console: polls /api/console/state (the token travels in an HttpOnly cookie set at login).
+// The operator console: polls /api/console/state. The login gives an HttpOnly cookie of a session that ends
+// after 30 minutes unused or 8 hours (web.console_idle, web.console_max_age), or at logout.
 // Charts are inline SVG drawn here: no charting library, no CDN.
 "use strict";
 
@@ -79,7 +80,13 @@ function render(s) {
 
 async function poll() {
   const r = await fetch("/api/console/state", { credentials: "same-origin" });
-  if (r.status === 401) { document.body.dataset.state = "login"; $("main").classList.add("hidden"); $("login").classList.remove("hidden"); return false; }
+  if (r.status === 401) {
+    const reply = await r.json().catch(() => ({}));
+    const expired = reply.error && reply.error.code === "session_expired";
+    if (expired) $("login-error").textContent = "session ended / セッションが終了しました";
+    document.body.dataset.state = "login"; $("main").classList.add("hidden"); $("login").classList.remove("hidden");
+    return false;
+  }
   document.body.dataset.state = "console";
   $("login").classList.add("hidden");
   $("main").classList.remove("hidden");
@@ -94,8 +101,19 @@ $("login").addEventListener("submit", async (e) => {
     body: JSON.stringify({ token: $("token").value }), credentials: "same-origin",
   });
   $("token").value = "";
-  if (r.ok) { $("login-error").textContent = ""; poll(); }
-  else { $("login-error").textContent = "wrong token / トークンが違います"; document.body.dataset.state = "refused"; }
+  if (r.ok) { $("login-error").textContent = ""; poll(); return; }
+  document.body.dataset.state = "refused";
+  if (r.status === 429) {
+    const wait = r.headers.get("Retry-After") || "?";
+    $("login-error").textContent = `too many attempts: wait ${wait} s / 試行が多すぎます（${wait} 秒後に再試行）`;
+  } else {
+    $("login-error").textContent = "wrong token / トークンが違います";
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await fetch("/api/console/logout", { method: "POST", credentials: "same-origin" });
+  poll();
 });
 
 async function loop() {

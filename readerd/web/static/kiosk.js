@@ -2,6 +2,18 @@
 // Plain script, no framework and no CDN: kiosks may be offline. Nothing personal is kept here.
 "use strict";
 
+// The per-boot secret comes from the kiosk launcher in the URL's fragment, which no server ever sees (no
+// access log, no Referer). It leaves the address bar at once and stays in this tab's sessionStorage, so a
+// reload or a restart of readerd web opens a new session without the launcher (docs/web.md).
+const SECRET_KEY = "readerd-kiosk-secret";
+{
+  const fromLauncher = new URLSearchParams(location.hash.slice(1)).get("secret");
+  if (fromLauncher) {
+    sessionStorage.setItem(SECRET_KEY, fromLauncher);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
 const params = new URLSearchParams(location.search);
 const READER = params.get("reader") || "";
 const LANG = params.get("lang") === "en" ? "en" : "ja";
@@ -64,6 +76,8 @@ const T = {
     },
     visits: (v, cap) => `今月 ${v} 回目` + (cap ? `（月 ${cap} 回まで）` : ""),
     disconnected: "ただいま準備中です",
+    refused: "この画面は使えません",
+    refusedDetail: "係員をお呼びください",
   },
   en: {
     idle: "Please touch your card",
@@ -111,13 +125,15 @@ const T = {
     },
     visits: (v, cap) => `Visit ${v} this month` + (cap ? ` (up to ${cap})` : ""),
     disconnected: "Please wait",
+    refused: "This screen is not available",
+    refusedDetail: "Please call staff",
   },
 }[LANG];
 
 const $ = (id) => document.getElementById(id);
 let idleTimer = null;
 let jpkiOnReader = false;
-let pin = { active: false, authId: null, digits: "", lastTry: false, busy: false };
+let pin = { active: false, authId: null, digits: "", lastTry: false, confirmation: null, busy: false };
 
 function show(state, title, detail = "", extra = "", cls = "") {
   document.body.dataset.state = state;
@@ -129,7 +145,7 @@ function show(state, title, detail = "", extra = "", cls = "") {
   $("pin-cancel").classList.toggle("hidden", state !== "pin");
   $("pin-start").classList.toggle("hidden", state === "pin" || !jpkiOnReader);
   clearTimeout(idleTimer);
-  if (state !== "idle" && state !== "pin" && state !== "reading") {
+  if (state !== "idle" && state !== "pin" && state !== "reading" && state !== "refused") {
     idleTimer = setTimeout(idle, HOLD_MS);
   }
 }
@@ -197,22 +213,41 @@ function onPlugin(ev) {
   }
 }
 
-// --- PIN ---------------------------------------------------------------------------------------------
-async function command(cmd, args) {
-  const r = await fetch("/api/kiosk/" + cmd, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(args),
+// --- the session: the secret once, then an HttpOnly cookie ----------------------------------------------
+function post(path, body) {
+  return fetch(path, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     credentials: "same-origin",
   });
+}
+
+// "ok", "refused" (no secret, or not this boot's) or "down" (readerd web does not answer)
+async function openSession() {
+  try {
+    const r = await post("/api/kiosk/session", { secret: sessionStorage.getItem(SECRET_KEY) || "" });
+    return r.ok ? "ok" : r.status === 403 ? "refused" : "down";
+  } catch (_e) {
+    return "down";
+  }
+}
+
+// --- PIN ---------------------------------------------------------------------------------------------
+async function command(cmd, args) {
+  let r = await post("/api/kiosk/" + cmd, args);
+  // no session (readerd web restarted): open one and ask again; auth.begin carries no PIN
+  if (r.status === 403 && cmd === "auth.begin" && await openSession() === "ok") r = await post("/api/kiosk/" + cmd, args);
   return r.json();
 }
 
 async function beginPin(message = "") {
-  pin = { active: true, authId: null, digits: "", lastTry: false, busy: true };
+  pin = { active: true, authId: null, digits: "", lastTry: false, confirmation: null, busy: true };
   const reply = await command("auth.begin", { reader: READER });
   pin.busy = false;
   if (!reply.ok) return pinError(reply.error);
   pin.authId = reply.result.auth_id;
   pin.lastTry = reply.result.last_try;
+  // the app's one-time confirmation for this auth_id: sent only by the confirm key under the warning
+  pin.confirmation = reply.result.last_try_confirmation || null;
   show("pin", message || T.pinTitle, "", "", message ? "bad" : "");
   $("pin-tries").textContent = T.triesLeft(reply.result.tries_left);
   $("pin-lastwarn").textContent = T.lastWarn;
@@ -229,7 +264,8 @@ function pinError(error) {
   if (code === "pin_blocked") return show("error", T.pinBlocked, T.pinBlockedDetail, "", "bad");
   if (code === "bad_pin_format") return beginPin(T.pinFormat);
   // the try may have been counted, or the session ran out: read the tries again, never resend the PIN
-  if (code === "pin_result_unknown" || code === "auth_session_invalid") return beginPin(T.pinAgain);
+  const again = ["pin_result_unknown", "auth_session_invalid", "kiosk_secret_required", "last_try_confirmation_required"];
+  if (again.includes(code)) return beginPin(T.pinAgain);
   show("error", T.authFailed, T.authFailedDetail, "", "bad");
 }
 
@@ -239,12 +275,15 @@ async function submitPin() {
   const digits = pin.digits;
   pin.digits = "";
   drawDots();
-  const reply = await command("auth.pin", { auth_id: pin.authId, pin: digits, allow_last_try: pin.lastTry });
+  const args = { auth_id: pin.authId, pin: digits };
+  // this key reads 「最後の1回を使う」 under the warning: pressing it is the citizen's consent
+  if (pin.lastTry) Object.assign(args, { allow_last_try: true, confirmation: pin.confirmation });
+  const reply = await command("auth.pin", args);
   pin.busy = false;
   if (reply.ok) { endPin(); show("authenticated", T.authOk, "", "", "ok"); } else { pinError(reply.error); }
 }
 
-function endPin() { pin = { active: false, authId: null, digits: "", lastTry: false, busy: false }; }
+function endPin() { pin = { active: false, authId: null, digits: "", lastTry: false, confirmation: null, busy: false }; }
 function drawDots() { $("pin-dots").textContent = "●".repeat(pin.digits.length) + "○".repeat(4 - pin.digits.length); }
 
 function buildKeypad() {
@@ -270,14 +309,28 @@ function buildKeypad() {
 }
 
 // --- events ------------------------------------------------------------------------------------------
-function connect() {
+async function connect() {
+  const session = await openSession();
+  if (session === "down") { document.body.dataset.connected = "no"; setTimeout(connect, 1000); return; }
+  if (session === "refused") {
+    // no secret, or not this boot's: opened without the launcher, or readerd web's secret is new
+    document.body.dataset.connected = "refused";
+    show("refused", T.refused, T.refusedDetail, "", "bad");
+    setTimeout(connect, 5000);
+    return;
+  }
+  if (document.body.dataset.state === "refused") idle();
   const src = new EventSource("/api/kiosk/events?reader=" + encodeURIComponent(READER));
   src.addEventListener("hello", () => { document.body.dataset.connected = "yes"; });
   src.addEventListener("bus", (m) => {
     const ev = JSON.parse(m.data);
     if (ev.type.startsWith("card.")) onCard(ev); else onPlugin(ev);
   });
-  src.onerror = () => { document.body.dataset.connected = "no"; }; // EventSource reconnects by itself
+  src.onerror = () => {
+    document.body.dataset.connected = "no";
+    // EventSource reconnects by itself, except after a refusal (readerd web restarted: no session)
+    if (src.readyState === EventSource.CLOSED) { src.close(); setTimeout(connect, 1000); }
+  };
 }
 
 buildKeypad();

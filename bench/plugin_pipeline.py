@@ -65,6 +65,10 @@ class NoopPlugin:
     publishing: dict[int, float] = field(default_factory=dict)  # -> about to publish its result
 
     @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"done": frozenset({"seq"})}
+
+    @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         self.entered[event.seq] = time.perf_counter()
         self.publishing[event.seq] = time.perf_counter()  # stamped first: the result may arrive at once

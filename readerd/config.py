@@ -29,6 +29,12 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "library": "plugins.library:LibraryPlugin",
 }
 
+#: What ``[plugins.<name>] grants`` may list: ``readerd.plugin.api.PRIVATE_FIELDS`` (a test keeps them
+#: equal; the plugin API is not imported here, it imports the store and this module).
+GRANTABLE_FIELDS = frozenset(
+    {"idm", "pmm", "blocks", "serial", "issuer_der", "subject_cn", "not_before", "not_after"}
+)
+
 #: Where a kiosk keeps its configuration: read when no ``--config`` is given and it exists.
 DEFAULT_CONFIG = Path("/etc/readerd/readerd.toml")
 
@@ -163,7 +169,10 @@ class PluginsConfig:
     # not see its cards
     builtins: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()  # plugin names not to load
-    autoload: bool = True  # third-party plugins from the `readerd` entry-point group
+    # third-party plugins (the `readerd` entry-point group) to run, by name: an installed plugin a kiosk
+    # does not name is not loaded
+    load: tuple[str, ...] = ()
+    autoload: bool = False  # true: every installed third-party plugin, named or not (not for kiosks)
     hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
     quarantine_after: int = 3  # failures in a row before a plugin is quarantined
     trace: bool = False  # log every hook call with its duration
@@ -183,7 +192,23 @@ class PluginsConfig:
             raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
         if self.replay_window < 0:
             raise ConfigError("plugins.replay_window must be 0 (no replay) or a number of seconds")
+        for name, section in self.sections.items():
+            self.grants(name, section)
         return self
+
+    def grants(self, name: str, section: dict[str, object] | None = None) -> frozenset[str]:
+        """The private fields ``[plugins.<name>] grants`` lets the plugin see (``grants`` is the daemon's
+        key, not the plugin's); ConfigError (exit 78) for a field that is not a private field."""
+        value = (self.sections.get(name, {}) if section is None else section).get("grants", [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"plugins.{name}.grants: expected a list of strings")
+        unknown = set(value) - GRANTABLE_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"plugins.{name}.grants: no private field {', '.join(sorted(unknown))} "
+                f"(there are: {', '.join(sorted(GRANTABLE_FIELDS))})"
+            )
+        return frozenset(value)
 
 
 @dataclass(frozen=True)

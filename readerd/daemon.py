@@ -21,9 +21,10 @@ import structlog
 
 from protocols.mykey import key_fingerprint
 from readerd import events as ev
+from readerd.auth import possession
 from readerd.auth.audit import AuditLog
 from readerd.auth.manager import AuthManager, build_validator
-from readerd.bus.control import ControlRequest, JsonObject
+from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.bus.eventlog import DAY, EventLog
 from readerd.bus.roles import RoleSockets
@@ -53,8 +54,12 @@ PRIVATE_FEED = "inproc://readerd-private"
 
 
 def _plugin_command(host: PluginHost, request: ControlRequest) -> Future[JsonObject]:
+    return _plugin_command_with(host, request, request.args)
+
+
+def _plugin_command_with(host: PluginHost, request: ControlRequest, args: JsonObject) -> Future[JsonObject]:
     try:
-        return host.run_command(request.cmd, request.args)
+        return host.run_command(request.cmd, args)
     except ValueError as e:  # the arguments do not match the command's schema
         raise Refusal("bad_request", str(e)) from e
 
@@ -153,7 +158,7 @@ class Daemon:
         )
         bus.add_command_observer(self._audit_command)
         if split:
-            SplitHostLink(bus)
+            SplitHostLink(bus, guard=lambda forward: possession.gate(self.auth, forward))
         return bus
 
     def _audit_command(self, request: ControlRequest, role: str, outcome: str) -> None:
@@ -393,9 +398,21 @@ class Daemon:
         )
         host.load()
         for name, (_owner, spec) in host.commands.items():
-            bus.register_command(name, functools.partial(_plugin_command, host), role=spec.role)
+            handler: CommandHandler = functools.partial(_plugin_command, host)
+            if spec.possession:  # value moves: a PIN proof on the reader, or an operator (auth.possession)
+                handler = possession.gate(self.auth, functools.partial(_plugin_command_with, host))
+            bus.register_command(name, handler, role=spec.role)
         bus.register_command("plugins", lambda _req: host.status())
-        bus.add_status(lambda: {"plugins_quarantined": host.status()["quarantined"]})
+        bus.add_status(
+            lambda: {
+                "plugins_quarantined": host.status()["quarantined"],
+                "plugins_results_screened": {
+                    p.name: {"fields_dropped": p.fields_dropped, "values_redacted": p.values_redacted}
+                    for p in host.plugins.values()
+                    if p.fields_dropped or p.values_redacted
+                },
+            }
+        )
         if store is not None:
             bus.add_status(lambda: {"store": store.status()})  # databases (password hidden) and counters
         host.start(PRIVATE_FEED, bus.context, heartbeat_now=bus.heartbeat_now)

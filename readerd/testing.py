@@ -9,16 +9,21 @@ This module is also a pytest plugin (entry point ``pytest11``), so a plugin pack
         assert result["data"]["visits"] == 1
 
 The daemon runs the sim backend on ephemeral loopback ports with every installed plugin (entry-point group
-``readerd``) loaded, exactly as ``readerd run --simulate`` would; events are read from its PUB socket like
-any LAN client does, and commands go to its operator socket (in a short temporary directory), so a test
-may send every command. Plugins get a real store: a SQLite file in the test's temporary state directory
-(``ReaderdHarness.store(name)`` reads it back); point ``store.shared_url`` of ``readerd_config`` at a
-PostgreSQL database to test the shared role on the real thing. Override the ``readerd_config`` fixture
-to change the configuration (plugin sections, FeliCa reads, the store).
+``readerd``) loaded, as ``readerd run --simulate`` would with each of them named in ``[plugins] load``
+(the fixture names them when the configuration names none and ``autoload`` is off; name some in ``load``
+to run only those). A plugin still sees only the private fields ``[plugins.<name>] grants`` lists, and
+publishes only the result fields it declares (``readerd_result_fields``), as on a kiosk. Events are
+read from its PUB socket like any LAN client does, and commands go to its operator socket (in a short
+temporary directory), so a test may send every command. Plugins get a real store: a SQLite file in the
+test's temporary state directory (``ReaderdHarness.store(name)`` reads it back); point
+``store.shared_url`` of ``readerd_config`` at a PostgreSQL database to test the shared role on the real
+thing. Override the ``readerd_config`` fixture to change the configuration (plugin sections and their
+``grants``, FeliCa reads, the store).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import tempfile
 import threading
@@ -213,7 +218,7 @@ class ReaderdHarness:
     def tap(self, card: str = "alice", *, reader: str | None = None, **options: object) -> Envelope:
         """Put a simulated card on a reader and return its ``card.identified`` (or ``card.read_aborted``)
         event. ``options``: ``felica="bathhouse"|"checkin"|"transport"``, ``tries=``, ``expired=True``,
-        ``blank=True``, ``hold=False`` (see ``docs/events.md``, control ``tap``)."""
+        ``blank=True``, ``hold=False``, ``cloned_from="alice"`` (see ``docs/events.md``, control ``tap``)."""
         args = {**options, **({"reader": reader} if reader else {})}
         self.running.tap(card, **args)
         return self.wait_for(lambda e: e["type"] in ("card.identified", "card.read_aborted"))
@@ -246,8 +251,19 @@ def readerd_config(tmp_path: Path) -> Config:
     return sim_config(tmp_path / "readerd")
 
 
+def with_installed_plugins(config: Config) -> Config:
+    """``config`` with every installed plugin (entry-point group ``readerd``) named in ``[plugins] load``,
+    unless it names some already or has ``autoload`` on."""
+    plugins = config.plugins
+    if plugins.load or plugins.autoload:
+        return config
+    installed = tuple(sorted({entry.name for entry in importlib.metadata.entry_points(group="readerd")}))
+    return replace(config, plugins=replace(plugins, load=installed))
+
+
 @pytest.fixture
 def readerd(readerd_config: Config) -> Iterator[ReaderdHarness]:
-    """A daemon on the simulator with the installed plugins loaded; see :class:`ReaderdHarness`."""
-    with running_daemon(readerd_config) as running, running.subscriber() as events:
+    """A daemon on the simulator with the installed plugins loaded (:func:`with_installed_plugins`); see
+    :class:`ReaderdHarness`."""
+    with running_daemon(with_installed_plugins(readerd_config)) as running, running.subscriber() as events:
         yield ReaderdHarness(running, events)

@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--no-extended", action="store_true", help="the card refuses extended-length APDUs")
     card.add_argument("--contact", action="store_true", help="present the contact ATR instead of contactless")
     card.add_argument("--expired", action="store_true", help="the user-auth certificate has expired")
+    card.add_argument(
+        "--cloned-from",
+        metavar="OTHER",
+        help="carry OTHER's user-auth certificate with this card's own key (a copied certificate)",
+    )
     card.add_argument("--faults", type=Path, help="fault script (JSON or TOML), see docs/simulator.md")
     card.add_argument(
         "--cache", type=Path, default=None, help="PKI cache directory (default ~/.cache/readerd-sim)"
@@ -108,6 +113,7 @@ def _card_from_args(args: argparse.Namespace) -> CardModel:
         expired=args.expired,
         contactless=not args.contact,
         behavior=CardBehavior(extended_length=not args.no_extended),
+        cloned_from=args.cloned_from,
     )
     card: CardModel = build_card(profile, PkiStore(args.cache or default_store_root()))
     if args.faults:

@@ -442,6 +442,14 @@ class CardProfile:
     expired: bool = False
     contactless: bool = True
     behavior: CardBehavior = field(default_factory=CardBehavior)
+    #: A copied-certificate card: it carries this profile's user-auth certificate (byte for byte) but
+    #: signs with its own key (``name``'s), so it reads as that citizen and its signature never verifies.
+    cloned_from: str | None = None
+
+    @property
+    def certificate_holder(self) -> str:
+        """The profile whose user-auth certificate the card carries."""
+        return self.cloned_from or self.name
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -449,14 +457,19 @@ def _der(cert: x509.Certificate) -> bytes:
 
 
 def build_card(profile: CardProfile, store: PkiStore, *, now: datetime | None = None) -> VirtualMyNumberCard:
-    """A card for ``profile`` with keys and certificates from ``store`` (created once, then cached)."""
+    """A card for ``profile`` with keys and certificates from ``store`` (created once, then cached).
+
+    With ``cloned_from``, the user-auth certificate is that profile's while the key stays ``name``'s.
+    """
     now = now or datetime.now(UTC)
+    if profile.cloned_from is not None and (profile.cloned_from == profile.name or profile.expired):
+        raise ValueError("cloned_from names another profile, and a clone's certificate is not expired")
     if profile.expired:
         auth_cert = store.user_auth_certificate(
             profile.name, not_before=now - timedelta(days=5 * 365 + 30), not_after=now - timedelta(days=30)
         )
     else:
-        auth_cert = store.user_auth_certificate(profile.name)
+        auth_cert = store.user_auth_certificate(profile.certificate_holder)
     sign_cert = store.signature_certificate(profile.name, Attributes())
     jpki = Application(
         JPKI_AID,
@@ -519,5 +532,5 @@ def crl_for(
     profiles: list[CardProfile], store: PkiStore, *, now: datetime | None = None
 ) -> x509.CertificateRevocationList:
     """The user-auth CRL that revokes every profile marked ``revoked``."""
-    serials = [store.user_auth_certificate(p.name).serial_number for p in profiles if p.revoked]
+    serials = [store.user_auth_certificate(p.certificate_holder).serial_number for p in profiles if p.revoked]
     return store.ca(CaKind.USER_AUTH).crl(serials, this_update=now)

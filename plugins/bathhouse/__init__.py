@@ -41,6 +41,8 @@ __version__ = "1.0"
 
 S, INT = ArgType.STRING, ArgType.INTEGER
 KEY = {"idempotency_key": Arg(S)}
+#: What each result carries (readerd publishes nothing else of it).
+RESULT_FIELDS = {"visit": frozenset({"bath_house", "status", "monthly_cap", "visits_this_month"})}
 
 
 class BathhousePlugin:
@@ -70,6 +72,10 @@ class BathhousePlugin:
     @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.removed"}))
+
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return RESULT_FIELDS
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:

@@ -48,6 +48,14 @@ log = structlog.get_logger("plugins.checkin")
 
 KEY = Arg(ArgType.STRING, help="idempotency key: the same key gets the same answer, applied once")
 
+#: What each result carries (readerd publishes nothing else of it).
+RESULT_FIELDS = {
+    "result": frozenset(
+        {"event_id", "status", "count", "capacity", "checkin_id", "points", "member_id", "mykey_id"}
+        | {"offline", "starts_at"}
+    ),
+}
+
 
 class CheckinPlugin:
     def __init__(self) -> None:
@@ -93,6 +101,10 @@ class CheckinPlugin:
     @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.removed"}))
+
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return RESULT_FIELDS
 
     def event_for(self, reader: str) -> str | None:
         readers: dict[str, str] = self.config.get("readers", {})

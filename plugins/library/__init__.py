@@ -54,6 +54,17 @@ S = ArgType.STRING
 PROOF_WAIT = 2.0
 KEY = {"idempotency_key": Arg(S)}
 READER = {"reader": Arg(S, help="the reader the patron's card is on")}
+LOAN = frozenset({"status", "due"})
+#: What each result carries (readerd publishes nothing else of it): never titles, names or card numbers.
+RESULT_FIELDS = {
+    "patron": frozenset({"status", "loans", "overdue", "limit", "valid_until"}),
+    "register": frozenset({"status", "library_id", "registered", "valid_until"}),
+    "registration_renewed": frozenset({"status", "library_id", "valid_until"}),
+    "checkout": LOAN,
+    "renew": LOAN,
+    "return": LOAN,
+    "receipt": frozenset({"status", "count", "due_dates"}),
+}
 
 
 class LibraryPlugin:
@@ -115,6 +126,10 @@ class LibraryPlugin:
     @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.authenticated", "card.removed"}))
+
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return RESULT_FIELDS
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:

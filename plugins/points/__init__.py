@@ -47,6 +47,16 @@ __version__ = "1.0"
 
 log = structlog.get_logger("plugins.points")
 
+#: What each result carries (readerd publishes nothing else of it).
+RESULT_FIELDS = {
+    "redeemed": frozenset({"redeemed", "balance", "shop_id"}),
+    "ticket_issued": frozenset({"amount", "expires_on", "balance"}),
+    "ticket_used": frozenset({"amount", "shop_id"}),
+    "earned": frozenset({"balance", "earned", "event_id", "deferred"}),
+    "earn_deferred": frozenset({"event_id"}),
+    "earn_refused": frozenset({"reason", "event_id"}),
+}
+
 S, INT = ArgType.STRING, ArgType.INTEGER
 KEY = {"idempotency_key": Arg(S, help="the same key gets the same answer, applied once")}
 WHO = {
@@ -115,6 +125,10 @@ class PointsPlugin:
         return EventInterest(types=frozenset({"card.identified", "card.removed", "plugin.checkin.result"}))
 
     @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return RESULT_FIELDS
+
+    @hookimpl
     def readerd_card_identified(self, event: PluginEvent) -> None:
         self.cards.identified(event)
 
@@ -156,7 +170,14 @@ class PointsPlugin:
 
     # -- commands -------------------------------------------------------------------------------------
     def _who(self, args: JsonObject) -> JsonObject:
-        """``reader`` replaced by the IDs of the enrolled card on it (what a shop terminal sends)."""
+        """``reader`` replaced by the IDs of the enrolled card on it (what a shop terminal sends); for a
+        spending command, the IDs the daemon proved with the card's PIN (``proof``)."""
+        proof = args.get("proof")
+        if isinstance(proof, dict):
+            if not proof.get("mykey_id") and not proof.get("member_id"):
+                raise Refusal("not_enrolled", "the card is not enrolled: enrol it with mykey.enroll first")
+            rest = {k: v for k, v in args.items() if k not in ("proof", "reader")}
+            return {**rest, "mykey_id": proof.get("mykey_id"), "member_id": proof.get("member_id")}
         reader = args.get("reader")
         if not isinstance(reader, str):
             return args
@@ -219,15 +240,17 @@ class PointsPlugin:
             ),
             CommandSpec(
                 "points.redeem",
-                self._publishing("redeemed", lambda a: s().redeem(a)),
+                self._publishing("redeemed", lambda a: s().redeem(_proven(a))),
                 {**programme, **WHO, "shop_id": Arg(S), "amount": Arg(INT), **KEY},
-                help="spend points at a shop",
+                help="spend points at a shop (the card's PIN proof: auth_id)",
+                possession=True,
             ),
             CommandSpec(
                 "points.issue_ticket",
-                self._publishing("ticket_issued", lambda a: s().issue_ticket(a)),
+                self._publishing("ticket_issued", lambda a: s().issue_ticket(_proven(a))),
                 {**programme, **WHO, "amount": Arg(INT), **KEY},
-                help="turn points into a single-use ticket",
+                help="turn points into a single-use ticket (the card's PIN proof: auth_id)",
+                possession=True,
             ),
             CommandSpec(
                 "points.use_ticket",
@@ -289,3 +312,11 @@ class PointsPlugin:
     @hookimpl
     def readerd_ctl_commands(self) -> list[CtlCommand]:
         return [ctl_command()]
+
+
+def _proven(args: JsonObject) -> JsonObject:
+    """A spending command's arguments after :meth:`PointsPlugin._who`: a card on a reader counts only
+    with the daemon's proof (the daemon refuses without one; this holds wherever the plugin runs)."""
+    if isinstance(args.get("reader"), str) and "proof" not in args:
+        raise Refusal("authentication_required", "hold the card on the reader and enter its PIN first")
+    return {k: v for k, v in args.items() if k not in ("proof", "reader")}

@@ -20,6 +20,9 @@ Rules, each tested on the card's own APDU record:
 * Inside the one card operation (one PC/SC transaction, reset at the end) the certificate is read again
   and its pseudonym compared with the bound card's before the tries query: a card swapped between two
   polls of the reader is caught there, before any VERIFY.
+* ``auth.begin`` validates the certificate it reads (the same validator and reasons as ``auth.pin``)
+  before the tries query: a revoked, expired or foreign card is refused (``certificate_rejected`` with
+  ``validation``) without any VERIFY, so no try is spent on a card that could never pass.
 * The tries are read before every VERIFY; blocked and (without ``allow_last_try: true``) last-try cards
   are refused without a VERIFY; exactly one VERIFY per ``auth.pin``, never repeated; a link failure
   during VERIFY is ``pin_result_unknown``. PINs are 4 digits (full-width digits NFKC-normalised).
@@ -54,7 +57,13 @@ from protocols.jpki import JpkiSession, UserAuthCertificate, normalize_pin
 from protocols.transport import Transport
 from readerd import events as ev
 from readerd.auth.audit import AuditLog
-from readerd.auth.certvalidation import CertificateValidator, LocalValidator, StaleCrlPolicy
+from readerd.auth.certvalidation import (
+    CertificateValidator,
+    LocalValidator,
+    StaleCrlPolicy,
+    ValidationOutcome,
+    ValidationResult,
+)
 from readerd.auth.challenges import ChallengeStore, verify_signature
 from readerd.bus.control import ControlRequest, JsonObject
 from readerd.bus.server import Bus
@@ -195,6 +204,21 @@ class AuthManager:
             del self._sessions[auth_id]
         return session
 
+    def spend_proof(self, auth_id: object, peer: bytes, reader: object) -> Identity:
+        """Spend a PIN and signature proof on a command that moves value: the caller's own ``auth.pin``
+        result, made on ``reader`` during the card's present insertion, usable once (as a ``mykey.*``
+        command would use it). Raises :class:`AuthSessionInvalidError` (reason ``other_reader`` when
+        the proof was made on another reader)."""
+        auth = self._take({"auth_id": auth_id}, peer, _State.AUTHENTICATED)
+        if auth.identity is None:  # set together with the AUTHENTICATED state
+            raise AuthSessionInvalidError("not authenticated", reason="unknown")
+        if reader != auth.reader:
+            raise AuthSessionInvalidError(
+                f"this proof was made on {auth.reader}, not on {reader}", reason="other_reader"
+            )
+        self._still_present(auth)
+        return auth.identity
+
     def _still_present(self, session: _AuthSession) -> PresentCard:
         present = self.sessions.present(session.reader)
         if present is None or present.insertion != session.insertion:
@@ -215,7 +239,8 @@ class AuthManager:
             raise Refusal("bad_request", "reader is required")
         backend = self._backend(reader)
         simulated = _simulated(backend)
-        if self._validator(simulated) is None:
+        validator = self._validator(simulated)
+        if validator is None:
             raise AuthNotConfiguredError("no trust anchors or CRL configured ([auth] in the configuration)")
         present = self.sessions.present(reader)
         if present is None:
@@ -224,7 +249,8 @@ class AuthManager:
 
         def operation(transport: Transport) -> JsonObject:
             session = JpkiSession(transport)
-            self._read_bound_card(session, bound)
+            certificate = self._read_bound_card(session, bound)
+            _refuse_unless_valid(validator.validate(certificate))  # before the tries query: no VERIFY at all
             status = session.pin_status()
             return {"tries_left": status.tries_left, "blocked": status.blocked}
 
@@ -395,6 +421,32 @@ class AuthManager:
             reason=reason.strip(),
         )
         return _entry_reply(entry.member_id, entry.mykey_id, created=False)
+
+
+#: What the citizen or staff do next when ``auth.begin`` refuses a certificate (other outcomes: foreign).
+_NEXT_STEP: dict[ValidationOutcome, str] = {
+    ValidationOutcome.REVOKED: "the card's certificate is revoked: renew it at the ward office",
+    ValidationOutcome.EXPIRED: "the card's certificate has expired: renew it at the ward office",
+    ValidationOutcome.NOT_YET_VALID: "the card's certificate is not valid yet: staff check the kiosk's clock",
+    ValidationOutcome.CRL_STALE: "the revocation list is out of date: staff update it, then try again",
+    ValidationOutcome.CRL_UNAVAILABLE: "no usable revocation list: staff install it, then try again",
+    ValidationOutcome.CRL_BAD_SIGNATURE: "the revocation list is not genuine: staff replace it",
+    ValidationOutcome.VALIDATOR_UNAVAILABLE: "the certificate verifier cannot be reached: try again later",
+}
+
+
+def _refuse_unless_valid(validation: ValidationResult) -> None:
+    """Refuse a certificate ``auth.pin`` would reject, with the validator's reason and what to do next;
+    no PIN is asked for (and no try spent) on a card that could never pass."""
+    if validation.valid:
+        return
+    outcome = validation.outcome
+    step = _NEXT_STEP.get(outcome, "this card is not one this kiosk accepts: ask staff")
+    raise Refusal(
+        "certificate_rejected",
+        f"certificate not accepted ({outcome.value}): {step}",
+        validation=outcome.value,
+    )
 
 
 def _simulated(backend: Backend) -> bool:

@@ -154,6 +154,11 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
         "--revoked", action="store_true", help="the simulator's CRL lists the card's certificate"
     )
     tap.add_argument("--pin", help="the simulated card's user-auth PIN (default 1234)")
+    tap.add_argument(
+        "--cloned-from",
+        metavar="OTHER",
+        help="the card carries OTHER's certificate with its own key (a copied certificate)",
+    )
     tap.add_argument("--blank", action="store_true", help="a card without the JPKI application")
     tap.add_argument(
         "--felica",
@@ -211,6 +216,8 @@ def _tap_args(args: argparse.Namespace) -> dict[str, Any]:
         out["pin"] = args.pin
     if args.blank:
         out["blank"] = True
+    if args.cloned_from:
+        out["cloned_from"] = args.cloned_from
     if args.felica:
         out["felica"] = args.felica
     if args.release:
@@ -345,6 +352,11 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
             _out(f"    hooks: {', '.join(plugin.get('hooks', []))}")
             if plugin.get("private_fields"):
                 _out(f"    private fields: {', '.join(plugin['private_fields'])}")
+            if plugin.get("private_not_granted"):
+                _out(f"    asked, not granted: {', '.join(plugin['private_not_granted'])}")
+            if plugin.get("result_fields_dropped") or plugin.get("result_values_redacted"):
+                dropped, redacted = plugin.get("result_fields_dropped"), plugin.get("result_values_redacted")
+                _out(f"    results screened: {dropped} field(s) dropped, {redacted} value(s) redacted")
         for name, why in result.get("rejected", {}).items():
             _out(f"{name} NOT LOADED: {why}")
         return

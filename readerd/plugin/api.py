@@ -44,6 +44,9 @@ PRIVATE_FIELDS = frozenset(
 CONTROL = "control"
 OPERATOR = "operator"
 COMMAND_ROLES = (CONTROL, OPERATOR)
+#: What the daemon adds to a ``possession`` command's arguments (``proof``) or takes from them
+#: (``auth_id``, the caller's proof to spend).
+POSSESSION_ARGS = frozenset({"auth_id", "proof"})
 
 _PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})*")
@@ -175,6 +178,11 @@ class CommandSpec:
     #: ``OPERATOR`` (staff: definitions, registrations, grants, reports with personal data). Loopback
     #: callers (readerctl on the kiosk) have no key and may send every command.
     role: str = CONTROL
+    #: The command moves value (points, money, a membership): with a card on a reader it needs the
+    #: ``auth_id`` of a PIN and signature proof made on that reader during this insertion, which the
+    #: daemon checks and spends, handing the handler ``args["proof"]`` (the proven ``pseudonym``,
+    #: ``member_id``, ``mykey_id`` and ``reader``); by a bare member ID only an operator may send it.
+    possession: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in COMMAND_ROLES:
@@ -182,7 +190,7 @@ class CommandSpec:
 
     def check_args(self, args: Mapping[str, Any]) -> JsonObject:
         """The arguments if they match the schema; ValueError naming the first mismatch otherwise."""
-        unknown = set(args) - set(self.args)
+        unknown = set(args) - set(self.args) - (POSSESSION_ARGS if self.possession else set())
         if unknown:
             raise ValueError(f"{self.name}: unknown argument(s) {', '.join(sorted(unknown))}")
         for name, spec in self.args.items():

@@ -4,8 +4,8 @@ A plugin is a module, an object or a class (one instance per host) with function
 (``from readerd.plugin import hookimpl``), named like the specs below and taking any subset of the spec's
 arguments, which pluggy passes by name; an argument the spec does not have gets the plugin rejected when
 it is loaded. Plugins come from the ``readerd`` entry-point group and from the built-in ``plugins``
-package (those named in ``[plugins] builtins``); ``docs/plugins.md`` is the tutorial and ends with these
-docstrings (``python -m readerd.plugin.docs``).
+package (those named in ``[plugins] builtins``), an entry point only when ``[plugins] load`` names it;
+``docs/plugins.md`` is the tutorial and ends with these docstrings (``python -m readerd.plugin.docs``).
 
 Where and when the hooks run:
 
@@ -27,7 +27,9 @@ Where and when the hooks run:
   refused and its store is revoked, until the host restarts. ``StoreUnavailableError`` and
   ``StoreBusyError`` are published too but never count: the fault is the database's.
 - A plugin sees only what it declared with :func:`readerd_event_interest`: by default the public fields of
-  card and reader events; FeliCa blocks, the IDm or certificate details only when asked for by name.
+  card and reader events; FeliCa blocks, the IDm or certificate details only when asked for by name and
+  granted by the kiosk (``[plugins.<name>] grants``). What it publishes reaches the bus only as far as
+  :func:`readerd_result_fields` declares it.
 """
 
 from __future__ import annotations
@@ -119,8 +121,10 @@ def readerd_event_interest() -> EventInterest | None:
     that set (exact names), so list the card events still wanted beside other plugins' results.
     ``private`` names fields from ``idm``, ``pmm``, ``blocks`` (FeliCa) and ``serial``, ``issuer_der``,
     ``subject_cn``, ``not_before``, ``not_after`` (the certificate); ``blocks`` only of the FeliCa reads
-    named in ``felica_services``. Anything but an ``EventInterest`` or None quarantines the plugin at
-    once (``bad_result``): it is never started. Raising counts as a failure and leaves the default.
+    named in ``felica_services``. ``private`` is what the plugin asks for; it gets only those the kiosk
+    also lists in ``[plugins.<name>] grants`` (asking without a grant is logged once). Anything but an
+    ``EventInterest`` or None quarantines the plugin at once (``bad_result``): it is never started.
+    Raising counts as a failure and leaves the default.
 
     Example::
 
@@ -139,9 +143,9 @@ def readerd_card_identified(event: PluginEvent, context: PluginContext) -> None:
     ``pseudonym`` (stable per card: key records by it), ``enrolled``, ``member_id`` / ``mykey_id`` when
     enrolled, ``repeat`` (true when the same card left this reader less than ``sessions.repeat_window``
     ago: a re-tap) and how it was read (``apdus``, ``read_path``; FeliCa ``system_code``, ``services``,
-    ``frames``). ``event.private`` holds only the fields declared in ``readerd_event_interest``.
-    ``event.reader`` names the reader, ``event.id`` the event (key writes by it: an event may come twice).
-    ``context`` is the plugin's :class:`PluginContext`.
+    ``frames``). ``event.private`` holds only the fields asked for in ``readerd_event_interest`` and
+    granted. ``event.reader`` names the reader, ``event.id`` the event (key writes by it: an event may
+    come twice). ``context`` is the plugin's :class:`PluginContext`.
 
     Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
     concurrently with command handlers (this plugin's too), never with another of its hooks;
@@ -284,6 +288,31 @@ def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
 
 
 # --- what a plugin offers ----------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def readerd_result_fields() -> dict[str, frozenset[str]] | None:
+    """Declare the results this plugin publishes and the fields of each: what may reach the LAN, the event
+    log and the kiosk screens (which can take their texts from the same declaration).
+
+    Takes no argument: it runs once per plugin when the host loads it, after ``readerd_event_interest``
+    and before ``readerd_startup``, under ``hook_timeout``; ``readerctl plugins`` shows the answer.
+
+    Returns a dict of event name (what the plugin passes to ``context.publish``, e.g. ``"greeting"`` for
+    ``plugin.hello.greeting``) to the names of its top-level ``data`` fields, or None for no results.
+    The host publishes only declared fields: an undeclared field is dropped, and a result of an
+    undeclared name is published with empty ``data`` (a screen still sees that it happened). A value
+    that is, or contains, a certificate serial, subject CN or FeliCa IDm (one this plugin was handed, or
+    the card's on a reader) becomes ``"[redacted]"`` even in a declared field. What is dropped or
+    redacted is counted per plugin (``readerctl plugins``) and logged once. A malformed answer (not a
+    dict of event name to a set of field names) quarantines the plugin at once (``bad_result``).
+
+    Example::
+
+        @hookimpl
+        def readerd_result_fields() -> dict[str, frozenset[str]]:
+            return {"greeting": frozenset({"message", "visits"})}
+    """
+
+
 @hookspec
 def readerd_commands(context: PluginContext) -> list[CommandSpec]:
     """Control commands this plugin answers (``points.redeem``, ``hello.visits``...), sent on the control
@@ -324,9 +353,10 @@ def readerd_ctl_commands() -> list[CtlCommand]:
 
     Takes no argument. Runs in ``readerctl``, a short-lived process, never in the daemon: at each start
     readerctl loads the plugins the configuration enables (built-ins named in ``[plugins] builtins``,
-    entry points unless autoload is off or ``READERD_DISABLE_PLUGIN_AUTOLOAD`` is set, minus
-    ``disabled``), makes a class plugin's instance and calls this hook to build its parser. Nothing
-    else runs there: no ``readerd_startup``, no context, no store, no timeout; keep it cheap.
+    entry points named in ``[plugins] load``, or every installed one with ``autoload`` on and
+    ``READERD_DISABLE_PLUGIN_AUTOLOAD`` unset; minus ``disabled``), makes a class plugin's instance and
+    calls this hook to build its parser. Nothing else runs there: no ``readerd_startup``, no context, no
+    store, no timeout; keep it cheap.
 
     Returns a list of :class:`CtlCommand` ``(name, help, configure, run)``: ``configure(parser)`` adds
     argparse arguments; ``run(args, call)`` returns the exit code, where ``call(cmd, args)`` sends a

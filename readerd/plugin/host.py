@@ -17,13 +17,20 @@ with that code (``store_unavailable``, ``store_busy``) and ``quarantined: false`
 counts towards ``quarantine_after`` nor resets the count. Quarantine needs a reload to undo; a shared
 PostgreSQL that is down for a minute must not leave every ledger plugin quarantined after it is back,
 and a plugin such as check-in keeps working offline on its local store between such failures.
+
+Data minimisation (docs/privacy.md): a plugin gets the private fields it asks for (``EventInterest.private``)
+only as far as ``[plugins.<name>] grants`` allows, and its results reach the bus (the LAN, the event log)
+only with the fields it declared (``readerd_result_fields``); a certificate serial, subject CN or IDm value
+becomes ``"[redacted]"`` even in a declared field. What is dropped or redacted is counted per plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -57,6 +64,13 @@ from readerd.plugin.store import PluginStore, Store
 
 log = structlog.get_logger("readerd.plugins")
 
+#: What a certificate serial, subject CN or IDm in a plugin's result becomes (docs/privacy.md).
+REDACTED = "[redacted]"
+#: The private fields whose values never reach the bus in a plugin's result, whoever was granted them.
+SECRET_FIELDS = ("serial", "subject_cn", "idm")
+#: Shorter values are not matched (a count of 3 is not a serial): real ones are 14+ characters.
+_MIN_SECRET = 4
+
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
 PLUGIN_RESULT_HOOK = "readerd_plugin_result"
 
@@ -89,6 +103,12 @@ class LoadedPlugin:
     cursor: int | None = None  # the last feed seq this plugin was given (persisted in the store)
     missed: list[tuple[int, int]] = field(default_factory=list)  # seqs it never got, found at start
     replayed: int = 0  # events handed again after a start (missed by the last run, still in the log)
+    asked: frozenset[str] = frozenset()  # private fields it asked for, granted or not
+    results: dict[str, frozenset[str]] = field(default_factory=dict)  # readerd_result_fields
+    fields_dropped: int = 0  # undeclared result fields left out of its results
+    values_redacted: int = 0  # certificate serial / subject CN / IDm values replaced in its results
+    handed: deque[str] = field(default_factory=lambda: deque(maxlen=64))  # secret values it was given
+    warned: set[str] = field(default_factory=set)  # what was already logged (once each)
 
     @property
     def healthy(self) -> bool:
@@ -110,6 +130,10 @@ class LoadedPlugin:
             "last_seq": self.last_seq,
             "receives": sorted(self.interest.types),
             "private_fields": sorted(self.interest.private),
+            "private_not_granted": sorted(self.asked - self.interest.private),
+            "results": {event: sorted(names) for event, names in sorted(self.results.items())},
+            "result_fields_dropped": self.fields_dropped,
+            "result_values_redacted": self.values_redacted,
         }
 
 
@@ -166,6 +190,7 @@ class PluginHost:
         self._drain_until = 0.0  # set by stop(): the feed thread delivers what arrived until then
         self.cursors = FeedCursors(self, config, store=store, backlog=backlog, flushed=flushed)
         self._lock = threading.Lock()
+        self._card_secrets: deque[str] = deque(maxlen=64)  # of the cards identified lately, any reader
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -175,6 +200,12 @@ class PluginHost:
             self._reject(name, why)
         for name in found.disabled:
             log.info("plugin disabled by configuration", plugin=name)
+        for name in found.unnamed:
+            log.info(
+                "installed plugin not loaded: not named",
+                plugin=name,
+                enable=f'[plugins] load = ["{name}"] (and [plugins.{name}] grants for private fields)',
+            )
         for candidate in found.load:
             self._add(candidate)
         recorded = self.cursors.read()
@@ -202,7 +233,7 @@ class PluginHost:
             version = getattr(plugin, "__version__", None)
         context = PluginContext(
             name=name,
-            config=dict(self.config.sections.get(name, {})),
+            config={k: v for k, v in self.config.sections.get(name, {}).items() if k != "grants"},
             kiosk=self.kiosk,
             store=plugin_store,
             log=structlog.get_logger(f"readerd.plugin.{name}"),
@@ -226,7 +257,9 @@ class PluginHost:
                     loaded, "readerd_event_interest", "bad_result", "did not return an EventInterest"
                 )
                 return
-            loaded.interest = interest
+            self._grant(loaded, interest)
+        if not self._declare_results(loaded):
+            return
         self._call(loaded, "readerd_startup", {"context": loaded.context})
         if not loaded.healthy:
             return
@@ -238,6 +271,32 @@ class PluginHost:
                 )
                 continue
             self.commands[spec.name] = (loaded.name, spec)
+
+    def _declare_results(self, loaded: LoadedPlugin) -> bool:
+        """Ask for its ``readerd_result_fields``; False once a bad answer or a failure quarantined it."""
+        results = self._call(loaded, "readerd_result_fields", {})
+        if results is not None:
+            declared = _result_fields(results)
+            if declared is None:
+                self._quarantine(
+                    loaded, "readerd_result_fields", "bad_result", "not a dict of event name to field names"
+                )
+            else:
+                loaded.results = declared
+        return loaded.healthy
+
+    def _grant(self, loaded: LoadedPlugin, interest: EventInterest) -> None:
+        """What it asked for, as far as ``[plugins.<name>] grants`` allows (validated at config load)."""
+        granted = self.config.grants(loaded.name)
+        loaded.asked = interest.private
+        loaded.interest = EventInterest(interest.types, interest.private & granted, interest.felica_services)
+        if interest.private - granted:
+            log.warning(
+                "plugin asks for private fields it is not granted",
+                plugin=loaded.name,
+                not_granted=sorted(interest.private - granted),
+                grant=f"[plugins.{loaded.name}] grants = [...] (docs/privacy.md)",
+            )
 
     # -- calling one plugin's hook -----------------------------------------------------------------------
     def hooks_of(self, name: str) -> list[str]:
@@ -327,6 +386,10 @@ class PluginHost:
         if hook is None:
             return False
         delivered = False
+        secrets = _secret_values(envelope.event.private)
+        if secrets:
+            with self._lock:
+                self._card_secrets.extend(secrets)
         for loaded in list(self.plugins.values()):
             if loaded.quarantined or not loaded.interest.wants(event_type):
                 continue
@@ -335,6 +398,10 @@ class PluginHost:
             if to is not None and loaded.name not in to:
                 continue
             shown = loaded.interest.strip(envelope.event.private)
+            handed = _secret_values(shown)
+            if handed:
+                with self._lock:
+                    loaded.handed.extend(handed)
             event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
             delivered = delivered or self._implements(loaded, hook)
             origin = _Origin(loaded.name, event.id, event.replayed)
@@ -376,7 +443,43 @@ class PluginHost:
             origin = None
         cause = origin.event_id if origin is not None else None
         replayed = origin is not None and origin.replayed
+        data = self._screen(plugin, event, data)
         self._publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
+
+    def _screen(self, plugin: str, event: str, data: JsonObject) -> JsonObject:
+        """``data`` with only the fields the plugin declared for ``event``, and no certificate serial,
+        subject CN or IDm value in them (the plugin's own, or of a card identified lately)."""
+        loaded = self.plugins.get(plugin)
+        if loaded is None:  # not a loaded plugin's context: nothing declared
+            return {}
+        declared = loaded.results.get(event, frozenset())
+        dropped = sorted(set(data) - declared)
+        with self._lock:
+            secrets = {*loaded.handed, *self._card_secrets}
+        redacted = 0
+        kept: JsonObject = {}
+        for key in data:
+            if key in declared:
+                kept[key], found = _redact(data[key], secrets)
+                redacted += found
+        if not dropped and not redacted:
+            return kept
+        with self._lock:
+            loaded.fields_dropped += len(dropped)
+            loaded.values_redacted += redacted
+            first = {f"{event}:{key}" for key in dropped} - loaded.warned
+            first |= {f"{event}:{REDACTED}"} - loaded.warned if redacted else set()
+            loaded.warned |= first
+        if first:
+            log.warning(
+                "plugin result screened",
+                plugin=plugin,
+                result=f"plugin.{plugin}.{event}",
+                undeclared_fields_dropped=dropped,
+                certificate_values_redacted=redacted,
+                declare="readerd_result_fields (docs/plugins.md)",
+            )
+        return kept
 
     # -- commands -----------------------------------------------------------------------------------
     def run_command(self, name: str, args: JsonObject) -> Future[JsonObject]:
@@ -482,6 +585,60 @@ class PluginHost:
             "quarantined": sorted(p.name for p in self.plugins.values() if p.quarantined),
             "feed_gaps": [list(g) for g in self.gaps],
         }
+
+
+def _result_fields(answer: object) -> dict[str, frozenset[str]] | None:
+    """A ``readerd_result_fields`` answer as the host keeps it; None when malformed."""
+    if not isinstance(answer, Mapping):
+        return None
+    declared: dict[str, frozenset[str]] = {}
+    for event, names in answer.items():
+        if not isinstance(event, str) or isinstance(names, str | bytes):
+            return None
+        try:
+            fields = frozenset(names)
+        except TypeError:
+            return None
+        if not all(isinstance(name, str) for name in fields):
+            return None
+        declared[event] = fields
+    return declared
+
+
+def _secret_values(private: Mapping[str, Any]) -> list[str]:
+    """The serial (hex and decimal), subject CN and IDm in ``private``, case-folded for matching."""
+    found: list[str] = []
+    for key in SECRET_FIELDS:
+        value = private.get(key)
+        if not isinstance(value, str) or len(value) < _MIN_SECRET:
+            continue
+        found.append(value.casefold())
+        if key == "serial":
+            with contextlib.suppress(ValueError):
+                found.append(str(int(value, 16)))
+    return found
+
+
+def _redact(value: Any, secrets: set[str]) -> tuple[Any, int]:  # noqa: ANN401 - a JSON value
+    """``value`` with every string or number that is or contains one of ``secrets`` replaced by
+    :data:`REDACTED` (a mapping with such a key as a whole), and how many were replaced."""
+    if not secrets:
+        return value, 0
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value).casefold()
+        return (REDACTED, 1) if any(secret in text for secret in secrets) else (value, 0)
+    if isinstance(value, Mapping):
+        if any(_redact(key, secrets)[1] for key in value):
+            return REDACTED, 1
+        out, count = {}, 0
+        for key, item in value.items():
+            out[key], found = _redact(item, secrets)
+            count += found
+        return out, count
+    if isinstance(value, list | tuple):
+        items = [_redact(item, secrets) for item in value]
+        return [item for item, _ in items], sum(found for _, found in items)
+    return value, 0
 
 
 def hook_for(event_type: str) -> str | None:

@@ -16,19 +16,23 @@ The host's side is :mod:`readerd.plugin.split_host`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
 import structlog
 
 from readerd import events as ev
-from readerd.bus.control import ControlRequest, JsonObject
+from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import ROLES
 from readerd.bus.server import Bus
 from readerd.config import Config
 from readerd.errors import Refusal
 
 log = structlog.get_logger("readerd.plugin_link")
+
+#: The daemon's possession gate: wraps the forwarding of a command that moves value.
+Guard = Callable[[Callable[[ControlRequest, JsonObject], Future[JsonObject]]], CommandHandler]
 
 FEED_SOCKET = "private.sock"
 CONTROL_SOCKET = "plugins.sock"
@@ -59,8 +63,11 @@ def prepare_runtime_dir(config: Config) -> None:
 class SplitHostLink:
     """Registered on the daemon's bus: results in, commands out to whichever host registered last."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, guard: Guard | None = None) -> None:
+        """``guard(forward)``: the handler of a command that moves value (the daemon's possession gate,
+        readerd.auth.possession), in front of the forwarding; without one such commands are refused."""
         self.bus = bus
+        self.guard = guard
         self.peer: bytes | None = None
         self.commands: list[str] = []
         bus.register_private_command("plugins.register", self._register)
@@ -78,9 +85,17 @@ class SplitHostLink:
             isinstance(n, str) and "." in n and r in ROLES for n, r in commands.items()
         ):
             raise Refusal("bad_request", "commands: {<plugin>.<verb>: role}")
+        possession = request.args.get("possession", [])
+        if not isinstance(possession, list) or not all(isinstance(n, str) for n in possession):
+            raise Refusal("bad_request", "possession: [<plugin>.<verb>, ...]")
         self.peer = request.peer
         for name, role in commands.items():
-            self.bus.register_command(name, self._forward, role=role)
+            handler: CommandHandler = self._forward
+            if name in possession:
+                if self.guard is None:
+                    raise Refusal("bad_request", f"{name} moves value and this daemon cannot check proofs")
+                handler = self.guard(self._forward_with)
+            self.bus.register_command(name, handler, role=role)
         names = sorted(commands)
         self.commands = names
         log.info("split plugin host connected", commands=names)
@@ -118,6 +133,11 @@ class SplitHostLink:
             )
         )
         return {}
+
+    def _forward_with(self, request: ControlRequest, args: JsonObject) -> Future[JsonObject]:
+        if self.peer is None:
+            raise Refusal("plugin_host_unavailable", "no plugin host is connected (readerd plugins)")
+        return self.bus.forward(self.peer, request.cmd, args, FORWARD_TIMEOUT)
 
     def _forward(self, request: ControlRequest) -> Future[JsonObject]:
         if self.peer is None:

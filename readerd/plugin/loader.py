@@ -2,10 +2,11 @@
 
 Built-in plugins (``plugins/``) load only when a kiosk names them in ``[plugins] builtins``: a plugin a
 kiosk does not use must not receive its cards. Third-party plugins come from the ``readerd`` entry-point
-group unless ``autoload`` is off or :data:`DISABLE_AUTOLOAD_ENV` is set (as pytest's
-``PYTEST_DISABLE_PLUGIN_AUTOLOAD``); ``disabled`` names are left out whatever their source. The daemon's
-host and ``readerctl`` go through the same list, so ``readerctl`` offers exactly the subcommands of the
-plugins the daemon runs.
+group when ``[plugins] load`` names them; an installed one not named is left out (``unnamed``), unless
+``autoload`` is on (every installed one: not for kiosks) and :data:`DISABLE_AUTOLOAD_ENV` is not set
+(as pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``); ``disabled`` names are left out whatever their source.
+The daemon's host and ``readerctl`` go through the same list, so ``readerctl`` offers exactly the
+subcommands of the plugins the daemon runs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Candidates:
     load: list[Candidate] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     unknown: dict[str, str] = field(default_factory=dict)  # name -> why
+    unnamed: list[str] = field(default_factory=list)  # installed entry points that ``load`` does not name
 
 
 def autoload_allowed(config: PluginsConfig) -> bool:
@@ -74,10 +76,17 @@ def candidates(config: PluginsConfig, given: Mapping[str, object] | None = None)
             found.unknown[name] = f"no built-in plugin {name!r} (there are: {', '.join(sorted(BUILTIN))})"
             continue
         offered.append(Candidate(name, functools.partial(load_object, BUILTIN[name]), "builtin"))
-    if autoload_allowed(config):
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            version = entry.dist.version if entry.dist is not None else None
-            offered.append(Candidate(entry.name, entry.load, "entrypoint", version))
+    everything, installed = autoload_allowed(config), set[str]()
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        installed.add(entry.name)
+        if not everything and entry.name not in config.load:
+            found.unnamed.append(entry.name)
+            continue
+        version = entry.dist.version if entry.dist is not None else None
+        offered.append(Candidate(entry.name, entry.load, "entrypoint", version))
+    for name in config.load:
+        if name not in installed and name not in config.disabled:
+            found.unknown[name] = f"no installed plugin {name!r} (entry-point group {ENTRY_POINT_GROUP!r})"
     for name, plugin in (given or {}).items():
         offered.append(Candidate(name, functools.partial(_identity, plugin), "given"))
     for candidate in offered:

@@ -124,9 +124,7 @@ class SplitHost:
         try:
             host.load()
             try:
-                registered = uplink.request(
-                    "plugins.register", {"commands": _roles(host)}, self.register_timeout
-                )
+                registered = uplink.request("plugins.register", _registration(host), self.register_timeout)
             except BusSilentError:
                 # systemd restarts us (Restart=on-failure); a daemon still starting answers next time.
                 log.error("the daemon does not answer on its plugin socket", endpoint=control)
@@ -170,7 +168,7 @@ class SplitHost:
                 env = None
             if client.stats.restarts != restarts:  # a new daemon knows nothing of our commands
                 restarts = client.stats.restarts
-                uplink.send("plugins.register", {"commands": _roles(host)})
+                uplink.send("plugins.register", _registration(host))
             if env is not None:
                 envelope = Envelope.from_dict(env)
                 host.dispatch(envelope, replayed=envelope.seq <= backlog_end)
@@ -204,3 +202,10 @@ class SplitHost:
 def _roles(host: PluginHost) -> dict[str, str]:
     """The host's commands and the role each needs, as ``plugins.register`` announces them."""
     return {name: spec.role for name, (_owner, spec) in sorted(host.commands.items())}
+
+
+def _registration(host: PluginHost) -> JsonObject:
+    """What ``plugins.register`` announces: each command's role, and which move value (the daemon
+    checks a PIN proof before it forwards those)."""
+    possession = sorted(name for name, (_owner, spec) in host.commands.items() if spec.possession)
+    return {"commands": _roles(host), "possession": possession}

@@ -218,21 +218,42 @@ def test_card_removed_between_begin_and_pin(daemon: RunningDaemon, cards: list[V
 
 
 @pytest.mark.parametrize(("option", "outcome"), [("revoked", "revoked"), ("expired", "expired")])
-def test_rejected_certificates_give_distinct_reasons(
+def test_revoked_or_expired_card_is_refused_at_begin_without_any_verify(
     daemon: RunningDaemon, cards: list[VirtualMyNumberCard], option: str, outcome: str
 ) -> None:
+    """Validation comes before the tries query: the citizen is told why and to renew the card, and the
+    card's APDU record holds no VERIFY (INS 20) of any kind. Cost: one sim daemon, about 1 s per case."""
     with daemon.subscriber("card.") as sub, daemon.session() as ui:
         tap(daemon, sub, "carol", **{option: True})
-        begun = ok(ui.request("auth.begin", {"reader": READER}))
-        err = error(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))
+        err = error(ui.request("auth.begin", {"reader": READER}))
         failed = sub.until(lambda e: e["type"] == "card.auth_failed")[-1]
     assert err["code"] == "certificate_rejected"
     assert err["details"] == {"validation": outcome}
+    assert "ward office" in err["message"]
     assert failed["data"] == {"reason": "certificate_rejected", "validation": outcome, "simulated": True}
-    assert pin_verifies(cards[-1]) == 1  # the proof was made; the certificate is what failed
+    assert any(r.raw[1] == 0xB0 for r in cards[-1].log)  # positive control: the card was read
+    assert not any(r.raw[1] == 0x20 for r in cards[-1].log)
+
+
+def test_auth_pin_still_validates_a_certificate_revoked_after_begin(
+    daemon: RunningDaemon, cards: list[VirtualMyNumberCard]
+) -> None:
+    """The CRL changes between auth.begin and auth.pin (the same certificate is revoked through the
+    other reader): auth.pin's own check rejects it after the proof. Cost: one sim daemon, about 1 s."""
+    with daemon.subscriber("card.") as sub, daemon.session() as ui:
+        tap(daemon, sub, "carol")
+        begun = ok(ui.request("auth.begin", {"reader": READER}))
+        daemon.tap("carol", reader="Sim 01", revoked=True)  # writes the simulator's CRL with carol on it
+        sub.until(lambda e: e["type"] == "card.identified" and e["reader"] == "Sim 01")
+        err = error(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))
+    assert err["code"] == "certificate_rejected"
+    assert err["details"] == {"validation": "revoked"}
+    assert pin_verifies(cards[0]) == 1  # the proof was made; the certificate is what failed
 
 
 def test_foreign_ca_is_rejected(tmp_path: Path, cards: list[VirtualMyNumberCard]) -> None:
+    """A card whose issuer is not among the trust anchors is refused at auth.begin, before any VERIFY.
+    Cost: one sim daemon, about 1 s."""
     foreign = SimulatedCa(subject=foreign_ca_name())
     anchors = write_pem(tmp_path / "foreign.pem", foreign.certificate)
     crl = write_pem(tmp_path / "foreign.crl", foreign.crl([]))
@@ -241,9 +262,10 @@ def test_foreign_ca_is_rejected(tmp_path: Path, cards: list[VirtualMyNumberCard]
     )
     with running_daemon(config) as d, d.subscriber("card.") as sub, d.session() as ui:
         tap(d, sub)
-        begun = ok(ui.request("auth.begin", {"reader": READER}))
-        err = error(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))
+        err = error(ui.request("auth.begin", {"reader": READER}))
+    assert err["code"] == "certificate_rejected"
     assert err["details"] == {"validation": "unknown_issuer"}
+    assert not any(r.raw[1] == 0x20 for r in cards[-1].log)
 
 
 def test_enrolment_is_idempotent_and_needs_authentication(daemon: RunningDaemon) -> None:

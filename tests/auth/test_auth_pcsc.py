@@ -118,29 +118,43 @@ def test_pin_outcomes_through_pcscd(private_pcscd: PrivatePcscd, tmp_path: Path)
     assert pin_verifies(blocked) == 0
 
 
-def test_revoked_and_expired_certificates_are_rejected(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
+def test_revoked_and_expired_cards_are_refused_at_begin(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
+    """Through pcscd + vpcd: auth.begin refuses a revoked and an expired card with the validator's
+    reason, and neither card's APDU record holds a VERIFY (INS 20), not even the tries query.
+    Cost: one private pcscd and one daemon, about 3 s."""
     pki = PkiStore(tmp_path / "pki")
     revoked_profile = CardProfile(name="dave", revoked=True)
     revoked = build_card(revoked_profile, pki)
     expired = build_card(CardProfile(name="erin", expired=True), pki)
-    outcomes = []
+    refusals = []
     with kiosk(_config(tmp_path, pki, revoked=(revoked_profile,)), private_pcscd) as k:
         for card in (revoked, expired):
             k.insert(card)
-            outcomes.append(error(k.pin(ok(k.begin())["auth_id"], "1234")))
-    assert [(e["code"], e["details"]) for e in outcomes] == [
+            refusals.append(error(k.begin()))
+        failed = k.sub.until(lambda e: e["type"] == "card.auth_failed", timeout=10)[-1]
+    assert [(e["code"], e["details"]) for e in refusals] == [
         ("certificate_rejected", {"validation": "revoked"}),
         ("certificate_rejected", {"validation": "expired"}),
     ]
+    assert all("ward office" in e["message"] for e in refusals)
+    assert failed["data"] == {"reason": "certificate_rejected", "validation": "expired"}
+    for card in (revoked, expired):
+        assert card.log  # positive control: the card was read through pcscd
+        assert not any(r.raw[1] == 0x20 for r in card.log)
 
 
-def test_foreign_ca_is_rejected(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
+def test_foreign_ca_is_refused_at_begin(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:
+    """Through pcscd + vpcd: a card whose issuer is not a trust anchor is refused at auth.begin without
+    any VERIFY. Cost: one private pcscd and one daemon, about 2 s."""
     pki = PkiStore(tmp_path / "pki")
     card = build_card(CardProfile(name="frank"), pki)
     with kiosk(_config(tmp_path, pki, foreign=True), private_pcscd) as k:
         k.insert(card)
-        rejected = error(k.pin(ok(k.begin())["auth_id"], "1234"))
+        rejected = error(k.begin())
+    assert rejected["code"] == "certificate_rejected"
     assert rejected["details"] == {"validation": "unknown_issuer"}
+    assert card.log
+    assert not any(r.raw[1] == 0x20 for r in card.log)
 
 
 def test_card_swapped_between_begin_and_pin(private_pcscd: PrivatePcscd, tmp_path: Path) -> None:

@@ -68,7 +68,10 @@ class Daemon:
         self.stdout = tmp_path / "stdout.log"
         self.stderr = tmp_path / "stderr.log"
         self.events: list[bytes] = []
-        args = ["run", "--simulate", "--log-level", "TRACE", "--trace-plugins", "--heartbeat", "0.1"]
+        config = tmp_path / "readerd.toml"  # the installed example plugin, named so that it loads
+        config.write_text('[plugins]\nload = ["hello"]\n', encoding="utf-8")
+        args = ["run", "--simulate", "--config", str(config), "--log-level", "TRACE", "--trace-plugins"]
+        args += ["--heartbeat", "0.1"]
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
                 [str(BIN / "readerd"), *args, "--publish", self.publish, "--control", tcp_control],

@@ -43,6 +43,10 @@ class Recorder:
         return EventInterest(types=frozenset({"card.identified"}), private=frozenset({"serial"}))
 
     @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"seen": frozenset({"count"})}
+
+    @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         with self.got:
             self.events.append(event)
@@ -78,7 +82,8 @@ def split_host(config: Config, plugin: Recorder) -> Iterator[SplitHost]:
 
 
 def test_split_host_gets_events_publishes_results_answers_commands_and_catches_up(tmp_path: Path) -> None:
-    config = sim_config(tmp_path, plugins=PluginsConfig(enabled=False, autoload=False))
+    granted: dict[str, dict[str, object]] = {"recorder": {"grants": ["serial"]}}
+    config = sim_config(tmp_path, plugins=PluginsConfig(enabled=False, autoload=False, sections=granted))
     plugin = Recorder()
     with running_daemon(config) as d, d.subscriber() as sub:
         for name in ("private.sock", "plugins.sock"):
@@ -127,8 +132,11 @@ def test_readerd_plugins_runs_the_host_as_its_own_process(tmp_path: Path) -> Non
     """The real command, in a process of its own: the example plugin installed in the test venv
     (docs/examples/readerd-hello) greets a tapped card through the daemon's bus."""
     config = sim_config(tmp_path, plugins=PluginsConfig(enabled=False))
+    toml = tmp_path / "plugins.toml"  # an installed plugin runs only when named
+    toml.write_text('[plugins]\nenabled = false\nload = ["hello"]\n', encoding="utf-8")
     with running_daemon(config) as d, d.subscriber("plugin.") as sub:
         command = [sys.executable, "-m", "readerd.cli.main", "plugins", "--state-dir", str(tmp_path)]
+        command += ["--config", str(toml)]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as host:
             try:
                 while True:  # the host has registered its commands once the daemon lists it

@@ -24,6 +24,10 @@ class Producer:
         context.publish("made", {"n": 1}, reader=event.reader)
 
     @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"made": frozenset({"n"})}
+
+    @hookimpl
     def readerd_plugin_result(self, event: PluginEvent) -> None:
         self.seen.append(event.type)  # must stay empty: its own result
 
@@ -43,6 +47,10 @@ class Consumer:
     def readerd_plugin_result(self, event: PluginEvent, context: PluginContext) -> None:
         self.results.append((event.type, event.data["n"]))
         context.publish("consumed", {"from": event.type}, reader=event.reader)
+
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"consumed": frozenset({"from"})}
 
 
 def test_results_reach_the_plugins_that_declared_them(tmp_path: Path) -> None:

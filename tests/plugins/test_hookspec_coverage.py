@@ -70,6 +70,15 @@ class Watcher:
     def __init__(self) -> None:
         self.seen: list[PluginEvent] = []
 
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {
+            "reader": frozenset({"backend", "type"}),
+            "aborted": frozenset({"reason", "type"}),
+            "removed": frozenset({"kind", "type"}),
+            "authenticated": frozenset({"pseudonym", "assurance", "type"}),
+        }
+
     def _saw(self, event: PluginEvent, context: PluginContext, result: str, data: dict[str, object]) -> None:
         self.seen.append(event)
         context.publish(result, {**data, "type": event.type}, reader=event.reader)

@@ -82,6 +82,13 @@ def on_reader(ui: ControlSession, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def prove(ui: ControlSession) -> str:
+    """A PIN and signature proof on the reader: the auth_id a spending command takes."""
+    begun = ok(ui.request("auth.begin", {"reader": READER}))
+    auth_id: str = ok(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))["auth_id"]
+    return auth_id
+
+
 def enrol(ui: ControlSession) -> str:
     begun = ok(ui.request("auth.begin", {"reader": READER}))
     auth_id = ok(ui.request("auth.pin", {"auth_id": begun["auth_id"], "pin": "1234"}))["auth_id"]
@@ -116,6 +123,7 @@ def test_check_in_earns_points_once_and_points_are_spent(
             {
                 "programme_id": "ward",
                 "reader": READER,
+                "auth_id": prove(ui),
                 "shop_id": "tofu-ya",
                 "amount": 30,
                 "idempotency_key": "r1",
@@ -129,6 +137,7 @@ def test_check_in_earns_points_once_and_points_are_spent(
             {
                 "programme_id": "ward",
                 "reader": READER,
+                "auth_id": prove(ui),
                 "shop_id": "tofu-ya",
                 "amount": 30,
                 "idempotency_key": "r2",

@@ -39,6 +39,10 @@ class Recorder:
             self.replayed.append(event.seq)
         context.publish("seen", {"pseudonym": event.data["pseudonym"]}, reader=event.reader)
 
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"seen": frozenset({"pseudonym"})}
+
 
 class Raiser:
     @hookimpl
@@ -305,7 +309,12 @@ def test_a_start_replays_the_recent_backlog_to_each_plugin_from_its_own_cursor(t
     with Store.open(FAST, tmp_path) as store:
         store.write_cursors({"recorder": 1, "privy": 5}, "crashed-run")
         host = PluginHost(
-            PluginsConfig(autoload=False, disabled=tuple(BUILTIN), replay_window=600),
+            PluginsConfig(
+                autoload=False,
+                disabled=tuple(BUILTIN),
+                replay_window=600,
+                sections={"privy": {"grants": ["idm"]}},
+            ),
             kiosk="k",
             publish=published.append,
             report=lambda *a: reports.append(a),

@@ -44,6 +44,10 @@ class Recorder:
         self.events.append(event)
         context.publish("seen", {"pseudonym": event.data["pseudonym"]}, reader=event.reader)
 
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"seen": frozenset({"pseudonym"})}
+
 
 class Raiser:
     @hookimpl
@@ -183,7 +187,8 @@ def test_felica_blocks_reach_only_the_plugin_that_asked_for_that_service(tmp_pat
     plain = Recorder()
     bath = Recorder(EventInterest(private=frozenset({"blocks"}), felica_services=frozenset({"bathhouse"})))
     idm_only = Recorder(EventInterest(private=frozenset({"idm"})))
-    config = replace(_config(tmp_path), felica=reads)
+    grants = {"bath": {"grants": ["blocks"]}, "idm": {"grants": ["idm"]}}
+    config = replace(_config(tmp_path, sections=grants), felica=reads)
     plugins: dict[str, object] = {"plain": plain, "bath": bath, "idm": idm_only}
     with running_daemon(config, plugins=plugins) as d, d.subscriber("plugin.") as sub:
         d.tap("B0001", felica="bathhouse")
@@ -256,7 +261,7 @@ def test_entry_point_plugins_are_discovered_with_their_version(
     installed_entry_point: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
-    host = _host()
+    host = _host(load=("epplug",))
     host.load()
     assert host.plugins["epplug"].source == "entrypoint"
     assert host.plugins["epplug"].version == "1.2.3"
@@ -273,7 +278,7 @@ def test_the_environment_and_the_config_turn_autoload_off(
     installed_entry_point: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
-    by_env = _host()
+    by_env = _host(autoload=True)
     by_env.load()
     monkeypatch.delenv(DISABLE_AUTOLOAD_ENV)
     by_config = _host(autoload=False)
@@ -338,7 +343,8 @@ def test_readerctl_plugins_lists_versions_hooks_and_rejections(
         assert ctl_main(["--control", d.control, "plugins"]) == 0
     out = capsys.readouterr().out
     assert "recorder - [given] ok" in out
-    assert "hooks: readerd_card_identified, readerd_event_interest, readerd_startup" in out
+    hooks = "readerd_card_identified, readerd_event_interest, readerd_result_fields, readerd_startup"
+    assert f"hooks: {hooks}" in out
     assert "bad NOT LOADED" in out
 
 

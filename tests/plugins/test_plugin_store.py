@@ -61,6 +61,10 @@ class Visits:
         context.publish("counted", {"visits": db.transaction(record)}, reader=event.reader)
 
     @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"counted": frozenset({"visits"})}
+
+    @hookimpl
     def readerd_commands(self, context: PluginContext) -> list[CommandSpec]:
         def count(args: JsonObject) -> JsonObject:
             assert self.store is not None

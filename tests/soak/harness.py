@@ -92,6 +92,10 @@ class FlakyPlugin:
             raise RuntimeError("soak: the flaky plugin crashed on purpose")
         context.publish("seen", {"kind": event.data.get("kind")}, reader=event.reader)
 
+    @hookimpl
+    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
+        return {"seen": frozenset({"kind"})}
+
 
 class DaemonHandle(Protocol):
     """What the driver needs of a daemon: :class:`RunningDaemon` (in-process) or a subprocess's."""

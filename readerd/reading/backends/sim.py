@@ -6,6 +6,8 @@ It exists only with ``--backend sim`` and loopback endpoints (docs/design.md D6)
 
 ``tap`` puts a My Number Card (``card`` names its profile) or, with ``felica``, a FeliCa card of that kind
 (``bathhouse``, ``checkin``, ``transport``; ``card`` is then its member/unique number or name) on a reader.
+``cloned_from`` names another profile whose certificate the My Number Card carries with its own key: the
+copied-certificate attack, identified as that citizen, failing any signature check.
 A FeliCa card is polled by this backend, as a reader would, and read through the same session as on nfcpy.
 """
 
@@ -183,6 +185,12 @@ class SimBackend:
         card = args.get("card", "alice")
         if not isinstance(card, str) or not card or len(card) > 64:
             raise Refusal("bad_request", "card is a profile name of 1..64 characters")
+        cloned_from = args.get("cloned_from")
+        if cloned_from is not None:
+            if not isinstance(cloned_from, str) or not cloned_from or len(cloned_from) > 64:
+                raise Refusal("bad_request", "cloned_from is a profile name of 1..64 characters")
+            if cloned_from == card or any(args.get(k) for k in ("felica", "blank", "expired")):
+                raise Refusal("bad_request", "cloned_from copies another My Number Card's valid certificate")
         pin = args.get("pin", "1234")
         if not isinstance(pin, str) or len(pin) != 4 or not pin.isascii() or not pin.isdigit():
             raise Refusal("bad_request", "pin is the simulated card's 4-digit PIN")
@@ -259,11 +267,12 @@ class SimBackend:
             auth_tries_left=int(args.get("tries", 3)),
             expired=bool(args.get("expired", False)),
             behavior=CardBehavior(extended_length=not args.get("no_extended", False)),
+            cloned_from=str(args["cloned_from"]) if args.get("cloned_from") is not None else None,
         )
         card: CardModel = build_card(profile, self.store)
         self._private()  # a first tap of a card name wrote its key and certificates
         if args.get("revoked"):
-            self._revoked.add(self.store.user_auth_certificate(profile.name).serial_number)
+            self._revoked.add(self.store.user_auth_certificate(profile.certificate_holder).serial_number)
             self._write_crl()
         if "faults" in args:
             card = FaultyCard(card, FaultScript.from_data(args["faults"]))

@@ -55,6 +55,12 @@ def visits_of(conn: sa.Connection, visits: sa.Table, pseudonym: str) -> int:
 
 
 @hookimpl
+def readerd_result_fields() -> dict[str, frozenset[str]]:
+    # What plugin.hello.greeting carries: readerd publishes no other field of it.
+    return {"greeting": frozenset({"message", "visits"})}
+
+
+@hookimpl
 def readerd_card_identified(event: PluginEvent, context: PluginContext) -> None:
     if event.data.get("repeat"):
         return  # the same card held again: not a new visit

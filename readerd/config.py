@@ -88,6 +88,18 @@ class BusConfig:
 @dataclass(frozen=True)
 class IdentityConfig:
     pseudonym_key_file: str = "/etc/readerd/pseudonym.key"
+    # the deployment key's fingerprint (`readerctl keys fingerprint`): a kiosk whose key file is missing
+    # or has another one refuses to start (exit 78); empty: not pinned
+    pseudonym_key_fingerprint: str = ""
+
+    def validate(self) -> IdentityConfig:
+        pin = self.pseudonym_key_fingerprint
+        if pin and (len(pin) != 16 or any(c not in "0123456789abcdef" for c in pin)):
+            raise ConfigError(
+                "identity.pseudonym_key_fingerprint: 16 lower-case hex digits, as "
+                "`readerctl keys fingerprint` prints them"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,9 @@ class PluginsConfig:
     autoload: bool = False  # true: every installed third-party plugin, named or not (not for kiosks)
     hook_timeout: float = 5.0  # seconds one hook call may take; then the plugin is quarantined
     quarantine_after: int = 3  # failures in a row before a plugin is quarantined
+    # seconds after which a quarantined plugin is reinstated (a fresh store handle); 0: only by
+    # `readerctl plugins reinstate NAME` (or a restart)
+    quarantine_cooldown: float = 300.0
     trace: bool = False  # log every hook call with its duration
     # seconds: at a start, events a plugin was not given (a crash) that the event log holds and that are
     # younger than this are handed to it again, marked replayed; older ones are reported as missed.
@@ -192,6 +207,8 @@ class PluginsConfig:
             raise ConfigError(f"plugins.builtins: no built-in plugin {missing} (there are: {known})")
         if self.replay_window < 0:
             raise ConfigError("plugins.replay_window must be 0 (no replay) or a number of seconds")
+        if self.quarantine_cooldown < 0:
+            raise ConfigError("plugins.quarantine_cooldown must be 0 (no automatic reinstatement) or seconds")
         for name, section in self.sections.items():
             self.grants(name, section)
         return self
@@ -233,12 +250,17 @@ class StoreConfig:
     retry_backoff: float = 0.01  # seconds before the first retry, doubled each time, with full jitter
     retry_backoff_max: float = 0.5  # longest single wait between attempts
     pool_size: int = 5  # connections kept open per database (as many again are opened on demand)
+    # PostgreSQL: seconds one statement may run (statement_timeout), and the bound on a link that silently
+    # drops packets (tcp_user_timeout, keepalives); must stay below [plugins] hook_timeout
+    statement_timeout: float = 3.0
 
     def validate(self) -> StoreConfig:
         if self.shared_url and not self.shared_url.startswith(("postgresql+psycopg://", "postgresql://")):
             raise ConfigError("store.shared_url: a postgresql+psycopg:// URL (or empty for the local SQLite)")
-        if self.busy_timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigError("store.busy_timeout and store.connect_timeout must be positive")
+        if self.busy_timeout <= 0 or self.connect_timeout <= 0 or self.statement_timeout <= 0:
+            raise ConfigError(
+                "store.busy_timeout, store.connect_timeout and store.statement_timeout must be positive"
+            )
         if not 0 <= self.retries <= 100:
             raise ConfigError("store.retries: 0..100")
         if not 0 <= self.retry_backoff <= self.retry_backoff_max:
@@ -409,11 +431,18 @@ class Config:
             read.validate(f"felica.reads[{i}]")
         if len(set(names)) != len(names):
             raise ConfigError("felica.reads: names must be unique")
+        self.identity.validate()
         self.auth.validate()
         self.metrics.address()
         self.web.address()
         self.plugins.validate()
         self.store.validate()
+        if self.store.shared_url and self.store.statement_timeout >= self.plugins.hook_timeout:
+            raise ConfigError(
+                f"store.statement_timeout = {self.store.statement_timeout:g} must be below "
+                f"plugins.hook_timeout = {self.plugins.hook_timeout:g}: a PostgreSQL statement or a dropped "
+                "link must fail as store_unavailable before the hook times out and quarantines its plugin"
+            )
         return self
 
 

@@ -111,14 +111,18 @@ class Daemon:
         A kiosk on its own must start from the README's one command; a deployment of several kiosks
         shares one key (``readerctl keys init-deployment``), or their pseudonyms would differ. A key file
         named in the configuration must exist (exit 78 otherwise): that is a deployment that lost its key.
-        The sim backend alone uses the state dir's key; beside real readers the deployment's key stays
-        in force (real cards' pseudonyms must not change because a simulator runs beside them).
+        So must the default one when the kiosk is part of a ward (``store.shared_url``) or its key is
+        pinned (``identity.pseudonym_key_fingerprint``): a ward has one key, and a kiosk with another
+        would split its members' pseudonyms from everyone else's. The sim backend alone uses the state
+        dir's key unless the configuration names one, so a ward of simulated kiosks runs in tests.
         """
         config = self.config
         configured = Path(config.identity.pseudonym_key_file)
         default = Path(IdentityConfig().pseudonym_key_file)
+        pin = config.identity.pseudonym_key_fingerprint
+        ward = bool(config.store.shared_url)
         sim_only = config.simulated and not config.hardware
-        if sim_only or (configured == default and not configured.exists()):
+        if configured == default and (sim_only or not configured.exists()) and not (pin or ward):
             own = state_dir / "pseudonym.key"
             created = not own.exists()
             key = load_or_create_pseudonym_key(own)
@@ -131,9 +135,37 @@ class Daemon:
                     hint=f"a deployment shares one key at {default} (readerctl keys init-deployment)",
                 )
             return key
+        if not configured.exists():
+            why = "the key is pinned" if pin else "this kiosk is part of a ward (store.shared_url)"
+            expected = f"; expected fingerprint {pin}" if pin else ""
+            raise ConfigError(
+                f"no deployment pseudonym key at {configured}, and {why}: copy the ward's key there "
+                f"(readerctl keys init-deployment on the first kiosk){expected}"
+            )
         key = load_pseudonym_key(configured)
-        log.info("pseudonym key loaded", fingerprint=key_fingerprint(key))
+        fingerprint = key_fingerprint(key)
+        if pin and fingerprint != pin:
+            raise ConfigError(
+                f"the pseudonym key {configured} has fingerprint {fingerprint}, but "
+                f"identity.pseudonym_key_fingerprint is {pin}: this is not the deployment's key"
+            )
+        log.info("pseudonym key loaded", fingerprint=fingerprint, pinned=bool(pin))
         return key
+
+    def _check_ward_key(self, store: Store, fingerprint: str) -> None:
+        """The ward's shared store knows the deployment key's fingerprint (the first kiosk's): a kiosk
+        with another key must not write into the ward's data (exit 78). Offline, it starts unchecked."""
+        try:
+            recorded = store.pin_deployment_key(fingerprint)
+        except StoreUnavailableError as e:
+            log.warning("deployment key not checked against the ward: shared store down", error=str(e))
+            return
+        if recorded != fingerprint:
+            store.close()
+            raise ConfigError(
+                f"this kiosk's pseudonym key has fingerprint {fingerprint}, but the ward's shared store "
+                f"was first used with {recorded}: install the ward's key (readerctl keys fingerprint)"
+            )
 
     def _make_bus(self, event_log: EventLog) -> Bus:
         """The bus. Without the embedded host, the private feed and the split host's link are ipc
@@ -205,6 +237,8 @@ class Daemon:
         directory = SqliteDirectory(state_dir / "members.db")
         if config.plugins.enabled:  # only plugins use it: without them a broken store must not stop readers
             self.store = Store.open(config.store, state_dir)
+            if config.store.shared_url:
+                self._check_ward_key(self.store, key_fingerprint(key))
         event_log = EventLog(
             state_dir / "events.db",
             max_events=config.bus.log_max_events,
@@ -403,6 +437,9 @@ class Daemon:
                 handler = possession.gate(self.auth, functools.partial(_plugin_command_with, host))
             bus.register_command(name, handler, role=spec.role)
         bus.register_command("plugins", lambda _req: host.status())
+        bus.register_command(
+            "plugins.reinstate", lambda req: host.reinstate_command(req.args), role="operator"
+        )
         bus.add_status(
             lambda: {
                 "plugins_quarantined": host.status()["quarantined"],

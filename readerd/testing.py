@@ -40,8 +40,9 @@ import zmq
 from readerd.bus.control import result_of
 from readerd.bus.control_client import ControlSession, request
 from readerd.bus.curve import OPERATOR
-from readerd.config import BusConfig, Config, SessionConfig, SimConfig
+from readerd.config import BusConfig, Config, IdentityConfig, SessionConfig, SimConfig
 from readerd.daemon import Daemon
+from readerd.ops.keys import create_pseudonym_key
 from readerd.ops.sdnotify import Notifier
 from readerd.plugin.store import PluginStore
 
@@ -64,7 +65,15 @@ def sim_config(state_dir: Path, **overrides: Any) -> Config:  # noqa: ANN401 - C
         sessions=SessionConfig(deadline=3.0, repeat_window=10.0),
         sim=SimConfig(readers=("Sim 00", "Sim 01")),
     )
-    return replace(config, **overrides)
+    config = replace(config, **overrides)
+    if config.store.shared_url and config.identity == IdentityConfig():
+        # A kiosk of a ward needs the ward's key file (it never makes its own): one in the state dir.
+        key = Path(state_dir) / "ward-pseudonym.key"
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            create_pseudonym_key(key)
+        config = replace(config, identity=IdentityConfig(str(key)))
+    return config
 
 
 @dataclass

@@ -6,11 +6,16 @@ Configuration (``[plugins.points]``)::
 
 Accounts are keyed by MyKey ID or member ID (what ``card.identified`` carries once a card is enrolled) or
 by a FeliCa card registered to one (``points.register_card``). Earning: ``plugin.checkin.result`` with
-``status = "accepted"`` and ``points`` credits the event's participation points once per check-in (the
-check-in plugin does not know this one exists: they meet on the bus), ``points.grant`` for campaigns,
+``status = "accepted"`` and ``points`` credits the event's participation points once per event and
+person, whichever kiosk admitted them (the check-in plugin does not know this one exists: they meet on
+the bus); an earning that cannot be credited now (the shared store down, the programme unknown or not
+open yet) waits with its reason, is retried in the background and credited, or written off with the
+reason once the programme's last earning day has passed (``points.pending``, ``readerctl points
+pending``). ``points.grant`` for campaigns,
 ``points.import`` for converted points. Spending: ``points.redeem`` at shops, ``points.issue_ticket`` at
 ticket stations and ``points.use_ticket`` at shops. Reports: ``points.settlement`` per shop and area;
-``readerctl points settlement --from --to [--csv]``, ``readerctl points balance``.
+``readerctl points settlement --from --to [--csv]``, ``readerctl points balance``, ``readerctl points
+pending``.
 
 Results are published as ``plugin.points.<command>`` (``redeemed``, ``earned``, ...) with the reader when
 there is one: amounts and balances, never names.
@@ -24,7 +29,7 @@ import structlog
 
 from plugins.common import Periodic, parse_date
 from plugins.points.ctl import ctl_command
-from plugins.points.service import PointsService, account_of
+from plugins.points.service import WAITING, PointsService, account_of
 from readerd.plugin import (
     OPERATOR,
     Arg,
@@ -53,8 +58,9 @@ RESULT_FIELDS = {
     "ticket_issued": frozenset({"amount", "expires_on", "balance"}),
     "ticket_used": frozenset({"amount", "shop_id"}),
     "earned": frozenset({"balance", "earned", "event_id", "deferred"}),
-    "earn_deferred": frozenset({"event_id"}),
+    "earn_deferred": frozenset({"event_id", "reason"}),
     "earn_refused": frozenset({"reason", "event_id"}),
+    "earn_written_off": frozenset({"reason", "event_id"}),
 }
 
 S, INT = ArgType.STRING, ArgType.INTEGER
@@ -92,19 +98,35 @@ class PointsPlugin:
             self._retry.stop()
 
     def retry_deferred(self) -> int:
-        """Credit the earnings kept while the shared store was down; stops at the first that still
-        cannot reach it. Returns how many were settled (credited, or refused for good)."""
+        """Credit the earnings that wait (the shared store was down, the programme unknown or not open);
+        stops at the first that still cannot reach the store. One already credited for the event and
+        person (the same person checked in at another kiosk offline) is settled without a credit; one
+        whose programme's last earning day has passed is written off with the reason. Returns how many
+        were settled (credited, found credited, or written off)."""
         service, settled = self._service(), 0
         for row in service.deferred():
+            checkin_id = row["checkin_id"] or row["reference"]  # rows from before: keyed by check-in id
             try:
                 result = service.earn(
-                    row["account"], row["programme_id"], int(row["amount"]), row["reference"]
+                    row["account"],
+                    row["programme_id"],
+                    int(row["amount"]),
+                    checkin_id,
+                    event_id=row["event_id"],
                 )
             except (StoreUnavailableError, StoreBusyError):
                 return settled
-            except ReaderdError as e:  # the programme ended meanwhile: said, and not kept forever
-                self._say("earn_refused", {"reason": e.code, "event_id": row["event_id"]}, row["reader"])
-            else:
+            except ReaderdError as e:
+                if e.code in WAITING:  # the programme is still unknown or not open: it keeps waiting
+                    if e.code != row["reason"]:
+                        service.still_waiting(row["reference"], e.code)
+                    continue
+                service.write_off(row["reference"], e.code)  # the programme ended meanwhile: said, kept
+                log.warning("pending earning written off", event_id=row["event_id"], reason=e.code)
+                self._say("earn_written_off", {"reason": e.code, "event_id": row["event_id"]}, row["reader"])
+                settled += 1
+                continue
+            if not result.get("replayed"):
                 self._say("earned", {**result, "event_id": row["event_id"], "deferred": True}, row["reader"])
             service.settle_deferred(row["reference"])
             settled += 1
@@ -148,23 +170,27 @@ class PointsPlugin:
             account = account_of(data)
         except Refusal:
             return  # an anonymous check-in earns nothing
+        event_id = str(data.get("event_id"))
         try:
-            result = self._service().earn(account, self.earn_programme, points, str(reference))
-        except (StoreUnavailableError, StoreBusyError):  # kept, and credited when the store is back
+            result = self._service().earn(
+                account, self.earn_programme, points, str(reference), event_id=event_id
+            )
+        except (StoreUnavailableError, StoreBusyError, ReaderdError) as e:
+            reason = "store_unavailable" if isinstance(e, StoreUnavailableError | StoreBusyError) else e.code
+            if reason not in WAITING:  # an expired programme: said on the bus, not raised, not kept
+                context.publish("earn_refused", {"reason": reason, "event_id": event_id}, reader=event.reader)
+                return
+            # kept, and credited when it can be (store back, programme defined or open)
             self._service().defer_earn(
                 account,
                 self.earn_programme,
                 points,
                 str(reference),
-                event_id=str(data.get("event_id")),
+                event_id=event_id,
                 reader=event.reader or "",
+                reason=reason,
             )
-            context.publish("earn_deferred", {"event_id": data.get("event_id")}, reader=event.reader)
-            return
-        except ReaderdError as e:  # an expired programme: said on the bus, not raised
-            context.publish(
-                "earn_refused", {"reason": e.code, "event_id": data.get("event_id")}, reader=event.reader
-            )
+            context.publish("earn_deferred", {"event_id": event_id, "reason": reason}, reader=event.reader)
             return
         context.publish("earned", {**result, "event_id": data.get("event_id")}, reader=event.reader)
 
@@ -222,6 +248,7 @@ class PointsPlugin:
                 {
                     **programme,
                     "name": Arg(S),
+                    "first_earning_day": Arg(S, required=False, help="YYYY-MM-DD (JST); earlier ones wait"),
                     "last_earning_day": Arg(S, help="YYYY-MM-DD (JST), inclusive"),
                     "last_ticket_day": Arg(S),
                     "last_use_day": Arg(S),
@@ -295,6 +322,13 @@ class PointsPlugin:
                     **KEY,
                 },
                 help="use the FeliCa card on a reader for a member's points",
+                role=OPERATOR,
+            ),
+            CommandSpec(
+                "points.pending",
+                lambda a: s().pending_report(),
+                {},
+                help="earnings waiting on this kiosk (and written off), with counts and reasons",
                 role=OPERATOR,
             ),
             CommandSpec(

@@ -1,4 +1,5 @@
-"""``readerctl points settlement|balance``: the shops' settlement as a table or CSV, an account's balance."""
+"""``readerctl points settlement|balance|pending``: the shops' settlement as a table or CSV, an account's
+balance, the earnings waiting on this kiosk (and written off) with their reasons."""
 
 from __future__ import annotations
 
@@ -34,10 +35,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     balance = actions.add_parser("balance", help="an account's balance per programme")
     balance.add_argument("member_id")
+    actions.add_parser("pending", help="earnings waiting on this kiosk, and written off, with reasons")
 
 
 def _run(args: argparse.Namespace, call: Call) -> int:
     out = sys.stdout
+    if args.points_action == "pending":
+        return _pending(call("points.pending", {}))
     if args.points_action == "balance":
         result = call("points.balance", {"member_id": args.member_id})
         for programme, points in result["balances"].items():
@@ -61,5 +65,23 @@ def _run(args: argparse.Namespace, call: Call) -> int:
     return 0
 
 
+def _pending(result: JsonObject) -> int:
+    out = sys.stdout
+    out.write(
+        f"pending {result['pending']} ({result['pending_points']} points),"
+        f" written off {result['written_off']} ({result['written_off_points']} points)\n"
+    )
+    for state in ("pending", "written_off"):
+        for reason, count in sorted(result["reasons"][state].items()):
+            out.write(f"  {state:<11} {reason:<20} {count:>6}\n")
+    for row in result["rows"]:
+        who = row["member_id"] or "(MyKey ID)"
+        out.write(
+            f"  {row['state']:<11} {row['event_id']:<24} {row['programme_id']:<20} {who:<16}"
+            f" {row['amount']:>6} {row['reason']} {row['queued_at']}\n"
+        )
+    return 0
+
+
 def ctl_command() -> CtlCommand:
-    return CtlCommand("points", "municipal points: settlement (CSV), balance", _configure, _run)
+    return CtlCommand("points", "municipal points: settlement (CSV), balance, pending", _configure, _run)

@@ -1,4 +1,6 @@
-"""The points plugin's tables (all in the shared store: points are money-like and never spent offline).
+"""The points plugin's tables (all in the shared store: points are money-like and never spent offline),
+but for ``pending_earns`` in the kiosk's local store. Migrations are append-only: add a step, never edit a
+released one (nor the column lists they call).
 
 ``ledger`` is append-only: a balance is the sum of an account's entries in a programme, nothing else. A
 redemption appends a negative entry; an expiry appends the negative of what was left; a correction is a
@@ -95,7 +97,12 @@ def shared_v1(m: MigrationContext) -> None:
     create_requests_table(m)
 
 
-SHARED = [shared_v1]
+def shared_v2(m: MigrationContext) -> None:
+    """A programme may open for earning later than it is defined (NULL: open from its definition)."""
+    m.add_column("programmes", sa.Column("first_earning_day", sa.String(10), nullable=True))
+
+
+SHARED = [shared_v1, shared_v2]
 
 
 def _pending() -> list[sa.Column[object]]:
@@ -115,16 +122,36 @@ def local_v1(m: MigrationContext) -> None:
     m.create_table("pending_earns", *_pending())
 
 
-LOCAL = [local_v1]
+def _pending_v2() -> list[sa.Column[object]]:
+    return [
+        sa.Column(
+            "checkin_id", sa.String(128), nullable=True
+        ),  # the ledger's reference (NULL: ``reference``)
+        sa.Column("reason", sa.String(32), nullable=True),  # why it waits, or why written off (NULL: store)
+        sa.Column("written_off_at", sa.String(20), nullable=True),
+    ]
+
+
+def local_v2(m: MigrationContext) -> None:
+    """Pending earnings say why they wait (store down, programme unknown or not open yet) and, once the
+    programme's last earning day has passed, stay as written off with that reason. New rows are keyed
+    ``<event>:<account>`` (one earning per event and person); rows from before keep the check-in id."""
+    for column in _pending_v2():
+        m.add_column("pending_earns", column)
+
+
+LOCAL = [local_v1, local_v2]
 
 
 def pending_table(db: PluginDatabase) -> sa.Table:
-    return db.table("pending_earns", *_pending())
+    return db.table("pending_earns", *_pending(), *_pending_v2())
 
 
 class Tables:
     def __init__(self, db: PluginDatabase) -> None:
-        self.programmes = db.table("programmes", *_programme())
+        self.programmes = db.table(
+            "programmes", *_programme(), sa.Column("first_earning_day", sa.String(10), nullable=True)
+        )
         self.shops = db.table("shops", *_shop())
         self.accounts = db.table("accounts", *_account())
         self.ledger = db.table("ledger", *_entry())

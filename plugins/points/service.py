@@ -10,7 +10,12 @@ Rules, each a test:
   locks on the ledger index made redemptions on *other* accounts fail and retry (bench/plugins_db.py:
   4,157 retries and 46 redemptions/s from 16 kiosks, 5 given up on one hot account).
 * **Applied once.** Every command that changes money carries an ``idempotency_key``; earning from a
-  check-in is keyed by the check-in's id. The key's record commits with the entries.
+  check-in is keyed by the event and the person (``earn:<event>:<account>``), not the check-in's id, so a
+  person admitted at two kiosks while they were offline earns once. The key's record commits with the
+  entries.
+* **Never silently lost.** An earning that cannot be credited now (the shared store down, the programme
+  not defined or not open yet) waits in the kiosk's local ``pending_earns`` with its reason, is retried,
+  and is credited or, once the programme's last earning day has passed, written off with the reason.
 * **Programmes have dates** (JST business dates, inclusive): earning and grants until
   ``last_earning_day``, tickets issued until ``last_ticket_day``, points and tickets used until
   ``last_use_day``; after it, ``points.expire`` writes off what is left (an entry per account, so the
@@ -51,6 +56,7 @@ class Programme:
     last_ticket_day: str
     last_use_day: str
     ticket_valid_days: int
+    first_earning_day: str | None = None
 
 
 def slug(args: JsonObject, name: str) -> str:
@@ -67,6 +73,10 @@ def amount_arg(args: JsonObject, name: str = "amount") -> int:
     return value
 
 
+#: Why an earning waits in ``pending_earns`` (retried); any other refusal writes it off.
+WAITING = frozenset({"store_unavailable", "unknown_programme", "programme_not_open"})
+
+
 class PointsService:
     def __init__(self, store: PluginStore, *, lock_accounts: bool = True) -> None:
         self.store = store
@@ -79,20 +89,30 @@ class PointsService:
         self._local_migrated = False
         self.pending = pending_table(store.local)
 
-    # -- earning deferred while the shared store is down ------------------------------------------------
+    # -- earnings that wait (the shared store down, the programme unknown or not open yet) --------------
     def defer_earn(
-        self, account: str, programme_id: str, amount: int, reference: str, *, event_id: str, reader: str
+        self,
+        account: str,
+        programme_id: str,
+        amount: int,
+        checkin_id: str,
+        *,
+        event_id: str,
+        reader: str,
+        reason: str = "store_unavailable",
     ) -> None:
-        """Keep an earning the shared store could not take in the kiosk's local store, to retry later:
-        a check-in accepted offline must still earn its points once the ward's database is back."""
+        """Keep an earning that cannot be credited now in the kiosk's local store, to retry later: one per
+        event and person (a second check-in of the person at the event is no second earning)."""
         self._local_ready()
         values = {
-            "reference": reference,
+            "reference": f"{event_id}:{account}",
+            "checkin_id": checkin_id,
             "account": account,
             "programme_id": programme_id,
             "amount": amount,
             "event_id": event_id,
             "reader": reader,
+            "reason": reason,
             "queued_at": iso(self.store.now()),
         }
         self.store.local.transaction(
@@ -100,19 +120,86 @@ class PointsService:
         )
 
     def deferred(self) -> list[dict[str, Any]]:
+        """The earnings still waiting (not written off), oldest first."""
         self._local_ready()
+        p = self.pending
         return self.store.local.transaction(
             lambda conn: [
                 dict(r._mapping)
-                for r in conn.execute(sa.select(self.pending).order_by(self.pending.c.queued_at))
+                for r in conn.execute(
+                    sa.select(p).where(p.c.written_off_at.is_(None)).order_by(p.c.queued_at, p.c.reference)
+                )
             ],
             readonly=True,
         )
 
     def settle_deferred(self, reference: str) -> None:
+        """A waiting earning credited (or found credited already): gone from the list."""
         self.store.local.transaction(
             lambda conn: conn.execute(self.pending.delete().where(self.pending.c.reference == reference))
         )
+
+    def still_waiting(self, reference: str, reason: str) -> None:
+        p = self.pending
+        self.store.local.transaction(
+            lambda conn: conn.execute(p.update().where(p.c.reference == reference).values(reason=reason))
+        )
+
+    def write_off(self, reference: str, reason: str) -> None:
+        """A waiting earning that can never be credited: kept, with its reason, for the office to see."""
+        p, now = self.pending, iso(self.store.now())
+        self.store.local.transaction(
+            lambda conn: conn.execute(
+                p.update().where(p.c.reference == reference).values(reason=reason, written_off_at=now)
+            )
+        )
+
+    def pending_report(self, limit: int = 200) -> JsonObject:
+        """``points.pending``: counts by reason, waiting and written off, and the newest rows (member IDs
+        only: an account keyed by MyKey ID is shown without it)."""
+        self._local_ready()
+        p = self.pending
+
+        def read(conn: Connection) -> JsonObject:
+            counts = conn.execute(
+                sa.select(
+                    p.c.reason, p.c.written_off_at.is_not(None), sa.func.count(), sa.func.sum(p.c.amount)
+                ).group_by(p.c.reason, p.c.written_off_at.is_not(None))
+            ).all()
+            rows = conn.execute(sa.select(p).order_by(p.c.queued_at.desc(), p.c.reference).limit(limit)).all()
+            return {"counts": counts, "rows": rows}
+
+        found = self.store.local.transaction(read, readonly=True)
+        summary: dict[str, dict[str, int]] = {"pending": {}, "written_off": {}}
+        points = {"pending": 0, "written_off": 0}
+        for reason, off, count, total in found["counts"]:
+            state = "written_off" if off else "pending"
+            key = reason or "store_unavailable"
+            summary[state][key] = summary[state].get(key, 0) + int(count)
+            points[state] += int(total or 0)
+        listed = []
+        for r in found["rows"]:
+            kind, _, value = str(r.account).partition(":")
+            listed.append(
+                {
+                    "event_id": r.event_id,
+                    "programme_id": r.programme_id,
+                    "amount": int(r.amount),
+                    "member_id": value if kind == "member" else None,
+                    "reason": r.reason or "store_unavailable",
+                    "state": "written_off" if r.written_off_at else "pending",
+                    "queued_at": r.queued_at,
+                    "written_off_at": r.written_off_at,
+                }
+            )
+        return {
+            "pending": sum(summary["pending"].values()),
+            "written_off": sum(summary["written_off"].values()),
+            "pending_points": points["pending"],
+            "written_off_points": points["written_off"],
+            "reasons": summary,
+            "rows": listed,
+        }
 
     def _local_ready(self) -> None:
         if not self._local_migrated:
@@ -151,6 +238,9 @@ class PointsService:
             raise Refusal(
                 "bad_request", "last_earning_day and last_ticket_day must not be after last_use_day"
             )
+        first = args.get("first_earning_day")
+        if first is not None and parse_date(first, "first_earning_day") > days[0]:
+            raise Refusal("bad_request", "first_earning_day must not be after last_earning_day")
         valid = args.get("ticket_valid_days", 30)
         if isinstance(valid, bool) or not isinstance(valid, int) or not 1 <= valid <= 366:
             raise Refusal("bad_request", "ticket_valid_days: 1..366")
@@ -162,6 +252,7 @@ class PointsService:
             "last_use_day": days[2].isoformat(),
             "ticket_valid_days": valid,
         }
+        values["first_earning_day"] = None if first is None else str(first)  # None: open from now
 
         def apply(conn: Connection) -> JsonObject:
             upsert(conn, self.t.programmes, "programme_id", {**values, "updated_at": iso(self.store.now())})
@@ -195,6 +286,7 @@ class PointsService:
             m["last_ticket_day"],
             m["last_use_day"],
             m["ticket_valid_days"],
+            m["first_earning_day"],
         )
 
     def _shop(self, conn: Connection, shop_id: str) -> None:
@@ -262,18 +354,37 @@ class PointsService:
         return balance - amount
 
     # -- earning --------------------------------------------------------------------------------------
-    def earn(self, account: str, programme_id: str, amount: int, reference: str) -> JsonObject:
-        """Points for taking part (a check-in): applied once per ``reference``."""
-        args = {
-            "account": account,
-            "programme_id": programme_id,
-            "amount": amount,
-            "idempotency_key": f"earn:{reference}",
-        }
+    def earn(
+        self, account: str, programme_id: str, amount: int, reference: str, *, event_id: str | None = None
+    ) -> JsonObject:
+        """Points for taking part: applied once per event and person (``event_id``; the ledger keeps
+        ``reference``, the check-in's id), or once per ``reference`` without an event. A repeat answers
+        the first result with ``replayed``, whatever its amount or kiosk: a person earns once per event.
+        Refusals: ``unknown_programme``, ``programme_not_open``, ``programme_expired``."""
+        if event_id is None:
+            args: JsonObject = {
+                "account": account,
+                "programme_id": programme_id,
+                "amount": amount,
+                "idempotency_key": f"earn:{reference}",
+            }
+        else:
+            args = {"account": account, "event_id": event_id, "idempotency_key": f"earn:{event_id}:{account}"}
+        legacy = f"earn:{reference}"  # the key of an earning credited before keys were (event, person)
 
         def apply(conn: Connection) -> JsonObject:
+            if (
+                event_id is not None
+                and conn.execute(sa.select(self.requests.c.key).where(self.requests.c.key == legacy)).first()
+            ):
+                return {"earned": 0, "replayed": True}  # credited before, under the check-in's id
             programme = self._programme(conn, programme_id)
-            if self.today() > programme.last_earning_day:
+            today = self.today()
+            if programme.first_earning_day and today < programme.first_earning_day:
+                raise Refusal(
+                    "programme_not_open", f"{programme_id}: earning from {programme.first_earning_day}"
+                )
+            if today > programme.last_earning_day:
                 raise Refusal(
                     "programme_expired", f"{programme_id}: no earning after {programme.last_earning_day}"
                 )

@@ -167,7 +167,14 @@ def build_parser(plugin_commands: dict[str, CtlCommand] | None = None) -> argpar
     )
     tap.add_argument("--faults", type=Path, help="a fault script (JSON) for this card")
     tap.add_argument("--release", action="store_true", help="take the card away right after the read")
-    sub.add_parser("plugins", help="the loaded plugins: versions, hooks, quarantine, what they receive")
+    plugins = sub.add_parser(
+        "plugins", help="the loaded plugins: versions, hooks, quarantine, what they receive"
+    )
+    plugins_sub = plugins.add_subparsers(dest="plugins_action", metavar="ACTION")
+    reinstate = plugins_sub.add_parser(
+        "reinstate", help="bring a quarantined plugin back now (operator role; a new store handle)"
+    )
+    reinstate.add_argument("name", help="the plugin's name")
     rm = sub.add_parser("remove", help="take the simulated card off a reader")
     rm.add_argument("--reader", help="reader name (default: the first simulated reader)")
     add_keys_parser(sub)
@@ -267,6 +274,17 @@ def _run_plugin_command(args: argparse.Namespace, command: CtlCommand) -> int:
         return 1
 
 
+def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The control command a subcommand sends, and its arguments."""
+    if args.command == "tap":
+        return "tap", _tap_args(args)
+    if args.command == "remove" and args.reader:
+        return "remove", {"reader": args.reader}
+    if args.command == "plugins" and args.plugins_action == "reinstate":
+        return "plugins.reinstate", {"name": args.name}
+    return args.command, {}
+
+
 def _local_command(args: argparse.Namespace) -> int | None:
     """Subcommands that need no daemon (their exit code), or None for those that talk to it."""
     if args.command == "keys":
@@ -314,12 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "auth":
             with ControlSession(control, curve=curve) as session:
                 return run_auth(args, session)
-        cmd_args: dict[str, Any] = {}
-        if args.command == "tap":
-            cmd_args = _tap_args(args)
-        elif args.command == "remove" and args.reader:
-            cmd_args = {"reader": args.reader}
-        reply = request(control, args.command, cmd_args, curve=curve)
+        command, cmd_args = _request_of(args)
+        reply = request(control, command, cmd_args, curve=curve)
     except (ConfigError, OSError, ValueError) as e:
         sys.stderr.write(f"readerctl: {e}\n")
         return ExitCode.CONFIG
@@ -329,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json or not reply.get("ok"):
         _out(json.dumps(reply.get("result") if reply.get("ok") else reply, ensure_ascii=False))
     else:
-        _print_result(args.command, reply["result"])
+        _print_result(command, reply["result"])
     return ExitCode.OK if reply.get("ok") else 1
 
 
@@ -344,6 +358,11 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
                 _out(f"{key:>11}: {result.get(key)}")
         for reader in result.get("readers", []):
             _out(f"  {reader.get('name')} [{reader.get('backend')}] card={reader.get('card') or '-'}")
+        return
+    if command == "plugins.reinstate":
+        done = "reinstated" if result.get("reinstated") else "not reinstated"
+        state = f"quarantined ({result['quarantined']})" if result.get("quarantined") else "ok"
+        _out(f"{result.get('plugin')}: {done}, {state}")
         return
     if command == "plugins":
         for plugin in result.get("plugins", []):

@@ -29,9 +29,11 @@ from typing import Any
 from cryptography import x509
 
 from protocols.errors import ReaderdError
+from protocols.mykey import key_fingerprint
 from readerd.bus.control_client import request
 from readerd.config import DEFAULT_CONFIG, Config, is_loopback_endpoint, load_config
 from readerd.errors import ConfigError, StoreUnavailableError
+from readerd.ops.keys import load_pseudonym_key
 from readerd.plugin.api import CheckResult, CheckStatus
 from readerd.reading.backends.usb import HOTPLUG, UsbReader
 
@@ -516,6 +518,31 @@ def check_clock(env: DoctorEnv) -> CheckResult:
     return CheckResult(OK, f"{now:%Y-%m-%d %H:%M} UTC")
 
 
+def check_deployment_key(env: DoctorEnv) -> CheckResult:
+    """The pseudonym key against its pin (``identity.pseudonym_key_fingerprint``): a ward has one key."""
+    identity = env.config.identity
+    path, pin = Path(identity.pseudonym_key_file), identity.pseudonym_key_fingerprint
+    if not pin:
+        if env.config.store.shared_url:
+            return CheckResult(
+                WARNING,
+                "this kiosk shares a store with a ward but its key is not pinned",
+                "set identity.pseudonym_key_fingerprint to `readerctl keys fingerprint` of the ward's key",
+            )
+        return CheckResult(SKIPPED, "no key fingerprint pinned (a kiosk on its own)")
+    try:
+        found = key_fingerprint(load_pseudonym_key(path))
+    except (ConfigError, OSError) as e:
+        return CheckResult(PROBLEM, f"{path}: {e}", "copy the ward's key there (0640 root:readerd)")
+    if found != pin:
+        return CheckResult(
+            PROBLEM,
+            f"{path} has fingerprint {found}, the configuration pins {pin}",
+            "install the ward's key, or correct identity.pseudonym_key_fingerprint",
+        )
+    return CheckResult(OK, f"{path} is the ward's key ({pin})")
+
+
 #: The built-in checks, in the order a person would work through them.
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("config", check_config),
@@ -527,6 +554,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("usb_access", check_usb_access),
     ("port100", check_port100),
     ("state_dir", check_state_dir),
+    ("deployment_key", check_deployment_key),
     ("store", check_store),
     ("crl", check_crl),
     ("bus_keys", check_bus_keys),

@@ -18,7 +18,9 @@ Every transaction goes through :meth:`Database.transaction` (or, for one attempt
   over. Read-only transactions use a deferred ``BEGIN`` and never block a writer (WAL).
 * **PostgreSQL**: ``SERIALIZABLE`` for every transaction, ``lock_timeout`` = ``busy_timeout``,
   ``pool_pre_ping`` (a restarted server costs no failed request). Serialization failures (SQLSTATE
-  40001), deadlocks (40P01) and lock timeouts (55P03) are retried.
+  40001), deadlocks (40P01) and lock timeouts (55P03) are retried. ``statement_timeout``,
+  ``tcp_user_timeout`` and keepalives bound a slow server or a dead link (:func:`postgres_connect_args`):
+  a cancelled statement (57014) or a dropped connection is unavailable, like a server that is down.
 * Retries are bounded (``retries``) with exponential backoff and full jitter; when they run out:
   :class:`~readerd.errors.StoreBusyError`. **The function passed to** :meth:`Database.transaction`
   **may therefore run more than once**: it must have no effect outside its connection (no publishing,
@@ -298,14 +300,37 @@ def postgres_database(url: str, config: StoreConfig) -> Database:
         pool_pre_ping=True,
         pool_size=config.pool_size,
         max_overflow=config.pool_size,
-        connect_args={
-            # libpq: whole seconds, and 2 is its minimum
-            "connect_timeout": max(2, math.ceil(config.connect_timeout)),
-            "application_name": "readerd",
-            "options": f"-c lock_timeout={max(1, round(config.busy_timeout * 1000))}",
-        },
+        connect_args=postgres_connect_args(config),
     )
     return Database(engine, "shared", config)
+
+
+def postgres_connect_args(config: StoreConfig) -> dict[str, object]:
+    """libpq parameters that bound every PostgreSQL fault by ``statement_timeout`` (which the config
+    keeps below ``[plugins] hook_timeout``), so that a hook gets :class:`StoreUnavailableError` instead
+    of outliving its timeout and quarantining its plugin:
+
+    * ``statement_timeout``: a statement the server runs longer is cancelled (SQLSTATE 57014);
+    * ``lock_timeout`` = ``busy_timeout``, but at most half of ``statement_timeout``, so a lock wait is
+      retried (55P03) rather than cancelled with its statement;
+    * ``tcp_user_timeout`` (ms): data sent and not acknowledged for that long (a link that silently drops
+      packets) closes the connection; keepalives (whole seconds, at least 1) do the same for a connection
+      waiting for an answer that never comes.
+    """
+    statement_ms = max(1, round(config.statement_timeout * 1000))
+    lock_ms = max(1, min(round(config.busy_timeout * 1000), statement_ms // 2))
+    probe = max(1, math.floor(config.statement_timeout / 3))
+    return {
+        # libpq: whole seconds, and 2 is its minimum
+        "connect_timeout": max(2, math.ceil(config.connect_timeout)),
+        "application_name": "readerd",
+        "options": f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}",
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 2,
+        "tcp_user_timeout": statement_ms,
+    }
 
 
 # --- plugins' schemas ----------------------------------------------------------------------------------

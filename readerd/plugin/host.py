@@ -7,16 +7,25 @@ own ``hook(...)`` would stop at the first implementation that raises and keep th
 
 Failure policy (docs/design.md D15): an exception counts as a failure and ``quarantine_after`` failures in a
 row quarantine the plugin; a timeout quarantines it at once, since its thread is abandoned still running.
-A quarantined plugin receives nothing until the host is reloaded; ``readerctl status`` and
+A quarantined plugin receives nothing and its commands are refused; ``readerctl status`` and
 ``readerctl plugins`` show it, and every failure is published as ``plugin.error``. Quarantine also revokes
 the plugin's store handle, so a thread abandoned in a hook can never commit a late write.
+
+Reinstatement: ``quarantine_cooldown`` seconds after its quarantine (checked at each feed message, heartbeats
+included, and at each of its commands), or at once by the operator command ``plugins.reinstate``
+(``readerctl plugins reinstate NAME``), the plugin gets a new context with a new store handle
+(``store.for_plugin``) and ``readerd_startup`` again, then events and commands; the handle revoked at the
+quarantine stays revoked (a thread still running in a hung hook keeps it). Logged and shown by
+``readerctl plugins`` (``reinstated``); the events it was not given meanwhile are not handed again: they are
+its ``missed``. A plugin quarantined before its start completed stays out until a restart.
 
 Store failures are not the plugin's: a hook that raises :class:`StoreUnavailableError` (database down,
 unreachable, unwritable) or :class:`StoreBusyError` (retries ran out) is published as ``plugin.error``
 with that code (``store_unavailable``, ``store_busy``) and ``quarantined: false`` every time, and neither
-counts towards ``quarantine_after`` nor resets the count. Quarantine needs a reload to undo; a shared
-PostgreSQL that is down for a minute must not leave every ledger plugin quarantined after it is back,
-and a plugin such as check-in keeps working offline on its local store between such failures.
+counts towards ``quarantine_after`` nor resets the count: a shared PostgreSQL that is down for a minute
+must not leave every ledger plugin quarantined after it is back, and a plugin such as check-in keeps working
+offline on its local store between such failures. ``[store] statement_timeout`` (below ``hook_timeout``)
+makes a slow or unreachable PostgreSQL such a failure rather than a hook timeout.
 
 Data minimisation (docs/privacy.md): a plugin gets the private fields it asks for (``EventInterest.private``)
 only as far as ``[plugins.<name>] grants`` allows, and its results reach the bus (the LAN, the event log)
@@ -27,6 +36,7 @@ becomes ``"[redacted]"`` even in a declared field. What is dropped or redacted i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -45,6 +55,7 @@ from readerd.config import PluginsConfig
 from readerd.errors import (
     PluginError,
     ReaderdError,
+    Refusal,
     StoreBusyError,
     StoreUnavailableError,
 )
@@ -97,6 +108,10 @@ class LoadedPlugin:
     interest: EventInterest = field(default_factory=EventInterest)
     failures: int = 0
     quarantined: str | None = None  # why, once quarantined
+    quarantined_at: float | None = None  # the host's clock at the quarantine (for the cool-down)
+    started: bool = False  # its start completed (a plugin quarantined before that is not reinstated)
+    reinstated: int = 0  # times it came back from quarantine (cool-down or plugins.reinstate)
+    resume_from: int | None = None  # reinstated: its cursor then (what it missed shows at the next event)
     calls: int = 0
     last_seq: int = 0
     store_failures: int = 0  # hook calls that failed with store_unavailable / store_busy (not counted above)
@@ -122,6 +137,7 @@ class LoadedPlugin:
             "hooks": hooks,
             "quarantined": self.quarantined,
             "failures_in_a_row": self.failures,
+            "reinstated": self.reinstated,
             "calls": self.calls,
             "store_failures": self.store_failures,
             "cursor": self.cursor,
@@ -163,6 +179,7 @@ class PluginHost:
         plugins: dict[str, object] | None = None,
         backlog: BacklogSource | None = None,
         flushed: Callable[[], bool] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """``publish`` takes a plugin result (:func:`readerd.events.plugin_result`, with its ``cause``
         and ``replayed``) to the bus; ``plugins`` adds plugin objects by name beside discovery (tests,
@@ -172,7 +189,8 @@ class PluginHost:
         keeps each plugin's cursor there; ``backlog(after, upto, newer_than)`` gives what the event log
         holds in ``(after, upto]``, or None when it no longer holds it all: what a start replays to the
         plugins that missed it (:func:`log_backlog`). ``flushed()`` waits until what the plugins published
-        so far is logged (:meth:`readerd.bus.server.Bus.flushed`): cursors are written only after it."""
+        so far is logged (:meth:`readerd.bus.server.Bus.flushed`): cursors are written only after it.
+        ``clock``: monotonic seconds for ``quarantine_cooldown`` (tests pass their own)."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
@@ -191,6 +209,8 @@ class PluginHost:
         self.cursors = FeedCursors(self, config, store=store, backlog=backlog, flushed=flushed)
         self._lock = threading.Lock()
         self._card_secrets: deque[str] = deque(maxlen=64)  # of the cards identified lately, any reader
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._reinstating = threading.Lock()  # one reinstatement at a time (feed thread, commands)
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -271,6 +291,7 @@ class PluginHost:
                 )
                 continue
             self.commands[spec.name] = (loaded.name, spec)
+        loaded.started = loaded.healthy
 
     def _declare_results(self, loaded: LoadedPlugin) -> bool:
         """Ask for its ``readerd_result_fields``; False once a bad answer or a failure quarantined it."""
@@ -361,10 +382,90 @@ class PluginHost:
 
     def _quarantine(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
         loaded.quarantined = f"{hook}: {code}: {message}"
+        loaded.quarantined_at = self._clock()
         if isinstance(loaded.context.store, PluginStore):
             loaded.context.store.revoke("quarantined")
         log.error("plugin quarantined", plugin=loaded.name, hook=hook, error=code, message=message)
         self._report(loaded.name, hook, code, message, True)
+
+    # -- reinstatement (module docstring) ------------------------------------------------------------
+    def reinstate(self, name: str) -> JsonObject:
+        """``plugins.reinstate {name}``: bring a quarantined plugin back now (operator role). Refusal
+        ``unknown_plugin``, or ``not_reinstatable`` for one quarantined before its start completed."""
+        loaded = self.plugins.get(name)
+        if loaded is None:
+            raise Refusal("unknown_plugin", f"no plugin {name!r} is loaded", plugins=sorted(self.plugins))
+        if loaded.quarantined and not loaded.started:
+            raise Refusal(
+                "not_reinstatable",
+                f"plugin {name!r} was quarantined before its start completed ({loaded.quarantined}); "
+                "restart the daemon (or the plugin host) after fixing it",
+            )
+        reinstated = self._reinstate(loaded, "operator")
+        return {"plugin": name, "reinstated": reinstated, "quarantined": loaded.quarantined}
+
+    def reinstate_command(self, args: JsonObject) -> Future[JsonObject]:
+        """The control command's handler: the plugin's ``readerd_startup`` runs off the caller's thread."""
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise Refusal("bad_request", "plugins.reinstate {name}: the plugin's name")
+        return self._executor.submit(self.reinstate, name)
+
+    def _cool_down(self) -> None:
+        """Reinstate the plugins whose ``quarantine_cooldown`` has passed (feed thread, commands)."""
+        cooldown = self.config.quarantine_cooldown
+        if cooldown <= 0:
+            return
+        now = self._clock()
+        for loaded in list(self.plugins.values()):
+            since = loaded.quarantined_at
+            if loaded.quarantined and loaded.started and since is not None and now - since >= cooldown:
+                self._reinstate(loaded, "cool-down")
+
+    def _reinstate(self, loaded: LoadedPlugin, why: str) -> bool:
+        """A new context and store handle, ``readerd_startup`` again; False if it was not quarantined or
+        its startup failed (then it is quarantined again, and the cool-down starts over)."""
+        with self._reinstating:
+            if not loaded.quarantined:
+                return False
+            previous = loaded.quarantined
+            store = self.store.for_plugin(loaded.name) if self.store is not None else None
+            loaded.context = dataclasses.replace(loaded.context, store=store)  # the old one stays revoked
+            loaded.failures = 0
+            before = loaded.quarantined_at
+            self._call(loaded, "readerd_startup", {"context": loaded.context})
+            if loaded.quarantined_at != before:  # it timed out: quarantined again by _call
+                return False
+            if loaded.failures:
+                self._quarantine(loaded, "readerd_startup", "reinstate_failed", "its startup failed again")
+                return False
+            loaded.quarantined = None
+            loaded.quarantined_at = None
+            loaded.reinstated += 1
+            loaded.resume_from = loaded.cursor
+            self._refresh_commands(loaded)
+        log.warning("plugin reinstated", plugin=loaded.name, by=why, was=previous)
+        return True
+
+    def _refresh_commands(self, loaded: LoadedPlugin) -> None:
+        """Its commands again (a handler may hold the old context): those registered at the start only,
+        since the bus knows no other."""
+        specs = self._call(loaded, "readerd_commands", {"context": loaded.context}) or []
+        for spec in specs if isinstance(specs, list) else []:
+            known = self.commands.get(getattr(spec, "name", ""))
+            if isinstance(spec, CommandSpec) and known is not None and known[0] == loaded.name:
+                self.commands[spec.name] = (loaded.name, spec)
+
+    def _note_resumed(self, before: int) -> None:
+        """A reinstated plugin's first feed message (``before``: the last seq before it): what came
+        meanwhile is what it missed."""
+        for loaded in self.plugins.values():
+            if loaded.resume_from is None or loaded.quarantined:
+                continue
+            if before > loaded.resume_from:
+                loaded.missed.append((loaded.resume_from + 1, before))
+                log.warning("events missed while quarantined", plugin=loaded.name, seqs=loaded.missed[-1])
+            loaded.resume_from = None
 
     # -- events -------------------------------------------------------------------------------------
     def dispatch(self, envelope: JsonObject | Envelope, *, replayed: bool = False) -> None:
@@ -374,6 +475,8 @@ class PluginHost:
         if not isinstance(envelope, Envelope):
             envelope = Envelope.from_dict(envelope)
         self.cursors.observe(envelope)
+        self._cool_down()
+        self._note_resumed(envelope.seq if envelope.event.type == EventType.HEARTBEAT else envelope.seq - 1)
         if envelope.event.type == EventType.HEARTBEAT:
             return
         delivered = self.deliver(envelope, replayed=replayed)
@@ -490,6 +593,9 @@ class PluginHost:
         return self._executor.submit(self._command, loaded, spec, checked)
 
     def _command(self, loaded: LoadedPlugin, spec: CommandSpec, args: JsonObject) -> JsonObject:
+        if loaded.quarantined:
+            self._cool_down()
+            spec = self.commands.get(spec.name, (loaded.name, spec))[1]  # as asked again at reinstatement
         if loaded.quarantined:
             raise PluginError(loaded.name, spec.name, f"quarantined ({loaded.quarantined})")
         try:

@@ -8,7 +8,8 @@ hangs, leaks or crashes costs only its own process. The daemon stays the single 
 - plugin results and errors come back as ``plugin.publish`` / ``plugin.error`` requests, which the daemon
   publishes with their own seq;
 - the host announces its commands with ``plugins.register``; the daemon registers them on its public
-  control socket and forwards each request to the host (and ``plugins`` for ``readerctl plugins``).
+  control socket and forwards each request to the host (and ``plugins`` for ``readerctl plugins``,
+  ``plugins.reinstate`` for ``readerctl plugins reinstate NAME``, operator role).
 
 The host's side is :mod:`readerd.plugin.split_host`.
 """
@@ -75,6 +76,7 @@ class SplitHostLink:
         bus.register_private_command("plugin.publish", self._publish)
         bus.register_private_command("plugin.error", self._error)
         bus.register_command("plugins", self._forward)
+        bus.register_command("plugins.reinstate", self._forward, role="operator")
         bus.add_status(lambda: {"plugin_host": "split" if self.peer is not None else "split, not connected"})
 
     def _register(self, request: ControlRequest) -> JsonObject:

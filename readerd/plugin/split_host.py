@@ -26,7 +26,7 @@ from readerd.bus import control
 from readerd.bus.client import BusClient
 from readerd.bus.control import JsonObject
 from readerd.config import Config
-from readerd.errors import BusSilentError, GapUnrecoverableError
+from readerd.errors import BusSilentError, GapUnrecoverableError, Refusal
 from readerd.events import Envelope, Event
 from readerd.exitcodes import ExitCode
 from readerd.plugin.host import PluginHost
@@ -190,7 +190,13 @@ class SplitHost:
                 uplink.reply(control.ok_reply(request_id, host.status()))
                 continue
             try:
-                future: Future[JsonObject] = host.run_command(cmd, args)
+                if cmd == "plugins.reinstate":
+                    future: Future[JsonObject] = host.reinstate_command(args)
+                else:
+                    future = host.run_command(cmd, args)
+            except Refusal as e:
+                uplink.reply(control.error_reply(request_id, e.code, str(e)))
+                continue
             except (KeyError, ValueError) as e:
                 uplink.reply(control.error_reply(request_id, "bad_request", str(e)))
                 continue

@@ -69,6 +69,14 @@ MIGRATION_LOCK_KEY: Final = int.from_bytes(b"readerd\0", "big")
 _NAME: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 _metadata = sa.MetaData()
+#: Facts of the deployment every kiosk of a ward must agree on (the pseudonym key's fingerprint).
+_deployment = sa.Table(
+    "readerd_deployment",
+    sa.MetaData(),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("recorded_at", sa.String(32), nullable=False),
+)
 _migrations = sa.Table(
     MIGRATIONS_TABLE,
     _metadata,
@@ -386,6 +394,27 @@ class Store:
         store = cls(local, shared, clock=clock)
         log.info("store opened", local=local.where, shared=store.shared.where)
         return store
+
+    def pin_deployment_key(self, fingerprint: str) -> str:
+        """Record the deployment key's fingerprint in the shared store the first time a kiosk uses it, and
+        give back the one recorded: a kiosk whose key differs must not write into the ward's data (its
+        pseudonyms would be another deployment's). Raises :class:`StoreUnavailableError` when the
+        shared store cannot be asked (a kiosk starts offline; the caller decides)."""
+        now = business_time.utc_now().isoformat(timespec="seconds")
+
+        def pin(conn: Connection) -> str:
+            _deployment.create(conn, checkfirst=True)
+            conn.execute(
+                self.shared.insert_or_ignore(_deployment).values(
+                    name="pseudonym_key_fingerprint", value=fingerprint, recorded_at=now
+                )
+            )
+            row = conn.execute(
+                sa.select(_deployment.c.value).where(_deployment.c.name == "pseudonym_key_fingerprint")
+            ).one()
+            return str(row.value)
+
+        return self.shared.transaction(pin)
 
     def for_plugin(self, name: str) -> PluginStore:
         """The handle for plugin ``name`` (tables prefixed with its name, revocable on its own)."""

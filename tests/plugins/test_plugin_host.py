@@ -374,9 +374,9 @@ def test_the_built_in_staff_commands_need_the_operator_role() -> None:
         roles |= {spec.name: spec.role for spec in instance.readerd_commands()}
     assert {name for name, role in roles.items() if role == "operator"} == {
         "points.define_programme", "points.define_shop", "points.grant", "points.import", "points.expire",
-        "points.register_card", "points.settlement", "checkin.define_event", "checkin.register_card",
-        "checkin.attendance", "bathhouse.register", "bathhouse.reissue", "bathhouse.link_mynumber",
-        "bathhouse.report", "library.overdue",
+        "points.register_card", "points.settlement", "points.pending", "checkin.define_event",
+        "checkin.register_card", "checkin.attendance", "bathhouse.register", "bathhouse.reissue",
+        "bathhouse.link_mynumber", "bathhouse.report", "library.overdue",
     }  # fmt: skip
     assert roles["points.redeem"] == roles["checkin.sync"] == roles["library.checkout"] == "control"
     with pytest.raises(ValueError, match="role is one of"):

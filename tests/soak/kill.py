@@ -132,6 +132,7 @@ class KillSoak(Soak):
             "sim": {"readers": list(c.sim.readers)},
             "sessions": {"deadline": c.sessions.deadline, "repeat_window": c.sessions.repeat_window},
             "bus": {"log_max_events": c.bus.log_max_events},
+            "identity": {"pseudonym_key_file": c.identity.pseudonym_key_file},  # the ward's key
             "store": {"shared_url": c.store.shared_url, "connect_timeout": c.store.connect_timeout,
                       "retries": c.store.retries},
             "plugins": {"autoload": False, "builtins": list(c.plugins.builtins)},

@@ -25,7 +25,7 @@ from playwright.sync_api import sync_playwright
 from readerd.config import PluginsConfig
 from readerd.testing import running_daemon, sim_config
 from readerd.web import WebServer, WebSettings
-from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 READER = "Sim 00"
 

@@ -75,6 +75,8 @@ class Daemon:
         self.started = threading.Event()  # set once the bus, the plugins and every backend run
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
+        # One audit log for the daemon (auth, possession, operator commands): one lock around its appends.
+        self.audit = AuditLog(Path(config.state_dir) / "audit.log", kiosk=config.kiosk)
         self._audit_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self.backends: list[Backend] = []
         self.bus: Bus | None = None
@@ -196,11 +198,10 @@ class Daemon:
     def _audit_command(self, request: ControlRequest, role: str, outcome: str) -> None:
         """An operator command, answered: who (uid or key name), what, the outcome (no arguments: they
         may hold member IDs), written off the bus thread since the audit log fsyncs."""
-        audit = AuditLog(Path(self.config.state_dir) / "audit.log", kiosk=self.config.kiosk)
 
         def write() -> None:
             try:
-                audit.append(
+                self.audit.append(
                     "operator_command", cmd=request.cmd, caller=request.caller, role=role, outcome=outcome
                 )
             except StoreUnavailableError as e:
@@ -371,7 +372,7 @@ class Daemon:
             validator=validator,
             simulated_validator=simulated_validator,
             publish=bus.publish,
-            audit=AuditLog(state_dir / "audit.log", kiosk=self.config.kiosk),
+            audit=self.audit,
         )
         auth.register(bus)
         return auth

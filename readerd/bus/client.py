@@ -242,6 +242,22 @@ class _Base:
     def _silent(self) -> BusSilentError:
         return BusSilentError(f"nothing from readerd at {self.publish} for {self.heartbeat_timeout:g} s")
 
+    def _absorb(self, reply: dict[str, Any]) -> tuple[bool, float]:
+        """One ``events.since`` answer, the same for both clients: its events queued, and whether more
+        follow; or, when the daemon paces catch-up (``rate_limited``, ``busy``), the pause before asking
+        again. Raises :class:`GapUnrecoverableError` for a pruned range, the refusal for any other error."""
+        if not reply.get("ok"):
+            error = reply.get("error", {})
+            if error.get("code") == "gap_unrecoverable":
+                raise self.stream.lost(error)
+            pause = _retry_after(error)
+            if pause is None:
+                raise refusal_of(reply)
+            return True, pause
+        result = reply["result"]
+        self._pending.extend(self.stream.replay(result))
+        return bool(result.get("more")), 0.0
+
 
 class BusClient(_Base):
     """Blocking client: iterate it, or call :meth:`next` with a timeout."""
@@ -311,19 +327,10 @@ class BusClient(_Base):
     def _catch_up(self) -> None:
         while True:
             self.stream.stats.catch_ups += 1
-            reply = self._request(self.stream.last_seq or 0)
-            if not reply.get("ok"):
-                error = reply.get("error", {})
-                if error.get("code") == "gap_unrecoverable":
-                    raise self.stream.lost(error)
-                pause = _retry_after(error)
-                if pause is not None:  # the daemon paces catch-up (rate_limited, busy): wait, ask again
-                    time.sleep(pause)
-                    continue
-                raise refusal_of(reply)
-            result = reply["result"]
-            self._pending.extend(self.stream.replay(result))
-            if not result.get("more"):
+            more, pause = self._absorb(self._request(self.stream.last_seq or 0))
+            if pause:
+                time.sleep(pause)
+            elif not more:
                 return
 
     def _request(self, seq: int) -> dict[str, Any]:
@@ -413,19 +420,10 @@ class AsyncBusClient(_Base):
     async def _catch_up(self) -> None:
         while True:
             self.stream.stats.catch_ups += 1
-            reply = await self._request(self.stream.last_seq or 0)
-            if not reply.get("ok"):
-                error = reply.get("error", {})
-                if error.get("code") == "gap_unrecoverable":
-                    raise self.stream.lost(error)
-                pause = _retry_after(error)
-                if pause is not None:  # the daemon paces catch-up (rate_limited, busy): wait, ask again
-                    await asyncio.sleep(pause)
-                    continue
-                raise refusal_of(reply)
-            result = reply["result"]
-            self._pending.extend(self.stream.replay(result))
-            if not result.get("more"):
+            more, pause = self._absorb(await self._request(self.stream.last_seq or 0))
+            if pause:
+                await asyncio.sleep(pause)
+            elif not more:
                 return
 
     async def _request(self, seq: int) -> dict[str, Any]:

@@ -492,8 +492,7 @@ class Bus:
     def _check_user(self, user: str, cmd: str) -> None:
         """A CURVE caller's request against the allowlist as it is now (:func:`authorize`)."""
         assert self.curve is not None  # noqa: S101 - only CURVE connections carry a user
-        needed = "subscribe" if cmd in SUBSCRIBE_COMMANDS else self._roles.get(cmd, "control")
-        authorize(self.curve.allowlist, user, cmd, needed)
+        authorize(self.curve.allowlist, user, cmd, self.needed_role(cmd))
 
     def _drain(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None) -> None:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
@@ -596,10 +595,11 @@ class Bus:
         self, peer: bytes, body: bytes, user: str | None, caller: str, role: str
     ) -> JsonObject | Future[JsonObject]:
         def authorize(cmd: str) -> None:
-            needed = self.needed_role(cmd)
             if user is not None:
                 self._check_user(user, cmd)
-            elif not role_allows(role, needed):
+                return
+            needed = self.needed_role(cmd)
+            if not role_allows(role, needed):
                 raise ForbiddenError(
                     f"{cmd} needs the {needed} role; this connection has the {role} role: "
                     + ROLE_HINTS.get(needed, "")

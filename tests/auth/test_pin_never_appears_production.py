@@ -40,6 +40,7 @@ from simulators.pki import CaKind, PkiStore, write_pem
 from simulators.vicc import ViccBridge
 from tests.auth.test_pin_never_appears import leaks
 from tests.support.auth import pin_verifies
+from tests.support.chromium import chromium
 from tests.support.pcscd import PrivatePcscd
 from tests.support.ports import free_tcp_port
 
@@ -50,41 +51,12 @@ CARD_PIN = "8027"  # unusual digits, so that a hit is the PIN and not a port or 
 WRONG_PIN = "6159"
 EVENT = "pin-proof"
 WAIT_MS = 10_000
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _missing(reason: str) -> None:
-    """As tests/web: a machine without chromium skips, CI (which installs it) fails."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: scripts/bootstrap --test installs it)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        _missing("Debian's chromium is not installed")
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only where chromium is
-    except ImportError:
-        _missing("the playwright package is not installed (the [dev] extra)")
-        raise
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -1,12 +1,9 @@
 """Fixtures for the web screens: a daemon on the sim backend with the check-in plugin, ``readerd web`` on
-a thread, and Debian's chromium driven headless by Playwright (its own browser download is not
-reachable from our machines, so ``executable_path`` points at the Debian package that
-``scripts/bootstrap --test`` installs)."""
+a thread, and Debian's chromium driven headless by Playwright (tests/support/chromium.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,28 +14,10 @@ import pytest
 from readerd.config import PluginsConfig
 from readerd.testing import RunningDaemon, running_daemon, sim_config
 from readerd.web import FleetKiosk, WebServer, WebSettings
+from tests.support.chromium import chromium
 
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium keeps calling home, which floods a closed network.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "console-token-for-tests-0123456789"  # noqa: S105 - a test token (>= 128 bits)
 EVENT = "fest"
-
-
-def _missing(reason: str) -> None:
-    """Outside CI a machine without chromium skips; CI (bootstrap installs it) must fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: scripts/bootstrap --test installs it)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +64,8 @@ def web(daemon: RunningDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        _missing("Debian's chromium is not installed")
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only where chromium is
-    except ImportError:
-        _missing("the playwright package is not installed (the [dev] extra)")
-        raise
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -378,7 +378,7 @@ def check_store(env: DoctorEnv) -> CheckResult:
         for path in present:
             _sqlite_readonly(path)
         if config.store.shared_url and config.plugins.enabled:
-            from readerd.plugin.database import postgres_database  # noqa: PLC0415 - SQLAlchemy only when needed
+            from readerd.ops.database import postgres_database  # noqa: PLC0415 - SQLAlchemy only when needed
 
             shared = postgres_database(config.store.shared_url, config.store)
             try:

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
+from readerd.ops.database import Database
 from readerd.plugin import business_time
-from readerd.plugin.database import Database
 
 CURSORS_TABLE: Final = "readerd_plugin_cursors"
 

@@ -1,6 +1,6 @@
 """The store plugins get (docs/design.md D16): SQLAlchemy Core on SQLite or PostgreSQL.
 
-The databases themselves (SQLite or PostgreSQL, retries, errors): :mod:`readerd.plugin.database`.
+The databases themselves (SQLite or PostgreSQL, retries, errors): :mod:`readerd.ops.database`.
 
 Schemas: a small equivalent of Alembic
 --------------------------------------
@@ -47,9 +47,7 @@ from sqlalchemy.schema import CreateColumn
 
 from readerd.config import StoreConfig
 from readerd.errors import StoreBusyError, StoreSchemaError, StoreUnavailableError
-from readerd.plugin import business_time
-from readerd.plugin.cursor_table import CursorTable
-from readerd.plugin.database import (
+from readerd.ops.database import (
     LOCAL_FILE,
     PG_MAX_IDENTIFIER,
     Database,
@@ -58,6 +56,8 @@ from readerd.plugin.database import (
     postgres_database,
     sqlite_database,
 )
+from readerd.plugin import business_time
+from readerd.plugin.cursor_table import CursorTable
 
 log = structlog.get_logger("readerd.store")
 

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from readerd.config import IdentityConfig, PluginsConfig, StoreConfig, load_config
 from readerd.errors import ConfigError, StoreUnavailableError
 from readerd.exitcodes import ExitCode
+from readerd.ops.database import postgres_connect_args
 from readerd.ops.keys import create_pseudonym_key
 from readerd.plugin.api import PluginContext, PluginEvent
-from readerd.plugin.database import postgres_connect_args
 from readerd.plugin.hookspecs import hookimpl
 from readerd.plugin.store import PluginStore, Store
 from tests.store.conftest import FAST

@@ -4,7 +4,7 @@
 Equivalent to ``python -m bench.NAME [ARGS]``. Run from the repository root: benchmarks use the test
 support code (``tests/support``) to start daemons, private pcscd instances and private PostgreSQL
 clusters. The list is every module here with a ``main`` (``tap_latency``, ``plugin_pipeline``, ``bus``,
-``plugins_db``), found at run time.
+``plugins_db``, ``startup``, ``fleet``, ...), found at run time.
 """
 
 from __future__ import annotations

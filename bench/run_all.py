@@ -18,6 +18,10 @@ Figures and baselines (docs/performance.md says what each number means):
   and one hot account, against a bare INSERT + COMMIT loop in the same database.
 - ``startup``: spawn -> ``READY=1`` and VmRSS of ``readerd run --simulate`` with 1, 8 and 32 simulated
   readers, against a bare Python importing the same libraries.
+- ``fleet``: 8 kiosk processes on one PostgreSQL, a human-rate phase and a burst: tap -> check-in result
+  p50 against a bare ``SELECT 1`` round trip, results/s of the burst against bare INSERT + COMMIT/s,
+  PostgreSQL's CPU per result against its CPU per bare INSERT + COMMIT (32 kiosks: ``python -m
+  bench.fleet`` on its own).
 
 Run: ``python -m bench all [--runs 3] [--quick] [--skip tap_latency] [--out bench/results]``.
 """
@@ -41,7 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ("tap_latency", "plugin_pipeline", "bus", "plugins_db", "startup")
+BENCHES = ("tap_latency", "plugin_pipeline", "bus", "plugins_db", "startup", "fleet")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,21 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--kiosks", "1,4", "--runs", "1", "--requests", "50"]
     if name == "startup":
         return ["--runs", "1", "--readers", "1"] if quick else ["--runs", "3"]
+    if name == "fleet":  # about 1 min a run (8 kiosks); the 32-kiosk fleet is not part of `all`
+        if quick:
+            return ["--quick", "--kiosks", "2"]
+        return [
+            "--kiosks",
+            "8",
+            "--seconds",
+            "20",
+            "--burst-seconds",
+            "8",
+            "--citizens",
+            "200",
+            "--settle",
+            "0",
+        ]
     raise ValueError(name)
 
 
@@ -117,6 +136,7 @@ def figures_of(name: str, result: dict[str, Any]) -> list[Figure]:
         "bus": _bus,
         "plugins_db": _plugins_db,
         "startup": _startup,
+        "fleet": _fleet,
     }
     return extract[name](result)
 
@@ -237,6 +257,51 @@ def _startup(r: dict[str, Any]) -> list[Figure]:
                 base["rss_mib"]["median"],
             )
         )
+    return out
+
+
+def _fleet(r: dict[str, Any]) -> list[Figure]:
+    if "skipped" in r:
+        return []
+    base = r["baseline"]
+    out: list[Figure] = []
+    for fleet in r["fleets"]:
+        for mode, p in fleet["phases"].items():
+            where = f"{fleet['kiosks']} kiosks, {mode}"
+            out.append(
+                Figure(
+                    "fleet",
+                    f"tap -> check-in result p50, {where}",
+                    "ms",
+                    p["tap_to_result"]["p50_ms"],
+                    "bare PostgreSQL SELECT 1 round trip, p50",
+                    base["select1"]["p50_ms"],
+                )
+            )
+            if mode == "burst":  # at a human rate, results/s is the rate the bench taps at
+                out.append(
+                    Figure(
+                        "fleet",
+                        f"results/s, {where}",
+                        "results/s",
+                        p["results_per_s"],
+                        "bare INSERT + COMMIT/s, 1 connection",
+                        base["insert_commit"]["per_s"],
+                        higher_is_better=True,
+                    )
+                )
+            per = p["cpu"]["per_result_ms"]
+            if per:
+                out.append(
+                    Figure(
+                        "fleet",
+                        f"PostgreSQL CPU per result, {where}",
+                        "ms",
+                        per["postgres"],
+                        "PostgreSQL CPU per bare INSERT + COMMIT",
+                        base["insert_commit_cpu_per_op_ms"]["postgres"],
+                    )
+                )
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -157,6 +158,67 @@ def person_of(data: JsonObject, *, allow_unenrolled: bool = False) -> str | None
     if allow_unenrolled and data.get("pseudonym"):
         return f"anon:{data['pseudonym']}"
     return None
+
+
+def persons_of_withdrawn(data: JsonObject) -> list[str]:
+    """Every person key a withdrawn member (``member.withdrawn``'s data) may have been recorded under:
+    ``member:<member ID>`` (before a MyKey ID, or by a grant or a registered card) and, when the event
+    carries one, ``mykey:<MyKey ID>`` (what :func:`person_of` prefers). Empty for data naming neither."""
+    persons = []
+    for kind in ("member", "mykey"):
+        value = data.get(f"{kind}_id")
+        if isinstance(value, str) and value.strip():
+            persons.append(f"{kind}:{value.strip()}")
+    return persons
+
+
+def withdrawn_key() -> str:
+    """A fresh anonymous person key, ``withdrawn:<random>``, for the records a withdrawn member leaves that
+    must keep counting: random (no way back to the member), one per person key and withdrawal, so a unique
+    (thing, person) rule still holds after the re-keying."""
+    return f"withdrawn:{uuid.uuid4().hex}"
+
+
+def queue_withdrawal(conn: Connection, table: sa.Table, persons: list[str], now: datetime) -> dict[str, str]:
+    """Inside a local transaction: the ``withdrawn:`` key of each person key, the one already queued (a
+    replayed withdrawal whose shared part still waits) or a new one, queued in ``table`` (columns
+    ``person``, ``anon``, ``queued_at``) until the shared store has re-keyed the person's records."""
+    known = {
+        row.person: row.anon
+        for row in conn.execute(sa.select(table.c.person, table.c.anon).where(table.c.person.in_(persons)))
+    }
+    for person in persons:
+        if person not in known:
+            known[person] = withdrawn_key()
+            conn.execute(table.insert().values(person=person, anon=known[person], queued_at=iso(now)))
+    return known
+
+
+def queued_withdrawals(conn: Connection, table: sa.Table) -> dict[str, str]:
+    """Every queued withdrawal: person key -> its ``withdrawn:`` key."""
+    return {row.person: row.anon for row in conn.execute(sa.select(table.c.person, table.c.anon))}
+
+
+def rekey_request_results(conn: Connection, requests: sa.Table, command: str, anon: dict[str, str]) -> int:
+    """Inside a shared transaction: the idempotency records of ``command`` whose result names one of the
+    person keys (``"person": "member:…"``) name its ``withdrawn:`` key instead; how many were changed."""
+    changed = 0
+    for person, replacement in anon.items():
+        quoted = json.dumps(person, ensure_ascii=False)
+        rows = conn.execute(
+            sa.select(requests.c.key, requests.c.result).where(
+                requests.c.command == command, requests.c.result.contains(quoted, autoescape=True)
+            )
+        ).all()
+        for row in rows:
+            result = {k: replacement if v == person else v for k, v in json.loads(row.result or "{}").items()}
+            conn.execute(
+                requests.update()
+                .where(requests.c.key == row.key)
+                .values(result=json.dumps(result, ensure_ascii=False))
+            )
+            changed += 1
+    return changed
 
 
 def config_int(config: JsonObject, plugin: str, key: str, default: int) -> int:

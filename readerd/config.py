@@ -7,6 +7,7 @@ daemon at start (exit 78) rather than silently keep the safe default the operato
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -91,8 +92,19 @@ class IdentityConfig:
     # the deployment key's fingerprint (`readerctl keys fingerprint`): a kiosk whose key file is missing
     # or has another one refuses to start (exit 78); empty: not pinned
     pseudonym_key_fingerprint: str = ""
+    # the ward's member directory (with store.shared_url; readerd/reading/ward.py): seconds a tap waits for
+    # it, seconds a cached enrolled / not-enrolled answer is used without asking, seconds it is left alone
+    # after it failed to answer
+    directory_budget: float = 0.2
+    directory_cache_ttl: float = 300.0
+    directory_negative_ttl: float = 10.0
+    directory_retry: float = 5.0
 
     def validate(self) -> IdentityConfig:
+        if not 0 < self.directory_budget <= 0.2:
+            raise ConfigError("identity.directory_budget: more than 0 and at most 0.2 seconds (a tap waits)")
+        if min(self.directory_cache_ttl, self.directory_negative_ttl, self.directory_retry) < 0:
+            raise ConfigError("identity.directory_cache_ttl, directory_negative_ttl, directory_retry: >= 0")
         pin = self.pseudonym_key_fingerprint
         if pin and (len(pin) != 16 or any(c not in "0123456789abcdef" for c in pin)):
             raise ConfigError(
@@ -245,14 +257,14 @@ class StoreConfig:
     local_path: str = ""  # SQLite file of the local store; empty: <state_dir>/store.db
     shared_url: str = ""  # postgresql+psycopg://user@host/db for ledgers shared by kiosks; empty: local
     busy_timeout: float = 5.0  # seconds a write waits for a lock (SQLite busy_timeout, PG lock_timeout)
-    connect_timeout: float = 5.0  # seconds to reach PostgreSQL before store_unavailable (whole seconds, >= 2)
+    connect_timeout: float = 2.0  # seconds to reach PostgreSQL before store_unavailable (whole seconds, >= 2)
     retries: int = 10  # further attempts after a serialization failure, deadlock or lock timeout
     retry_backoff: float = 0.01  # seconds before the first retry, doubled each time, with full jitter
     retry_backoff_max: float = 0.5  # longest single wait between attempts
     pool_size: int = 5  # connections kept open per database (as many again are opened on demand)
     # PostgreSQL: seconds one statement may run (statement_timeout), and the bound on a link that silently
     # drops packets (tcp_user_timeout, keepalives); must stay below [plugins] hook_timeout
-    statement_timeout: float = 3.0
+    statement_timeout: float = 2.5
 
     def validate(self) -> StoreConfig:
         if self.shared_url and not self.shared_url.startswith(("postgresql+psycopg://", "postgresql://")):
@@ -437,11 +449,16 @@ class Config:
         self.web.address()
         self.plugins.validate()
         self.store.validate()
-        if self.store.shared_url and self.store.statement_timeout >= self.plugins.hook_timeout:
+        # A hook's worst case on a dying link: a pooled connection's check that waits out tcp_user_timeout
+        # (= statement_timeout), then a new connection that waits out connect_timeout (libpq: whole
+        # seconds, at least 2). Both must end, as store_unavailable, before the hook times out.
+        connect = max(2, math.ceil(self.store.connect_timeout))
+        if self.store.shared_url and self.store.statement_timeout + connect >= self.plugins.hook_timeout:
             raise ConfigError(
-                f"store.statement_timeout = {self.store.statement_timeout:g} must be below "
-                f"plugins.hook_timeout = {self.plugins.hook_timeout:g}: a PostgreSQL statement or a dropped "
-                "link must fail as store_unavailable before the hook times out and quarantines its plugin"
+                f"store.statement_timeout = {self.store.statement_timeout:g} plus store.connect_timeout "
+                f"(effective {connect}) must be below plugins.hook_timeout = {self.plugins.hook_timeout:g}: "
+                "a PostgreSQL statement or a dropped link must fail as store_unavailable before the hook "
+                "times out and quarantines its plugin"
             )
         return self
 

@@ -13,6 +13,7 @@ import functools
 import signal
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -24,14 +25,21 @@ from readerd import events as ev
 from readerd.auth import possession
 from readerd.auth.audit import AuditLog
 from readerd.auth.manager import AuthManager, build_validator
-from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
+from readerd.bus.control import ArgDoc, CommandDoc, CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import Allowlist, allowlist_dir, load_or_create_server_keys
 from readerd.bus.eventlog import DAY, EventLog
 from readerd.bus.roles import RoleSockets
 from readerd.bus.server import Bus, CurveServer
 from readerd.config import Config, IdentityConfig, is_loopback_endpoint
-from readerd.errors import ConfigError, MetricsUnavailableError, Refusal, StoreUnavailableError
+from readerd.errors import (
+    ConfigError,
+    MetricsUnavailableError,
+    Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
+)
 from readerd.exitcodes import ExitCode
+from readerd.ops.database import Database, pin_deployment_key, postgres_database
 from readerd.ops.keys import load_or_create_pseudonym_key, load_pseudonym_key
 from readerd.ops.sdnotify import Notifier
 from readerd.ops.statedir import private_dir, private_sqlite, private_tree
@@ -41,8 +49,9 @@ from readerd.plugin.link import endpoints as split_endpoints
 from readerd.plugin.replay import log_backlog
 from readerd.plugin.store import Store
 from readerd.reading.backends import Backend
-from readerd.reading.identity import IdentityResolver, SqliteDirectory
+from readerd.reading.identity import LOCAL_DIRECTORY, IdentityResolver, MyKeyDirectory, SqliteDirectory
 from readerd.reading.sessions import CardSessions
+from readerd.reading.ward import CACHE_FILE, WardDirectory, WardDirectorySettings, import_local_directory
 
 if TYPE_CHECKING:
     from readerd.ops.metrics import MetricsServer
@@ -82,6 +91,7 @@ class Daemon:
         self.bus: Bus | None = None
         self.auth: AuthManager | None = None
         self.metrics: MetricsServer | None = None
+        self.directory: MyKeyDirectory | None = None  # the member directory, open while the daemon runs
         self.store: Store | None = None  # the plugins' store, open while the daemon runs with plugins
         # Main-loop rounds that pinged the watchdog and that withheld the ping (tests wait on these).
         self.watchdog_pings = 0
@@ -154,16 +164,52 @@ class Daemon:
         log.info("pseudonym key loaded", fingerprint=fingerprint, pinned=bool(pin))
         return key
 
-    def _check_ward_key(self, store: Store, fingerprint: str) -> None:
+    def _member_directory(self, state_dir: Path, key: bytes) -> MyKeyDirectory:
+        """The kiosk's own SQLite directory, or with a shared store the ward's (readerd/reading/ward.py),
+        on a connection of the daemon's own, so a tap never queues behind plugin transactions."""
+        config = self.config
+        fingerprint = key_fingerprint(key)
+        if not config.store.shared_url:
+            local = SqliteDirectory(state_dir / LOCAL_DIRECTORY)
+            recorded = local.record_key(fingerprint)
+            if recorded != fingerprint:
+                log.warning(
+                    "the member directory was made under another pseudonym key: its members are not "
+                    "recognised with this one",
+                    recorded=recorded,
+                    fingerprint=fingerprint,
+                )
+            return local
+        database = postgres_database(config.store.shared_url, replace(config.store, pool_size=2))
+        self._check_ward_key(database, fingerprint)
+        identity = config.identity
+        ward = WardDirectory(
+            database,
+            state_dir / CACHE_FILE,
+            kiosk=config.kiosk,
+            settings=WardDirectorySettings(
+                budget=identity.directory_budget,
+                cache_ttl=identity.directory_cache_ttl,
+                negative_ttl=identity.directory_negative_ttl,
+                retry=identity.directory_retry,
+            ),
+        )
+        try:
+            ward.ensure_schema()
+        except (StoreUnavailableError, StoreBusyError) as e:
+            log.warning("the ward's member directory is offline at start: taps use the cache", error=str(e))
+        return ward
+
+    def _check_ward_key(self, database: Database, fingerprint: str) -> None:
         """The ward's shared store knows the deployment key's fingerprint (the first kiosk's): a kiosk
         with another key must not write into the ward's data (exit 78). Offline, it starts unchecked."""
         try:
-            recorded = store.pin_deployment_key(fingerprint)
-        except StoreUnavailableError as e:
+            recorded = pin_deployment_key(database, fingerprint)
+        except (StoreUnavailableError, StoreBusyError) as e:
             log.warning("deployment key not checked against the ward: shared store down", error=str(e))
             return
         if recorded != fingerprint:
-            store.close()
+            database.close()
             raise ConfigError(
                 f"this kiosk's pseudonym key has fingerprint {fingerprint}, but the ward's shared store "
                 f"was first used with {recorded}: install the ward's key (readerctl keys fingerprint)"
@@ -235,11 +281,10 @@ class Daemon:
         state_dir = Path(config.state_dir)
         self._private_state_dir(state_dir)
         key = self._pseudonym_key(state_dir)
-        directory = SqliteDirectory(state_dir / "members.db")
+        directory = self._member_directory(state_dir, key)
+        self.directory = directory
         if config.plugins.enabled:  # only plugins use it: without them a broken store must not stop readers
             self.store = Store.open(config.store, state_dir)
-            if config.store.shared_url:
-                self._check_ward_key(self.store, key_fingerprint(key))
         event_log = EventLog(
             state_dir / "events.db",
             max_events=config.bus.log_max_events,
@@ -256,7 +301,7 @@ class Daemon:
             felica_reads=config.felica.reads,
         )
         self.backends = self._build_backends(sessions, state_dir)
-        self._register_commands(bus)
+        self._register_commands(bus, state_dir, key)
         self.auth = self._auth(sessions, resolver, bus, state_dir)
         self._private_state_files(state_dir, found=False)  # made by now: databases, keys, the sim's PKI
         bus.start()
@@ -436,10 +481,21 @@ class Daemon:
             handler: CommandHandler = functools.partial(_plugin_command, host)
             if spec.possession:  # value moves: a PIN proof on the reader, or an operator (auth.possession)
                 handler = possession.gate(self.auth, functools.partial(_plugin_command_with, host))
-            bus.register_command(name, handler, role=spec.role)
-        bus.register_command("plugins", lambda _req: host.status())
+            doc = CommandDoc.from_schema(spec.schema(), possession=spec.possession)
+            bus.register_command(name, handler, role=spec.role, spec=doc)
         bus.register_command(
-            "plugins.reinstate", lambda req: host.reinstate_command(req.args), role="operator"
+            "plugins",
+            lambda _req: host.status(),
+            spec=CommandDoc("the loaded plugins: versions, hooks, quarantine, what they receive"),
+        )
+        bus.register_command(
+            "plugins.reinstate",
+            lambda req: host.reinstate_command(req.args),
+            role="operator",
+            spec=CommandDoc(
+                "bring a quarantined plugin back now (a new store handle)",
+                {"name": ArgDoc("string", True, "the plugin's name")},
+            ),
         )
         bus.add_status(
             lambda: {
@@ -459,12 +515,66 @@ class Daemon:
     def readers(self) -> list[JsonObject]:
         return [reader for backend in self.backends for reader in backend.readers()]
 
-    def _register_commands(self, bus: Bus) -> None:
-        bus.register_command("readers", lambda _req: {"readers": self.readers()})
+    def _register_commands(self, bus: Bus, state_dir: Path, key: bytes) -> None:
+        reader = ArgDoc("string", False, "reader name (default: the first simulated reader)")
+        docs = {  # the sim backend's commands (readerd run --simulate)
+            "tap": CommandDoc(
+                "put a simulated card on a reader",
+                {
+                    "card": ArgDoc("string", False, "card profile name (default alice); a FeliCa number"),
+                    "reader": reader,
+                    "tries": ArgDoc("integer", False, "user-auth PIN tries left on this card"),
+                    "pin": ArgDoc("string", False, "the card's 4-digit user-auth PIN (default 1234)"),
+                    "no_extended": ArgDoc("boolean", False, "the card refuses extended length"),
+                    "expired": ArgDoc("boolean", False, "the card's certificate has expired"),
+                    "revoked": ArgDoc("boolean", False, "the simulator's CRL lists the certificate"),
+                    "cloned_from": ArgDoc("string", False, "carry this card's certificate (a copy)"),
+                    "blank": ArgDoc("boolean", False, "a card without the JPKI application"),
+                    "felica": ArgDoc("string", False, "a FeliCa card: bathhouse, checkin or transport"),
+                    "faults": ArgDoc("object", False, "a fault script for this card"),
+                    "hold": ArgDoc("boolean", False, "false: take the card away right after the read"),
+                },
+            ),
+            "remove": CommandDoc("take the simulated card off a reader", {"reader": reader}),
+            "unplug": CommandDoc("unplug a simulated reader (its card leaves first)", {"reader": reader}),
+            "plug": CommandDoc("plug a simulated reader back in", {"reader": reader}),
+        }
+        bus.register_command(
+            "readers",
+            lambda _req: {"readers": self.readers()},
+            spec=CommandDoc("the readers and what is on them (subscribe role)"),
+        )
         bus.add_status(lambda: {"readers": self.readers(), "healthy": self.healthy()})
+        directory = self.directory
+        if isinstance(directory, WardDirectory):
+            ward = directory
+            bus.add_status(lambda: {"directory": ward.status()})
+
+            def import_members(request: ControlRequest) -> JsonObject:
+                dry_run = request.args.get("dry_run", False)
+                if not isinstance(dry_run, bool):
+                    raise Refusal("bad_request", "dry_run: true or false")
+                try:
+                    return import_local_directory(ward, state_dir, key_fingerprint(key), dry_run=dry_run)
+                except (StoreUnavailableError, StoreBusyError) as e:
+                    raise Refusal(
+                        "directory_unavailable",
+                        f"the ward's member directory cannot be reached ({e}): nothing was imported; "
+                        "run it again when readerctl doctor finds the shared store",
+                    ) from e
+
+            bus.register_command(
+                "members.import",
+                import_members,
+                role="operator",
+                spec=CommandDoc(
+                    "move this kiosk's own member directory into the ward's",
+                    {"dry_run": ArgDoc("boolean", False, "report what would be imported and the conflicts")},
+                ),
+            )
         for backend in self.backends:
             for name, handler in backend.commands().items():  # only the sim backend offers tap/remove
-                bus.register_command(name, handler)
+                bus.register_command(name, handler, spec=docs.get(name))
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     CARD_AUTH_FAILED = "card.auth_failed"
     CARD_REMOVED = "card.removed"
     CARD_READ_ABORTED = "card.read_aborted"
+    MEMBER_WITHDRAWN = "member.withdrawn"
     HEARTBEAT = "heartbeat"
     PLUGIN_ERROR = "plugin.error"
 
@@ -231,6 +232,16 @@ def card_auth_failed(reader: str, reason: str, **facts: object) -> Event:
     """An authentication ended without proof: ``reason`` is the error code (``wrong_pin``, ``revoked``...),
     ``facts`` fixed fields such as ``tries_left`` (a kiosk screen shows them)."""
     return Event(EventType.CARD_AUTH_FAILED, reader, {"reason": reason, **facts})
+
+
+def member_withdrawn(reader: str, member_id: str, pseudonym: str, mykey_id: str | None = None) -> Event:
+    """A citizen withdrew (``mykey.unenroll`` with their PIN): plugins delete or anonymise what they keep
+    of the member by their retention rules (docs/privacy.md). Carries the member ID, MyKey ID (when there
+    is one) and pseudonym the plugins keyed their records by, nothing else."""
+    data: dict[str, Any] = {"member_id": member_id, "pseudonym": pseudonym}
+    if mykey_id is not None:
+        data["mykey_id"] = mykey_id
+    return Event(EventType.MEMBER_WITHDRAWN, reader, data)
 
 
 def plugin_result(

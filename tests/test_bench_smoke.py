@@ -123,6 +123,40 @@ def test_plugins_db_prints_redemptions_on_both_backends(tmp_path: Path) -> None:
     assert sqlite["redemptions_per_s"]["median"] > 0
 
 
+@pytest.mark.timeout(150)
+def test_fleet_prints_tap_to_result_with_postgres_cpu_apart(tmp_path: Path) -> None:
+    """``bench.fleet --quick`` with 2 kiosk processes (one of them a bath house) on a private PostgreSQL:
+    about 20 s (the cluster, two kiosks, 6 citizens registered, a 4 s human-rate phase, a 2 s burst)."""
+    out = tmp_path / "fleet.json"
+    done = run_bench("bench.fleet", "--quick", "--kiosks", "2", "--json", str(out), timeout=140)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    if "skipped" in result:
+        assert os.environ.get("CI", "").lower() in ("", "0", "false", "no"), result["skipped"]
+        assert missing_postgres(), result["skipped"]  # skipped only when the tools are really missing
+        pytest.skip(f"bench.fleet: {result['skipped']}")
+    assert result["baseline"]["select1"]["p50_ms"] > 0
+    assert result["baseline"]["insert_commit"]["per_s"] > 0
+    [fleet] = result["fleets"]
+    assert (fleet["kiosks"], fleet["bath_kiosks"]) == (2, 1)
+    assert set(fleet["exit_codes"].values()) == {0}, fleet["exit_codes"]
+    for mode in ("human", "burst"):
+        phase = fleet["phases"][mode]
+        assert phase["results"] > 0, phase
+        assert phase["results_per_s"] > 0
+        assert phase["tap_to_result"]["n"] == phase["results"]
+        assert 0 < phase["tap_to_result"]["p50_ms"] <= phase["tap_to_result"]["p99_ms"]
+        assert phase["tap_to_bath_visit"]["n"] > 0  # the bath-house kiosk's second result
+        assert phase["pg_select1_during"]["n"] > 0
+        cpu = phase["cpu"]
+        assert {"postgres_s", "kiosks_s", "driver_s", "machine_busy_s", "other_s"} <= set(cpu)
+        assert set(cpu["per_result_ms"]) == {"postgres", "kiosks", "driver", "machine_busy", "other"}
+        assert cpu["postgres_s"] > 0
+        assert cpu["kiosks_s"] > 0
+        assert not [k for k in phase["other"] if k.startswith("tap refused")], phase
+    assert re.search(r"^\| 2 \| burst \| \d+ \|", done.stdout, re.MULTILINE), done.stdout
+
+
 def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:
     """``python -m bench all`` (bench/run_all.py): every bench but those tested above, one quick run."""
     done = run_bench(
@@ -134,6 +168,7 @@ def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:
         "--skip",
         "tap_latency",
         "plugins_db",
+        "fleet",
         "--out",
         str(tmp_path),
         timeout=180,
@@ -142,7 +177,7 @@ def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:
     table = (tmp_path / "results.md").read_text()
     for bench in ("plugin_pipeline", "bus", "startup"):
         assert f"| {bench} |" in table, table
-    assert "Not run: tap_latency, plugins_db." in table
+    assert "Not run: tap_latency, plugins_db, fleet." in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(row["ratios"] and row["baselines"] for row in rows)

@@ -6,11 +6,15 @@ Configuration (``[plugins.bathhouse]``)::
     min_age = 65                    # eligible from this age in law (JST business date)
     monthly_cap = 4                 # subsidised visits per JST calendar month, all bath houses together
     reissue_fee = 300               # yen recorded at a reissue unless the command says otherwise
+    sync_interval = 10              # seconds between pushes of visits admitted offline
+    retry_after = 30                # seconds a failed shared store is left alone at taps
 
 A tap at a bath house publishes ``plugin.bathhouse.visit`` ``{bath_house, status, monthly_cap,
-visits_this_month?}``; see :mod:`plugins.bathhouse.service` for the statuses. Counter commands:
-``bathhouse.register``, ``bathhouse.reissue``, ``bathhouse.link_mynumber`` (each with the card on a
-reader), ``bathhouse.report``; ``readerctl bathhouse report --month YYYY-MM [--csv]``.
+visits_this_month?, offline?, message?}``; see :mod:`plugins.bathhouse.service` for the statuses and the
+offline rule, :mod:`plugins.bathhouse.offline` for what the kiosk keeps to apply it (no names, no birth
+dates). Counter commands: ``bathhouse.register``, ``bathhouse.reissue``, ``bathhouse.link_mynumber``
+(each with the card on a reader), ``bathhouse.report``; ``bathhouse.sync`` pushes offline visits now.
+``readerctl bathhouse report --month YYYY-MM [--csv]``, ``readerctl bathhouse sync``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import csv
 import sys
 from collections.abc import Callable
 
+import structlog
+
 from plugins.bathhouse.service import BathhouseService, Rules
-from plugins.common import config_int, person_of
+from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
 from readerd.plugin import (
     OPERATOR,
     Arg,
@@ -34,15 +40,23 @@ from readerd.plugin import (
     PluginContext,
     PluginEvent,
     Refusal,
+    StoreUnavailableError,
     hookimpl,
 )
 
-__version__ = "1.0"
+__version__ = "1.1"
+
+log = structlog.get_logger("plugins.bathhouse")
 
 S, INT = ArgType.STRING, ArgType.INTEGER
 KEY = {"idempotency_key": Arg(S)}
+#: The CSV's columns, as before the offline rule: ``over_cap`` is in the command's answer and the table;
+#: adding it here changes the CSV's shape, a decision for the offices that read it.
+CSV_COLUMNS = ("bath_house", "visits", "members")
 #: What each result carries (readerd publishes nothing else of it).
-RESULT_FIELDS = {"visit": frozenset({"bath_house", "status", "monthly_cap", "visits_this_month"})}
+RESULT_FIELDS = {
+    "visit": frozenset({"bath_house", "status", "monthly_cap", "visits_this_month", "offline", "message"})
+}
 
 
 class BathhousePlugin:
@@ -50,6 +64,7 @@ class BathhousePlugin:
         self.service: BathhouseService | None = None
         self.bath_house = ""
         self.cards = CardsOnReaders()
+        self._sync: Periodic | None = None
 
     @hookimpl
     def readerd_startup(self, context: PluginContext) -> None:
@@ -62,7 +77,27 @@ class BathhousePlugin:
             reissue_fee=config_int(config, "bathhouse", "reissue_fee", 0),
         )
         self.bath_house = str(config.get("bath_house", ""))
-        self.service = BathhouseService(context.store, rules)
+        self.service = BathhouseService(
+            context.store, rules, retry_after=float(config.get("retry_after", 30))
+        )
+        # Started on every kiosk: a counter kiosk has nothing to push, and costs one local query a period.
+        self._sync = Periodic("bathhouse-sync", float(config.get("sync_interval", 10)), self._sync_once)
+        self._sync.start()
+
+    @hookimpl
+    def readerd_shutdown(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
+
+    def _sync_once(self) -> None:
+        service = self._service()
+        try:
+            if service.withdrawals_pending():
+                service.retry_withdrawals()
+            if service.pending():
+                service.sync()
+        except StoreUnavailableError:
+            log.info("shared store still unreachable; offline visits kept", pending=service.pending())
 
     def _service(self) -> BathhouseService:
         if self.service is None:
@@ -98,6 +133,13 @@ class BathhousePlugin:
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
         self.cards.removed(event)
+
+    @hookimpl
+    def readerd_member_withdrawn(self, event: PluginEvent, context: PluginContext) -> None:
+        """Forget the member by docs/privacy.md: the My Number Card's link to the bath-house membership is
+        deleted; the senior card, member number and visits stay for the subsidy settlement."""
+        counts = self._service().withdraw(persons_of_withdrawn(event.data))
+        context.log.info("member withdrawn: records anonymised", plugin="bathhouse", **counts)
 
     # -- counter commands -----------------------------------------------------------------------------
     def _felica_on(self, args: JsonObject) -> str:
@@ -146,6 +188,7 @@ class BathhousePlugin:
                 help="visits per bath house in a month, for the subsidy settlement",
                 role=OPERATOR,
             ),
+            CommandSpec("bathhouse.sync", lambda _a: s().sync(), {}, help="push offline visits now"),
         ]
 
     @hookimpl
@@ -159,20 +202,28 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--month", required=True, help="YYYY-MM")
     report.add_argument("--bath-house", help="one bath house only")
     report.add_argument("--csv", action="store_true", help="CSV with a header row")
+    actions.add_parser("sync", help="push this kiosk's offline visits now")
 
 
 def _run(args: argparse.Namespace, call: Callable[[str, JsonObject], JsonObject]) -> int:
+    out = sys.stdout
+    if args.bathhouse_action == "sync":
+        synced = call("bathhouse.sync", {})
+        out.write(f"synced {synced['synced']}, already there {synced['already_there']}\n")
+        return 0
     request: JsonObject = {"month": args.month}
     if args.bath_house:
         request["bath_house"] = args.bath_house
     result = call("bathhouse.report", request)
-    out = sys.stdout
     if args.csv:
-        writer = csv.DictWriter(out, fieldnames=("bath_house", "visits", "members"), lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(result["bath_houses"])
         return 0
-    out.write(f"{result['month']}: {result['total_visits']} visits\n")
+    over = result.get("total_over_cap", 0)
+    out.write(f"{result['month']}: {result['total_visits']} visits")
+    out.write(f", {over} over the monthly cap\n" if over else "\n")
     for row in result["bath_houses"]:
-        out.write(f"  {row['bath_house']:<20} {row['visits']:>6} visits {row['members']:>5} members\n")
+        extra = f" {row['over_cap']:>4} over the cap" if row.get("over_cap") else ""
+        out.write(f"  {row['bath_house']:<20} {row['visits']:>6} visits {row['members']:>5} members{extra}\n")
     return 0

@@ -15,6 +15,9 @@ of ``accepted``, ``already_checked_in``, ``full``, ``not_open``, ``closed``, ``u
 ``unknown_card``, ``not_enrolled``. The points plugin awards the event's participation points for
 ``accepted`` results (through the bus: this plugin does not know it exists).
 
+A member's withdrawal (``member.withdrawn``) re-keys their check-ins to ``withdrawn:<random>`` (they keep
+counting) and deletes their check-in cards (docs/privacy.md, "Withdrawal and retention, per built-in").
+
 Commands: ``checkin.define_event``, ``checkin.register_card``, ``checkin.status``, ``checkin.attendance``,
 ``checkin.sync``; ``readerctl checkin status|attendance|sync``.
 """
@@ -25,7 +28,7 @@ import structlog
 
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
-from plugins.common import Periodic, person_of
+from plugins.common import Periodic, person_of, persons_of_withdrawn
 from readerd.plugin import (
     OPERATOR,
     Arg,
@@ -87,6 +90,8 @@ class CheckinPlugin:
     def _sync_once(self) -> None:
         service = self._service()
         try:
+            if service.withdrawals_pending():
+                service.retry_withdrawals()
             if service.pending():
                 service.sync()
         except StoreUnavailableError:
@@ -137,6 +142,13 @@ class CheckinPlugin:
     @hookimpl
     def readerd_card_removed(self, event: PluginEvent) -> None:
         self.cards.removed(event)
+
+    @hookimpl
+    def readerd_member_withdrawn(self, event: PluginEvent, context: PluginContext) -> None:
+        """Forget the member by docs/privacy.md: their check-ins stay, counted, under ``withdrawn:<random>``;
+        their FeliCa check-in cards are deleted. Publishes nothing; idempotent (a replay finds nothing)."""
+        counts = self._service().withdraw(persons_of_withdrawn(event.data))
+        context.log.info("member withdrawn: records anonymised", plugin="checkin", **counts)
 
     # -- commands -------------------------------------------------------------------------------------
     def _register_card(self, args: JsonObject) -> JsonObject:

@@ -6,7 +6,13 @@ for every kiosk at once), ``cards`` (registered FeliCa check-in cards), ``reques
 
 local (always the kiosk's SQLite): ``outbox`` (every check-in this kiosk accepted, with the id it will
 have in ``checkins``; ``synced`` = 0 until the shared store has it), ``event_cache`` and ``card_cache``
-(what the kiosk needs to decide offline).
+(what the kiosk needs to decide offline), ``withdrawals`` (a member's withdrawal whose shared records are
+still to be anonymised: the person key and the ``withdrawn:<random>`` key it becomes, kept only until the
+shared store has done it).
+
+A withdrawal (``member.withdrawn``) re-keys the member's rows in ``checkins`` and ``outbox`` to
+``withdrawn:<random>`` (they keep counting towards capacity and attendance) and deletes their rows in
+``cards`` and ``card_cache`` (docs/privacy.md, "Withdrawal and retention, per built-in").
 """
 
 from __future__ import annotations
@@ -73,8 +79,21 @@ def local_v1(m: MigrationContext) -> None:
     m.create_table("card_cache", *_card_columns())
 
 
+def _withdrawal_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("person", sa.String(NAME), primary_key=True),
+        sa.Column("anon", sa.String(NAME), nullable=False),
+        sa.Column("queued_at", sa.String(20), nullable=False),
+    ]
+
+
+def local_v2(m: MigrationContext) -> None:
+    """Withdrawals whose shared records wait for the shared store (the kiosk was offline)."""
+    m.create_table("withdrawals", *_withdrawal_columns())
+
+
 SHARED = [shared_v1]
-LOCAL = [local_v1]
+LOCAL = [local_v1, local_v2]
 
 
 class Tables:
@@ -92,3 +111,4 @@ class Tables:
         )
         self.event_cache = local.table("event_cache", *_event_columns())
         self.card_cache = local.table("card_cache", *_card_columns())
+        self.withdrawals = local.table("withdrawals", *_withdrawal_columns())

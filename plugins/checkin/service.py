@@ -29,7 +29,17 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from plugins.checkin.schema import LOCAL, SHARED, Tables
-from plugins.common import idempotent, iso, parse_instant, requests_table, text_arg, upsert
+from plugins.common import (
+    idempotent,
+    iso,
+    parse_instant,
+    queue_withdrawal,
+    queued_withdrawals,
+    rekey_request_results,
+    requests_table,
+    text_arg,
+    upsert,
+)
 from readerd.plugin import JsonObject, PluginStore, Refusal, StoreUnavailableError
 
 log = structlog.get_logger("plugins.checkin")
@@ -314,6 +324,84 @@ class CheckinService:
                 readonly=True,
             )
         return None if row is None else str(row.person)
+
+    # -- a member's withdrawal --------------------------------------------------------------------
+    def withdraw(self, persons: list[str]) -> JsonObject:
+        """Forget a withdrawn member (each of the person keys they may be recorded under).
+
+        Their check-ins keep counting (capacity, attendance) under ``withdrawn:<random>``, one random key
+        per person key, so the unique (event, person) rule holds; their FeliCa check-in cards are
+        deleted. Local first (``outbox`` re-keyed, synced or not, ``card_cache`` deleted; the withdrawal
+        queued), in one transaction; then the shared store (``checkins`` re-keyed, ``cards`` deleted, the
+        idempotency records of their card registrations re-keyed), in one transaction, and the queue
+        entry dropped. If the shared store is down, the withdrawal stays queued and
+        :meth:`retry_withdrawals` (the sync loop) finishes it. Idempotent: a second call finds nothing.
+        Returns counts (``shared_pending`` true when the shared part waits)."""
+        if not persons:
+            return {"checkins": 0, "outbox": 0, "cards": 0, "card_cache": 0, "shared_pending": False}
+        out, cache, queue = self.t.outbox, self.t.card_cache, self.t.withdrawals
+        now = self.now()
+
+        def local(conn: Connection) -> tuple[dict[str, str], int, int]:
+            anon = queue_withdrawal(conn, queue, persons, now)
+            rekeyed = deleted = 0
+            for person, key in anon.items():
+                rekeyed += conn.execute(
+                    out.update().where(out.c.person == person).values(person=key)
+                ).rowcount
+                deleted += conn.execute(cache.delete().where(cache.c.person == person)).rowcount
+            return anon, rekeyed, deleted
+
+        anon, outbox, card_cache = self.store.local.transaction(local)
+        counts: JsonObject = {"outbox": outbox, "card_cache": card_cache}
+        try:
+            checkins, cards = self._withdraw_shared(anon)
+        except StoreUnavailableError:
+            return {**counts, "checkins": 0, "cards": 0, "shared_pending": True}
+        return {**counts, "checkins": checkins, "cards": cards, "shared_pending": False}
+
+    def _withdraw_shared(self, anon: dict[str, str]) -> tuple[int, int]:
+        """The shared part of a withdrawal (a probe: tried even while the store is taken for down), then
+        its queue entries dropped. (re-keyed check-ins, deleted cards)."""
+        checkins, cards = self.t.checkins, self.t.cards
+
+        def shared(conn: Connection) -> tuple[int, int]:
+            rekeyed = deleted = 0
+            for person, key in anon.items():
+                rekeyed += conn.execute(
+                    checkins.update().where(checkins.c.person == person).values(person=key)
+                ).rowcount
+                deleted += conn.execute(cards.delete().where(cards.c.person == person)).rowcount
+            rekey_request_results(conn, self.requests, "checkin.register_card", anon)
+            return rekeyed, deleted
+
+        done = self._shared_tx(shared, probe=True)
+        queue = self.t.withdrawals
+        self.store.local.transaction(
+            lambda conn: conn.execute(queue.delete().where(queue.c.person.in_(list(anon))))
+        )
+        return done
+
+    def withdrawals_pending(self) -> int:
+        queue = self.t.withdrawals
+        return int(
+            self.store.local.transaction(
+                lambda conn: conn.execute(sa.select(sa.func.count()).select_from(queue)).scalar_one(),
+                readonly=True,
+            )
+        )
+
+    def retry_withdrawals(self) -> int:
+        """Finish the withdrawals whose shared part waited (the sync loop, before the outbox is pushed, so
+        a re-keyed offline row meets its re-keyed shared twin). How many persons were done; raises
+        :class:`StoreUnavailableError` while the store is still down."""
+        queue = self.t.withdrawals
+        anon = self.store.local.transaction(lambda conn: queued_withdrawals(conn, queue), readonly=True)
+        if not anon:
+            return 0
+        checkins, cards = self._withdraw_shared(anon)
+        log.info("member withdrawn: shared check-ins anonymised", checkins=checkins, cards=cards)
+        return len(anon)
 
     # -- reports ----------------------------------------------------------------------------------
     def attendance(self, event_id: str) -> JsonObject:

@@ -19,6 +19,9 @@ A tap publishes ``plugin.library.patron`` ``{status, loans?, overdue?, limit?, v
 ``library.register``, ``library.renew_registration``, ``library.checkout``, ``library.renew``,
 ``library.return``, ``library.receipt``, ``library.overdue`` publish ``plugin.library.<command>`` with
 status codes, counts and due dates. Titles and names never leave the library system.
+
+A member's withdrawal (``member.withdrawn``) deletes their patron links in readerd's tables; loans stay the
+library system's until returned (docs/privacy.md, "Withdrawal and retention, per built-in").
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import time
 from datetime import date, timedelta
 from typing import Any
 
-from plugins.common import config_int, person_of
+import structlog
+
+from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
 from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
 from plugins.library.service import LibraryService
 from readerd.plugin import (
@@ -44,14 +49,20 @@ from readerd.plugin import (
     PluginStore,
     ReaderdError,
     Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
     hookimpl,
 )
 
 __version__ = "1.0"
 
+log = structlog.get_logger("plugins.library")
+
 S = ArgType.STRING
 #: Seconds a command that needs a JPKI proof waits for the card.authenticated event still in flight.
 PROOF_WAIT = 2.0
+#: Seconds between retries of a withdrawal whose patron links the shared store missed (it was down).
+WITHDRAWAL_RETRY = 30.0
 KEY = {"idempotency_key": Arg(S)}
 READER = {"reader": Arg(S, help="the reader the patron's card is on")}
 LOAN = frozenset({"status", "due"})
@@ -77,6 +88,7 @@ class LibraryPlugin:
         self.authenticated: dict[str, tuple[str, float]] = {}  # reader -> (person, when) of a JPKI proof
         self._proof_arrived = threading.Condition()
         self.receipts: dict[str, list[JsonObject]] = {}  # reader -> this visit's checkouts
+        self._retry: Periodic | None = None
 
     @hookimpl
     def readerd_startup(self, context: PluginContext) -> None:
@@ -92,6 +104,16 @@ class LibraryPlugin:
             registration_years=config_int(config, "library", "registration_years", 1),
         )
         self.service.ils = self._ils(config, self.service, context.store)
+        self._retry = Periodic("library-withdrawals", WITHDRAWAL_RETRY, self._retry_withdrawals)
+        self._retry.start()
+
+    def _retry_withdrawals(self) -> None:
+        try:
+            done = self._service().retry_withdrawals()
+        except (StoreUnavailableError, StoreBusyError):
+            return  # still down: the queue waits
+        if done:
+            log.info("member withdrawn: patron links deleted", persons=done)
 
     def _ils(self, config: JsonObject, service: LibraryService, store: PluginStore) -> IlsAdapter:
         kind = config.get("ils", "local")
@@ -113,6 +135,8 @@ class LibraryPlugin:
 
     @hookimpl
     def readerd_shutdown(self) -> None:
+        if self._retry is not None:
+            self._retry.stop()
         ils = self.service.ils if self.service is not None else None
         if isinstance(ils, Sip2Ils):
             ils.close()
@@ -172,6 +196,17 @@ class LibraryPlugin:
         self.cards.removed(event)
         self.authenticated.pop(reader, None)
         self.receipts.pop(reader, None)
+
+    @hookimpl
+    def readerd_member_withdrawn(self, event: PluginEvent, context: PluginContext) -> None:
+        """Forget the member by docs/privacy.md: their patron links deleted (loans stay the library
+        system's, by library card, until returned). Publishes nothing; idempotent."""
+        persons = persons_of_withdrawn(event.data)
+        for reader, (person, _when) in list(self.authenticated.items()):
+            if person in persons:
+                self.authenticated.pop(reader, None)
+        counts = self._service().withdraw(persons)
+        context.log.info("member withdrawn: records anonymised", plugin="library", **counts)
 
     # -- commands -------------------------------------------------------------------------------------
     def _person(self, args: JsonObject) -> str:

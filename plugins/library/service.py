@@ -9,6 +9,9 @@ libraries, one record each.
 Loans are the ILS's: readerd asks it (SIP2, or the local store for a library without a system) and keeps
 only the idempotency record of each command, so a kiosk that lost a reply and sends the same key again
 gets the first answer without a second checkout.
+
+A member's withdrawal (``member.withdrawn``) deletes their patron links (docs/privacy.md, "Withdrawal and
+retention, per built-in"); the kiosk's local ``withdrawals`` keeps one only while the shared store is down.
 """
 
 from __future__ import annotations
@@ -22,9 +25,25 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from plugins.common import KEY_MAX, create_requests_table, iso, request_digest, requests_table, text_arg
+from plugins.common import (
+    KEY_MAX,
+    create_requests_table,
+    iso,
+    queue_withdrawal,
+    request_digest,
+    requests_table,
+    text_arg,
+)
 from plugins.library.ils import IlsAdapter, LoanResult
-from readerd.plugin import JsonObject, MigrationContext, PluginStore, Refusal, business_time
+from readerd.plugin import (
+    JsonObject,
+    MigrationContext,
+    PluginStore,
+    Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
+    business_time,
+)
 
 T = TypeVar("T")
 
@@ -44,6 +63,20 @@ def shared_v1(m: MigrationContext) -> None:
     create_requests_table(m)
 
 
+def _withdrawal_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("person", sa.String(64), primary_key=True),
+        sa.Column("anon", sa.String(64), nullable=False),
+        sa.Column("queued_at", sa.String(20), nullable=False),
+    ]
+
+
+def local_v1(m: MigrationContext) -> None:
+    """The kiosk's own: withdrawals whose patron links wait for the shared store (it was down), kept only
+    until they are deleted there."""
+    m.create_table("withdrawals", *_withdrawal_columns())
+
+
 @dataclass(frozen=True)
 class Patron:
     library_card: str
@@ -59,6 +92,8 @@ class LibraryService:
         self.patrons = self.db.table("patrons", *_patron_columns())
         self.requests = requests_table(self.db)
         self._migrated = False
+        self._local_migrated = False
+        self.withdrawals = store.local.table("withdrawals", *_withdrawal_columns())
         self.ils: IlsAdapter | None = None
 
     def _tx(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
@@ -158,6 +193,45 @@ class LibraryService:
             )
         )
         return {"library_id": self.library_id, "valid_until": until}
+
+    # -- a member's withdrawal ------------------------------------------------------------------------
+    def withdraw(self, persons: list[str]) -> JsonObject:
+        """Forget a withdrawn member: their patron links, (library, person) -> library card, deleted in
+        every library of the store (the withdrawal reaches one kiosk only), in one transaction. The loans
+        stay the library system's, keyed by the library card, until returned; the library keeps its own
+        patron record by its own rules. If the shared store is down the withdrawal is queued locally and
+        :meth:`retry_withdrawals` finishes it. Idempotent: a second call finds nothing."""
+        if not persons:
+            return {"patrons": 0, "shared_pending": False}
+        self._local_ready()
+        now = self.store.now()
+        self.store.local.transaction(lambda conn: queue_withdrawal(conn, self.withdrawals, persons, now))
+        try:
+            deleted = self._withdraw_shared(persons)
+        except (StoreUnavailableError, StoreBusyError):
+            return {"patrons": 0, "shared_pending": True}
+        return {"patrons": deleted, "shared_pending": False}
+
+    def _withdraw_shared(self, persons: list[str]) -> int:
+        p = self.patrons
+        deleted = self._tx(lambda conn: conn.execute(p.delete().where(p.c.person.in_(persons))).rowcount)
+        w = self.withdrawals
+        self.store.local.transaction(lambda conn: conn.execute(w.delete().where(w.c.person.in_(persons))))
+        return int(deleted)
+
+    def retry_withdrawals(self) -> int:
+        """Delete the patron links of queued withdrawals (how many); raises while the store is down."""
+        self._local_ready()
+        w = self.withdrawals
+        persons = self.store.local.transaction(
+            lambda conn: [str(r.person) for r in conn.execute(sa.select(w.c.person))], readonly=True
+        )
+        return self._withdraw_shared(persons) if persons else 0
+
+    def _local_ready(self) -> None:
+        if not self._local_migrated:
+            self.store.local.migrate([local_v1])
+            self._local_migrated = True
 
     # -- loans ----------------------------------------------------------------------------------------
     def _ils(self) -> IlsAdapter:

@@ -17,6 +17,11 @@ ticket stations and ``points.use_ticket`` at shops. Reports: ``points.settlement
 ``readerctl points settlement --from --to [--csv]``, ``readerctl points balance``, ``readerctl points
 pending``.
 
+A member's withdrawal (``member.withdrawn``) re-keys their accounts, ledger entries and tickets to
+``withdrawn:<random>`` (the ward's books still balance; the balance is frozen), deletes their card links
+and writes off their waiting earnings with reason ``withdrawn`` (docs/privacy.md, "Withdrawal and
+retention, per built-in").
+
 Results are published as ``plugin.points.<command>`` (``redeemed``, ``earned``, ...) with the reader when
 there is one: amounts and balances, never names.
 """
@@ -27,7 +32,7 @@ from collections.abc import Callable
 
 import structlog
 
-from plugins.common import Periodic, parse_date
+from plugins.common import Periodic, parse_date, persons_of_withdrawn
 from plugins.points.ctl import ctl_command
 from plugins.points.service import WAITING, PointsService, account_of
 from readerd.plugin import (
@@ -104,6 +109,12 @@ class PointsPlugin:
         whose programme's last earning day has passed is written off with the reason. Returns how many
         were settled (credited, found credited, or written off)."""
         service, settled = self._service(), 0
+        if service.withdrawals_pending():
+            try:
+                done = service.retry_withdrawals()
+            except (StoreUnavailableError, StoreBusyError):
+                return settled
+            log.info("member withdrawn: shared points records anonymised", **done)
         for row in service.deferred():
             checkin_id = row["checkin_id"] or row["reference"]  # rows from before: keyed by check-in id
             try:
@@ -193,6 +204,14 @@ class PointsPlugin:
             context.publish("earn_deferred", {"event_id": event_id, "reason": reason}, reader=event.reader)
             return
         context.publish("earned", {**result, "event_id": data.get("event_id")}, reader=event.reader)
+
+    @hookimpl
+    def readerd_member_withdrawn(self, event: PluginEvent, context: PluginContext) -> None:
+        """Forget the member by docs/privacy.md while the books balance: their accounts, ledger entries and
+        tickets re-keyed to ``withdrawn:<random>`` (the balance frozen), their cards deleted, their
+        waiting earnings written off (``withdrawn``). Publishes nothing; idempotent."""
+        counts = self._service().withdraw(persons_of_withdrawn(event.data))
+        context.log.info("member withdrawn: records anonymised", plugin="points", **counts)
 
     # -- commands -------------------------------------------------------------------------------------
     def _who(self, args: JsonObject) -> JsonObject:

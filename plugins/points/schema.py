@@ -7,6 +7,17 @@ redemption appends a negative entry; an expiry appends the negative of what was 
 new entry, never an update. ``accounts`` holds one row per (account, programme), created with the first
 entry, and exists to be locked: a redemption locks it (``SELECT … FOR UPDATE``) before it sums, so two
 kiosks redeeming from one account at the same instant are serialised on that row.
+
+**The one permitted update: a withdrawal.** A member who withdraws (``member.withdrawn``) has a right to
+be forgotten that the ledger's append-only rule cannot override, and the ward has a duty to keep its books
+(points issued against points redeemed and expired) that deleting the entries would break. So the
+withdrawal re-keys, in one transaction, every row keyed by the member's accounts (``accounts``,
+``ledger``, ``tickets``; ``requests`` whose key or result names the account) to ``withdrawn:<random>``:
+no amount, kind, date or shop changes, every sum by programme, shop, day or kind is the same before and
+after, and only the link to the person is gone. The balance is frozen (no card or ID leads to it) and
+expires with the programme like any other. The member's ``cards`` rows are deleted, and their earnings
+waiting in ``pending_earns`` are written off with reason ``withdrawn`` and re-keyed the same way
+(docs/privacy.md, "Withdrawal and retention, per built-in"). No other update of the ledger is allowed.
 """
 
 from __future__ import annotations
@@ -140,7 +151,25 @@ def local_v2(m: MigrationContext) -> None:
         m.add_column("pending_earns", column)
 
 
-LOCAL = [local_v1, local_v2]
+def _withdrawal() -> list[sa.Column[object]]:
+    return [
+        sa.Column("person", sa.String(NAME), primary_key=True),
+        sa.Column("anon", sa.String(NAME), nullable=False),
+        sa.Column("queued_at", sa.String(20), nullable=False),
+    ]
+
+
+def local_v3(m: MigrationContext) -> None:
+    """Withdrawals whose shared records wait for the shared store: the person key and the
+    ``withdrawn:<random>`` key it becomes, kept only until the shared store has re-keyed them."""
+    m.create_table("withdrawals", *_withdrawal())
+
+
+LOCAL = [local_v1, local_v2, local_v3]
+
+
+def withdrawals_table(db: PluginDatabase) -> sa.Table:
+    return db.table("withdrawals", *_withdrawal())
 
 
 def pending_table(db: PluginDatabase) -> sa.Table:

@@ -37,9 +37,27 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from plugins.common import idempotent, iso, parse_date, requests_table, text_arg, upsert
-from plugins.points.schema import LOCAL, SHARED, Tables, pending_table
-from readerd.plugin import JsonObject, PluginStore, Refusal, business_time
+from plugins.common import (
+    idempotent,
+    iso,
+    parse_date,
+    queue_withdrawal,
+    queued_withdrawals,
+    rekey_request_results,
+    request_digest,
+    requests_table,
+    text_arg,
+    upsert,
+)
+from plugins.points.schema import LOCAL, SHARED, Tables, pending_table, withdrawals_table
+from readerd.plugin import (
+    JsonObject,
+    PluginStore,
+    Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
+    business_time,
+)
 
 T = TypeVar("T")
 
@@ -88,6 +106,7 @@ class PointsService:
         self._migrated = False
         self._local_migrated = False
         self.pending = pending_table(store.local)
+        self.withdrawals = withdrawals_table(store.local)
 
     # -- earnings that wait (the shared store down, the programme unknown or not open yet) --------------
     def defer_earn(
@@ -610,6 +629,129 @@ class PointsService:
             return {"negative_accounts": len(negative), "outstanding_points": int(total)}
 
         return self._tx(read, readonly=True)
+
+    # -- a member's withdrawal ------------------------------------------------------------------------
+    def withdraw(self, persons: list[str]) -> JsonObject:
+        """Forget a withdrawn member (each account key they may have: ``member:``, ``mykey:``) while the
+        books still balance (schema.py: the one permitted update of the ledger).
+
+        Local, one transaction: the withdrawal queued with a ``withdrawn:<random>`` key per account; the
+        account's earnings waiting in ``pending_earns`` written off with reason ``withdrawn`` (those
+        written off before keep their reason) and every such row re-keyed. Shared, one transaction: the
+        account's ``accounts``, ``ledger``, ``tickets`` and idempotency records re-keyed, its ``cards``
+        deleted; then the queue entry dropped. If the shared store is down the withdrawal stays queued
+        and :meth:`retry_withdrawals` (the retry loop) finishes it. Idempotent: a second call finds
+        nothing. Returns counts (``shared_pending`` true when the shared part waits)."""
+        zero = {"accounts": 0, "entries": 0, "tickets": 0, "cards": 0, "requests": 0}
+        if not persons:
+            return {**zero, "pending_written_off": 0, "pending_rekeyed": 0, "shared_pending": False}
+        self._local_ready()
+        p, now = self.pending, self.store.now()
+
+        def local(conn: Connection) -> tuple[dict[str, str], int, int]:
+            anon = queue_withdrawal(conn, self.withdrawals, persons, now)
+            written_off = rekeyed = 0
+            for person, key in anon.items():
+                written_off += conn.execute(
+                    p.update()
+                    .where(p.c.account == person, p.c.written_off_at.is_(None))
+                    .values(reason="withdrawn", written_off_at=iso(now))
+                ).rowcount
+                for row in conn.execute(
+                    sa.select(p.c.reference, p.c.event_id).where(p.c.account == person)
+                ).all():
+                    # rows keyed <event>:<account> name the person in their key too; older ones (the
+                    # check-in id) do not
+                    mine = row.reference == f"{row.event_id}:{person}"
+                    reference = f"{row.event_id}:{key}" if mine else row.reference
+                    conn.execute(
+                        p.update()
+                        .where(p.c.reference == row.reference)
+                        .values(account=key, reference=reference)
+                    )
+                    rekeyed += 1
+            return anon, written_off, rekeyed
+
+        anon, written_off, rekeyed = self.store.local.transaction(local)
+        counts: JsonObject = {"pending_written_off": written_off, "pending_rekeyed": rekeyed}
+        try:
+            shared = self._withdraw_shared(anon)
+        except (StoreUnavailableError, StoreBusyError):
+            return {**counts, **zero, "shared_pending": True}
+        return {**counts, **shared, "shared_pending": False}
+
+    def _withdraw_shared(self, anon: dict[str, str]) -> dict[str, int]:
+        """The shared part of a withdrawal, in one transaction; then its queue entries dropped."""
+        a, ledger, tickets, cards, r = (
+            self.t.accounts,
+            self.t.ledger,
+            self.t.tickets,
+            self.t.cards,
+            self.requests,
+        )
+
+        def shared(conn: Connection) -> dict[str, int]:
+            counts = dict.fromkeys(("accounts", "entries", "tickets", "cards", "requests"), 0)
+            for person, key in anon.items():
+                # the account rows first: a redemption holding one (FOR UPDATE) finishes before its
+                # entries are re-keyed, and one starting after finds no account under the person
+                counts["accounts"] += conn.execute(
+                    a.update().where(a.c.account == person).values(account=key)
+                ).rowcount
+                counts["entries"] += conn.execute(
+                    ledger.update().where(ledger.c.account == person).values(account=key)
+                ).rowcount
+                counts["tickets"] += conn.execute(
+                    tickets.update().where(tickets.c.account == person).values(account=key)
+                ).rowcount
+                counts["cards"] += conn.execute(cards.delete().where(cards.c.account == person)).rowcount
+                # earnings are keyed earn:<event>:<account>: the key names the person, so it is re-keyed,
+                # with the digest of the re-keyed arguments (a replay under the new key still matches)
+                suffix = f":{person}"
+                earned = conn.execute(
+                    sa.select(r.c.key).where(
+                        r.c.command == "points.earn", r.c.key.endswith(suffix, autoescape=True)
+                    )
+                ).all()
+                for row in earned:
+                    event_id = row.key[len("earn:") : -len(suffix)]
+                    new_key = f"earn:{event_id}:{key}"
+                    digest = request_digest(
+                        "points.earn", {"account": key, "event_id": event_id, "idempotency_key": new_key}
+                    )
+                    conn.execute(r.update().where(r.c.key == row.key).values(key=new_key, digest=digest))
+                    counts["requests"] += 1
+            counts["requests"] += rekey_request_results(conn, r, "points.register_card", anon)
+            return counts
+
+        counts = self._tx(shared, row_locked=True)
+        self.store.local.transaction(
+            lambda conn: conn.execute(
+                self.withdrawals.delete().where(self.withdrawals.c.person.in_(list(anon)))
+            )
+        )
+        return counts
+
+    def withdrawals_pending(self) -> int:
+        self._local_ready()
+        w = self.withdrawals
+        return int(
+            self.store.local.transaction(
+                lambda conn: conn.execute(sa.select(sa.func.count()).select_from(w)).scalar_one(),
+                readonly=True,
+            )
+        )
+
+    def retry_withdrawals(self) -> dict[str, int]:
+        """Finish the withdrawals whose shared part waited (the retry loop). Raises
+        :class:`StoreUnavailableError` while the store is still down."""
+        self._local_ready()
+        anon = self.store.local.transaction(
+            lambda conn: queued_withdrawals(conn, self.withdrawals), readonly=True
+        )
+        if not anon:
+            return {}
+        return self._withdraw_shared(anon)
 
     # -- cards ----------------------------------------------------------------------------------------
     def register_card(self, card: str, args: JsonObject) -> JsonObject:

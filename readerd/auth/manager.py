@@ -43,8 +43,9 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -65,7 +66,7 @@ from readerd.auth.certvalidation import (
     ValidationResult,
 )
 from readerd.auth.challenges import ChallengeStore, verify_signature
-from readerd.bus.control import ControlRequest, JsonObject
+from readerd.bus.control import ArgDoc, CommandDoc, ControlRequest, JsonObject
 from readerd.bus.server import Bus
 from readerd.config import AuthConfig
 from readerd.errors import (
@@ -74,6 +75,8 @@ from readerd.errors import (
     CardAbsentError,
     CertificateRejectedError,
     Refusal,
+    StoreBusyError,
+    StoreUnavailableError,
     UnknownReaderError,
 )
 from readerd.reading.backends import Backend
@@ -153,11 +156,50 @@ class AuthManager:
         self._sessions: dict[str, _AuthSession] = {}
 
     def register(self, bus: Bus) -> None:
-        bus.register_command("auth.begin", self.begin)
-        bus.register_command("auth.pin", self.pin)
-        bus.register_command("mykey.enroll", self.enroll)
-        bus.register_command("mykey.unenroll", self.unenroll)
-        bus.register_command("mykey.relink", self.relink, role="operator")  # staff confirm the person
+        auth_id = {"auth_id": ArgDoc("string", True, "from auth.pin, in the same session")}
+        bus.register_command(
+            "auth.begin",
+            self.begin,
+            spec=CommandDoc(
+                "start a PIN authentication of the My Number Card on a reader: its tries left",
+                {"reader": ArgDoc("string", True, "the reader the card is on")},
+            ),
+        )
+        bus.register_command(
+            "auth.pin",
+            self.pin,
+            spec=CommandDoc(
+                "send the PIN (the card signs a fresh challenge); readerctl auth asks for it unseen",
+                {
+                    "auth_id": ArgDoc("string", True, "from auth.begin, in the same session"),
+                    "pin": ArgDoc("string", True, "the 4-digit user-auth PIN"),
+                    "allow_last_try": ArgDoc("boolean", False, "send it even on the last try"),
+                },
+            ),
+        )
+        bus.register_command(
+            "mykey.enroll",
+            self.enroll,
+            spec=CommandDoc("enrol the authenticated card: its member ID", auth_id),
+        )
+        bus.register_command(
+            "mykey.unenroll",
+            self.unenroll,
+            spec=CommandDoc("remove the authenticated card's enrolment (the citizen withdraws)", auth_id),
+        )
+        bus.register_command(  # staff confirm the person
+            "mykey.relink",
+            self.relink,
+            role="operator",
+            spec=CommandDoc(
+                "move a member ID to the authenticated card's renewed certificate (audited)",
+                {
+                    **auth_id,
+                    "member_id": ArgDoc("string", True, "the member ID to move"),
+                    "reason": ArgDoc("string", True, "why, 1..200 characters (audited)"),
+                },
+            ),
+        )
 
     # -- helpers --------------------------------------------------------------------------------------
     def _backend(self, reader: str) -> Backend:
@@ -370,11 +412,30 @@ class AuthManager:
             raise AuthSessionInvalidError("not authenticated", reason="unknown")
         return auth, auth.identity
 
+    @contextmanager
+    def _directory_work(self, auth: _AuthSession) -> Iterator[None]:
+        """Enrolment, withdrawal and relink change the member directory, which in a ward is the shared
+        store's: when it cannot be reached, the citizen's proof is given back (the same ``auth_id`` works
+        again within its lifetime, no second PIN) and the caller is told what to do."""
+        try:
+            yield
+        except (StoreUnavailableError, StoreBusyError) as e:
+            with self._lock:
+                self._sessions[auth.auth_id] = auth
+            log.warning("member directory unavailable", reader=auth.reader, error=str(e))
+            raise Refusal(
+                "directory_unavailable",
+                "the member directory cannot be reached, so nothing was changed: try again in a moment "
+                "with the same authentication; if it persists, staff check the kiosk's link to the "
+                "ward's shared store (readerctl doctor)",
+            ) from e
+
     def enroll(self, request: ControlRequest) -> JsonObject:
         """Issue (or give back: idempotent) the member ID of the authenticated card."""
         auth, identity = self._authenticated(request)
-        known = self.resolver.directory.lookup(identity.pseudonym)
-        entry = known or self.resolver.directory.enroll(identity.pseudonym)
+        with self._directory_work(auth):
+            known = self.resolver.directory.lookup(identity.pseudonym)
+            entry = known or self.resolver.directory.enroll(identity.pseudonym)
         if known is None:
             self.audit.append(
                 "enroll", reader=auth.reader, pseudonym=entry.pseudonym, member_id=entry.member_id
@@ -384,11 +445,13 @@ class AuthManager:
     def unenroll(self, request: ControlRequest) -> JsonObject:
         """Remove the authenticated card's enrolment (the citizen withdraws)."""
         auth, identity = self._authenticated(request)
-        entry = self.resolver.directory.unenroll(identity.pseudonym)
+        with self._directory_work(auth):
+            entry = self.resolver.directory.unenroll(identity.pseudonym)
         if entry is not None:
             self.audit.append(
                 "unenroll", reader=auth.reader, pseudonym=entry.pseudonym, member_id=entry.member_id
             )
+            self.publish(ev.member_withdrawn(auth.reader, entry.member_id, entry.pseudonym, entry.mykey_id))
         return {"unenrolled": entry is not None}
 
     def relink(self, request: ControlRequest) -> JsonObject:
@@ -405,9 +468,10 @@ class AuthManager:
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
             raise Refusal("bad_request", "a reason of 1..200 characters is required (it is audited)")
         auth, identity = self._authenticated(request)
-        before = self.resolver.directory.by_member_id(member_id)
         try:
-            entry = self.resolver.directory.relink(member_id, identity.pseudonym)
+            with self._directory_work(auth):
+                before = self.resolver.directory.by_member_id(member_id)
+                entry = self.resolver.directory.relink(member_id, identity.pseudonym)
         except KeyError:
             raise Refusal("unknown_member", "no such member_id") from None
         except ValueError as e:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -40,6 +40,80 @@ class ControlRequest:
     caller: str | None = None
     #: The caller's role on this connection (subscribe, control, operator); None on the private socket.
     role: str | None = None
+
+
+#: The JSON types an argument may have (as :class:`readerd.plugin.api.ArgType` names them).
+ARG_TYPES = ("string", "integer", "number", "boolean", "object", "array")
+#: What a ``possession`` command takes beside its own arguments (readerd/auth/possession.py).
+AUTH_ID_HELP = "the auth_id of a PIN proof made on the reader in this session (auth.begin, auth.pin)"
+
+
+@dataclass(frozen=True)
+class ArgDoc:
+    """One argument of a control command as the ``commands`` command describes it: its JSON type,
+    whether it must be given, what it means, and for a string the pattern it must match (dates)."""
+
+    type: str = "string"
+    required: bool = False
+    help: str = ""
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in ARG_TYPES:
+            raise ValueError(f"argument type {self.type!r}: one of {', '.join(ARG_TYPES)}")
+
+    def schema(self) -> JsonObject:
+        out: JsonObject = {"type": self.type, "required": self.required, "help": self.help}
+        if self.pattern is not None:
+            out["pattern"] = self.pattern
+        return out
+
+
+@dataclass(frozen=True)
+class CommandDoc:
+    """What a control command does and takes, for ``commands`` (``readerctl help`` and ``call``): the
+    daemon's own commands give one where they are registered, plugin commands their ``CommandSpec``'s.
+    It describes; it checks nothing (each handler checks its own arguments, as before)."""
+
+    help: str = ""
+    args: Mapping[str, ArgDoc] = field(default_factory=dict)
+    #: Moves value: with a card on a reader it needs a PIN proof (``auth_id``), see auth/possession.py.
+    possession: bool = False
+
+    def schema(self, name: str, role: str) -> JsonObject:
+        args = {key: arg.schema() for key, arg in self.args.items()}
+        if self.possession and "auth_id" not in args:
+            args["auth_id"] = ArgDoc("string", False, AUTH_ID_HELP).schema()
+        return {
+            "name": name,
+            "help": self.help,
+            "role": role,
+            "args": args,
+            "possession": self.possession,
+            "described": True,
+        }
+
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, Any], *, possession: bool = False) -> CommandDoc:
+        """From a plugin's ``CommandSpec.schema()`` (``{"help", "args": {name: {type, required,
+        help, pattern?}}}``)."""
+        raw = schema.get("args")
+        args = {
+            str(name): ArgDoc(
+                str(arg.get("type", "string")),
+                bool(arg.get("required", False)),
+                str(arg.get("help", "")),
+                str(arg["pattern"]) if arg.get("pattern") else None,
+            )
+            for name, arg in (raw.items() if isinstance(raw, Mapping) else ())
+            if isinstance(arg, Mapping)
+        }
+        return cls(str(schema.get("help", "")), args, possession or bool(schema.get("possession", False)))
+
+
+def undescribed(name: str, role: str) -> JsonObject:
+    """``commands``' entry for a command registered without a :class:`CommandDoc` (a split host's)."""
+    return {"name": name, "help": "", "role": role, "args": None, "possession": False, "described": False}
 
 
 #: A handler's answer: a JSON object, or a Future of one when the work runs elsewhere.

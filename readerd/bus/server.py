@@ -39,7 +39,15 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from readerd.bus import control
-from readerd.bus.control import CommandHandler, CommandObserver, ControlRequest, JsonObject
+from readerd.bus.control import (
+    ArgDoc,
+    CommandDoc,
+    CommandHandler,
+    CommandObserver,
+    ControlRequest,
+    JsonObject,
+    undescribed,
+)
 from readerd.bus.curve import (
     SUBSCRIBE,
     SUBSCRIBE_COMMANDS,
@@ -69,6 +77,17 @@ DRAIN_BATCH = 500
 STEP_BUDGET = 10.0
 #: Control requests answered per round of the bus loop, before queued events go out again.
 CONTROL_BATCH = 16
+
+
+STATUS_DOC = CommandDoc("the daemon's state: readers, bus counters, uptime, plugins (subscribe role)")
+EVENTS_SINCE_DOC = CommandDoc(
+    "the public events after a seq, from the event log (catch-up; subscribe role)",
+    {
+        "seq": ArgDoc("integer", True, "the last seq the caller has; 0 for the oldest kept"),
+        "limit": ArgDoc("integer", False, "at most this many events in one answer"),
+    },
+)
+COMMANDS_DOC = CommandDoc("every command this daemon answers: its help, role and arguments")
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,7 @@ class Bus:
         self._sent = 0
         self._commands: dict[str, CommandHandler] = {}
         self._roles: dict[str, str] = {}  # the role a command needs, when not control
+        self._docs: dict[str, CommandDoc] = {}  # what a command does and takes (``commands``)
         # Set by the daemon once the plugins' commands are registered: until then an unknown command
         # may be one that is about to exist, and is answered not_ready instead of unknown_command.
         self.commands_complete = threading.Event()
@@ -162,14 +182,33 @@ class Bus:
         self._startup_error: BaseException | None = None
         self.publish_endpoint = config.publish
         self.control_endpoint = config.control
-        self.register_command("status", lambda _req: self.status())
-        self.register_command("events.since", self._events_since)
+        self.register_command("status", lambda _req: self.status(), spec=STATUS_DOC)
+        self.register_command("events.since", self._events_since, spec=EVENTS_SINCE_DOC)
+        self.register_command("commands", self._list_commands, spec=COMMANDS_DOC)
 
     # -- wiring (before start) ------------------------------------------------------------------------
-    def register_command(self, name: str, handler: CommandHandler, *, role: str = "control") -> None:
-        """``role``: what a CURVE key needs to send it (docs/clients.md); ``operator`` for staff commands."""
+    def register_command(
+        self, name: str, handler: CommandHandler, *, role: str = "control", spec: CommandDoc | None = None
+    ) -> None:
+        """``role``: what a CURVE key needs to send it (docs/clients.md); ``operator`` for staff commands.
+        ``spec``: what it does and takes, as the ``commands`` command tells (``readerctl help``); it
+        changes nothing of how the command is answered."""
         self._commands[name] = handler
         self._roles[name] = role
+        if spec is not None:
+            self._docs[name] = spec
+        else:
+            self._docs.pop(name, None)
+
+    def describe(self, name: str) -> JsonObject:
+        """One command's entry of ``commands``: its spec with the role it needs here."""
+        doc = self._docs.get(name)
+        role = self.needed_role(name)
+        return doc.schema(name, role) if doc is not None else undescribed(name, role)
+
+    def _list_commands(self, _request: ControlRequest) -> JsonObject:
+        """``commands``: every command this daemon answers now, its help, role and arguments."""
+        return {"commands": [self.describe(name) for name in sorted(self._commands)]}
 
     def add_status(self, provider: Callable[[], JsonObject]) -> None:
         self._status_providers.append(provider)

@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any, Protocol, TextIO
 
+from readerd.cli.human import error_lines, render
 from readerd.exitcodes import ExitCode
 
 #: A card operation waits for the card; allow for a slow reader and the session deadline.
@@ -49,30 +50,32 @@ def _confirm_last_try(stdin: TextIO, stderr: TextIO) -> bool:
 
 
 def _fail(reply: dict[str, Any], stderr: TextIO) -> int:
-    error = reply.get("error", {})
-    details = error.get("details")
-    extra = f" {json.dumps(details, ensure_ascii=False)}" if details else ""
-    stderr.write(f"readerctl auth: {error.get('code')}: {error.get('message')}{extra}\n")
+    error = reply.get("error")
+    for line in error_lines(error if isinstance(error, dict) else {}):
+        stderr.write(line + "\n")
     return 1
 
 
-def run_auth(
-    args: argparse.Namespace,
+def prove(
     session: Requester,
-    out: TextIO = sys.stdout,
-    stdin: TextIO = sys.stdin,
-    stderr: TextIO = sys.stderr,
-) -> int:
-    begun = session.request("auth.begin", {"reader": args.reader}, AUTH_TIMEOUT_MS)
+    reader: str,
+    *,
+    allow_last_try: bool = False,
+    stdin: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> tuple[dict[str, Any] | None, int]:
+    """``auth.begin`` and ``auth.pin`` on ``reader`` in this session, the PIN asked for unseen: the
+    ``auth.pin`` result (with its ``auth_id``, good in this session only), or None and the exit code."""
+    stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
+    begun = session.request("auth.begin", {"reader": reader}, AUTH_TIMEOUT_MS)
     if not begun.get("ok"):
-        return _fail(begun, stderr)
+        return None, _fail(begun, stderr)
     state = begun["result"]
-    stderr.write(f"card on {args.reader}: {state['tries_left']} PIN tries left\n")
-    allow_last_try = bool(args.allow_last_try)
+    stderr.write(f"card on {reader}: {state['tries_left']} PIN tries left\n")
     if state["last_try"] and not allow_last_try:
         if not _confirm_last_try(stdin, stderr):
-            stderr.write("readerctl auth: not sent (last try)\n")
-            return 1
+            stderr.write("readerctl: the PIN was not sent (last try)\n")
+            return None, 1
         allow_last_try = True
     pin = _read_pin(stdin)
     reply = session.request(
@@ -82,8 +85,25 @@ def run_auth(
     )
     del pin
     if not reply.get("ok"):
-        return _fail(reply, stderr)
+        return None, _fail(reply, stderr)
     result: dict[str, Any] = reply["result"]
+    return result, ExitCode.OK
+
+
+def run_auth(
+    args: argparse.Namespace,
+    session: Requester,
+    out: TextIO | None = None,
+    stdin: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    out, stderr = out or sys.stdout, stderr or sys.stderr
+    proven, code = prove(
+        session, args.reader, allow_last_try=bool(args.allow_last_try), stdin=stdin, stderr=stderr
+    )
+    if proven is None:
+        return code
+    result = dict(proven)
     if args.enroll:
         enrolled = session.request("mykey.enroll", {"auth_id": result["auth_id"]})
         if not enrolled.get("ok"):
@@ -92,7 +112,12 @@ def run_auth(
     result.pop("auth_id", None)
     if args.json:
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
-    else:
-        for key, value in result.items():
-            out.write(f"{key:>20}: {value}\n")
+        return ExitCode.OK
+    enrolment = result.pop("enrolment", None)
+    for line in render(result):
+        out.write(line + "\n")
+    if isinstance(enrolment, dict):
+        done = "enrolled" if enrolment.get("created") else "already enrolled"
+        mykey = f", MyKey ID {enrolment['mykey_id']}" if enrolment.get("mykey_id") else ""
+        out.write(f"{done}: member ID {enrolment.get('member_id')}{mykey}\n")
     return ExitCode.OK

@@ -10,19 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from readerd import logging as rlog
-from readerd.cli.doctor import DoctorEnv, Finding, healthy, run_doctor
 from readerd.exitcodes import ExitCode
-from readerd.plugin.api import CheckStatus
 
-MARKS = {
-    CheckStatus.OK: "ok  ",
-    CheckStatus.WARNING: "WARN",
-    CheckStatus.PROBLEM: "FAIL",
-    CheckStatus.SKIPPED: "skip",
-}
+if TYPE_CHECKING:  # the checks load the plugin face and SQLAlchemy: only when the doctor runs
+    from readerd.cli.doctor import Finding
+
+#: By :class:`readerd.plugin.api.CheckStatus` value (a StrEnum: its members are these strings).
+MARKS = {"ok": "ok  ", "warning": "WARN", "problem": "FAIL", "skipped": "skip"}
 #: Exit code when a check found a problem (readerctl's "the answer was no").
 PROBLEM_EXIT = 1
 
@@ -40,6 +36,8 @@ def add_doctor_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers
 
 
 def _print(findings: list[Finding]) -> None:
+    from readerd.plugin.api import CheckStatus  # noqa: PLC0415 - see the imports above
+
     for f in findings:
         sys.stdout.write(f"[{MARKS[f.status]}] {f.name}: {f.message}\n")
         if f.fix and f.status in (CheckStatus.PROBLEM, CheckStatus.WARNING):
@@ -50,6 +48,9 @@ def _print(findings: list[Finding]) -> None:
 
 
 def run_doctor_command(args: argparse.Namespace, config_path: Path) -> int:
+    from readerd import logging as rlog  # noqa: PLC0415 - see the imports above
+    from readerd.cli.doctor import DoctorEnv, healthy, run_doctor  # noqa: PLC0415
+
     rlog.configure("WARNING", "console")  # library log lines go to stderr, never into the report
     env = DoctorEnv(config_path=config_path, load_plugins=not args.no_plugins)
     findings = run_doctor(env)

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
@@ -169,7 +170,9 @@ class Database:
             conn.execution_options(**options)
             yield conn
 
-    def transaction(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
+    def transaction(
+        self, fn: Callable[[Connection], T], *, readonly: bool = False, isolation: str | None = None
+    ) -> T:
         """Run ``fn(conn)`` in one transaction and commit; retried on serialization failures, deadlocks
         and lock timeouts, so **fn may run more than once** (module docstring). Returns fn's result.
 
@@ -178,8 +181,12 @@ class Database:
 
         Raises :class:`StoreBusyError` when the retries run out, :class:`StoreUnavailableError` when
         the database cannot be used; fn's own exceptions roll back and propagate unchanged.
+
+        ``isolation``: another level for this transaction; ``READ COMMITTED`` where fn creates a table
+        after an advisory lock, so that it sees the table the lock's previous holder committed (a
+        SERIALIZABLE snapshot taken at the lock would not).
         """
-        return self._transaction(fn, readonly=readonly, isolation=None)
+        return self._transaction(fn, readonly=readonly, isolation=isolation)
 
     def _transaction(self, fn: Callable[[Connection], T], *, readonly: bool, isolation: str | None) -> T:
         attempt = 1
@@ -333,4 +340,39 @@ def postgres_connect_args(config: StoreConfig) -> dict[str, object]:
     }
 
 
-# --- plugins' schemas ----------------------------------------------------------------------------------
+#: The isolation of a transaction that creates a table under an advisory lock (see ``transaction``).
+_SCHEMA_ISOLATION: Final = {"postgresql": "READ COMMITTED"}
+#: pg_advisory_xact_lock key while the deployment table is made: b"deploy\0\0" as an int64.
+_DEPLOYMENT_LOCK_KEY: Final = int.from_bytes(b"deploy\0\0", "big")
+#: Facts of the deployment every kiosk of a ward must agree on (the pseudonym key's fingerprint).
+deployment_table = sa.Table(
+    "readerd_deployment",
+    sa.MetaData(),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("recorded_at", sa.String(32), nullable=False),
+)
+
+
+def pin_deployment_key(database: Database, fingerprint: str) -> str:
+    """Record the deployment key's fingerprint in the shared store the first time a kiosk uses it, and
+    give back the one recorded: a kiosk whose key differs must not write into the ward's data (its
+    pseudonyms would be another deployment's). Raises :class:`StoreUnavailableError` when the shared
+    store cannot be asked (a kiosk starts offline; the caller decides)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def pin(conn: Connection) -> str:
+        if database.dialect == "postgresql":  # kiosks starting together: one creates the table
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DEPLOYMENT_LOCK_KEY)))
+        deployment_table.create(conn, checkfirst=True)
+        conn.execute(
+            database.insert_or_ignore(deployment_table).values(
+                name="pseudonym_key_fingerprint", value=fingerprint, recorded_at=now
+            )
+        )
+        row = conn.execute(
+            sa.select(deployment_table.c.value).where(deployment_table.c.name == "pseudonym_key_fingerprint")
+        ).one()
+        return str(row.value)
+
+    return database.transaction(pin, isolation=_SCHEMA_ISOLATION.get(database.dialect))

@@ -34,7 +34,7 @@ from readerd.plugin.api import (
     PluginEvent,
 )
 from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore
+from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore, contract
 
 __all__ = [
     "CONTROL",
@@ -60,5 +60,6 @@ __all__ = [
     "StoreBusyError",
     "StoreUnavailableError",
     "business_time",
+    "contract",
     "hookimpl",
 ]

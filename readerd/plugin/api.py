@@ -35,6 +35,9 @@ DEFAULT_EVENT_TYPES = frozenset(
     }
 )
 
+#: Event types every plugin receives whatever it declares: a withdrawal obliges each to forget the member.
+ALWAYS_DELIVERED = frozenset({"member.withdrawn"})
+
 #: Private fields a plugin may ask for, by event kind; anything else never reaches a plugin.
 PRIVATE_FIELDS = frozenset(
     {"idm", "pmm", "blocks", "serial", "issuer_der", "subject_cn", "not_before", "not_after"}
@@ -78,7 +81,7 @@ class EventInterest:
             )
 
     def wants(self, event_type: str) -> bool:
-        return event_type in self.types
+        return event_type in self.types or event_type in ALWAYS_DELIVERED
 
     def strip(self, private: Mapping[str, Any]) -> JsonObject:
         """The private fields this plugin may see; FeliCa blocks only for the services it named."""

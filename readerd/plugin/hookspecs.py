@@ -213,6 +213,35 @@ def readerd_card_removed(event: PluginEvent, context: PluginContext) -> None:
 
 
 @hookspec
+def readerd_member_withdrawn(event: PluginEvent, context: PluginContext) -> None:
+    """A citizen withdrew their enrolment (``member.withdrawn``): forget them by your retention rule.
+
+    ``event.data`` has ``member_id`` and ``pseudonym``: the keys the plugin's records of the member
+    carry. Delete what the plugin keeps of the member, or anonymise what the ward must keep by law or
+    audit (a points ledger's sums, a subsidy's visit counts), and say which in docs/privacy.md. Every
+    plugin receives this event, whatever its ``readerd_event_interest`` declares. It arrives at the kiosk
+    where the member withdrew: records in the shared store are that kiosk's to clean up, records in
+    another kiosk's local store expire by the plugin's retention rule. ``context`` is the plugin's
+    :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies; a
+    replayed withdrawal (``event.replayed``) must be handled all the same, and twice without harm.
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_member_withdrawn(event: PluginEvent, context: PluginContext) -> None:
+            member = event.data["member_id"]
+            context.store.shared.transaction(
+                lambda conn: conn.execute(greetings.delete().where(greetings.c.member_id == member))
+            )
+    """
+
+
+@hookspec
 def readerd_card_read_aborted(event: PluginEvent, context: PluginContext) -> None:
     """A read ended without an identity (``card.read_aborted``).
 

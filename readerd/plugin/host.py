@@ -95,6 +95,7 @@ EVENT_HOOKS: dict[str, str] = {
     "reader.added": "readerd_reader_changed",
     "reader.removed": "readerd_reader_changed",
     "reader.error": "readerd_reader_changed",
+    "member.withdrawn": "readerd_member_withdrawn",
 }
 
 

@@ -21,6 +21,28 @@ about 150 lines on top of SQLAlchemy Core (the same DDL constructs Alembic's ``o
 second dependency and no per-plugin migration environment. Migrations are append-only: never edit or
 reorder a released one (the recorded function names are compared and a mismatch is logged).
 
+Rolling upgrades: expand first, contract later
+----------------------------------------------
+A ward upgrades its kiosks one by one, so for a while kiosks of the previous and of the new version share
+one PostgreSQL. Each migration is therefore of one of two kinds, recorded in ``readerd_migrations.kind``:
+
+- **expand** (the default): additive and backward compatible (a new table, a nullable column or one with a
+  default, an index). Older code keeps working on the expanded schema.
+- **contract** (marked with :func:`contract`): removes or tightens what older code relies on (a dropped
+  column or table, NOT NULL on an old column, a rename).
+
+An ordinary start (:meth:`PluginDatabase.migrate` in ``readerd run``) applies pending expand migrations
+only, in order, and stops before the first contract one: the contract one, and every migration listed
+after it, waits for the operator's ``readerd migrate --contract`` (a :class:`Store` opened with
+``contract=True``), run once every kiosk runs the new code. Keeping one linear list (no reordering of
+later expand steps around a pending contract step) keeps versions a plain count. Code that knows fewer
+versions than the database has runs when every version beyond its own is an expand migration, and is
+refused (:class:`~readerd.errors.StoreSchemaError`) once a contract migration beyond its knowledge was
+applied. The same rule holds for the local SQLite and for ``shared`` without ``shared_url``: no other
+kiosk shares those, but holding contract steps back there too keeps rolling a kiosk back to the previous
+version possible until the operator decides otherwise. Rows recorded before the ``kind`` column existed
+count as expand (the column is added in place, with that default, by the first migration run).
+
 Names are checked: a plugin name or table name of lower-case words joined by single underscores, so the
 double underscore of the prefix is unambiguous; a full name fits PostgreSQL's 63-byte identifiers.
 Prefixing prevents accidents, not malice: plugins run in readerd's process and share its connections.
@@ -31,14 +53,17 @@ an injectable clock, so plugin tests can fix the instant.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -65,6 +90,8 @@ MIGRATIONS_TABLE: Final = "readerd_migrations"
 PLUGIN_NAME_MAX: Final = 32
 # pg_advisory_xact_lock key for migrations: b"readerd\0" as a big-endian signed 64-bit number.
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"readerd\0", "big")
+#: How many migrate calls a Store remembers for ``readerd migrate``'s report.
+MIGRATION_RUNS_KEPT: Final = 1000
 
 _NAME: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
@@ -85,7 +112,13 @@ _migrations = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("applied_at", sa.String(32), nullable=False),
+    # Added in place to existing tables (_upgrade_bookkeeping): NOT NULL with a default works on both.
+    sa.Column("kind", sa.String(8), nullable=False, server_default="expand"),
 )
+
+MigrationKind = Literal["expand", "contract"]
+#: The attribute :func:`contract` sets on a migration function; the migrator reads it.
+KIND_ATTRIBUTE: Final = "readerd_migration_kind"
 
 
 def check_name(kind: str, name: str, *, max_length: int = PG_MAX_IDENTIFIER) -> str:
@@ -153,6 +186,120 @@ class MigrationContext:
 Migration = Callable[[MigrationContext], None]
 """One schema version: a function that changes the plugin's tables through a MigrationContext."""
 
+M = TypeVar("M", bound=Migration)
+
+
+def contract(step: M) -> M:
+    """Mark a migration as **contract**: it removes or tightens what older code relies on (drop a column
+    or table, NOT NULL on an old column, a rename). A kiosk's start never applies it (nor anything listed
+    after it); the operator does, with ``readerd migrate --contract``, once every kiosk runs the code
+    that no longer needs what it removes. Unmarked migrations are expand migrations.
+
+    Use it as a decorator on the function (it sets :data:`KIND_ATTRIBUTE`, so the function must accept
+    attributes: a plain function or a ``functools.partial``)."""
+    setattr(step, KIND_ATTRIBUTE, "contract")
+    return step
+
+
+def migration_kind(step: Migration) -> MigrationKind:
+    """``contract`` for a migration marked with :func:`contract`, else ``expand``."""
+    return "contract" if getattr(step, KIND_ATTRIBUTE, "expand") == "contract" else "expand"
+
+
+@dataclass(frozen=True)
+class MigrationRun:
+    """What one :meth:`PluginDatabase.migrate` call found and did (``readerd migrate`` reports these).
+
+    ``before``/``after``: the database's version; ``known``: the code's; ``applied``: the versions this
+    call applied; ``held_back``: the code's versions left for ``readerd migrate --contract`` (the first
+    pending contract migration and everything after it); ``ahead``: versions the database has beyond the
+    code's, all expand (a newer kiosk migrated: fine during a rolling upgrade)."""
+
+    plugin: str
+    role: Role
+    database: str
+    before: int
+    after: int
+    known: int
+    applied: tuple[int, ...]
+    held_back: tuple[tuple[int, str, MigrationKind], ...]
+    ahead: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "plugin": self.plugin,
+            "role": self.role,
+            "database": self.database,
+            "before": self.before,
+            "after": self.after,
+            "known": self.known,
+            "applied": list(self.applied),
+            "held_back": [{"version": v, "name": n, "kind": k} for v, n, k in self.held_back],
+            "ahead": self.ahead,
+        }
+
+
+@dataclass(frozen=True)
+class RecordedSchema:
+    """One (plugin, role) as ``readerd_migrations`` records it: its version and its contract versions."""
+
+    plugin: str
+    role: Role
+    database: str
+    version: int
+    contract_versions: tuple[int, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "plugin": self.plugin,
+            "role": self.role,
+            "database": self.database,
+            "version": self.version,
+            "contract_versions": list(self.contract_versions),
+        }
+
+
+def _has_kind_column(conn: Connection) -> bool:
+    return any(column["name"] == "kind" for column in sa.inspect(conn).get_columns(MIGRATIONS_TABLE))
+
+
+def _recorded(conn: Connection, *, role: Role, where: str) -> list[RecordedSchema]:
+    """The (plugin, ``role``) schemas ``readerd_migrations`` records in ``conn``'s database."""
+    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+        return []
+    kind = _migrations.c.kind if _has_kind_column(conn) else sa.literal("expand")
+    rows = conn.execute(
+        sa.select(_migrations.c.plugin, _migrations.c.version, kind.label("kind"))
+        .where(_migrations.c.role == role)
+        .order_by(_migrations.c.plugin, _migrations.c.version)
+    ).all()
+    versions: dict[str, list[tuple[int, str]]] = {}
+    for row in rows:
+        versions.setdefault(str(row.plugin), []).append((int(row.version), str(row.kind)))
+    return [
+        RecordedSchema(
+            plugin=plugin,
+            role=role,
+            database=where,
+            version=max(v for v, _ in applied),
+            contract_versions=tuple(v for v, k in applied if k == "contract"),
+        )
+        for plugin, applied in sorted(versions.items())
+    ]
+
+
+def _upgrade_bookkeeping(conn: Connection) -> None:
+    """Add ``kind`` to a ``readerd_migrations`` made before it existed (idempotent; SQLite and PostgreSQL
+    both take ``ADD COLUMN … DEFAULT 'expand' NOT NULL``). Called under the migration lock, in the
+    migration transaction, so two kiosks never both add it; code of the previous release keeps working
+    on the table, its rows getting the default."""
+    if _has_kind_column(conn):
+        return
+    ddl = CreateColumn(_migrations.c.kind).compile(dialect=conn.dialect)
+    table = conn.dialect.identifier_preparer.quote(MIGRATIONS_TABLE)
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+    log.info("migrations table upgraded", table=MIGRATIONS_TABLE, column="kind")
+
 
 def _check_length(name: str) -> None:
     if len(name.encode()) > PG_MAX_IDENTIFIER:
@@ -218,23 +365,32 @@ class PluginDatabase:
         return self._call(read, readonly=True)
 
     def migrate(self, migrations: Sequence[Migration]) -> int:
-        """Bring the plugin's tables to version ``len(migrations)``; returns that version.
+        """Bring the plugin's tables towards version ``len(migrations)``; returns the database's version.
 
         Already applied versions are skipped (a re-run is a no-op); the missing ones run in order in one
-        transaction, each recorded in ``readerd_migrations``. Raises :class:`StoreSchemaError` when the
-        database records a version beyond the list (newer code migrated it) or a migration fails, and
+        transaction, each recorded in ``readerd_migrations`` with its kind. An ordinary start applies
+        expand migrations only and stops before the first contract one (module docstring, "Rolling
+        upgrades"); a :class:`Store` opened with ``contract=True`` (``readerd migrate --contract``)
+        applies them all. A database ahead of the code by expand migrations only is accepted (the result
+        is then above ``len(migrations)``): a newer kiosk of the ward migrated it.
+
+        Raises :class:`StoreSchemaError` when the database records a contract migration beyond the list
+        (newer code removed what this code relies on) or a migration fails, and
         :class:`StoreUnavailableError` / :class:`StoreBusyError` as transactions do.
         """
         known = len(migrations)
         names = [_migration_name(step) for step in migrations]
+        kinds = [migration_kind(step) for step in migrations]
+        contract_allowed = self._owner.contract_migrations
         pg = self.dialect == "postgresql"
 
-        def run(conn: Connection) -> tuple[int, int]:
+        def run(conn: Connection) -> MigrationRun:
             if pg:  # kiosks starting together: one migrates, the others wait and then find it done
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             _migrations.create(conn, checkfirst=True)
+            _upgrade_bookkeeping(conn)
             rows = conn.execute(
-                sa.select(_migrations.c.version, _migrations.c.name)
+                sa.select(_migrations.c.version, _migrations.c.name, _migrations.c.kind)
                 .where(_migrations.c.plugin == self.plugin, _migrations.c.role == self.role)
                 .order_by(_migrations.c.version)
             ).all()
@@ -242,12 +398,18 @@ class PluginDatabase:
             if applied != list(range(1, len(applied) + 1)):
                 raise StoreSchemaError(f"{self}: recorded versions {applied} have gaps")
             current = len(applied)
-            if current > known:
+            beyond = [row for row in rows if row.version > known]
+            contracts = [row for row in beyond if row.kind == "contract"]
+            if contracts:
+                first = contracts[0]
                 raise StoreSchemaError(
                     f"plugin {self.plugin!r} ({self.role} store, {self.database.where}): the database is at "
-                    f"schema version {current}, this code knows {known}; run the newer plugin or restore"
+                    f"schema version {current}, this code knows {known}, and version {first.version} "
+                    f"({first.name}) beyond it is a contract migration this code cannot run on; run the "
+                    "plugin version the ward was upgraded to, or restore the database from before "
+                    "`readerd migrate --contract`"
                 )
-            for row in rows:
+            for row in rows[:known]:
                 if row.name != names[row.version - 1]:
                     log.warning(
                         "applied migration differs from the code's",
@@ -257,9 +419,14 @@ class PluginDatabase:
                         recorded=row.name,
                         code=names[row.version - 1],
                     )
+            target = known
+            if not contract_allowed:  # stop before the first pending contract migration
+                target = next(
+                    (v - 1 for v in range(current + 1, known + 1) if kinds[v - 1] == "contract"), known
+                )
             context = MigrationContext(conn, self)
             now = business_time.utc_now().isoformat(timespec="seconds")
-            for version in range(current + 1, known + 1):
+            for version in range(current + 1, target + 1):
                 migrations[version - 1](context)
                 conn.execute(
                     _migrations.insert().values(
@@ -268,25 +435,63 @@ class PluginDatabase:
                         version=version,
                         name=names[version - 1],
                         applied_at=now,
+                        kind=kinds[version - 1],
                     )
                 )
-            return current, known
+            return MigrationRun(
+                plugin=self.plugin,
+                role=self.role,
+                database=self.database.where,
+                before=current,
+                after=max(current, target),
+                known=known,
+                applied=tuple(range(current + 1, target + 1)),
+                held_back=tuple(
+                    (v, names[v - 1], kinds[v - 1]) for v in range(max(current, target) + 1, known + 1)
+                ),
+                ahead=max(0, current - known),
+            )
 
         try:
             # READ COMMITTED on PostgreSQL: after waiting for the advisory lock, the next statement must
             # see what the kiosk that held it committed (a SERIALIZABLE snapshot would predate it).
-            before, after = self._call(run, readonly=False, isolation="READ COMMITTED" if pg else None)
+            outcome = self._call(run, readonly=False, isolation="READ COMMITTED" if pg else None)
         except (StoreUnavailableError, StoreBusyError, StoreSchemaError):
             raise
         except Exception as e:
             raise StoreSchemaError(
                 f"plugin {self.plugin!r} ({self.role} store): migration failed: {e}"
             ) from e
-        if after != before:
+        self._owner.note_migration(outcome)
+        if outcome.applied:
             with self._tables_lock:
                 self.metadata.clear()  # tables reflected or declared before the migration may have changed
-            log.info("plugin schema migrated", plugin=self.plugin, role=self.role, old=before, new=after)
-        return after
+            log.info(
+                "plugin schema migrated",
+                plugin=self.plugin,
+                role=self.role,
+                old=outcome.before,
+                new=outcome.after,
+            )
+        if outcome.ahead:
+            log.info(
+                "database ahead of this code by expand migrations: fine during a rolling upgrade",
+                plugin=self.plugin,
+                role=self.role,
+                database_version=outcome.before,
+                code_version=known,
+            )
+        if outcome.held_back:
+            first_version, first_name, _kind = outcome.held_back[0]
+            log.info(
+                "contract migration pending: `readerd migrate --contract` once every kiosk runs this code",
+                plugin=self.plugin,
+                role=self.role,
+                version=first_version,
+                name=first_name,
+                held_back=len(outcome.held_back),
+            )
+        return outcome.after
 
     # -- transactions -------------------------------------------------------------------------------
     def transaction(
@@ -340,6 +545,14 @@ class PluginStore:
         """The current instant on the ward's clock (JST, aware)."""
         return self._store.now()
 
+    @property
+    def contract_migrations(self) -> bool:
+        """Whether :meth:`PluginDatabase.migrate` applies contract migrations (the store's flag)."""
+        return self._store.contract_migrations
+
+    def note_migration(self, run: MigrationRun) -> None:
+        self._store.note_migration(run)
+
     def revoke(self, reason: str = "revoked") -> None:
         """Refuse every further transaction of this plugin (quarantine, reload): a thread abandoned in a
         hook can no longer commit."""
@@ -359,18 +572,36 @@ class Store:
     """The two databases and the clock; :meth:`for_plugin` gives each plugin its own view."""
 
     def __init__(
-        self, local: Database, shared: Database | None = None, *, clock: business_time.Clock | None = None
+        self,
+        local: Database,
+        shared: Database | None = None,
+        *,
+        clock: business_time.Clock | None = None,
+        contract: bool = False,
     ) -> None:
+        """``contract``: the plugins' :meth:`PluginDatabase.migrate` calls also apply contract migrations
+        (``readerd migrate --contract`` only; a kiosk's start never does, module docstring)."""
         self.local = local
         self.shared = shared if shared is not None else local
         self.clock: business_time.Clock = clock or business_time.utc_now
+        self.contract_migrations = contract
+        #: The migrate calls of this store's plugins, in order (what ``readerd migrate`` reports); bounded,
+        #: since a daemon runs for months and a plugin may call ``migrate`` more often than at its start.
+        self.migration_runs: deque[MigrationRun] = deque(maxlen=MIGRATION_RUNS_KEPT)
+        self._runs_lock = threading.Lock()
         self._cursor_table = CursorTable(self.local)
 
     @classmethod
     def open(
-        cls, config: StoreConfig, state_dir: Path | str, *, clock: business_time.Clock | None = None
+        cls,
+        config: StoreConfig,
+        state_dir: Path | str,
+        *,
+        clock: business_time.Clock | None = None,
+        contract: bool = False,
     ) -> Store:
-        """Open the store of a configuration (``ConfigError`` if it is invalid).
+        """Open the store of a configuration (``ConfigError`` if it is invalid); ``contract`` as in the
+        constructor.
 
         The local SQLite file is opened and checked at once (:class:`StoreUnavailableError` if it cannot
         be used: the daemon exits 69). PostgreSQL is not contacted here: a kiosk must start offline, and
@@ -391,7 +622,7 @@ class Store:
             if config.shared_url
             else Database(local.engine, "shared", config)
         )
-        store = cls(local, shared, clock=clock)
+        store = cls(local, shared, clock=clock, contract=contract)
         log.info("store opened", local=local.where, shared=store.shared.where)
         return store
 
@@ -415,6 +646,25 @@ class Store:
             return str(row.value)
 
         return self.shared.transaction(pin)
+
+    def note_migration(self, run: MigrationRun) -> None:
+        with self._runs_lock:
+            self.migration_runs.append(run)
+
+    def recorded_schemas(self) -> list[RecordedSchema]:
+        """Every (plugin, role) ``readerd_migrations`` records, local first: the version and which
+        versions were contract migrations. For ``readerd migrate``'s report, including the plugins whose
+        startup did not migrate (they migrate on first use). Raises :class:`StoreUnavailableError` as a
+        transaction does."""
+        found: list[RecordedSchema] = []
+        roles: tuple[tuple[Role, Database], ...] = (("local", self.local), ("shared", self.shared))
+        for role, database in roles:
+            found.extend(
+                database.transaction(
+                    functools.partial(_recorded, role=role, where=database.where), readonly=True
+                )
+            )
+        return found
 
     def for_plugin(self, name: str) -> PluginStore:
         """The handle for plugin ``name`` (tables prefixed with its name, revocable on its own)."""

@@ -21,6 +21,9 @@ from protocols.mykey import felica_pseudonym, jpki_pseudonym, new_member_id, nor
 from readerd.errors import StoreUnavailableError
 from readerd.ops.statedir import create_private
 
+#: The kiosk's own member directory in its state directory (a kiosk not part of a ward).
+LOCAL_DIRECTORY = "members.db"
+
 
 @dataclass(frozen=True)
 class DirectoryEntry:
@@ -37,6 +40,8 @@ class Identity:
     pseudonym: str
     member_id: str | None = None
     mykey_id: str | None = None
+    #: the ward's member directory could not be asked: enrolment as the kiosk's cache last saw it
+    directory_offline: bool = False
 
     @property
     def enrolled(self) -> bool:
@@ -48,7 +53,18 @@ class Identity:
             fields["member_id"] = self.member_id
         if self.mykey_id is not None:
             fields["mykey_id"] = self.mykey_id
+        if self.directory_offline:
+            fields["directory_offline"] = True
         return fields
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A tap's answer from the directory: the entry (None: not enrolled), and whether it is the cache's
+    because the ward's directory could not be asked (:mod:`readerd.reading.ward`)."""
+
+    entry: DirectoryEntry | None
+    offline: bool = False
 
 
 class MyKeyDirectory(Protocol):
@@ -56,6 +72,10 @@ class MyKeyDirectory(Protocol):
     platform, a city's own registry) implements the same three methods."""
 
     def lookup(self, pseudonym: str) -> DirectoryEntry | None: ...
+
+    def resolve(self, pseudonym: str) -> Lookup:
+        """The tap path's lookup: fast, and never raising for a directory that cannot be reached."""
+        ...
 
     def enroll(self, pseudonym: str, *, mykey_id: str | None = None) -> DirectoryEntry: ...
 
@@ -79,7 +99,11 @@ CREATE TABLE IF NOT EXISTS members (
     member_id  TEXT NOT NULL UNIQUE,
     mykey_id   TEXT UNIQUE,
     created_at TEXT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS directory_meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -99,9 +123,50 @@ class SqliteDirectory:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+
+    def record_key(self, fingerprint: str) -> str:
+        """Remember the fingerprint of the deployment key the pseudonyms are made with (the first one
+        recorded stays); returns the recorded one. ``members.import`` moves only entries made under the
+        ward's key: a pseudonym made under another key names no card the ward can recognise."""
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO directory_meta (name, value) VALUES ('key_fingerprint', ?)",
+                    (fingerprint,),
+                )
+                row = self._db.execute(
+                    "SELECT value FROM directory_meta WHERE name = 'key_fingerprint'"
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return str(row[0])
+
+    def recorded_key(self) -> str | None:
+        """The recorded key fingerprint, or None for a directory made before readerd recorded it."""
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT value FROM directory_meta WHERE name = 'key_fingerprint'"
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return None if row is None else str(row[0])
+
+    def entries(self) -> list[DirectoryEntry]:
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT pseudonym, member_id, mykey_id, created_at FROM members ORDER BY created_at"
+                ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailableError(f"member directory {self.path}: {e}") from e
+        return [DirectoryEntry(*row) for row in rows]
+
+    def resolve(self, pseudonym: str) -> Lookup:
+        return Lookup(self.lookup(pseudonym))
 
     def _entry(self, sql: str, value: str) -> DirectoryEntry | None:
         """One statement that yields at most one member row (autocommit), as an entry."""
@@ -210,10 +275,11 @@ class IdentityResolver:
         self.directory = directory
 
     def _resolve(self, pseudonym: str) -> Identity:
-        entry = self.directory.lookup(pseudonym)
+        found = self.directory.resolve(pseudonym)
+        entry = found.entry
         if entry is None:
-            return Identity(pseudonym)
-        return Identity(pseudonym, entry.member_id, entry.mykey_id)
+            return Identity(pseudonym, directory_offline=found.offline)
+        return Identity(pseudonym, entry.member_id, entry.mykey_id, directory_offline=found.offline)
 
     def jpki(self, certificate: UserAuthCertificate) -> Identity:
         return self._resolve(jpki_pseudonym(self._key, certificate.issuer_der, certificate.serial_number))

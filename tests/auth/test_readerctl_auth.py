@@ -41,7 +41,7 @@ def test_readerctl_auth_and_enroll(tmp_path: Path, cards: list[VirtualMyNumberCa
     assert "3 PIN tries left" in done.stderr
     assert wrong.returncode == 1
     assert "wrong_pin" in wrong.stderr
-    assert '"tries_left": 2' in wrong.stderr
+    assert "tries_left: 2" in wrong.stderr
     assert "3141" not in done.stdout + done.stderr
     assert pin_verifies(cards[-1]) == 2
 

@@ -77,7 +77,7 @@ def test_readerctl_reports_a_refusal_from_the_daemon(
             ["--config", str(readerctl_config(tmp_path)), "--control", d.control, "probe", "hello"]
         )
     assert code == 1
-    assert "readerctl probe: unknown_command" in capsys.readouterr().err
+    assert "error (unknown_command)" in capsys.readouterr().err
 
 
 def test_a_plugin_cannot_take_a_readerctl_name_and_a_broken_one_is_named(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import structlog
 
 from readerd.errors import StoreSchemaError
-from readerd.plugin.store import MIGRATIONS_TABLE, MigrationContext, PluginDatabase, Store
+from readerd.plugin.store import MIGRATIONS_TABLE, MigrationContext, PluginDatabase, Store, contract
 from tests.store.conftest import Backend, run_threads
 
 
@@ -88,14 +88,21 @@ def test_rerun_is_a_no_op_and_a_restart_applies_only_the_new_version(backend: Ba
     assert calls == ["v1", "v2"]
 
 
-def test_a_database_migrated_by_newer_code_is_refused(backend: Backend) -> None:
-    newer = backend.open().for_plugin("points")
-    newer.shared.migrate([accounts_v1, accounts_v2])
+def test_a_database_migrated_by_newer_code_is_refused_once_it_contracted(backend: Backend) -> None:
+    """Ahead by expand migrations is fine (tests/store/test_rolling_upgrade.py); a contract one is not."""
+
+    @contract
+    def drop_holder_index(ctx: MigrationContext) -> None:
+        ctx.execute(f"DROP INDEX {ctx.table_name('accounts')}__by_holder")
+
+    newer = Store.open(backend.config, backend.state_dir, contract=True)
+    backend.stores.append(newer)
+    newer.for_plugin("points").shared.migrate([accounts_v1, accounts_v2, drop_holder_index])
 
     older = backend.open().for_plugin("points")
-    with pytest.raises(StoreSchemaError, match=r"schema version 2, this code knows 1"):
+    with pytest.raises(StoreSchemaError, match=r"schema version 3, this code knows 1, and version 3"):
         older.shared.migrate([accounts_v1])
-    assert older.shared.version() == 2  # nothing was undone
+    assert older.shared.version() == 3  # nothing was undone
 
 
 def test_a_failed_migration_rolls_back_every_version_of_the_run(backend: Backend) -> None:

@@ -41,12 +41,20 @@ def test_connect_args_are_derived_from_statement_timeout() -> None:
 
 
 def test_statement_timeout_must_stay_below_hook_timeout(tmp_path: Path) -> None:
-    """Cost: ~0.05 s. Checked at load (exit 78), naming both values; without shared_url it is unused."""
-    text = '[store]\nshared_url = "postgresql+psycopg://readerd@db/readerd"\nstatement_timeout = 5\n'
-    with pytest.raises(ConfigError, match=r"store.statement_timeout = 5 .*plugins.hook_timeout = 5"):
+    """Cost: ~0.05 s. Checked at load (exit 78), naming the values; without shared_url it is unused. The
+    bound is statement_timeout plus the effective connect_timeout (a stale connection's check, then a
+    new connection), so the defaults (2.5 + 2) fit under the default hook_timeout (5)."""
+    text = '[store]\nshared_url = "postgresql+psycopg://readerd@db/readerd"\nstatement_timeout = 3\n'
+    with pytest.raises(
+        ConfigError, match=r"store.statement_timeout = 3 .*effective 2.*plugins.hook_timeout = 5"
+    ):
         load_config(write(tmp_path, text)).validate()
     ok = load_config(write(tmp_path, text + "[plugins]\nhook_timeout = 6\n")).validate()
-    assert ok.store.statement_timeout == 5.0
+    assert ok.store.statement_timeout == 3.0
+    slow_connect = text.replace("statement_timeout = 3", "statement_timeout = 1\nconnect_timeout = 4.5")
+    with pytest.raises(ConfigError, match=r"effective 5"):
+        load_config(write(tmp_path, slow_connect)).validate()
+    load_config(write(tmp_path, '[store]\nshared_url = "postgresql+psycopg://r@db/r"\n')).validate()
     load_config(write(tmp_path, "[store]\nstatement_timeout = 9\n")).validate()
     from readerd.cli.main import main  # noqa: PLC0415
 
@@ -107,7 +115,7 @@ def test_a_hook_past_statement_timeout_is_store_unavailable_never_quarantined(
 ) -> None:
     """Cost: ~2 s (a daemon, three taps of 0.3 s)."""
     store = StoreConfig(shared_url=postgres_url, statement_timeout=0.3)
-    plugins = PluginsConfig(autoload=False, hook_timeout=1.0, quarantine_after=2)
+    plugins = PluginsConfig(autoload=False, hook_timeout=3.0, quarantine_after=2)  # > 0.3 + connect 2
     key = tmp_path / "pseudonym.key"  # a ward (shared_url) needs its deployment key
     create_pseudonym_key(key)
     config = sim_config(tmp_path, plugins=plugins, store=store, identity=IdentityConfig(str(key)))

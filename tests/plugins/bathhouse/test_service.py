@@ -85,9 +85,9 @@ def test_monthly_cap_across_bath_houses_and_one_visit_a_day(bath: BathhouseServi
     assert july["visits_this_month"] == 1
     report = bath.report("2026-06")
     assert report["bath_houses"] == [
-        {"bath_house": "matsu", "visits": 1, "members": 1},
-        {"bath_house": "take", "visits": 1, "members": 1},
-        {"bath_house": "ume", "visits": 1, "members": 1},
+        {"bath_house": "matsu", "visits": 1, "members": 1, "over_cap": 0},
+        {"bath_house": "take", "visits": 1, "members": 1, "over_cap": 0},
+        {"bath_house": "ume", "visits": 1, "members": 1, "over_cap": 0},
     ]
     assert report["total_visits"] == 3
 
@@ -147,4 +147,9 @@ def test_registration_input_is_checked(bath: BathhouseService, args: dict[str, o
 def test_report_month_is_checked(bath: BathhouseService) -> None:
     with pytest.raises(Refusal):
         bath.report("2026-13")
-    assert bath.report("2026-06") == {"month": "2026-06", "bath_houses": [], "total_visits": 0}
+    assert bath.report("2026-06") == {
+        "month": "2026-06",
+        "bath_houses": [],
+        "total_visits": 0,
+        "total_over_cap": 0,
+    }

@@ -57,6 +57,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from readerd.config import StoreConfig
 from readerd.errors import StoreBusyError, StoreUnavailableError
+from readerd.ops.stall import watch_dialect
 
 log = structlog.get_logger("readerd.store")
 
@@ -309,6 +310,7 @@ def postgres_database(url: str, config: StoreConfig) -> Database:
         max_overflow=config.pool_size,
         connect_args=postgres_connect_args(config),
     )
+    watch_dialect(engine.dialect, config.statement_timeout)  # a server that never answers: cut (stall.py)
     return Database(engine, "shared", config)
 
 

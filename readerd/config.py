@@ -210,6 +210,10 @@ class PluginsConfig:
     # with enabled = false: where the daemon binds the split host's ipc sockets (readerd plugins);
     # empty: <state_dir>/run (systemd: /run/readerd)
     runtime_dir: str = ""
+    # [plugins.routing]: reader name = [plugin names] acting on that reader (its card events, its screen);
+    # a reader not listed: every plugin. A name no loaded plugin has stops the start (exit 78). `routing`
+    # is therefore no plugin's own table, and no plugin may be named so (docs/configuration.md)
+    routing: dict[str, list[str]] = field(default_factory=dict)
     sections: dict[str, dict[str, object]] = field(default_factory=dict, metadata={"extra_tables": True})
 
     def validate(self) -> PluginsConfig:
@@ -223,7 +227,23 @@ class PluginsConfig:
             raise ConfigError("plugins.quarantine_cooldown must be 0 (no automatic reinstatement) or seconds")
         for name, section in self.sections.items():
             self.grants(name, section)
+        self.routed_names()
         return self
+
+    def routed_names(self) -> frozenset[str]:
+        """Every plugin name ``[plugins.routing]`` lists; ConfigError (exit 78) for a malformed table."""
+        names: set[str] = set()
+        for reader, plugins in self.routing.items():
+            if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+                raise ConfigError(f'plugins.routing."{reader}": expected a list of plugin names')
+            names.update(plugins)
+        return frozenset(names)
+
+    def routed(self, plugin: str, reader: str | None) -> bool:
+        """Whether ``plugin`` acts on ``reader``: every plugin on a reader ``routing`` does not list (and
+        on events of no reader)."""
+        plugins = self.routing.get(reader) if reader is not None else None
+        return plugins is None or plugin in plugins
 
     def grants(self, name: str, section: dict[str, object] | None = None) -> frozenset[str]:
         """The private fields ``[plugins.<name>] grants`` lets the plugin see (``grants`` is the daemon's

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     CARD_AUTH_FAILED = "card.auth_failed"
     CARD_REMOVED = "card.removed"
     CARD_READ_ABORTED = "card.read_aborted"
+    MEMBER_ENROLLED = "member.enrolled"
     MEMBER_WITHDRAWN = "member.withdrawn"
     HEARTBEAT = "heartbeat"
     PLUGIN_ERROR = "plugin.error"
@@ -232,6 +233,18 @@ def card_auth_failed(reader: str, reason: str, **facts: object) -> Event:
     """An authentication ended without proof: ``reason`` is the error code (``wrong_pin``, ``revoked``...),
     ``facts`` fixed fields such as ``tries_left`` (a kiosk screen shows them)."""
     return Event(EventType.CARD_AUTH_FAILED, reader, {"reason": reason, **facts})
+
+
+def member_enrolled(
+    reader: str, member_id: str, pseudonym: str, mykey_id: str | None = None, *, created: bool
+) -> Event:
+    """The card on ``reader`` is (now, or already was) enrolled as ``member_id`` (``mykey.enroll`` or
+    ``mykey.relink`` with the citizen's PIN): a plugin holding the card's ``card.identified`` from before
+    the enrolment updates it, so the counter's next command needs no second tap."""
+    data: dict[str, Any] = {"member_id": member_id, "pseudonym": pseudonym, "created": created}
+    if mykey_id is not None:
+        data["mykey_id"] = mykey_id
+    return Event(EventType.MEMBER_ENROLLED, reader, data)
 
 
 def member_withdrawn(reader: str, member_id: str, pseudonym: str, mykey_id: str | None = None) -> Event:

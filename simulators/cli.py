@@ -20,10 +20,10 @@ from simulators.felica_udp import (
     run_felica_command,
 )
 from simulators.inprocess import CardModel
-from simulators.mynumber import CardBehavior, CardProfile, build_card
+from simulators.mynumber import ATR_NAMES, CardBehavior, CardProfile, build_card
 from simulators.mynumber_nfc import MyNumberUdpCard
 from simulators.pki import PkiStore, default_store_root
-from simulators.vicc import DEFAULT_VPCD_PORT, ViccBridge, parse_endpoint
+from simulators.vicc import DEFAULT_VPCD_PORT, MAX_ATR, ViccBridge, parse_endpoint
 
 log = structlog.get_logger("readerd.sim")
 
@@ -41,6 +41,19 @@ def _vpcd_endpoint(text: str) -> tuple[str, int]:
     if not 0 < port <= 0xFFFF:
         raise argparse.ArgumentTypeError(f"port {port} out of range")
     return host, port
+
+
+def _atr_argument(text: str) -> str | bytes:
+    """``--atr``: a name of :data:`ATR_NAMES`, or 2..33 bytes of hex (spaces allowed)."""
+    if text in ATR_NAMES:
+        return text
+    try:
+        atr = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"neither an ATR name ({', '.join(ATR_NAMES)}) nor hex") from None
+    if not 2 <= len(atr) <= MAX_ATR:
+        raise argparse.ArgumentTypeError(f"an ATR has 2..{MAX_ATR} bytes, not {len(atr)}")
+    return atr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--tries", type=int, default=3, help="user-auth PIN tries left (0 = blocked)")
     card.add_argument("--no-extended", action="store_true", help="the card refuses extended-length APDUs")
     card.add_argument("--contact", action="store_true", help="present the contact ATR instead of contactless")
+    card.add_argument(
+        "--atr",
+        type=_atr_argument,
+        default=None,
+        metavar="NAME|HEX",
+        help=f"present this ATR: one a real card shows ({', '.join(ATR_NAMES)}) or any hex ATR",
+    )
     card.add_argument("--expired", action="store_true", help="the user-auth certificate has expired")
     card.add_argument(
         "--cloned-from",
@@ -112,6 +132,7 @@ def _card_from_args(args: argparse.Namespace) -> CardModel:
         auth_tries_left=args.tries,
         expired=args.expired,
         contactless=not args.contact,
+        atr=args.atr,
         behavior=CardBehavior(extended_length=not args.no_extended),
         cloned_from=args.cloned_from,
     )

@@ -14,6 +14,7 @@ readerd never touches them: every APDU the card receives is recorded in :attr:`V
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,49 @@ CARD_INFO_AIDS = frozenset({KENHOJO_AID, KENMEN_AID, JUKI_AID, COMMON_AID})
 #: Contactless ATR of a real card (PC/SC part 3, Type B; docs/card-facts.md §5, "JPKI (06)").
 ATR_CONTACTLESS = bytes.fromhex("3B888001000005E0B381A1007F")
 ATR_CONTACT = bytes.fromhex("3BE000FF8131FE4514")
+
+#: ATRs real My Number Cards show, by the name ``CardProfile.atr`` and ``readerd-sim --atr`` take
+#: (docs/card-facts.md §5: OpenSC's list, pcsc-tools' smartcard_list.txt). The ATR depends on the reader
+#: as much as on the card; readerd identifies by a SELECT of the JPKI AP whatever the ATR says.
+NAMED_ATRS: dict[str, bytes] = {
+    "contactless": ATR_CONTACTLESS,  # JPKI (06): application data 00 00 05 E0
+    "contactless-41": bytes.fromhex("3B888001000041E0B381A1003B"),  # JPKI (07)
+    "contactless-4b51": bytes.fromhex("3B888001004B51FFB381D1000F"),  # JPKI (09)
+    "contactless-f5": bytes.fromhex("3BF59100FF918171FE400042000100D1D6"),  # JPKI (04)
+    "contact": ATR_CONTACT,  # OpenSC card-jpki.c; pcsc-tools calls it the 住基カード's
+    "contact-02": bytes.fromhex("3BDA13FF8131FB468012392F31C173C601C03B"),  # JPKI (02)
+    "contact-03": bytes.fromhex("3BC5FF8131FB458073C6010000"),  # JPKI (03)
+}
+#: The name of the contactless ATR whose application data is a fresh random PUPI on every card made.
+ATR_RANDOM_PUPI = "contactless-pupi"
+ATR_NAMES = (*NAMED_ATRS, ATR_RANDOM_PUPI)
+
+
+def with_tck(body: bytes) -> bytes:
+    """``body`` (from TS up to the last historical byte) followed by its check byte TCK (XOR of T0..)."""
+    tck = 0
+    for byte in body[1:]:
+        tck ^= byte
+    return body + bytes((tck,))
+
+
+def pupi_atr(pupi: bytes, protocol_info: bytes = bytes.fromhex("B381A1")) -> bytes:
+    """The PC/SC part-3 ATR of a Type B card from a reader that puts the (random) PUPI where the ATQB's
+    application data would go: ``3B 88 80 01`` + PUPI + protocol info + ``00`` + TCK."""
+    if len(pupi) != 4 or len(protocol_info) != 3:
+        raise ValueError("a PUPI has 4 bytes and the protocol info 3")
+    return with_tck(bytes.fromhex("3B888001") + pupi + protocol_info + b"\x00")
+
+
+def atr_named(name: str) -> bytes:
+    """The ATR called ``name`` (:data:`ATR_NAMES`); ``contactless-pupi`` draws a new PUPI each call."""
+    if name == ATR_RANDOM_PUPI:
+        return pupi_atr(secrets.token_bytes(4))
+    try:
+        return NAMED_ATRS[name]
+    except KeyError:
+        raise ValueError(f"unknown ATR name {name!r}; known: {', '.join(ATR_NAMES)}") from None
+
 
 #: A well-formed fake individual number (valid check digit) that exists only on simulated cards.
 FAKE_MY_NUMBER = "123456789018"
@@ -441,10 +485,21 @@ class CardProfile:
     revoked: bool = False
     expired: bool = False
     contactless: bool = True
+    #: A name of :data:`ATR_NAMES`, or the ATR's bytes; None: by ``contactless``. Any ATR at all may be
+    #: given, so a test can show that readerd identifies by SELECT, not by ATR.
+    atr: str | bytes | None = None
     behavior: CardBehavior = field(default_factory=CardBehavior)
     #: A copied-certificate card: it carries this profile's user-auth certificate (byte for byte) but
     #: signs with its own key (``name``'s), so it reads as that citizen and its signature never verifies.
     cloned_from: str | None = None
+
+    def card_atr(self) -> bytes:
+        """The ATR this profile's card presents (a new random PUPI each call for ``contactless-pupi``)."""
+        if isinstance(self.atr, bytes):
+            return self.atr
+        if self.atr is not None:
+            return atr_named(self.atr)
+        return ATR_CONTACTLESS if self.contactless else ATR_CONTACT
 
     @property
     def certificate_holder(self) -> str:
@@ -514,7 +569,7 @@ def build_card(profile: CardProfile, store: PkiStore, *, now: datetime | None = 
     )
     return VirtualMyNumberCard(
         [jpki, kenhojo, kenmen, juki, common],
-        atr=ATR_CONTACTLESS if profile.contactless else ATR_CONTACT,
+        atr=profile.card_atr(),
         behavior=profile.behavior,
     )
 

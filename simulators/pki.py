@@ -6,8 +6,16 @@ RSA-2048, sha256WithRSA, no SAN on the auth certificate; the signature certifica
 attributes in its SubjectAltName). The CAs' O is ``JPKI TEST`` so a simulated certificate can never be
 mistaken for a real one, and production trust anchors never include them.
 
-RSA-2048 key generation costs ~100 ms; keys and certificates are cached as files under a directory
-(:class:`PkiStore`) so that a test run, or a developer's simulator, reuses the same cards.
+The user-authentication certificate carries the extensions of a real card's (docs/card-facts.md §6.2):
+keyUsage digitalSignature (critical), subject and authority key identifiers, certificate policies (the
+J-LIS user-authentication policy OID with a CPS URI), an issuerAltName, a CRL distribution point and an
+OCSP responder in authorityInfoAccess. Its URIs are under ``.invalid`` (RFC 2606) so nothing ever reaches
+a real J-LIS service. It comes to about 1.5 KB of DER, the size of a real card's (1,571 bytes).
+
+Cost: RSA-2048 key generation costs ~100 ms per key and a certificate a few milliseconds to sign; the
+extensions add no key and no signature, so a card costs what it did. Keys and certificates are cached as
+files under a directory (:class:`PkiStore`) so that a test run, or a developer's simulator, reuses the
+same cards.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID, ObjectIdentifier
 
 TEST_CA_ORGANIZATION = "JPKI TEST"
 JLIS_OU = "Japan Agency for Local Authority Information Systems"
@@ -37,6 +45,22 @@ OID_NAME = ObjectIdentifier("1.2.392.200149.8.5.5.1")
 OID_SEX = ObjectIdentifier("1.2.392.200149.8.5.5.3")
 OID_BIRTH_DATE = ObjectIdentifier("1.2.392.200149.8.5.5.4")
 OID_ADDRESS = ObjectIdentifier("1.2.392.200149.8.5.5.5")
+
+#: J-LIS's certificate policy for user-authentication certificates ("jpki-cp-auth-class30" in public OID
+#: tables; docs/card-facts.md §6.2). The signature certificates' is ``...8.5.1.1.20``.
+OID_JPKI_USER_AUTH_POLICY = ObjectIdentifier("1.2.392.200149.8.5.1.3.30")
+#: Where the test PKI says its CPS, OCSP responder and CRLs are: ``.invalid`` never resolves (RFC 2606).
+TEST_CPS_URI = "http://www.jpki-test.invalid/cps.html"
+TEST_OCSP_URI = "http://ocspauth.jpki-test.invalid"
+#: CRLs are published over HTTP or LDAP v3 (docs/card-facts.md §6.2): the test PKI names an LDAP entry.
+TEST_CRL_URI = (
+    "ldap://ldap.jpki-test.invalid/cn=CRL%20Distribution%20Point%200001,ou=CRL%20Distribution%20Points,"
+    "ou=JPKI%20for%20user%20authentication,o=JPKI%20TEST,c=JP?certificateRevocationList"
+)
+#: The issuerAltName organisation of real JPKI certificates is 公的個人認証サービス; the test PKI's says 試験.
+TEST_ISSUER_ALT_ORGANIZATION = "公的個人認証サービス（試験）"
+#: Bumped whenever the user-auth certificate's profile changes, so a cache of older cards is not reused.
+USER_AUTH_PROFILE_VERSION = 2
 
 
 class CaKind(Enum):
@@ -166,7 +190,8 @@ class SimulatedCa:
         hash_algorithm: hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
         rsa_padding: padding.PSS | None = None,
     ) -> x509.Certificate:
-        """A user-authentication certificate: subject ``C=JP, CN=<opaque>``, no SAN, ~5 years.
+        """A user-authentication certificate: subject ``C=JP, CN=<opaque>``, no SAN, ~5 years, with the
+        extensions of a real card's (:meth:`user_auth_extensions`), about 1.5 KB of DER.
 
         For certificates a verifier must refuse: ``usage`` replaces the KeyUsage (digitalSignature),
         ``omit_key_usage`` leaves the extension out, ``hash_algorithm`` (default SHA-256) and
@@ -191,7 +216,43 @@ class SimulatedCa:
             san=None,
             hash_algorithm=hash_algorithm,
             rsa_padding=rsa_padding,
+            extra=self.user_auth_extensions(key),
         )
+
+    def user_auth_extensions(self, key: rsa.RSAPrivateKey) -> list[x509.ExtensionType]:
+        """The non-critical extensions of a real user-authentication certificate (docs/card-facts.md §6.2)
+        besides keyUsage and the authority key identifier: no network name in them is real."""
+        crl_name = x509.Name(
+            [
+                *self.certificate.subject,
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "CRL Distribution Points"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "CRL Distribution Point 0001"),
+            ]
+        )
+        issuer_alt = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, TEST_ISSUER_ALT_ORGANIZATION),
+            ]
+        )
+        return [
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+            x509.CertificatePolicies([x509.PolicyInformation(OID_JPKI_USER_AUTH_POLICY, [TEST_CPS_URI])]),
+            x509.IssuerAlternativeName([x509.DirectoryName(issuer_alt)]),
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint([x509.DirectoryName(crl_name)], None, None, None),
+                    x509.DistributionPoint([x509.UniformResourceIdentifier(TEST_CRL_URI)], None, None, None),
+                ]
+            ),
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(TEST_OCSP_URI)
+                    ),
+                ]
+            ),
+        ]
 
     def issue_signature(
         self,
@@ -238,6 +299,7 @@ class SimulatedCa:
         san: x509.SubjectAlternativeName | None,
         hash_algorithm: hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
         rsa_padding: padding.PSS | None = None,
+        extra: list[x509.ExtensionType] | None = None,
     ) -> x509.Certificate:
         start = not_before or datetime(2025, 10, 27, tzinfo=UTC)
         end = not_after or start + timedelta(days=5 * 365 + 1)
@@ -257,6 +319,8 @@ class SimulatedCa:
         )
         if san is not None:
             builder = builder.add_extension(san, critical=False)
+        for extension in extra or ():
+            builder = builder.add_extension(extension, critical=False)
         return builder.sign(self.key, hash_algorithm or hashes.SHA256(), rsa_padding=rsa_padding)
 
     def crl(
@@ -384,7 +448,7 @@ class PkiStore:
         suffix = "" if not_before is None and not_after is None else f"-{not_before}-{not_after}"
         tag = hashlib.sha256(suffix.encode()).hexdigest()[:8] if suffix else "std"
         return self._cert(
-            f"card-{card}-auth-{tag}",
+            f"card-{card}-auth-v{USER_AUTH_PROFILE_VERSION}-{tag}",
             lambda: self.ca(CaKind.USER_AUTH).issue_user_auth(
                 key, serial=serial, common_name=cn, not_before=not_before, not_after=not_after
             ),

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import structlog
 
+from plugins.bathhouse import settings, texts
 from plugins.bathhouse.service import BathhouseService, Rules
 from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
 from readerd.plugin import (
@@ -34,12 +35,14 @@ from readerd.plugin import (
     ArgType,
     CardsOnReaders,
     CommandSpec,
+    ConfigKey,
     CtlCommand,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
     Refusal,
+    Schema,
     StoreUnavailableError,
     hookimpl,
 )
@@ -50,9 +53,9 @@ log = structlog.get_logger("plugins.bathhouse")
 
 S, INT = ArgType.STRING, ArgType.INTEGER
 KEY = {"idempotency_key": Arg(S)}
-#: The CSV's columns, as before the offline rule: ``over_cap`` is in the command's answer and the table;
-#: adding it here changes the CSV's shape, a decision for the offices that read it.
-CSV_COLUMNS = ("bath_house", "visits", "members")
+#: The CSV's columns: ``over_cap`` (visits past the monthly cap, admitted offline) last, so a reader of
+#: the first three columns is unaffected.
+CSV_COLUMNS = ("bath_house", "visits", "members", "over_cap")
 #: What each result carries (readerd publishes nothing else of it).
 RESULT_FIELDS = {
     "visit": frozenset({"bath_house", "status", "monthly_cap", "visits_this_month", "offline", "message"})
@@ -105,12 +108,20 @@ class BathhousePlugin:
         return self.service
 
     @hookimpl
+    def readerd_config_keys(self) -> list[ConfigKey]:
+        return settings.KEYS
+
+    @hookimpl
+    def readerd_schemas(self) -> list[Schema]:
+        return settings.SCHEMAS
+
+    @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.removed"}))
 
     @hookimpl
-    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
-        return RESULT_FIELDS
+    def readerd_result_fields(self) -> texts.Declaration:
+        return texts.RESULTS  # RESULT_FIELDS with what a citizen sees for each status (texts.py)
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:

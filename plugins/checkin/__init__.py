@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import structlog
 
+from plugins.checkin import settings, texts
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
 from plugins.common import Periodic, person_of, persons_of_withdrawn
@@ -35,12 +36,14 @@ from readerd.plugin import (
     ArgType,
     CardsOnReaders,
     CommandSpec,
+    ConfigKey,
     CtlCommand,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
     Refusal,
+    Schema,
     StoreUnavailableError,
     hookimpl,
 )
@@ -104,12 +107,20 @@ class CheckinPlugin:
 
     # -- events ---------------------------------------------------------------------------------------
     @hookimpl
+    def readerd_config_keys(self) -> list[ConfigKey]:
+        return settings.KEYS
+
+    @hookimpl
+    def readerd_schemas(self) -> list[Schema]:
+        return settings.SCHEMAS
+
+    @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.removed"}))
 
     @hookimpl
-    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
-        return RESULT_FIELDS
+    def readerd_result_fields(self) -> texts.Declaration:
+        return texts.RESULTS  # RESULT_FIELDS with what a citizen sees for each status (texts.py)
 
     def event_for(self, reader: str) -> str | None:
         readers: dict[str, str] = self.config.get("readers", {})

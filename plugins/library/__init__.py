@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
+from plugins.library import settings, texts
 from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
 from plugins.library.service import LibraryService
 from readerd.plugin import (
@@ -42,6 +43,7 @@ from readerd.plugin import (
     ArgType,
     CardsOnReaders,
     CommandSpec,
+    ConfigKey,
     EventInterest,
     JsonObject,
     PluginContext,
@@ -49,6 +51,7 @@ from readerd.plugin import (
     PluginStore,
     ReaderdError,
     Refusal,
+    Schema,
     StoreBusyError,
     StoreUnavailableError,
     hookimpl,
@@ -117,13 +120,8 @@ class LibraryPlugin:
 
     def _ils(self, config: JsonObject, service: LibraryService, store: PluginStore) -> IlsAdapter:
         kind = config.get("ils", "local")
-        if kind == "sip2":
-            return Sip2Ils(
-                str(config["sip2_host"]),
-                config_int(config, "library", "sip2_port", 6001),
-                institution=str(config.get("institution", service.library_id)),
-                terminal_password=str(config.get("terminal_password", "")),
-            )
+        if kind == "sip2":  # login, keep-alive, error detection, encoding: docs/sip2.md
+            return Sip2Ils.from_config(config, service.library_id)
         if kind != "local":
             raise ValueError('[plugins.library] ils: "sip2" or "local"')
         rules = LoanRules(
@@ -148,12 +146,21 @@ class LibraryPlugin:
 
     # -- events ---------------------------------------------------------------------------------------
     @hookimpl
-    def readerd_event_interest(self) -> EventInterest:
-        return EventInterest(types=frozenset({"card.identified", "card.authenticated", "card.removed"}))
+    def readerd_config_keys(self) -> list[ConfigKey]:
+        return settings.KEYS
 
     @hookimpl
-    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
-        return RESULT_FIELDS
+    def readerd_schemas(self) -> list[Schema]:
+        return settings.SCHEMAS
+
+    @hookimpl
+    def readerd_event_interest(self) -> EventInterest:
+        wanted = {"card.identified", "card.authenticated", "card.removed", "member.enrolled"}
+        return EventInterest(types=frozenset(wanted))
+
+    @hookimpl
+    def readerd_result_fields(self) -> texts.Declaration:
+        return texts.RESULTS  # RESULT_FIELDS with what a citizen sees for each status (texts.py)
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
@@ -198,6 +205,10 @@ class LibraryPlugin:
         self.receipts.pop(reader, None)
 
     @hookimpl
+    def readerd_member_enrolled(self, event: PluginEvent) -> None:
+        self.cards.enrolled(event)  # enrolled at this counter just now: library.register needs no new tap
+
+    @hookimpl
     def readerd_member_withdrawn(self, event: PluginEvent, context: PluginContext) -> None:
         """Forget the member by docs/privacy.md: their patron links deleted (loans stay the library
         system's, by library card, until returned). Publishes nothing; idempotent."""
@@ -214,7 +225,11 @@ class LibraryPlugin:
         card = self.cards.get(reader, "jpki")
         person = None if card is None else person_of(card.data)
         if person is None:
-            raise Refusal("no_card", f"no enrolled My Number Card on {reader}")
+            raise Refusal(
+                "no_card",
+                f"no enrolled My Number Card on {reader}: hold the card on the reader; if it is not "
+                "enrolled yet, enrol it with the PIN first (readerctl auth --enroll)",
+            )
         return person
 
     def _proven(self, args: JsonObject) -> str:

@@ -2,9 +2,9 @@
 
 docs/design.md D19: patrons live in the library's system; readerd links a library card number to a
 MyKey/member ID and asks the system about that card. :class:`IlsAdapter` is the four questions readerd
-asks; :class:`Sip2Ils` asks them over SIP2 (one TCP connection, reconnected when it drops, every message
-with a sequence number and checksum), :class:`LocalIls` answers them from the plugin's own tables with
-the library's rules (loan limit, loan days, renewals).
+asks; :class:`Sip2Ils` asks them over SIP2 (one TCP connection, logged in and reconnected when it drops,
+kept alive, every message with a sequence number and checksum: docs/sip2.md), :class:`LocalIls` answers
+them from the plugin's own tables with the library's rules (loan limit, loan days, renewals).
 
 Results carry status codes, counts and due dates: titles stay in the ILS (loan records are confidential;
 they never reach an event).
@@ -12,8 +12,10 @@ they never reach an event).
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -22,10 +24,10 @@ from typing import Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from plugins.common import iso
+from plugins.common import config_int, iso
 from protocols import sip2
 from protocols.errors import BadResponseError, ReaderdError
-from readerd.plugin import MigrationContext, PluginStore, business_time
+from readerd.plugin import JsonObject, MigrationContext, PluginStore, business_time
 
 T = TypeVar("T")
 
@@ -62,8 +64,26 @@ class IlsAdapter(Protocol):
 
 
 # --- SIP2 ---------------------------------------------------------------------------------------------
+#: The ``99`` SC Status readerd sends: status 0 (the station works), no printer, protocol 2.00.
+SC_STATUS_FIXED = {"status_code": "0", "max_print_width": "000", "protocol_version": "2.00"}
+#: Seconds of silence after which the kept connection is kept open with a ``99`` (0: never).
+KEEPALIVE = 30.0
+
+
+class LoginRefusedError(IlsUnavailableError):
+    """The ACS answered the ``93`` Login with ``94`` ok=0 (the configured user or password is wrong)."""
+
+
 class Sip2Ils:
-    """A SIP2 client: the kiosk is the self-check station (SC), the library system the ACS."""
+    """A SIP2 client: the kiosk is the self-check station (SC), the library system the ACS.
+
+    One TCP connection, opened on the first request and again after it drops. Each new connection starts
+    with a ``93`` Login (when ``user`` is set) and a ``99`` SC Status; a connection silent for ``keepalive``
+    seconds gets another ``99`` so the ACS does not close it as idle. With ``error_detection`` every
+    message carries ``AY``/``AZ``: a ``96`` from the ACS is answered by one resend, an answer with a bad
+    checksum by one ``97``. Text is ``encoding`` on the wire (``utf-8``, or ``cp932`` for older Japanese
+    systems). The wire facts: docs/sip2.md.
+    """
 
     def __init__(
         self,
@@ -72,49 +92,177 @@ class Sip2Ils:
         *,
         institution: str,
         terminal_password: str = "",
+        user: str = "",
+        password: str = "",
+        location: str = "",
+        error_detection: bool = True,
+        encoding: str = "utf-8",
+        keepalive: float = KEEPALIVE,
         timeout: float = 5.0,
         clock: business_time.Clock = business_time.utc_now,
     ) -> None:
         self.address = (host, port)
         self.institution = institution
         self.terminal_password = terminal_password
+        self.user = user
+        self.password = password
+        self.location = location
+        self.error_detection = error_detection
+        self.encoding = sip2.wire_encoding(encoding)
+        self.keepalive = keepalive
         self.timeout = timeout
         self.clock = clock
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._sequence = 0
+        self._last_used = 0.0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: JsonObject, library_id: str) -> Sip2Ils:
+        """The client ``[plugins.library]`` describes (``ils = "sip2"``; plugins/library/settings.py)."""
+
+        def text(key: str, default: str = "") -> str:
+            value = config.get(key, default)
+            return default if value is None else str(value)
+
+        host = text("sip2_host")
+        if not host:
+            raise ValueError('[plugins.library] sip2_host: needed with ils = "sip2"')
+        keepalive = config.get("sip2_keepalive", KEEPALIVE)
+        if isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or keepalive < 0:
+            raise ValueError("[plugins.library] sip2_keepalive: seconds >= 0 (0: no keep-alive)")
+        try:
+            sip2.wire_encoding(text("sip2_encoding", "utf-8"))
+        except ValueError as e:
+            raise ValueError(f"[plugins.library] sip2_encoding: {e}") from None
+        return cls(
+            host,
+            config_int(config, "library", "sip2_port", 6001),
+            institution=text("institution") or library_id,
+            terminal_password=text("terminal_password"),
+            user=text("sip2_user"),
+            password=text("sip2_password"),
+            location=text("sip2_location"),
+            error_detection=bool(config.get("sip2_error_detection", True)),
+            encoding=text("sip2_encoding", "utf-8"),
+            keepalive=float(keepalive),
+        )
 
     def _now(self) -> datetime:
         return business_time.to_business(self.clock()).replace(tzinfo=None)
 
+    def _where(self) -> str:
+        return f"SIP2 {self.address[0]}:{self.address[1]}"
+
+    # -- the connection -------------------------------------------------------------------------------
     def _exchange(self, message: sip2.Message, expect: sip2.Code) -> sip2.Message:
-        """Send one message and read its answer; one reconnect if the connection was found dead."""
+        """Send one message and read its answer, on a logged-in connection (opened here if there is
+        none, or if the ACS closed the kept one while it was idle). One retry, on a new connection, when
+        the kept one was found dead at sending; never once the request may have reached the ACS."""
         with self._lock:
             for attempt in (1, 2):
+                if self._sock is not None and self._peer_closed():
+                    self.close_locked()  # closed by the ACS while idle: nothing was sent on it
                 reused = self._sock is not None
+                if not reused:
+                    self._connect_locked()
                 try:
-                    if self._sock is None:
-                        self._sock = socket.create_connection(self.address, timeout=self.timeout)
-                        self._buffer = b""
-                    self._sequence = (self._sequence + 1) % 10
-                    self._sock.sendall(
-                        sip2.Message(message.code, message.fixed, message.fields, self._sequence).encode()
-                    )
-                    answer = sip2.parse(self._read_line())
+                    answer = self._roundtrip_locked(message)
                 except (OSError, EOFError, ReaderdError) as e:
                     self.close_locked()
-                    # Only a kept connection that turned out dead at sendall is tried again: once the request
-                    # may have reached the ACS, the answer is lost and a second checkout must not follow.
                     dead_on_send = reused and isinstance(e, BrokenPipeError | ConnectionResetError)
                     if attempt == 2 or not dead_on_send:
-                        raise IlsUnavailableError(f"SIP2 {self.address[0]}:{self.address[1]}: {e}") from e
+                        raise IlsUnavailableError(f"{self._where()}: {e}") from e
                     continue
                 if answer.code != expect:
                     self.close_locked()
-                    raise IlsUnavailableError(f"SIP2 answered {answer.code} to {message.code}")
+                    raise IlsUnavailableError(f"{self._where()}: answered {answer.code} to {message.code}")
                 return answer
         raise IlsUnavailableError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _connect_locked(self) -> None:
+        """A new connection: ``93`` Login (when a user is configured), then ``99`` SC Status."""
+        try:
+            self._sock = socket.create_connection(self.address, timeout=self.timeout)
+            self._buffer = b""
+            if self.user:
+                fields = {"CN": [self.user], "CO": [self.password]}
+                if self.location:
+                    fields["CP"] = [self.location]
+                login = self._roundtrip_locked(
+                    sip2.Message(sip2.Code.LOGIN, {"uid_algorithm": "0", "pwd_algorithm": "0"}, fields)
+                )
+                if login.code != sip2.Code.LOGIN_RESPONSE:
+                    raise BadResponseError(f"answered {login.code} to the login (93)")
+                if not login.flag("ok"):
+                    raise LoginRefusedError(
+                        "the library system refused the login (94 ok=0): check sip2_user / sip2_password"
+                    )
+            status = self._status_locked()
+            if status.fixed.get("online_status") == "N":
+                raise IlsUnavailableError("the library system says it is offline (98 online status N)")
+        except (OSError, EOFError, ReaderdError) as e:
+            self.close_locked()
+            error = LoginRefusedError if isinstance(e, LoginRefusedError) else IlsUnavailableError
+            raise error(f"{self._where()}: {e}") from e
+        self._start_keeper()
+
+    def _status_locked(self) -> sip2.Message:
+        answer = self._roundtrip_locked(sip2.Message(sip2.Code.SC_STATUS, dict(SC_STATUS_FIXED)))
+        if answer.code != sip2.Code.ACS_STATUS:
+            raise BadResponseError(f"answered {answer.code} to the SC status (99)")
+        return answer
+
+    def _roundtrip_locked(self, message: sip2.Message) -> sip2.Message:
+        """Send, read the answer; a ``96`` gets one resend, an answer with a bad checksum one ``97``."""
+        assert self._sock is not None  # noqa: S101 - the caller connected
+        sequence = None
+        if self.error_detection:
+            self._sequence = (self._sequence + 1) % 10
+            sequence = self._sequence
+        wire = sip2.Message(message.code, message.fixed, message.fields, sequence).encode(
+            self.encoding, error_detection=self.error_detection
+        )
+        self._sock.sendall(wire)
+        self._last_used = time.monotonic()
+        resent = asked = False
+        while True:
+            try:
+                answer = sip2.parse(self._read_line(), self.encoding)
+            except sip2.ChecksumError:
+                if asked:
+                    raise
+                asked = True
+                self._sock.sendall(
+                    sip2.resend_request(sip2.Code.REQUEST_ACS_RESEND, error_detection=True).encode("ascii")
+                )
+                continue
+            if answer.code == sip2.Code.REQUEST_SC_RESEND:
+                if resent:
+                    raise BadResponseError("the library system asked twice for the same message (96)")
+                resent = True
+                self._sock.sendall(wire)
+                continue
+            if sequence is not None and answer.sequence is not None and answer.sequence != sequence:
+                raise BadResponseError(f"answer with sequence {answer.sequence}, expected {sequence}")
+            self._last_used = time.monotonic()
+            return answer
+
+    def _peer_closed(self) -> bool:
+        """Whether the kept connection was closed (or reset) by the other end, without waiting."""
+        assert self._sock is not None  # noqa: S101 - the caller checked
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            if not readable:
+                return False
+            # Readable with no request outstanding: an end of file, a reset, or bytes nobody asked for.
+            self._sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+        return True
 
     def _read_line(self) -> bytes:
         assert self._sock is not None  # noqa: S101 - set by the caller
@@ -128,22 +276,57 @@ class Sip2Ils:
         line, _, self._buffer = self._buffer.partition(sip2.TERMINATOR)
         return line
 
+    # -- keep-alive -----------------------------------------------------------------------------------
+    def _start_keeper(self) -> None:
+        if self.keepalive <= 0 or (self._keeper is not None and self._keeper.is_alive()):
+            return
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(
+            target=self._keep_alive, args=(self._stop,), name="library-sip2-keepalive", daemon=True
+        )
+        self._keeper.start()
+
+    def _keep_alive(self, stop: threading.Event) -> None:
+        """A ``99`` on a connection silent for ``keepalive`` seconds; a failure closes it (the next request
+        connects and logs in again)."""
+        while not stop.wait(self.keepalive / 4):
+            with self._lock:
+                if stop.is_set() or self._sock is None:
+                    continue
+                if time.monotonic() - self._last_used < self.keepalive:
+                    continue
+                try:
+                    if self._peer_closed():
+                        raise EOFError("closed by the ACS")
+                    self._status_locked()
+                except (OSError, EOFError, ReaderdError):
+                    self.close_locked()
+
     def close_locked(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self._buffer = b""
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self.close_locked()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=self.timeout)
 
-    def _common(self, card: str | None = None, item: str | None = None) -> dict[str, list[str]]:
+    # -- the four questions ---------------------------------------------------------------------------
+    def _common(
+        self, card: str | None = None, item: str | None = None, *, password_required: bool
+    ) -> dict[str, list[str]]:
+        """AO, AA, AB, and AC: a required AC goes even when empty (``AC|``); an optional one when set."""
         fields = {"AO": [self.institution]}
         if card is not None:
             fields["AA"] = [card]
         if item is not None:
             fields["AB"] = [item]
-        if self.terminal_password:
+        if self.terminal_password or password_required:
             fields["AC"] = [self.terminal_password]
         return fields
 
@@ -153,7 +336,7 @@ class Sip2Ils:
             sip2.Message(
                 sip2.Code.PATRON_INFO,
                 {"language": "000", "transaction_date": now, "summary": " " * 10},
-                self._common(card),
+                self._common(card, password_required=False),
             ),
             sip2.Code.PATRON_INFO_RESPONSE,
         )
@@ -171,17 +354,21 @@ class Sip2Ils:
             "sc_renewal_policy": "N",
             "no_block": "N",
             "transaction_date": now,
-            "nb_due_date": sip2.sip_date(None),
+            "nb_due_date": now,  # a date, as the format wants; only read with no_block = Y
         }
         answer = self._exchange(
-            sip2.Message(sip2.Code.CHECKOUT, fixed, self._common(card, item)), sip2.Code.CHECKOUT_RESPONSE
+            sip2.Message(sip2.Code.CHECKOUT, fixed, self._common(card, item, password_required=True)),
+            sip2.Code.CHECKOUT_RESPONSE,
         )
         return _loan(answer)
 
     def checkin(self, item: str) -> LoanResult:
         now = sip2.sip_date(self._now())
         fixed = {"no_block": "N", "transaction_date": now, "return_date": now}
-        fields = {"AP": [self.institution], **self._common(item=item)}
+        fields = {
+            "AP": [self.location or self.institution],
+            **self._common(item=item, password_required=True),
+        }
         answer = self._exchange(sip2.Message(sip2.Code.CHECKIN, fixed, fields), sip2.Code.CHECKIN_RESPONSE)
         return LoanResult(
             ok=answer.flag("ok"), reason="" if answer.flag("ok") else _reason(answer, "not_on_loan")
@@ -193,10 +380,11 @@ class Sip2Ils:
             "third_party_allowed": "N",
             "no_block": "N",
             "transaction_date": now,
-            "nb_due_date": sip2.sip_date(None),
+            "nb_due_date": now,  # a date, as the format wants; only read with no_block = Y
         }
         answer = self._exchange(
-            sip2.Message(sip2.Code.RENEW, fixed, self._common(card, item)), sip2.Code.RENEW_RESPONSE
+            sip2.Message(sip2.Code.RENEW, fixed, self._common(card, item, password_required=False)),
+            sip2.Code.RENEW_RESPONSE,
         )
         return _loan(answer)
 
@@ -211,12 +399,23 @@ def _reason(answer: sip2.Message, default: str) -> str:
     return message if message.replace("_", "").isalnum() and len(message) <= 32 else default
 
 
+def _due(text: str) -> date | None:
+    """AH, the due date: SIP2's ``YYYYMMDDZZZZHHMMSS`` or, as some systems send, an ISO date; None when it
+    is neither (the loan happened: an odd date format must not turn it into an error)."""
+    text = text.strip()
+    try:
+        if len(text) == sip2.DATE_LENGTH:
+            parsed = sip2.parse_sip_date(text)
+            return parsed.date() if parsed else None
+        return date.fromisoformat(text[:10]) if len(text) >= 10 else None
+    except (BadResponseError, ValueError):
+        return None
+
+
 def _loan(answer: sip2.Message) -> LoanResult:
     if not answer.flag("ok"):
         return LoanResult(ok=False, reason=_reason(answer, "refused"))
-    due = answer.get("AH").strip()
-    parsed = sip2.parse_sip_date(due) if len(due) == sip2.DATE_LENGTH else None
-    return LoanResult(ok=True, due=parsed.date() if parsed else None)
+    return LoanResult(ok=True, due=_due(answer.get("AH")))
 
 
 # --- the local store ----------------------------------------------------------------------------------
@@ -233,6 +432,13 @@ def _loan_columns() -> list[sa.Column[object]]:
 def local_ils_v1(m: MigrationContext) -> None:
     m.create_table("loans", *_loan_columns())
     m.create_index("by_card", "loans", "library_card")
+
+
+#: The local ILS's tables are a schema of their own in the plugin's shared store, beside the patron tables
+#: (:data:`plugins.library.service.SHARED_MIGRATIONS`, the default schema): each list counts its own
+#: versions in ``readerd_migrations``.
+LOCAL_ILS_SCHEMA = "loans"
+LOCAL_ILS_MIGRATIONS = (local_ils_v1,)
 
 
 @dataclass(frozen=True)
@@ -260,7 +466,7 @@ class LocalIls:
 
     def _tx(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
         if not self._migrated:
-            self.db.migrate([local_ils_v1])  # the plugin's own migrations run first, in its store
+            self.db.migrate(LOCAL_ILS_MIGRATIONS, schema=LOCAL_ILS_SCHEMA)  # its own schema name
             self._migrated = True
         return self.db.transaction(fn, readonly=readonly)
 

@@ -77,6 +77,11 @@ def local_v1(m: MigrationContext) -> None:
     m.create_table("withdrawals", *_withdrawal_columns())
 
 
+#: The plugin's default schemas (``readerd_schemas`` declares them with the local ILS's, ``loans``).
+SHARED_MIGRATIONS = (shared_v1,)
+LOCAL_MIGRATIONS = (local_v1,)
+
+
 @dataclass(frozen=True)
 class Patron:
     library_card: str
@@ -98,7 +103,7 @@ class LibraryService:
 
     def _tx(self, fn: Callable[[Connection], T], *, readonly: bool = False) -> T:
         if not self._migrated:
-            self.db.migrate([shared_v1])
+            self.db.migrate(SHARED_MIGRATIONS)
             self._migrated = True
         return self.db.transaction(fn, readonly=readonly)
 
@@ -230,7 +235,7 @@ class LibraryService:
 
     def _local_ready(self) -> None:
         if not self._local_migrated:
-            self.store.local.migrate([local_v1])
+            self.store.local.migrate(LOCAL_MIGRATIONS)
             self._local_migrated = True
 
     # -- loans ----------------------------------------------------------------------------------------

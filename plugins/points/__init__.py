@@ -33,6 +33,7 @@ from collections.abc import Callable
 import structlog
 
 from plugins.common import Periodic, parse_date, persons_of_withdrawn
+from plugins.points import settings, texts
 from plugins.points.ctl import ctl_command
 from plugins.points.service import WAITING, PointsService, account_of
 from readerd.plugin import (
@@ -41,6 +42,7 @@ from readerd.plugin import (
     ArgType,
     CardsOnReaders,
     CommandSpec,
+    ConfigKey,
     CtlCommand,
     EventInterest,
     JsonObject,
@@ -48,6 +50,7 @@ from readerd.plugin import (
     PluginEvent,
     ReaderdError,
     Refusal,
+    Schema,
     StoreBusyError,
     StoreUnavailableError,
     hookimpl,
@@ -154,12 +157,20 @@ class PointsPlugin:
 
     # -- events ---------------------------------------------------------------------------------------
     @hookimpl
+    def readerd_config_keys(self) -> list[ConfigKey]:
+        return settings.KEYS
+
+    @hookimpl
+    def readerd_schemas(self) -> list[Schema]:
+        return settings.SCHEMAS
+
+    @hookimpl
     def readerd_event_interest(self) -> EventInterest:
         return EventInterest(types=frozenset({"card.identified", "card.removed", "plugin.checkin.result"}))
 
     @hookimpl
-    def readerd_result_fields(self) -> dict[str, frozenset[str]]:
-        return RESULT_FIELDS
+    def readerd_result_fields(self) -> texts.Declaration:
+        return texts.RESULTS  # RESULT_FIELDS with what a citizen sees for each status (texts.py)
 
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent) -> None:

@@ -1,14 +1,19 @@
 """``readerctl points settlement|balance|pending``: the shops' settlement as a table or CSV, an account's
-balance, the earnings waiting on this kiosk (and written off) with their reasons."""
+balance, the earnings waiting on this kiosk (and written off) with their reasons.
+
+The settlement's rows carry JST dates only (no instants); the times of ``pending`` are shown in JST with
+``+09:00``, as the office reads them (the wire and ``--json`` keep UTC).
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 
-from readerd.plugin import CtlCommand, JsonObject
+from readerd.plugin import CtlCommand, JsonObject, business_time
 
 Call = Callable[[str, JsonObject], JsonObject]
 COLUMNS = (
@@ -44,8 +49,7 @@ def _run(args: argparse.Namespace, call: Call) -> int:
         return _pending(call("points.pending", {}))
     if args.points_action == "balance":
         result = call("points.balance", {"member_id": args.member_id})
-        for programme, points in result["balances"].items():
-            out.write(f"{programme}: {points}\n")
+        out.write("\n".join(balance_lines(args.member_id, result["balances"])) + "\n")
         return 0
     result = call("points.settlement", {"from": args.first, "to": args.last})
     if args.csv:
@@ -65,6 +69,27 @@ def _run(args: argparse.Namespace, call: Call) -> int:
     return 0
 
 
+def balance_lines(member_id: str, balances: Mapping[str, int]) -> list[str]:
+    """``readerctl points balance``: one row per programme, or a line saying there is none."""
+    if not balances:
+        return [f"{member_id}: no points in any programme"]
+    width = max(len("PROGRAMME"), *(len(p) for p in balances))
+    lines = [f"{'PROGRAMME'.ljust(width)}  {'POINTS':>8}"]
+    lines += [f"{programme.ljust(width)}  {points:>8}" for programme, points in balances.items()]
+    return lines
+
+
+def jst(value: object) -> object:
+    """A UTC instant as JST with its offset (``…+09:00``); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return moment.astimezone(business_time.TOKYO).isoformat(timespec="seconds") if moment.tzinfo else value
+
+
 def _pending(result: JsonObject) -> int:
     out = sys.stdout
     out.write(
@@ -78,7 +103,7 @@ def _pending(result: JsonObject) -> int:
         who = row["member_id"] or "(MyKey ID)"
         out.write(
             f"  {row['state']:<11} {row['event_id']:<24} {row['programme_id']:<20} {who:<16}"
-            f" {row['amount']:>6} {row['reason']} {row['queued_at']}\n"
+            f" {row['amount']:>6} {row['reason']} {jst(row['queued_at'])}\n"
         )
     return 0
 

@@ -440,6 +440,11 @@ class AuthManager:
             self.audit.append(
                 "enroll", reader=auth.reader, pseudonym=entry.pseudonym, member_id=entry.member_id
             )
+        self.publish(
+            ev.member_enrolled(
+                auth.reader, entry.member_id, entry.pseudonym, entry.mykey_id, created=known is None
+            )
+        )
         return _entry_reply(entry.member_id, entry.mykey_id, created=known is None)
 
     def unenroll(self, request: ControlRequest) -> JsonObject:
@@ -483,6 +488,9 @@ class AuthManager:
             old_pseudonym=before.pseudonym if before else None,
             pseudonym=entry.pseudonym,
             reason=reason.strip(),
+        )
+        self.publish(
+            ev.member_enrolled(auth.reader, entry.member_id, entry.pseudonym, entry.mykey_id, created=False)
         )
         return _entry_reply(entry.member_id, entry.mykey_id, created=False)
 

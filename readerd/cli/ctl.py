@@ -53,6 +53,11 @@ def _out(text: str) -> None:
 def _format_event(env: dict[str, Any]) -> str:
     data = env.get("data", {})
     details = " ".join(f"{k}={cell(v)}" for k, v in data.items())
+    if env.get("type") == "plugin.error":  # plugin, hook, code, one line (an older daemon's: cut here)
+        message = str(data.get("message") or "").split("[SQL:")[0].strip()
+        message = message.splitlines()[0] if message else "-"
+        quarantined = " (quarantined)" if data.get("quarantined") else ""
+        details = f"{data.get('plugin')} {data.get('hook')}: {data.get('error')}: {message}{quarantined}"
     reader = env.get("reader") or "-"
     return f"{jst(str(env.get('ts', '')))} #{env.get('seq')} {env.get('type'):<18} {reader}  {details}"
 
@@ -406,6 +411,10 @@ def _request_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def _local_command(args: argparse.Namespace) -> int | None:
     """Subcommands that need no daemon (their exit code), or None for those that talk to it."""
+    if args.command == "help" and args.name == "config":  # the configuration's keys: no daemon asked
+        from readerd.cli.ctl_config_help import run_config_help  # noqa: PLC0415
+
+        return run_config_help(args.config, as_json=args.json)
     if args.command == "keys":
         from readerd.cli.ctl_keys import run_keys  # noqa: PLC0415 - readerctl's start-up stays light
 
@@ -547,22 +556,19 @@ def _talk(args: argparse.Namespace, session_type: type[ControlSession]) -> int:
 
 
 def _remove(args: argparse.Namespace, session: ControlSession) -> int:
-    """``remove``: says whether a card was there (the simulator queues the removal either way)."""
-    listed = session.request("readers")
-    readers = listed.get("result", {}).get("readers", []) if listed.get("ok") else []
-    name = args.reader or next((r.get("name") for r in readers if r.get("backend") == "sim"), None)
-    card = next((r.get("card") for r in readers if r.get("name") == name), None)
-    reply = session.request("remove", {"reader": name} if name else {})
+    """``remove``: the simulator answers once the card is off, with whether one was there."""
+    reply = session.request("remove", {"reader": args.reader} if args.reader else {})
     if not reply.get("ok"):
         return _refused(reply.get("error"), as_json=args.json)
-    result: dict[str, Any] = {**reply["result"], "card": card}
-    result.pop("queued", None)
+    result: dict[str, Any] = reply["result"]
     if args.json:
         _out(json.dumps(result, ensure_ascii=False))
-    elif card is None:
+    elif not result.get("had_card"):
         _out(f"no card on {result.get('reader')}: nothing to remove")
     else:
-        _out(f"{result.get('reader')}: {card} card taken off (readerctl tail shows card.removed)")
+        _out(
+            f"{result.get('reader')}: {result.get('card')} card taken off (readerctl tail shows card.removed)"
+        )
     return ExitCode.OK
 
 

@@ -14,6 +14,7 @@ Everything the checks touch (paths, the clock, pcscd, USB enumeration, the daemo
 
 from __future__ import annotations
 
+import difflib
 import functools
 import grp
 import os
@@ -24,18 +25,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pluggy
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from protocols.errors import ReaderdError
 from protocols.mykey import key_fingerprint
+from readerd.auth import jlis
+from readerd.auth.certvalidation import TrustAnchor, load_trust_anchors
 from readerd.bus.control_client import request
+from readerd.cli.human import JST
 from readerd.config import DEFAULT_CONFIG, Config, is_loopback_endpoint, load_config
-from readerd.errors import ConfigError, StoreUnavailableError
+from readerd.errors import ConfigError, StoreUnavailableError, TrustAnchorError
 from readerd.ops.keys import load_pseudonym_key
 from readerd.plugin.api import CheckResult, CheckStatus
 from readerd.reading.backends.usb import HOTPLUG, UsbReader
+
+if TYPE_CHECKING:
+    from readerd.plugin.store import RecordedMigration, Schema
 
 OK, WARNING, PROBLEM, SKIPPED = CheckStatus.OK, CheckStatus.WARNING, CheckStatus.PROBLEM, CheckStatus.SKIPPED
 
@@ -399,6 +408,66 @@ def check_store(env: DoctorEnv) -> CheckResult:
 
 
 # --- certificates, bus keys, clock ------------------------------------------------------------------
+#: What an anchor that is not a J-LIS CA means (the simulator's CA on a test kiosk, on purpose or not).
+NOT_JLIS = (
+    "not a J-LIS user-authentication CA: a test or foreign CA; real My Number Cards will not validate "
+    "against it"
+)
+
+
+def _jst(moment: datetime) -> str:
+    return moment.astimezone(JST).isoformat(sep=" ")
+
+
+def _describe_anchor(anchor: TrustAnchor, now: datetime) -> tuple[jlis.JlisCa | None, bool, str]:
+    """The J-LIS CA the anchor is (None: another CA), whether it has expired, and a line saying so."""
+    sha256 = anchor.certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+    known = jlis.lookup(sha256)
+    not_after = anchor.certificate.not_valid_after_utc
+    expired = now > not_after
+    validity = f"expired {_jst(not_after)}" if expired else f"valid to {_jst(not_after)}"
+    if known is not None:
+        return known, expired, f"{anchor.source}: {known.name} (serial {known.serial}), {validity}"
+    return None, expired, f"{anchor.source}: SHA-256 {sha256} is {NOT_JLIS}; {validity}"
+
+
+def check_trust_anchors(env: DoctorEnv) -> CheckResult:
+    """Each configured trust anchor (``auth.trust_anchors``) by SHA-256 fingerprint against the known J-LIS
+    user-authentication CAs (:mod:`readerd.auth.jlis`): a warning for a test or foreign CA, and when every
+    J-LIS CA configured has expired."""
+    sources = env.config.auth.trust_anchors
+    if not sources:
+        return CheckResult(SKIPPED, "not configured (auth.trust_anchors): JPKI authentication is off")
+    try:
+        anchors = load_trust_anchors(sources)  # the daemon's own loader: what it would refuse, this does
+    except TrustAnchorError as e:
+        return CheckResult(
+            PROBLEM,
+            f"{e}; the daemon would exit 78",
+            "put the J-LIS CA certificates (PEM) there; compare their fingerprints with this check's",
+        )
+    now = env.now()
+    described = [_describe_anchor(anchor, now) for anchor in anchors]
+    lines = "; ".join(line for _ca, _expired, line in described)
+    current = [ca for ca, expired, _line in described if ca is not None and not expired]
+    foreign = any(ca is None for ca, _expired, _line in described)
+    fix = (
+        "install the J-LIS CA certificates J-LIS publishes and check their SHA-256 fingerprints here "
+        "(docs/kiosk.md, trust_anchors); a test kiosk may use the simulator's CA on purpose"
+    )
+    if not current and any(ca is not None for ca, _expired, _line in described):
+        return CheckResult(
+            WARNING,
+            f"{lines}; the only J-LIS CA configured has expired: cards whose certificates a newer J-LIS CA "
+            "issued will not validate",
+            "add the current J-LIS user-authentication CA (2023) next to it and check its SHA-256 "
+            "fingerprint here (docs/kiosk.md, trust_anchors)",
+        )
+    if foreign:
+        return CheckResult(WARNING, lines, fix)
+    return CheckResult(OK, lines)
+
+
 def _read_crl(path: Path) -> x509.CertificateRevocationList:
     data = path.read_bytes()
     if data.lstrip().startswith(b"-----BEGIN"):
@@ -407,11 +476,23 @@ def _read_crl(path: Path) -> x509.CertificateRevocationList:
 
 
 def check_crl(env: DoctorEnv) -> CheckResult:
+    """The kiosk's revocation source: local CRL files (``auth.crl_files``) and their freshness, or none.
+    J-LIS gives revocation information only to verifiers the Minister certified or to those acting through
+    a platform operator; this version has no setting for a platform operator's verification service, so
+    the source is a local CRL or nothing."""
     auth = env.config.auth
     if not auth.crl_files:
+        if auth.trust_anchors:
+            return CheckResult(
+                PROBLEM,
+                "revocation source: none (no auth.crl_files): without revocation information a revoked "
+                "card's certificate is accepted, so readerd refuses trust anchors without a CRL (exit 78)",
+                "J-LIS gives CRLs only to certified verifiers or through a platform operator: set "
+                "auth.crl_files to the CRL that route delivers (docs/kiosk.md, crl)",
+            )
         return CheckResult(SKIPPED, "not configured (auth.crl_files): JPKI authentication is off")
     now = env.now()
-    problems, warnings, oldest_next = [], [], None
+    problems, warnings, oldest_next, stale = [], [], None, False
     for name in auth.crl_files:
         path = Path(name)
         try:
@@ -427,8 +508,10 @@ def check_crl(env: DoctorEnv) -> CheckResult:
         if next_update is None or now > next_update:
             problems.append(f"{path}: stale since {next_update:%Y-%m-%d %H:%M} UTC" if next_update else
                             f"{path}: no nextUpdate")  # fmt: skip
+            stale = True
         elif auth.crl_max_age_hours and age > timedelta(hours=auth.crl_max_age_hours):
             problems.append(f"{path}: {age.total_seconds() / 3600:.0f} h old (crl_max_age_hours)")
+            stale = True
         elif next_update - now < CRL_WARN_BEFORE:
             warnings.append(f"{path}: next update due {next_update:%Y-%m-%d %H:%M} UTC")
         if next_update is not None and (oldest_next is None or next_update < oldest_next):
@@ -437,12 +520,15 @@ def check_crl(env: DoctorEnv) -> CheckResult:
         "fetch the current CRL into that path (the job that downloads it from J-LIS or the approved "
         "platform); authentication is refused with crl_stale/crl_unavailable until then"
     )
+    source = "revocation source: local CRL file(s): "
     if problems:
-        return CheckResult(PROBLEM, "; ".join(problems), fix)
+        if stale and auth.stale_crl == "allow_with_warning":
+            problems.append("auth.stale_crl = allow_with_warning: a card revoked since it is accepted")
+        return CheckResult(PROBLEM, source + "; ".join(problems), fix)
     if warnings:
-        return CheckResult(WARNING, "; ".join(warnings), fix)
+        return CheckResult(WARNING, source + "; ".join(warnings), fix)
     due = f", next update {oldest_next:%Y-%m-%d %H:%M} UTC" if oldest_next else ""
-    return CheckResult(OK, f"{len(auth.crl_files)} CRL(s) current{due}")
+    return CheckResult(OK, f"{source}{len(auth.crl_files)} CRL(s) current{due}")
 
 
 def check_bus_keys(env: DoctorEnv) -> CheckResult:
@@ -556,6 +642,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("state_dir", check_state_dir),
     ("deployment_key", check_deployment_key),
     ("store", check_store),
+    ("trust_anchors", check_trust_anchors),
     ("crl", check_crl),
     ("bus_keys", check_bus_keys),
     ("clock", check_clock),
@@ -577,13 +664,182 @@ def plugin_findings(env: DoctorEnv) -> list[Finding]:
     from readerd.plugin.discovery import discover  # noqa: PLC0415 - imports every plugin
 
     found = discover(env.config.plugins)
-    findings = [
+    findings = config_findings(env, found.pm)
+    findings += migration_findings(env, found.pm)
+    findings += [
         _run_one(f"{plugin}.{check.name}", check.run, plugin) for plugin, check in found.doctor_checks()
     ]
     findings += [
         Finding(f"{plugin}.load", PROBLEM, f"plugin not loaded: {why}", "fix or disable the plugin", plugin)
         for plugin, why in found.problems.items()
     ]
+    return findings
+
+
+def _answers(pm: pluggy.PluginManager, hook: str) -> tuple[dict[str, object], dict[str, str]]:
+    """Each loaded plugin's answer to a hook that takes no argument (plugins without it left out), and
+    the plugins whose hook raised."""
+    answers: dict[str, object] = {}
+    failed: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        try:
+            answers[impl.plugin_name] = impl.function()
+        except Exception as e:  # a plugin's failure is its own finding
+            failed[impl.plugin_name] = f"{hook}: {type(e).__name__}: {e}"
+    return answers, failed
+
+
+def config_findings(env: DoctorEnv, pm: pluggy.PluginManager) -> list[Finding]:
+    """Each plugin's ``[plugins.<name>]`` against the keys it declares, as the host checks it at load: a
+    problem per unknown or mistyped key (``<plugin>.config.<key>``); skipped for a plugin that declares
+    none. Nothing is started."""
+    from readerd.plugin.api import check_config_keys, config_keys_of  # noqa: PLC0415 - with the plugins
+
+    answers, failed = _answers(pm, "readerd_config_keys")
+    findings: list[Finding] = []
+    fix = "correct or remove the key (readerctl help config lists every key of the configured plugins)"
+    for plugin, _object in pm.list_name_plugin():
+        name = f"{plugin}.config"
+        if plugin in failed:
+            findings.append(Finding(name, PROBLEM, failed[plugin], "fix or disable the plugin", plugin))
+            continue
+        try:
+            keys = config_keys_of(answers.get(plugin))
+        except ValueError as e:
+            findings.append(Finding(name, PROBLEM, str(e), "fix the plugin's declaration", plugin))
+            continue
+        if keys is None:
+            message = f"the plugin declares no configuration keys: [plugins.{plugin}] is not checked"
+            findings.append(Finding(name, SKIPPED, message, source=plugin))
+            continue
+        section = env.config.plugins.sections.get(plugin, {})
+        problems = check_config_keys(plugin, keys, section)
+        findings += [Finding(f"{name}.{p.key}", PROBLEM, str(p), fix, plugin) for p in problems]
+        if not problems:
+            findings.append(
+                Finding(name, OK, f"[plugins.{plugin}]: {len(section)} key(s), all declared", "", plugin)
+            )
+    loaded = {plugin for plugin, _object in pm.list_name_plugin()}
+    for section_name in sorted(set(env.config.plugins.sections) - loaded - set(env.config.plugins.disabled)):
+        close = difflib.get_close_matches(section_name, sorted(loaded), n=1)
+        hint = f"; did you mean [plugins.{close[0]}]?" if close else ""
+        findings.append(
+            Finding(
+                f"config.plugins.{section_name}",
+                WARNING,
+                f"[plugins.{section_name}] belongs to no plugin this configuration loads{hint}",
+                "correct the table's name, or name the plugin in [plugins] builtins or load",
+            )
+        )
+    return findings
+
+
+def _recorded_rows(env: DoctorEnv) -> list[RecordedMigration] | None:
+    """Every ``readerd_migrations`` row the plugins' databases hold, read only (None: no store yet);
+    rows of role ``shared`` from PostgreSQL when ``store.shared_url`` is set."""
+    import sqlalchemy as sa  # noqa: PLC0415 - only when plugins are checked
+
+    from readerd.plugin.store import recorded_migrations  # noqa: PLC0415
+
+    config = env.config
+    path = Path(config.store.local_path) if config.store.local_path else Path(config.state_dir) / "store.db"
+    rows: list[RecordedMigration] = []
+    if path.exists():
+        engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        try:
+            with engine.connect() as conn:
+                rows = recorded_migrations(conn)
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreUnavailableError(f"{path}: {e}") from e
+        finally:
+            engine.dispose()
+    elif not config.store.shared_url:
+        return None
+    if config.store.shared_url:
+        from readerd.ops.database import postgres_database  # noqa: PLC0415
+
+        rows = [r for r in rows if r.role == "local"]
+        shared = postgres_database(config.store.shared_url, config.store)
+        try:
+            rows += [r for r in shared.transaction(recorded_migrations, readonly=True) if r.role == "shared"]
+        finally:
+            shared.close()
+    return rows
+
+
+def _schema_mismatches(plugin: str, schema: Schema, rows: list[RecordedMigration]) -> list[str]:
+    """What differs between one declared schema and the rows recorded for it."""
+    recorded = sorted(
+        (r for r in rows if r.plugin == plugin and r.role == schema.role and r.schema == schema.name),
+        key=lambda r: r.version,
+    )
+    names = schema.names()
+    where = f"{schema.role} schema {schema.name or '(default)'}"
+    found: list[str] = []
+    for row in recorded:
+        if row.version <= len(names) and row.name != names[row.version - 1]:
+            found.append(
+                f"{where} version {row.version}: recorded {row.name!r}, "
+                f"the code has {names[row.version - 1]!r}"
+            )
+        elif row.version > len(names) and row.kind == "contract":
+            found.append(
+                f"{where} version {row.version} ({row.name}) is a contract migration beyond this code"
+            )
+    return found
+
+
+def migration_findings(env: DoctorEnv, pm: pluggy.PluginManager) -> list[Finding]:
+    """Each plugin's declared migration lists (``readerd_schemas``) against what ``readerd_migrations``
+    records: a problem when a recorded name differs from the code's for that version (a migration edited
+    or reordered after release, or two lists recorded under one schema) or a contract migration beyond
+    the code was applied. Skipped for plugins that declare none, and when there is no store yet."""
+    from readerd.plugin.store import Schema  # noqa: PLC0415 - with the plugins
+
+    answers, failed = _answers(pm, "readerd_schemas")
+    findings = [
+        Finding(f"{plugin}.migrations", PROBLEM, why, "fix or disable the plugin", plugin)
+        for plugin, why in failed.items()
+    ]
+    if not answers:
+        return findings
+    try:
+        rows = _recorded_rows(env)
+    except (StoreUnavailableError, ReaderdError) as e:
+        return [
+            *findings,
+            *(
+                Finding(f"{p}.migrations", WARNING, f"not compared: {e}", "see the store check", p)
+                for p in answers
+            ),
+        ]
+    for plugin, answer in answers.items():
+        name = f"{plugin}.migrations"
+        schemas = list(answer) if isinstance(answer, list | tuple) else None
+        if schemas is None or not all(isinstance(s, Schema) for s in schemas):
+            findings.append(
+                Finding(name, PROBLEM, "readerd_schemas: not a list of Schema", "report it", plugin)
+            )
+            continue
+        if rows is None:
+            findings.append(Finding(name, SKIPPED, "no store yet: nothing recorded", source=plugin))
+            continue
+        mismatches = [m for schema in schemas for m in _schema_mismatches(plugin, schema, rows)]
+        if mismatches:
+            findings.append(
+                Finding(
+                    name,
+                    PROBLEM,
+                    "applied migrations differ from the code's: " + "; ".join(mismatches),
+                    "run the plugin version that recorded them, or repair the plugin's tables and its "
+                    'readerd_migrations rows by hand (docs/plugins.md, "Schema names"); the plugin\'s '
+                    "tables may be missing meanwhile",
+                    plugin,
+                )
+            )
+        else:
+            listed = ", ".join(f"{s.role}/{s.name or 'default'}" for s in schemas)
+            findings.append(Finding(name, OK, f"applied migrations match the code ({listed})", "", plugin))
     return findings
 
 

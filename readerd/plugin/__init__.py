@@ -26,15 +26,19 @@ from readerd.plugin.api import (
     CheckResult,
     CheckStatus,
     CommandSpec,
+    ConfigKey,
     CtlCommand,
     DoctorCheck,
     EventInterest,
     JsonObject,
+    Level,
     PluginContext,
     PluginEvent,
+    ResultSpec,
+    ScreenText,
 )
 from readerd.plugin.hookspecs import hookimpl
-from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore, contract
+from readerd.plugin.store import MigrationContext, PluginDatabase, PluginStore, Schema, contract
 
 __all__ = [
     "CONTROL",
@@ -46,10 +50,12 @@ __all__ = [
     "CheckResult",
     "CheckStatus",
     "CommandSpec",
+    "ConfigKey",
     "CtlCommand",
     "DoctorCheck",
     "EventInterest",
     "JsonObject",
+    "Level",
     "MigrationContext",
     "PluginContext",
     "PluginDatabase",
@@ -57,6 +63,9 @@ __all__ = [
     "PluginStore",
     "ReaderdError",
     "Refusal",
+    "ResultSpec",
+    "Schema",
+    "ScreenText",
     "StoreBusyError",
     "StoreUnavailableError",
     "business_time",

@@ -6,9 +6,11 @@ gives fixtures that run a real one on the simulator).
 
 from __future__ import annotations
 
+import difflib
 import re
+import string
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +31,7 @@ DEFAULT_EVENT_TYPES = frozenset(
         "card.authenticated",
         "card.removed",
         "card.read_aborted",
+        "member.enrolled",
         "reader.added",
         "reader.removed",
         "reader.error",
@@ -55,9 +58,15 @@ _PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})*")
 
 
+#: Names no plugin may have: ``[plugins.routing]`` is the host's reader routing, not a plugin's table.
+RESERVED_PLUGIN_NAMES = frozenset({"routing"})
+
+
 def check_plugin_name(name: str) -> str:
     if not _PLUGIN_NAME.fullmatch(name):
         raise ValueError(f"plugin name {name!r}: lower case letters, digits and _, 1..32, a letter first")
+    if name in RESERVED_PLUGIN_NAMES:
+        raise ValueError(f"plugin name {name!r} is reserved: [plugins.{name}] is the host's reader routing")
     return name
 
 
@@ -321,6 +330,22 @@ class CardsOnReaders:
         with self._lock:
             self._cards.pop(event.reader or "", None)
 
+    def enrolled(self, event: PluginEvent) -> CardOnReader | None:
+        """A ``member.enrolled`` for the card on its reader: the card's data now says ``enrolled`` with
+        its ``member_id`` (and ``mykey_id``), as a new tap would; the updated card, or None when another
+        card (or none) is on that reader."""
+        pseudonym = event.data.get("pseudonym")
+        with self._lock:
+            card = self._cards.get(event.reader or "")
+            if card is None or not pseudonym or card.pseudonym != pseudonym:
+                return None
+            data = {**card.data, "enrolled": True, "member_id": event.data.get("member_id")}
+            if event.data.get("mykey_id"):
+                data["mykey_id"] = event.data["mykey_id"]
+            updated = CardOnReader(card.reader, card.kind, data, card.event_id)
+            self._cards[card.reader] = updated
+        return updated
+
     def get(self, reader: str, kind: str | None = None) -> CardOnReader | None:
         """The card on ``reader`` (of ``kind``, if given), or None."""
         with self._lock:
@@ -334,3 +359,219 @@ class CardsOnReaders:
         if card is None:
             raise Refusal("no_card", refusal)
         return card
+
+
+# --- what a citizen sees (readerd_result_fields' ResultSpec) ----------------------------------------------
+class Level(StrEnum):
+    """How much a result matters to the citizen at the reader: a screen shows a ``refusal`` first (they
+    cannot go in, or must do something), then ``success``, then ``info``."""
+
+    REFUSAL = "refusal"
+    SUCCESS = "success"
+    INFO = "info"
+
+
+#: The order a screen shows results in: lower first.
+LEVEL_RANK = {Level.REFUSAL: 0, Level.SUCCESS: 1, Level.INFO: 2}
+#: The key of :attr:`ResultSpec.texts` for every status not listed (and results without ``status``).
+ANY_STATUS = "*"
+#: The field of a published result the host writes the rendered text into (a plugin cannot declare it).
+SCREEN_FIELD = "screen"
+
+_FORMATTER = string.Formatter()
+
+
+@dataclass(frozen=True)
+class ScreenText:
+    """The words a citizen sees for one result status, in Japanese and English, and its :class:`Level`.
+
+    ``ja`` and ``en`` are templates: ``{field}`` is replaced by that top-level field of the result's
+    ``data`` (a declared field only; ``{{`` and ``}}`` are braces); no conversions, format specs,
+    attributes or indexes. A list value is joined with ``、`` (ja) or ``, `` (en), ``true``/``false``
+    are 「はい」/「いいえ」 and yes/no. ``when``: declared fields that must be true (present, not false,
+    0, empty or null) for this text to apply, e.g. ``{"offline"}`` for the words of an offline decision
+    listed before the usual ones."""
+
+    level: Level
+    ja: str
+    en: str
+    when: frozenset[str] = frozenset()
+
+    def fields(self) -> frozenset[str]:
+        """The fields both templates name; ValueError for a template that is not one."""
+        names: set[str] = set()
+        for template in (self.ja, self.en):
+            if not isinstance(template, str) or not template.strip():
+                raise ValueError("a text is a non-empty string")
+            try:
+                parsed = list(_FORMATTER.parse(template))
+            except ValueError as e:
+                raise ValueError(f"{template!r}: {e}") from e
+            for _literal, name, spec, conversion in parsed:
+                if name is None:
+                    continue
+                if spec or conversion or not name.isidentifier():
+                    raise ValueError(f"{template!r}: only {{field}}, no conversion, spec, attribute or index")
+                names.add(name)
+        return frozenset(names)
+
+    def render(self, data: Mapping[str, Any]) -> JsonObject | None:
+        """``{level, ja, en}`` with the fields of ``data`` put in; None when one is absent or null."""
+        names = self.fields()
+        if any(data.get(name) is None for name in names) or not all(data.get(n) for n in self.when):
+            return None
+        return {
+            "level": str(self.level),
+            "ja": self.ja.format_map({n: _shown(data[n], "ja") for n in names}),
+            "en": self.en.format_map({n: _shown(data[n], "en") for n in names}),
+        }
+
+
+def _shown(value: object, lang: str) -> str:
+    if isinstance(value, bool):
+        return ("はい" if value else "いいえ") if lang == "ja" else ("yes" if value else "no")
+    if isinstance(value, list | tuple):
+        return ("、" if lang == "ja" else ", ").join(_shown(v, lang) for v in value)
+    return str(value)
+
+
+Texts = ScreenText | Sequence[ScreenText]
+
+
+@dataclass(frozen=True)
+class ResultSpec:
+    """One result's declaration in ``readerd_result_fields``: its ``data`` fields, and what a citizen
+    sees for each of its statuses (``data["status"]``; :data:`ANY_STATUS` ``"*"`` for the others and
+    for a result without ``status``). A status may have several texts: the first whose fields the
+    result carries (present, not null) is shown, so ``("受付しました {count}/{capacity}", "受付しました")``
+    covers an offline check-in without a count. A status without text, or whose texts all lack a field,
+    shows nothing of this result."""
+
+    fields: frozenset[str]
+    texts: Mapping[str, Texts] = field(default_factory=dict)
+
+    def variants(self, status: str) -> tuple[ScreenText, ...]:
+        given = self.texts.get(status, self.texts.get(ANY_STATUS))
+        if given is None:
+            return ()
+        return (given,) if isinstance(given, ScreenText) else tuple(given)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this declaration (empty: nothing): the host quarantines on any."""
+        found: list[str] = []
+        if not isinstance(self.fields, frozenset | set) or not all(isinstance(f, str) for f in self.fields):
+            return ["fields: a set of field names"]
+        if self.texts and SCREEN_FIELD in self.fields:
+            found.append(f"{SCREEN_FIELD!r} is the host's field (the rendered text): do not declare it")
+        texts: object = self.texts  # a plugin's answer, whatever its annotation says
+        if not isinstance(texts, Mapping):
+            return [*found, "texts: a dict of status to ScreenText"]
+        for status, given in texts.items():
+            variants = [given] if isinstance(given, ScreenText) else given
+            if not isinstance(status, str) or not isinstance(variants, Sequence) or not variants:
+                found.append(f"texts[{status!r}]: a ScreenText or a list of them")
+                continue
+            for text in variants:
+                if not isinstance(text, ScreenText) or text.level not in set(Level):
+                    found.append(f"texts[{status!r}]: {text!r} is not a ScreenText with a Level")
+                    continue
+                try:
+                    unknown = (text.fields() | set(text.when)) - self.fields
+                except ValueError as e:
+                    found.append(f"texts[{status!r}]: {e}")
+                    continue
+                if unknown:
+                    found.append(f"texts[{status!r}]: {', '.join(sorted(unknown))} not among the fields")
+        return found
+
+    def render(self, data: Mapping[str, Any]) -> JsonObject | None:
+        """What the screen shows for ``data`` (``{level, ja, en}``), or None."""
+        status = data.get("status")
+        for text in self.variants(status if isinstance(status, str) else ANY_STATUS):
+            shown = text.render(data)
+            if shown is not None:
+                return shown
+        return None
+
+
+# --- configuration keys (readerd_config_keys) -------------------------------------------------------------
+#: Keys of ``[plugins.<name>]`` that are the daemon's, never the plugin's (config.py checks them).
+DAEMON_KEYS = frozenset({"grants"})
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One key of a plugin's ``[plugins.<name>]`` table: its TOML type (``ArgType.OBJECT`` for a table),
+    the default the plugin uses when it is absent (None: no default, the key is needed where it is used),
+    and what it means (``readerctl help config`` shows it)."""
+
+    name: str
+    type: ArgType
+    default: object = None
+    help: str = ""
+
+    def accepts(self, value: object) -> bool:
+        return Arg(self.type).accepts(value)
+
+    def get(self, config: Mapping[str, Any]) -> Any:  # noqa: ANN401 - a TOML value of the declared type
+        """The key's value in ``config`` (a plugin's ``context.config``), else its default."""
+        return config.get(self.name, self.default)
+
+    def describe(self) -> JsonObject:
+        return {"name": self.name, "type": str(self.type), "default": self.default, "help": self.help}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """A key of ``[plugins.<plugin>]`` the plugin does not declare, or of the wrong type."""
+
+    plugin: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[plugins.{self.plugin}] {self.key}: {self.message}"
+
+
+def check_config_keys(
+    plugin: str, declared: Sequence[ConfigKey], section: Mapping[str, Any]
+) -> list[ConfigProblem]:
+    """Each key of ``section`` (a plugin's ``[plugins.<name>]`` table) the plugin does not declare (with
+    the closest declared one) or whose value is not of the declared type; ``grants`` is the daemon's."""
+    keys = {key.name: key for key in declared}
+    problems: list[ConfigProblem] = []
+    for name, value in section.items():
+        if name in DAEMON_KEYS:
+            continue
+        key = keys.get(name)
+        if key is None:
+            close = difflib.get_close_matches(name, list(keys), n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            known = ", ".join(sorted(keys)) or "none"
+            problems.append(ConfigProblem(plugin, name, f"unknown key{hint} (known keys: {known})"))
+        elif not key.accepts(value):
+            problems.append(ConfigProblem(plugin, name, f"expected {_A[key.type]}, not {value!r}"))
+    return problems
+
+
+def config_keys_of(answer: object) -> list[ConfigKey] | None:
+    """A ``readerd_config_keys`` answer as a list of keys; None when it declares nothing (None) and
+    ValueError when it is not a list of :class:`ConfigKey` with distinct names."""
+    if answer is None:
+        return None
+    if not isinstance(answer, list | tuple) or not all(isinstance(k, ConfigKey) for k in answer):
+        raise ValueError("readerd_config_keys: not a list of ConfigKey")
+    names = [k.name for k in answer]
+    if len(set(names)) != len(names):
+        raise ValueError("readerd_config_keys: a key is declared twice")
+    return list(answer)
+
+
+_A = {
+    ArgType.STRING: "a string",
+    ArgType.INTEGER: "an integer",
+    ArgType.NUMBER: "a number",
+    ArgType.BOOLEAN: "true or false",
+    ArgType.OBJECT: "a table",
+    ArgType.ARRAY: "a list",
+}

@@ -30,6 +30,11 @@ Where and when the hooks run:
   card and reader events; FeliCa blocks, the IDm or certificate details only when asked for by name and
   granted by the kiosk (``[plugins.<name>] grants``). What it publishes reaches the bus only as far as
   :func:`readerd_result_fields` declares it.
+- ``[plugins.routing]`` (the kiosk's) may limit a plugin to some readers: it is then handed no card
+  event and no other plugin's result of another reader, and its results there carry no screen text.
+- Once every plugin's hooks have returned for a tap (``card.identified``, ``card.authenticated``) and
+  for every result it led to, the host publishes ``plugin.handled`` (docs/plugins.md, "Screen texts
+  and plugin.handled").
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ import pluggy
 if TYPE_CHECKING:
     from readerd.plugin.api import (
         CommandSpec,
+        ConfigKey,
         CtlCommand,
         DoctorCheck,
         EventInterest,
         PluginContext,
         PluginEvent,
+        ResultSpec,
     )
+    from readerd.plugin.store import Schema
 
 PROJECT = "readerd"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -117,8 +125,9 @@ def readerd_event_interest() -> EventInterest | None:
 
     Returns an :class:`EventInterest`, or None for the default: the public fields of every ``card.*`` and
     ``reader.*`` event (``card.identified``, ``card.authenticated``, ``card.removed``,
-    ``card.read_aborted``, ``reader.added``, ``reader.removed``, ``reader.error``). ``types`` replaces
-    that set (exact names), so list the card events still wanted beside other plugins' results.
+    ``card.read_aborted``, ``reader.added``, ``reader.removed``, ``reader.error``) and of
+    ``member.enrolled``. ``types`` replaces that set (exact names), so list the card events still wanted
+    beside other plugins' results. ``member.withdrawn`` reaches every plugin whatever it declares.
     ``private`` names fields from ``idm``, ``pmm``, ``blocks`` (FeliCa) and ``serial``, ``issuer_der``,
     ``subject_cn``, ``not_before``, ``not_after`` (the certificate); ``blocks`` only of the FeliCa reads
     named in ``felica_services``. ``private`` is what the plugin asks for; it gets only those the kiosk
@@ -213,6 +222,31 @@ def readerd_card_removed(event: PluginEvent, context: PluginContext) -> None:
 
 
 @hookspec
+def readerd_member_enrolled(event: PluginEvent, context: PluginContext) -> None:
+    """The card on a reader is enrolled (``member.enrolled``): after ``mykey.enroll`` or ``mykey.relink``.
+
+    ``event.data`` has ``member_id``, ``pseudonym``, ``mykey_id`` when there is one, and ``created``
+    (false when the card was enrolled already, e.g. at another kiosk while this one could not ask the
+    ward). ``event.reader`` names the reader the citizen proved possession on. A plugin that keeps the
+    card's ``card.identified`` for counter commands updates it (``CardsOnReaders.enrolled(event)``), so
+    the next command needs no second tap. Delivered with the default interest; a plugin declaring
+    ``types`` lists ``member.enrolled`` to get it. ``context`` is the plugin's :class:`PluginContext`.
+
+    Called from the host's feed thread, one plugin and one event at a time in ``seq`` order,
+    concurrently with command handlers, never with another of its hooks; ``hook_timeout`` applies;
+    ``event.replayed`` as for ``readerd_card_identified`` (a replayed one concerns a card long gone).
+
+    Returns nothing; a return value is ignored.
+
+    Example::
+
+        @hookimpl
+        def readerd_member_enrolled(event: PluginEvent) -> None:
+            cards.enrolled(event)  # the CardsOnReaders filled in readerd_card_identified
+    """
+
+
+@hookspec
 def readerd_member_withdrawn(event: PluginEvent, context: PluginContext) -> None:
     """A citizen withdrew their enrolment (``member.withdrawn``): forget them by your retention rule.
 
@@ -297,7 +331,8 @@ def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
     ``status`` ``accepted``).
 
     Only the types declared in ``readerd_event_interest`` arrive (exact names, e.g.
-    ``"plugin.checkin.result"``; never ``plugin.error``), and never the plugin's own results.
+    ``"plugin.checkin.result"``; never ``plugin.error`` nor the host's ``plugin.handled``), and never
+    the plugin's own results.
     ``event.type`` is the result's type, ``event.data`` what the other plugin published,
     ``event.reader`` the reader it named. ``context`` is the plugin's :class:`PluginContext`.
 
@@ -318,27 +353,43 @@ def readerd_plugin_result(event: PluginEvent, context: PluginContext) -> None:
 
 # --- what a plugin offers ----------------------------------------------------------------------------
 @hookspec(firstresult=True)
-def readerd_result_fields() -> dict[str, frozenset[str]] | None:
-    """Declare the results this plugin publishes and the fields of each: what may reach the LAN, the event
-    log and the kiosk screens (which can take their texts from the same declaration).
+def readerd_result_fields() -> dict[str, ResultSpec | frozenset[str]] | None:
+    """Declare the results this plugin publishes, the fields of each, and what a citizen sees for each of
+    their statuses: what may reach the LAN, the event log and the kiosk screens.
 
     Takes no argument: it runs once per plugin when the host loads it, after ``readerd_event_interest``
     and before ``readerd_startup``, under ``hook_timeout``; ``readerctl plugins`` shows the answer.
 
     Returns a dict of event name (what the plugin passes to ``context.publish``, e.g. ``"greeting"`` for
-    ``plugin.hello.greeting``) to the names of its top-level ``data`` fields, or None for no results.
-    The host publishes only declared fields: an undeclared field is dropped, and a result of an
-    undeclared name is published with empty ``data`` (a screen still sees that it happened). A value
-    that is, or contains, a certificate serial, subject CN or FeliCa IDm (one this plugin was handed, or
-    the card's on a reader) becomes ``"[redacted]"`` even in a declared field. What is dropped or
-    redacted is counted per plugin (``readerctl plugins``) and logged once. A malformed answer (not a
-    dict of event name to a set of field names) quarantines the plugin at once (``bad_result``).
+    ``plugin.hello.greeting``) to a :class:`ResultSpec` ``(fields, texts)``, or to the bare set of its
+    top-level ``data`` field names (the older form: no texts), or None for no results. The host
+    publishes only declared fields: an undeclared field is dropped, and a result of an undeclared name
+    is published with empty ``data`` (a screen still sees that it happened). A value that is, or
+    contains, a certificate serial, subject CN or FeliCa IDm (one this plugin was handed, or the card's
+    on a reader) becomes ``"[redacted]"`` even in a declared field. What is dropped or redacted is
+    counted per plugin (``readerctl plugins``) and logged once.
+
+    ``texts`` maps a value of the result's ``status`` field (``"*"``: every other status, and results
+    without one) to a :class:`ScreenText` ``(level, ja, en, when)``, or to a list of them tried in order:
+    the first whose ``{field}`` placeholders the result carries (present, not null) and whose ``when``
+    fields are true is used. ``level`` is a :class:`Level`: ``REFUSAL`` (the citizen cannot go on, or
+    must do something), ``SUCCESS``, ``INFO`` (nothing to do; never hides another plugin's answer); a
+    screen shows the highest first. For each result the host renders the text from the published
+    (declared, redacted) fields and adds it as ``data.screen = {level, ja, en}``, except at a reader
+    ``[plugins.routing]`` keeps the plugin off; ``screen`` cannot be a declared field beside texts.
+
+    A malformed answer (not a dict of event name to a ``ResultSpec`` or a set of field names; a
+    template naming an undeclared field, with a conversion, format spec, index or attribute, or not
+    parsing; a text that is not a ``ScreenText`` with a ``Level``) quarantines the plugin at once
+    (``bad_result``), before its start.
 
     Example::
 
+        ACCEPTED = ScreenText(Level.SUCCESS, "ようこそ（{visits} 回目）", "Welcome (visit {visits})")
+
         @hookimpl
-        def readerd_result_fields() -> dict[str, frozenset[str]]:
-            return {"greeting": frozenset({"message", "visits"})}
+        def readerd_result_fields() -> dict[str, ResultSpec]:
+            return {"greeting": ResultSpec(frozenset({"message", "visits"}), {"*": ACCEPTED})}
     """
 
 
@@ -434,4 +485,54 @@ def readerd_doctor_checks() -> list[DoctorCheck]:
                 return CheckResult(CheckStatus.PROBLEM, f"{ILS_HOST} does not answer", "check the VPN")
 
             return [DoctorCheck("ils", server)]
+    """
+
+
+# --- what a plugin declares about itself ------------------------------------------------------------------
+@hookspec(firstresult=True)
+def readerd_config_keys() -> list[ConfigKey] | None:
+    """Declare the keys of the plugin's ``[plugins.<name>]`` table: name, type, default and help.
+
+    Takes no argument. Called when a process loads the plugin: by the host (``readerd run``, ``readerd
+    plugins``, ``readerd migrate``) before any plugin's ``readerd_event_interest``, by ``readerctl doctor``
+    and by ``readerctl help config``; under ``hook_timeout`` in the host. Keep it a constant.
+
+    Returns a list of :class:`ConfigKey` ``(name, type, default, help)``, ``type`` an :class:`ArgType`
+    (``OBJECT`` for a TOML table, ``NUMBER`` takes integers too), or None to declare nothing: such a plugin's
+    table is not checked (logged once at load). With a declaration, a key of the table the plugin does not
+    declare, or a value of another type, stops the process that loads it (exit 78, naming the plugin, the
+    key and the closest declared key) and is a problem for ``readerctl doctor``. ``grants`` is the daemon's
+    key and never needs declaring. A malformed answer (not a list of ``ConfigKey``, a name twice) is a
+    configuration error too. ``ConfigKey.get(context.config)`` reads a key with its declared default.
+
+    Example::
+
+        GREETING = ConfigKey("greeting", ArgType.STRING, "ようこそ", "what the screen says at a tap")
+
+        @hookimpl
+        def readerd_config_keys() -> list[ConfigKey]:
+            return [GREETING]
+    """
+
+
+@hookspec
+def readerd_schemas() -> list[Schema]:
+    """Declare the plugin's migration lists, so tools outside the daemon can compare them with what the
+    databases record (``readerctl doctor``'s ``<plugin>.migrations`` check).
+
+    Takes no argument. Called by ``readerctl doctor`` (the plugins loaded, not started); the daemon never
+    calls it: a plugin migrates in ``readerd_startup`` or at first use, as before.
+
+    Returns a list of :class:`Schema` ``(role, migrations, name)``: ``role`` ``"local"`` or ``"shared"``,
+    ``migrations`` the same list the plugin passes to ``context.store.<role>.migrate``, ``name`` the
+    schema name it passes there (``""``: the default schema). Doctor reports a problem when the names
+    ``readerd_migrations`` records for a version differ from the code's (a migration edited or reordered
+    after release, or two lists recorded under one schema), or when a contract migration beyond the
+    code's list was applied.
+
+    Example::
+
+        @hookimpl
+        def readerd_schemas() -> list[Schema]:
+            return [Schema("shared", MIGRATIONS), Schema("local", LOCAL_MIGRATIONS, "queue")]
     """

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import threading
 import time
 from collections import deque
@@ -50,9 +51,11 @@ import pluggy
 import structlog
 import zmq
 
+from readerd import __version__ as readerd_version
 from readerd import events as ev
 from readerd.config import PluginsConfig
 from readerd.errors import (
+    ConfigError,
     PluginError,
     ReaderdError,
     Refusal,
@@ -63,12 +66,17 @@ from readerd.events import Envelope, Event, EventType
 from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
 from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import (
+    LEVEL_RANK,
+    SCREEN_FIELD,
     CommandSpec,
     EventInterest,
     JsonObject,
     PluginContext,
     PluginEvent,
+    ResultSpec,
+    check_config_keys,
     check_plugin_name,
+    config_keys_of,
 )
 from readerd.plugin.replay import BacklogSource, FeedCursors, Tracked
 from readerd.plugin.store import PluginStore, Store
@@ -85,6 +93,15 @@ _MIN_SECRET = 4
 #: The hook that receives other plugins' results (``plugin.<name>.<event>``, declared by exact type).
 PLUGIN_RESULT_HOOK = "readerd_plugin_result"
 
+#: What the host publishes once the plugins have handled a tap and the results it led to (``cause``).
+HANDLED = "plugin.handled"
+#: The events a screen waits on: each gets one ``plugin.handled`` (none when replayed).
+HANDLED_FOR = frozenset({"card.identified", "card.authenticated"})
+#: Seconds a tap's cascade may wait for a result still on its way before ``plugin.handled`` goes out
+#: with ``settled: false`` (a result the bus dropped, a hook abandoned at its timeout); checked at each
+#: feed message, heartbeats included.
+SETTLE_TIMEOUT = 3.0
+
 
 #: Which hook an event type goes to.
 EVENT_HOOKS: dict[str, str] = {
@@ -95,8 +112,11 @@ EVENT_HOOKS: dict[str, str] = {
     "reader.added": "readerd_reader_changed",
     "reader.removed": "readerd_reader_changed",
     "reader.error": "readerd_reader_changed",
+    "member.enrolled": "readerd_member_enrolled",
     "member.withdrawn": "readerd_member_withdrawn",
 }
+#: The hooks of card events: ``[plugins.routing]`` applies to them (and to other plugins' results).
+CARD_HOOKS = frozenset(hook for event, hook in EVENT_HOOKS.items() if event.startswith("card."))
 
 
 @dataclass
@@ -121,6 +141,7 @@ class LoadedPlugin:
     replayed: int = 0  # events handed again after a start (missed by the last run, still in the log)
     asked: frozenset[str] = frozenset()  # private fields it asked for, granted or not
     results: dict[str, frozenset[str]] = field(default_factory=dict)  # readerd_result_fields
+    specs: dict[str, ResultSpec] = field(default_factory=dict)  # the same, with the screen texts
     fields_dropped: int = 0  # undeclared result fields left out of its results
     values_redacted: int = 0  # certificate serial / subject CN / IDm values replaced in its results
     handed: deque[str] = field(default_factory=lambda: deque(maxlen=64))  # secret values it was given
@@ -149,6 +170,10 @@ class LoadedPlugin:
             "private_fields": sorted(self.interest.private),
             "private_not_granted": sorted(self.asked - self.interest.private),
             "results": {event: sorted(names) for event, names in sorted(self.results.items())},
+            # the statuses each result has words for (ResultSpec.texts; "*": any other)
+            "screen_texts": {
+                event: sorted(spec.texts) for event, spec in sorted(self.specs.items()) if spec.texts
+            },
             "result_fields_dropped": self.fields_dropped,
             "result_values_redacted": self.values_redacted,
         }
@@ -166,6 +191,19 @@ class _Origin:
 #: The origin of the hook call running on this thread (a command handler or a plugin's own timer thread
 #: has none, so a redemption published while the same plugin handles a tap is not taken for its result).
 _HANDLING = threading.local()
+
+
+@dataclass
+class _Cascade:
+    """A tap (``card.identified``, ``card.authenticated``) and the results it led to, through other
+    plugins' results too, until none is on its way: then ``plugin.handled`` (docs/plugins.md)."""
+
+    event_id: str
+    reader: str | None
+    touched: float  # the host's clock at its last step (for SETTLE_TIMEOUT)
+    outstanding: int = 0  # results published for it that have not come back on the feed yet
+    plugins: list[str] = field(default_factory=list)  # whose hooks were called, first call first
+    results: list[JsonObject] = field(default_factory=list)  # {id, type, plugin, status?, level?}
 
 
 class PluginHost:
@@ -196,7 +234,7 @@ class PluginHost:
         self.kiosk = kiosk
         self.store = store
         self._publish = publish
-        self._report = report or (lambda *_args: None)
+        self._report = _one_line_reports(report or (lambda *_args: None))  # plugin.error: one line
         self._given = dict(plugins or {})
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -212,6 +250,9 @@ class PluginHost:
         self._card_secrets: deque[str] = deque(maxlen=64)  # of the cards identified lately, any reader
         self._clock: Callable[[], float] = clock or time.monotonic
         self._reinstating = threading.Lock()  # one reinstatement at a time (feed thread, commands)
+        self._cascades: dict[str, _Cascade] = {}  # open taps by event id (module docstring)
+        self._roots: dict[str, str] = {}  # event id (a tap, a result of one) -> the tap's id
+        self._cascade_lock = threading.Lock()  # hook threads count results, the feed thread the rest
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -229,6 +270,14 @@ class PluginHost:
             )
         for candidate in found.load:
             self._add(candidate)
+        known = {*self.plugins, *self.rejected, *found.disabled}
+        unrouted = sorted(self.config.routed_names() - known)
+        if unrouted:  # before any plugin starts: exit 78 (docs/configuration.md)
+            raise ConfigError(
+                f"plugins.routing: no plugin {', '.join(unrouted)} is loaded "
+                f"(loaded: {', '.join(sorted(self.plugins)) or 'none'})"
+            )
+        self._check_config()  # before any plugin starts: a misspelt key must not run silently
         recorded = self.cursors.read()
         for loaded in list(self.plugins.values()):
             loaded.cursor = recorded.get(loaded.name)
@@ -252,6 +301,8 @@ class PluginHost:
             return
         if version is None and isinstance(plugin, ModuleType):
             version = getattr(plugin, "__version__", None)
+        if version is None and candidate.source == "builtin":
+            version = readerd_version  # the built-ins ship with readerd: its version is theirs
         context = PluginContext(
             name=name,
             config={k: v for k, v in self.config.sections.get(name, {}).items() if k != "grants"},
@@ -262,6 +313,29 @@ class PluginHost:
         )
         self.plugins[name] = LoadedPlugin(name, plugin, candidate.source, version, context)
         log.info("plugin loaded", plugin=name, source=candidate.source, version=version)
+
+    def _check_config(self) -> None:
+        """Each plugin's ``[plugins.<name>]`` against the keys it declares (``readerd_config_keys``):
+        :class:`ConfigError` (exit 78) naming every unknown or mistyped key of every plugin; a plugin that
+        declares none is not checked, and the log says so once."""
+        problems: list[str] = []
+        for loaded in self.plugins.values():
+            try:
+                keys = config_keys_of(self._call(loaded, "readerd_config_keys", {}))
+            except ValueError as e:
+                problems.append(f"plugin {loaded.name}: {e}")
+                continue
+            if keys is None:
+                log.info(
+                    "plugin configuration not checked: the plugin declares no keys",
+                    plugin=loaded.name,
+                    declare="readerd_config_keys (docs/plugins.md)",
+                )
+                continue
+            section = self.config.sections.get(loaded.name, {})
+            problems += [str(problem) for problem in check_config_keys(loaded.name, keys, section)]
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def _reject(self, name: str, why: str) -> None:
         self.rejected[name] = why
@@ -298,13 +372,12 @@ class PluginHost:
         """Ask for its ``readerd_result_fields``; False once a bad answer or a failure quarantined it."""
         results = self._call(loaded, "readerd_result_fields", {})
         if results is not None:
-            declared = _result_fields(results)
-            if declared is None:
-                self._quarantine(
-                    loaded, "readerd_result_fields", "bad_result", "not a dict of event name to field names"
-                )
+            specs = _result_specs(results)
+            if isinstance(specs, str):
+                self._quarantine(loaded, "readerd_result_fields", "bad_result", specs)
             else:
-                loaded.results = declared
+                loaded.specs = specs
+                loaded.results = {event: spec.fields for event, spec in specs.items()}
         return loaded.healthy
 
     def _grant(self, loaded: LoadedPlugin, interest: EventInterest) -> None:
@@ -356,7 +429,7 @@ class PluginHost:
             self._store_failure(loaded, hook, e)
             return None
         except Exception as e:  # a plugin's exception is its own failure, never the host's
-            self._fail(loaded, hook, "exception", f"{type(e).__name__}: {e}")
+            self._fail(loaded, hook, "exception", error_line(e), e)
             return None
         finally:
             loaded.calls += 1
@@ -366,12 +439,17 @@ class PluginHost:
         loaded.failures = 0
         return result
 
-    def _fail(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
+    def _fail(
+        self, loaded: LoadedPlugin, hook: str, code: str, message: str, error: BaseException | None = None
+    ) -> None:
+        """``error``: the exception, whose traceback goes to the log (never to ``plugin.error``)."""
         loaded.failures += 1
         if loaded.failures >= self.config.quarantine_after:
-            self._quarantine(loaded, hook, code, message)
+            self._quarantine(loaded, hook, code, message, error)
             return
-        log.error("plugin hook failed", plugin=loaded.name, hook=hook, error=code, message=message)
+        log.error(
+            "plugin hook failed", plugin=loaded.name, hook=hook, error=code, message=message, exc_info=error
+        )
         self._report(loaded.name, hook, code, message, False)
 
     def _store_failure(self, loaded: LoadedPlugin, hook: str, error: ReaderdError) -> None:
@@ -381,12 +459,16 @@ class PluginHost:
         )
         self._report(loaded.name, hook, error.code, str(error), False)
 
-    def _quarantine(self, loaded: LoadedPlugin, hook: str, code: str, message: str) -> None:
+    def _quarantine(
+        self, loaded: LoadedPlugin, hook: str, code: str, message: str, error: BaseException | None = None
+    ) -> None:
         loaded.quarantined = f"{hook}: {code}: {message}"
         loaded.quarantined_at = self._clock()
         if isinstance(loaded.context.store, PluginStore):
             loaded.context.store.revoke("quarantined")
-        log.error("plugin quarantined", plugin=loaded.name, hook=hook, error=code, message=message)
+        log.error(
+            "plugin quarantined", plugin=loaded.name, hook=hook, error=code, message=message, exc_info=error
+        )
         self._report(loaded.name, hook, code, message, True)
 
     # -- reinstatement (module docstring) ------------------------------------------------------------
@@ -479,12 +561,106 @@ class PluginHost:
         self._cool_down()
         self._note_resumed(envelope.seq if envelope.event.type == EventType.HEARTBEAT else envelope.seq - 1)
         if envelope.event.type == EventType.HEARTBEAT:
+            self._settle_overdue()
             return
-        delivered = self.deliver(envelope, replayed=replayed)
+        root = None if replayed else self._join_cascade(envelope)
+        called: list[str] = []
+        delivered = self.deliver(envelope, replayed=replayed, called=called)
         self.cursors.advance(envelope.seq, envelope.run_id, flush=delivered)
+        if root is not None:
+            self._step_cascade(root, called)
+        self._settle_overdue()
 
-    def deliver(self, envelope: Envelope, *, to: set[str] | None = None, replayed: bool = False) -> bool:
-        """True if some plugin's hook was called with the event. ``to``: a replay, for these plugins."""
+    # -- plugin.handled (docs/plugins.md, "When a tap is handled") ------------------------------------
+    def _join_cascade(self, envelope: Envelope) -> str | None:
+        """The tap whose cascade this event belongs to (a new one for a tap), or None. A result coming
+        back on the feed is one fewer on its way, and is listed for the screen."""
+        if envelope.event.replayed:
+            return None
+        with self._cascade_lock:
+            if envelope.topic in HANDLED_FOR:
+                tap = envelope.id
+                self._cascades[tap] = _Cascade(tap, envelope.event.reader, self._clock())
+                self._roots[tap] = tap
+                return tap
+            cause = envelope.event.cause
+            root = self._roots.get(cause) if cause is not None else None
+            cascade = self._cascades.get(root) if root is not None else None
+            if root is None or cascade is None or hook_for(envelope.topic) != PLUGIN_RESULT_HOOK:
+                return None
+            tap = root
+            cascade.outstanding = max(0, cascade.outstanding - 1)
+            self._roots[envelope.id] = tap
+            data = envelope.event.data
+            plugin = envelope.topic.split(".")[1]
+            listed: JsonObject = {"id": envelope.id, "type": envelope.topic, "plugin": plugin}
+            if isinstance(data.get("status"), str):
+                listed["status"] = data["status"]
+            screen = data.get(SCREEN_FIELD)
+            if isinstance(screen, dict) and screen.get("level") in LEVEL_RANK:
+                listed["level"] = screen["level"]
+            cascade.results.append(listed)
+            return tap
+
+    def _count_result(self, cause: str | None) -> None:
+        """A result published on a hook's thread for ``cause``: its tap waits for it to come back."""
+        with self._cascade_lock:
+            tap = self._roots.get(cause) if cause is not None else None
+            cascade = self._cascades.get(tap) if tap is not None else None
+            if cascade is not None:
+                cascade.outstanding += 1
+
+    def _step_cascade(self, tap: str, called: list[str]) -> None:
+        """After the plugins handled an event of ``tap``'s cascade: ``plugin.handled`` once nothing of
+        it is on its way."""
+        with self._cascade_lock:
+            cascade = self._cascades.get(tap)
+            if cascade is None:
+                return
+            cascade.plugins += [name for name in called if name not in cascade.plugins]
+            cascade.touched = self._clock()
+            if cascade.outstanding > 0:
+                return
+            self._close_cascade(cascade)
+        self._publish_handled(cascade, settled=True)
+
+    def _settle_overdue(self) -> None:
+        """Taps whose results have not all come back within :data:`SETTLE_TIMEOUT`: handled, unsettled."""
+        now = self._clock()
+        with self._cascade_lock:
+            overdue = [c for c in self._cascades.values() if now - c.touched > SETTLE_TIMEOUT]
+            for cascade in overdue:
+                self._close_cascade(cascade)
+        for cascade in overdue:
+            log.warning("tap handled before its results came back", cause=cascade.event_id)
+            self._publish_handled(cascade, settled=False)
+
+    def _close_cascade(self, cascade: _Cascade) -> None:
+        del self._cascades[cascade.event_id]
+        for event_id in [k for k, v in self._roots.items() if v == cascade.event_id]:
+            del self._roots[event_id]
+
+    def _publish_handled(self, cascade: _Cascade, *, settled: bool) -> None:
+        data: JsonObject = {"plugins": cascade.plugins, "results": cascade.results, "settled": settled}
+        self._publish(Event(HANDLED, cascade.reader, data, cause=cascade.event_id))
+
+    def _routed(self, name: str, envelope: Envelope, hook: str) -> bool:
+        """Whether ``[plugins.routing]`` lets the plugin act on this event's reader: card events and
+        results name a reader; reader events and withdrawals reach every plugin."""
+        if hook not in (PLUGIN_RESULT_HOOK, *CARD_HOOKS):
+            return True
+        return self.config.routed(name, envelope.event.reader)
+
+    def deliver(
+        self,
+        envelope: Envelope,
+        *,
+        to: set[str] | None = None,
+        replayed: bool = False,
+        called: list[str] | None = None,
+    ) -> bool:
+        """True if some plugin's hook was called with the event. ``to``: a replay, for these plugins;
+        ``called``: gets the names of the plugins whose hook was called."""
         event_type = envelope.topic
         hook = hook_for(event_type)
         if hook is None:
@@ -501,13 +677,18 @@ class PluginHost:
                 continue  # never its own results: a plugin answering itself would loop
             if to is not None and loaded.name not in to:
                 continue
+            if not self._routed(loaded.name, envelope, hook):
+                continue  # [plugins.routing]: not this plugin's reader
             shown = loaded.interest.strip(envelope.event.private)
             handed = _secret_values(shown)
             if handed:
                 with self._lock:
                     loaded.handed.extend(handed)
             event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
-            delivered = delivered or self._implements(loaded, hook)
+            implements = self._implements(loaded, hook)
+            delivered = delivered or implements
+            if implements and called is not None:
+                called.append(loaded.name)
             origin = _Origin(loaded.name, event.id, event.replayed)
             self._call(loaded, hook, {"event": event, "context": loaded.context}, origin)
             loaded.last_seq = event.seq
@@ -548,7 +729,27 @@ class PluginHost:
         cause = origin.event_id if origin is not None else None
         replayed = origin is not None and origin.replayed
         data = self._screen(plugin, event, data)
+        text = self._screen_text(plugin, event, data, reader)
+        if text is not None:
+            data[SCREEN_FIELD] = text
+        if not replayed:
+            self._count_result(cause)
         self._publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
+
+    def _screen_text(
+        self, plugin: str, event: str, data: JsonObject, reader: str | None
+    ) -> JsonObject | None:
+        """The words of the plugin's :class:`ResultSpec` for this result (``{level, ja, en}``), or None:
+        none declared, none whose fields it carries, or a reader ``[plugins.routing]`` keeps it off."""
+        loaded = self.plugins.get(plugin)
+        spec = loaded.specs.get(event) if loaded is not None else None
+        if spec is None or not self.config.routed(plugin, reader):
+            return None
+        try:
+            return spec.render(data)
+        except (ValueError, KeyError, TypeError) as e:  # checked at load: not expected
+            log.warning("plugin result text not rendered", plugin=plugin, result=event, error=str(e))
+            return None
 
     def _screen(self, plugin: str, event: str, data: JsonObject) -> JsonObject:
         """``data`` with only the fields the plugin declared for ``event``, and no certificate serial,
@@ -609,7 +810,7 @@ class PluginHost:
         except ReaderdError:
             raise  # a refusal with its own code (insufficient_points ...), not a failure of the plugin
         except Exception as e:
-            self._fail(loaded, spec.name, "exception", f"{type(e).__name__}: {e}")
+            self._fail(loaded, spec.name, "exception", error_line(e), e)
             raise PluginError(loaded.name, spec.name, type(e).__name__) from e
         if not isinstance(result, dict):
             raise PluginError(loaded.name, spec.name, "the handler did not return a JSON object")
@@ -694,12 +895,34 @@ class PluginHost:
         }
 
 
+def _result_specs(answer: object) -> dict[str, ResultSpec] | str:
+    """A ``readerd_result_fields`` answer as :class:`ResultSpec` per result (the old form: no texts), or
+    what is wrong with it (the texts' templates checked against the declared fields)."""
+    if not isinstance(answer, Mapping):
+        return "not a dict of event name to field names or ResultSpec"
+    specs: dict[str, ResultSpec] = {}
+    plain = _result_fields({k: v for k, v in answer.items() if not isinstance(v, ResultSpec)})
+    if plain is None:
+        return "not a dict of event name to field names or ResultSpec"
+    for event, value in answer.items():
+        if not isinstance(value, ResultSpec):
+            specs[event] = ResultSpec(plain[event])
+            continue
+        problems = value.problems()
+        if problems:
+            return f"{event}: {'; '.join(problems)}"
+        specs[event] = ResultSpec(frozenset(value.fields), dict(value.texts))
+    return specs
+
+
 def _result_fields(answer: object) -> dict[str, frozenset[str]] | None:
     """A ``readerd_result_fields`` answer as the host keeps it; None when malformed."""
     if not isinstance(answer, Mapping):
         return None
     declared: dict[str, frozenset[str]] = {}
     for event, names in answer.items():
+        if isinstance(names, ResultSpec):
+            names = names.fields  # noqa: PLW2901 - the new form's fields
         if not isinstance(event, str) or isinstance(names, str | bytes):
             return None
         try:
@@ -710,6 +933,38 @@ def _result_fields(answer: object) -> dict[str, frozenset[str]] | None:
             return None
         declared[event] = fields
     return declared
+
+
+#: Where SQLAlchemy's message turns from the error to the statement, its parameters and its help link.
+_SQL_TAIL = re.compile(r"\[SQL: |\[parameters: |\(Background on this error at")
+#: Longest ``plugin.error`` message: a line on a console, not a dump.
+MESSAGE_MAX = 300
+
+
+def one_line(message: str) -> str:
+    """The first line of ``message`` without SQLAlchemy's ``[SQL: …]``, ``[parameters: …]`` and
+    ``(Background on this error at …)``, at most :data:`MESSAGE_MAX` characters: what ``plugin.error``
+    carries (the traceback and the statement go to the host's log only)."""
+    text = _SQL_TAIL.split(message, maxsplit=1)[0].strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return first if len(first) <= MESSAGE_MAX else first[: MESSAGE_MAX - 1] + "…"
+
+
+def error_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception (only ``Type`` when its message has no line of its own)."""
+    first = one_line(str(error))
+    return one_line(f"{type(error).__name__}: {first}") if first else type(error).__name__
+
+
+def _one_line_reports(
+    report: Callable[[str, str, str, str, bool], None],
+) -> Callable[[str, str, str, str, bool], None]:
+    """``report`` (which publishes ``plugin.error``) with every message made :func:`one_line`."""
+
+    def reported(plugin: str, hook: str, code: str, message: str, quarantined: bool) -> None:
+        report(plugin, hook, code, one_line(message), quarantined)
+
+    return reported
 
 
 def _secret_values(private: Mapping[str, Any]) -> list[str]:
@@ -749,8 +1004,9 @@ def _redact(value: Any, secrets: set[str]) -> tuple[Any, int]:  # noqa: ANN401 -
 
 
 def hook_for(event_type: str) -> str | None:
-    """The hook an event type goes to: a card or reader hook, or other plugins' results."""
+    """The hook an event type goes to: a card or reader hook, or other plugins' results (never
+    ``plugin.error`` nor the host's own ``plugin.handled``)."""
     hook = EVENT_HOOKS.get(event_type)
-    if hook is None and event_type.startswith("plugin.") and event_type != "plugin.error":
+    if hook is None and event_type.startswith("plugin.") and event_type not in ("plugin.error", HANDLED):
         hook = PLUGIN_RESULT_HOOK
     return hook

@@ -5,11 +5,14 @@ hangs, leaks or crashes costs only its own process. The daemon stays the single 
 
 - it binds the private feed (``ipc://<runtime_dir>/private.sock``, full fields) and a private control
   socket (``ipc://<runtime_dir>/plugins.sock``), both 0600, when it runs without the embedded host;
-- plugin results and errors come back as ``plugin.publish`` / ``plugin.error`` requests, which the daemon
+- plugin results and errors come back as ``plugin.publish`` / ``plugin.error`` requests, and the host's
+  ``plugin.handled`` (a tap's results have all come back) as ``plugin.handled``, which the daemon
   publishes with their own seq;
-- the host announces its commands with ``plugins.register``; the daemon registers them on its public
-  control socket and forwards each request to the host (and ``plugins`` for ``readerctl plugins``,
-  ``plugins.reinstate`` for ``readerctl plugins reinstate NAME``, operator role).
+- the host announces its commands with ``plugins.register`` (each one's role, ``CommandSpec.schema()``
+  and whether it moves value); the daemon registers them on its public control socket, described as
+  the embedded host's are (``commands``, ``readerctl help``), and forwards each request to the host
+  (and ``plugins`` for ``readerctl plugins``, ``plugins.reinstate`` for ``readerctl plugins reinstate
+  NAME``, operator role).
 
 The host's side is :mod:`readerd.plugin.split_host`.
 """
@@ -24,11 +27,13 @@ from pathlib import Path
 import structlog
 
 from readerd import events as ev
-from readerd.bus.control import CommandHandler, ControlRequest, JsonObject
+from readerd.bus.control import ArgDoc, CommandDoc, CommandHandler, ControlRequest, JsonObject
 from readerd.bus.curve import ROLES
 from readerd.bus.server import Bus
 from readerd.config import Config
 from readerd.errors import Refusal
+from readerd.events import Event
+from readerd.plugin.host import HANDLED
 
 log = structlog.get_logger("readerd.plugin_link")
 
@@ -40,6 +45,12 @@ CONTROL_SOCKET = "plugins.sock"
 CURSOR_FILE = "plugins.cursor"
 #: How long the daemon waits for the split host to answer a forwarded command.
 FORWARD_TIMEOUT = 10.0
+#: ``commands``' entries of the two commands the link forwards for ``readerctl plugins`` (as embedded).
+PLUGINS_DOC = CommandDoc("the loaded plugins: versions, hooks, quarantine, what they receive")
+REINSTATE_DOC = CommandDoc(
+    "bring a quarantined plugin back now (a new store handle)",
+    {"name": ArgDoc("string", True, "the plugin's name")},
+)
 
 
 def runtime_dir(config: Config) -> Path:
@@ -75,8 +86,9 @@ class SplitHostLink:
         bus.register_private_command("plugins.unregister", self._unregister)
         bus.register_private_command("plugin.publish", self._publish)
         bus.register_private_command("plugin.error", self._error)
-        bus.register_command("plugins", self._forward)
-        bus.register_command("plugins.reinstate", self._forward, role="operator")
+        bus.register_private_command(HANDLED, self._handled)
+        bus.register_command("plugins", self._forward, spec=PLUGINS_DOC)
+        bus.register_command("plugins.reinstate", self._forward, role="operator", spec=REINSTATE_DOC)
         bus.add_status(lambda: {"plugin_host": "split" if self.peer is not None else "split, not connected"})
 
     def _register(self, request: ControlRequest) -> JsonObject:
@@ -90,6 +102,9 @@ class SplitHostLink:
         possession = request.args.get("possession", [])
         if not isinstance(possession, list) or not all(isinstance(n, str) for n in possession):
             raise Refusal("bad_request", "possession: [<plugin>.<verb>, ...]")
+        specs = request.args.get("specs", {})  # a host before specs sends none: its commands undescribed
+        if not isinstance(specs, dict) or not all(isinstance(s, dict) for s in specs.values()):
+            raise Refusal("bad_request", "specs: {<plugin>.<verb>: CommandSpec.schema()}")
         self.peer = request.peer
         for name, role in commands.items():
             handler: CommandHandler = self._forward
@@ -97,7 +112,9 @@ class SplitHostLink:
                 if self.guard is None:
                     raise Refusal("bad_request", f"{name} moves value and this daemon cannot check proofs")
                 handler = self.guard(self._forward_with)
-            self.bus.register_command(name, handler, role=role)
+            schema = specs.get(name)
+            doc = CommandDoc.from_schema(schema, possession=name in possession) if schema else None
+            self.bus.register_command(name, handler, role=role, spec=doc)
         names = sorted(commands)
         self.commands = names
         log.info("split plugin host connected", commands=names)
@@ -121,6 +138,15 @@ class SplitHostLink:
             a["plugin"], a["event"], a["data"], reader, cause=cause, replayed=a.get("replayed") is True
         )
         self.bus.publish(result)
+        return {}
+
+    def _handled(self, request: ControlRequest) -> JsonObject:
+        """``plugin.handled {cause, reader?, data}``: the split host is done with a tap (docs/events.md)."""
+        a = request.args
+        if not isinstance(a.get("cause"), str) or not isinstance(a.get("data"), dict):
+            raise Refusal("bad_request", "plugin.handled {cause, reader?, data}")
+        reader = a.get("reader") if isinstance(a.get("reader"), str) else None
+        self.bus.publish(Event(HANDLED, reader, a["data"], cause=a["cause"]))
         return {}
 
     def _error(self, request: ControlRequest) -> JsonObject:

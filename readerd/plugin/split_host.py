@@ -29,7 +29,7 @@ from readerd.config import Config
 from readerd.errors import BusSilentError, GapUnrecoverableError, Refusal
 from readerd.events import Envelope, Event
 from readerd.exitcodes import ExitCode
-from readerd.plugin.host import PluginHost
+from readerd.plugin.host import HANDLED, PluginHost
 from readerd.plugin.link import CURSOR_FILE, endpoints
 from readerd.plugin.store import Store
 
@@ -104,6 +104,9 @@ class SplitHost:
         uplink = Uplink(context, control)
 
         def publish(result: Event) -> None:
+            if str(result.type) == HANDLED:  # the host's own: the tap and what the plugins made of it
+                uplink.send(HANDLED, {"cause": result.cause, "reader": result.reader, "data": result.data})
+                return
             _, plugin, event = str(result.type).split(".", 2)  # plugin.<name>.<event>
             args = {"plugin": plugin, "event": event, "data": result.data, "reader": result.reader}
             uplink.send("plugin.publish", {**args, "cause": result.cause, "replayed": result.replayed})
@@ -211,7 +214,9 @@ def _roles(host: PluginHost) -> dict[str, str]:
 
 
 def _registration(host: PluginHost) -> JsonObject:
-    """What ``plugins.register`` announces: each command's role, and which move value (the daemon
-    checks a PIN proof before it forwards those)."""
+    """What ``plugins.register`` announces: each command's role, which move value (the daemon checks a
+    PIN proof before it forwards those) and each one's ``CommandSpec.schema()`` (its help and typed
+    arguments, for ``commands``: ``readerctl help`` and ``call`` as with the embedded host)."""
     possession = sorted(name for name, (_owner, spec) in host.commands.items() if spec.possession)
-    return {"commands": _roles(host), "possession": possession}
+    specs = {name: spec.schema() for name, (_owner, spec) in sorted(host.commands.items())}
+    return {"commands": _roles(host), "possession": possession, "specs": specs}

@@ -88,6 +88,8 @@ log = structlog.get_logger("readerd.store")
 
 MIGRATIONS_TABLE: Final = "readerd_migrations"
 PLUGIN_NAME_MAX: Final = 32
+#: A schema name's longest (``migrate(..., schema=)``): lower-case words, like a table name.
+SCHEMA_NAME_MAX: Final = 32
 # pg_advisory_xact_lock key for migrations: b"readerd\0" as a big-endian signed 64-bit number.
 MIGRATION_LOCK_KEY: Final = int.from_bytes(b"readerd\0", "big")
 #: How many migrate calls a Store remembers for ``readerd migrate``'s report.
@@ -114,6 +116,9 @@ _migrations = sa.Table(
     sa.Column("applied_at", sa.String(32), nullable=False),
     # Added in place to existing tables (_upgrade_bookkeeping): NOT NULL with a default works on both.
     sa.Column("kind", sa.String(8), nullable=False, server_default="expand"),
+    # Which of the plugin's migration lists in this role ("": the default one); added in place, and made
+    # part of the primary key, by _upgrade_bookkeeping (rows recorded before it are the default schema).
+    sa.Column("schema_name", sa.String(SCHEMA_NAME_MAX), primary_key=True, server_default=""),
 )
 
 MigrationKind = Literal["expand", "contract"]
@@ -207,6 +212,25 @@ def migration_kind(step: Migration) -> MigrationKind:
 
 
 @dataclass(frozen=True)
+class Schema:
+    """One of a plugin's migration lists, as ``readerd_schemas`` declares it: the ``role`` it migrates
+    (``local`` or ``shared``), the list it passes to ``migrate`` and the schema ``name`` it passes there
+    (``""``: the default schema). ``readerctl doctor`` compares it with what ``readerd_migrations``
+    records."""
+
+    role: Role
+    migrations: Sequence[Migration]
+    name: str = ""
+
+    def names(self) -> list[str]:
+        """The names ``migrate`` records for each version, in order."""
+        return [_migration_name(step) for step in self.migrations]
+
+    def kinds(self) -> list[MigrationKind]:
+        return [migration_kind(step) for step in self.migrations]
+
+
+@dataclass(frozen=True)
 class MigrationRun:
     """What one :meth:`PluginDatabase.migrate` call found and did (``readerd migrate`` reports these).
 
@@ -224,11 +248,13 @@ class MigrationRun:
     applied: tuple[int, ...]
     held_back: tuple[tuple[int, str, MigrationKind], ...]
     ahead: int
+    schema: str = ""  # the schema name ("": the default schema)
 
     def as_json(self) -> dict[str, object]:
         return {
             "plugin": self.plugin,
             "role": self.role,
+            **({"schema": self.schema} if self.schema else {}),
             "database": self.database,
             "before": self.before,
             "after": self.after,
@@ -248,34 +274,72 @@ class RecordedSchema:
     database: str
     version: int
     contract_versions: tuple[int, ...]
+    schema: str = ""  # the schema name ("": the default schema)
 
     def as_json(self) -> dict[str, object]:
         return {
             "plugin": self.plugin,
             "role": self.role,
+            **({"schema": self.schema} if self.schema else {}),
             "database": self.database,
             "version": self.version,
             "contract_versions": list(self.contract_versions),
         }
 
 
+def _columns(conn: Connection) -> set[str]:
+    return {str(column["name"]) for column in sa.inspect(conn).get_columns(MIGRATIONS_TABLE)}
+
+
 def _has_kind_column(conn: Connection) -> bool:
-    return any(column["name"] == "kind" for column in sa.inspect(conn).get_columns(MIGRATIONS_TABLE))
+    return "kind" in _columns(conn)
+
+
+@dataclass(frozen=True)
+class RecordedMigration:
+    """One row of ``readerd_migrations`` (``schema`` ``""`` for rows recorded before schema names)."""
+
+    plugin: str
+    role: str
+    schema: str
+    version: int
+    name: str
+    kind: str
+
+
+def recorded_migrations(conn: Connection) -> list[RecordedMigration]:
+    """Every row ``readerd_migrations`` holds in ``conn``'s database, whatever release made the table
+    (no ``kind``: expand; no ``schema_name``: the default schema); none when there is no table. Reads only:
+    ``readerctl doctor`` calls it on a read-only connection."""
+    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+        return []
+    columns = _columns(conn)
+    kind = _migrations.c.kind if "kind" in columns else sa.literal("expand")
+    schema = _migrations.c.schema_name if "schema_name" in columns else sa.literal("")
+    rows = conn.execute(
+        sa.select(
+            _migrations.c.plugin,
+            _migrations.c.role,
+            schema.label("schema_name"),
+            _migrations.c.version,
+            _migrations.c.name,
+            kind.label("kind"),
+        ).order_by(_migrations.c.plugin, _migrations.c.role, "schema_name", _migrations.c.version)
+    ).all()
+    return [
+        RecordedMigration(
+            str(r.plugin), str(r.role), str(r.schema_name), int(r.version), str(r.name), str(r.kind)
+        )
+        for r in rows
+    ]
 
 
 def _recorded(conn: Connection, *, role: Role, where: str) -> list[RecordedSchema]:
-    """The (plugin, ``role``) schemas ``readerd_migrations`` records in ``conn``'s database."""
-    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
-        return []
-    kind = _migrations.c.kind if _has_kind_column(conn) else sa.literal("expand")
-    rows = conn.execute(
-        sa.select(_migrations.c.plugin, _migrations.c.version, kind.label("kind"))
-        .where(_migrations.c.role == role)
-        .order_by(_migrations.c.plugin, _migrations.c.version)
-    ).all()
-    versions: dict[str, list[tuple[int, str]]] = {}
-    for row in rows:
-        versions.setdefault(str(row.plugin), []).append((int(row.version), str(row.kind)))
+    """The (plugin, ``role``, schema) schemas ``readerd_migrations`` records in ``conn``'s database."""
+    versions: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for row in recorded_migrations(conn):
+        if row.role == role:
+            versions.setdefault((row.plugin, row.schema), []).append((row.version, row.kind))
     return [
         RecordedSchema(
             plugin=plugin,
@@ -283,8 +347,9 @@ def _recorded(conn: Connection, *, role: Role, where: str) -> list[RecordedSchem
             database=where,
             version=max(v for v, _ in applied),
             contract_versions=tuple(v for v, k in applied if k == "contract"),
+            schema=schema,
         )
-        for plugin, applied in sorted(versions.items())
+        for (plugin, schema), applied in sorted(versions.items())
     ]
 
 
@@ -293,12 +358,40 @@ def _upgrade_bookkeeping(conn: Connection) -> None:
     both take ``ADD COLUMN … DEFAULT 'expand' NOT NULL``). Called under the migration lock, in the
     migration transaction, so two kiosks never both add it; code of the previous release keeps working
     on the table, its rows getting the default."""
-    if _has_kind_column(conn):
-        return
-    ddl = CreateColumn(_migrations.c.kind).compile(dialect=conn.dialect)
+    columns = _columns(conn)
     table = conn.dialect.identifier_preparer.quote(MIGRATIONS_TABLE)
-    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
-    log.info("migrations table upgraded", table=MIGRATIONS_TABLE, column="kind")
+    if "kind" not in columns:
+        ddl = CreateColumn(_migrations.c.kind).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+        log.info("migrations table upgraded", table=MIGRATIONS_TABLE, column="kind")
+    if "schema_name" not in columns:
+        _add_schema_name(conn, table)
+        log.info("migrations table upgraded", table=MIGRATIONS_TABLE, column="schema_name")
+
+
+def _add_schema_name(conn: Connection, table: str) -> None:
+    """``schema_name`` into ``readerd_migrations`` and its primary key, rows kept (the default schema).
+
+    PostgreSQL: ``ADD COLUMN … DEFAULT '' NOT NULL``, then the primary key dropped and made again over
+    (plugin, role, schema_name, version). SQLite cannot change a primary key in place: the table is made
+    again under its name and the rows copied, in the migration transaction (SQLite's DDL is transactional).
+    Code of the previous release keeps inserting (its rows get ``""``) and reading (it filters by plugin
+    and role, so it sees a plugin's named schemas too: docs/plugins.md, "Schema names")."""
+    quote = conn.dialect.identifier_preparer.quote
+    kept = "plugin, role, version, name, applied_at, kind"
+    if conn.dialect.name == "postgresql":
+        ddl = CreateColumn(_migrations.c.schema_name).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+        primary = sa.inspect(conn).get_pk_constraint(MIGRATIONS_TABLE).get("name")
+        if primary:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {quote(primary)}")
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD PRIMARY KEY (plugin, role, schema_name, version)")
+        return
+    old = quote(f"{MIGRATIONS_TABLE}_before_schema_name")
+    conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {old}")
+    _migrations.create(conn)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({kept}, schema_name) SELECT {kept}, '' FROM {old}")  # noqa: S608
+    conn.exec_driver_sql(f"DROP TABLE {old}")
 
 
 def _check_length(name: str) -> None:
@@ -351,21 +444,23 @@ class PluginDatabase:
             return self._call(lambda conn: sa.Table(full, self.metadata, autoload_with=conn), readonly=True)
 
     # -- migrations ---------------------------------------------------------------------------------
-    def version(self) -> int:
-        """The schema version recorded for this plugin and role (0: never migrated)."""
+    def version(self, *, schema: str = "") -> int:
+        """The version recorded for this plugin, role and schema name (0: never migrated)."""
 
         def read(conn: Connection) -> int:
-            if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
-                return 0
-            query = sa.select(sa.func.count()).where(
-                _migrations.c.plugin == self.plugin, _migrations.c.role == self.role
-            )
-            return int(conn.execute(query).scalar_one())
+            rows = recorded_migrations(conn)
+            return sum(r.plugin == self.plugin and r.role == self.role and r.schema == schema for r in rows)
 
         return self._call(read, readonly=True)
 
-    def migrate(self, migrations: Sequence[Migration]) -> int:
+    def migrate(self, migrations: Sequence[Migration], *, schema: str = "") -> int:
         """Bring the plugin's tables towards version ``len(migrations)``; returns the database's version.
+
+        ``schema`` names the list when the plugin has more than one in this role (the library's local ILS
+        beside its patron tables): each name counts its own versions in ``readerd_migrations``; ``""`` is
+        the default schema (every row recorded before schema names existed). Lower-case words joined by
+        single underscores, at most 32 characters. A plugin with several lists declares them all with
+        ``readerd_schemas`` so that ``readerctl doctor`` can compare them with the database.
 
         Already applied versions are skipped (a re-run is a no-op); the missing ones run in order in one
         transaction, each recorded in ``readerd_migrations`` with its kind. An ordinary start applies
@@ -378,6 +473,8 @@ class PluginDatabase:
         (newer code removed what this code relies on) or a migration fails, and
         :class:`StoreUnavailableError` / :class:`StoreBusyError` as transactions do.
         """
+        if schema:
+            check_name("schema", schema, max_length=SCHEMA_NAME_MAX)
         known = len(migrations)
         names = [_migration_name(step) for step in migrations]
         kinds = [migration_kind(step) for step in migrations]
@@ -391,12 +488,16 @@ class PluginDatabase:
             _upgrade_bookkeeping(conn)
             rows = conn.execute(
                 sa.select(_migrations.c.version, _migrations.c.name, _migrations.c.kind)
-                .where(_migrations.c.plugin == self.plugin, _migrations.c.role == self.role)
+                .where(
+                    _migrations.c.plugin == self.plugin,
+                    _migrations.c.role == self.role,
+                    _migrations.c.schema_name == schema,
+                )
                 .order_by(_migrations.c.version)
             ).all()
             applied = [int(row.version) for row in rows]
             if applied != list(range(1, len(applied) + 1)):
-                raise StoreSchemaError(f"{self}: recorded versions {applied} have gaps")
+                raise StoreSchemaError(f"{self} schema {schema!r}: recorded versions {applied} have gaps")
             current = len(applied)
             beyond = [row for row in rows if row.version > known]
             contracts = [row for row in beyond if row.kind == "contract"]
@@ -415,6 +516,7 @@ class PluginDatabase:
                         "applied migration differs from the code's",
                         plugin=self.plugin,
                         role=self.role,
+                        **({"schema": schema} if schema else {}),
                         version=row.version,
                         recorded=row.name,
                         code=names[row.version - 1],
@@ -436,6 +538,7 @@ class PluginDatabase:
                         name=names[version - 1],
                         applied_at=now,
                         kind=kinds[version - 1],
+                        schema_name=schema,
                     )
                 )
             return MigrationRun(
@@ -450,6 +553,7 @@ class PluginDatabase:
                     (v, names[v - 1], kinds[v - 1]) for v in range(max(current, target) + 1, known + 1)
                 ),
                 ahead=max(0, current - known),
+                schema=schema,
             )
 
         try:

@@ -31,7 +31,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,24 @@ def kiosk_view(env: Envelope) -> Envelope | None:
         shown = data  # a plugin result carries only what the plugin chose to publish for the screen
     elif kind.startswith("card."):
         shown = {k: data[k] for k in KIOSK_CARD_FIELDS if k in data}
+    elif kind in ("reader.added", "reader.removed"):
+        shown = {}  # the page says when its reader is not there (docs/web.md, "The kiosk screen")
     else:
         return None
-    return {"type": kind, "reader": env.get("reader"), "seq": env.get("seq"), "data": shown}
+    view = {"type": kind, "reader": env.get("reader"), "seq": env.get("seq"), "data": shown}
+    # a tap's id and a result's cause: the page composes a tap's results at its plugin.handled
+    view |= {key: env[key] for key in ("id", "cause") if key in env}
+    return view
+
+
+def _reader_names(session: KioskSession) -> list[str] | None:
+    """The daemon's readers now (``readers``), for the page's hint; None when it does not answer."""
+    try:
+        reply = _request(session, "readers", {})
+    except Unreachable:
+        return None
+    readers = (reply.get("result") or {}).get("readers") if reply.get("ok") else None
+    return [str(r.get("name")) for r in readers if isinstance(r, dict)] if isinstance(readers, list) else None
 
 
 def _ts(env: Envelope) -> float | None:
@@ -161,11 +176,166 @@ def _ts(env: Envelope) -> float | None:
         return None
 
 
+# --- the console in words, on the ward's clock ---------------------------------------------------------
+#: The console's clock: Japan Standard Time, which has had no daylight saving time since 1951, so a fixed
+#: offset needs no zone database (readerd/cli/human.py does the same for readerctl).
+JST = timezone(timedelta(hours=9), "JST")
+JST_OFFSET = "+09:00"
+TIME_ZONE = {"name": "Asia/Tokyo", "offset": JST_OFFSET, "label": f"時刻は日本時間 ({JST_OFFSET})"}
+CARD_KINDS = {"jpki": "マイナンバーカード", "felica": "FeliCa カード", "unknown": "不明なカード"}
+ABORT_REASONS = {
+    "removed": "途中でカードが離れました",
+    "malformed": "読み取れないデータです",
+    "timeout": "カードが応答しません",
+    "transport": "読み取り機の障害です",
+    "auth_required": "暗証番号が必要なカードです",
+    "card_error": "カードがエラーを返しました",
+    "denied": "許可されていない命令を止めました",
+    "internal_error": "readerd の内部エラーです",
+}
+#: A plugin result's ``data.screen.level`` (readerd.plugin.api.Level) as the console marks its line.
+SCREEN_LEVELS = {"refusal": "warn", "success": "ok", "info": "info"}
+#: Where SQLAlchemy's message turns to the statement, parameters and help link (an older daemon's events).
+_SQL_TAIL = ("[SQL: ", "[parameters: ", "(Background on this error at")
+
+
+def local_time(ts: object) -> datetime | None:
+    """A wire timestamp (UTC) as an aware datetime in JST, or None."""
+    try:
+        return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).astimezone(JST)
+    except ValueError:
+        return None
+
+
+def first_line(message: object) -> str:
+    """One line of an error message for the console: never a traceback, an SQL statement or a link."""
+    text = str(message or "")
+    for marker in _SQL_TAIL:
+        text = text.split(marker, 1)[0]
+    text = text.strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 4 else text[:4] + "…"  # enough to tell two people apart
+
+
+def _who(data: dict[str, Any]) -> str:
+    """Whose card, shortened: the member ID, else the MyKey ID, else the pseudonym (not enrolled)."""
+    if data.get("member_id"):
+        return f"会員 {_short(data['member_id'])}"
+    if data.get("mykey_id"):
+        return f"MyKey {_short(data['mykey_id'])}"
+    if data.get("pseudonym"):
+        return f"未登録 {_short(data['pseudonym'])}"
+    return ""
+
+
+def _plugin_words(plugin: str, event: str, data: dict[str, Any]) -> tuple[str, str]:
+    """A plugin result in words: its own ``data.screen`` (from the plugin's declaration) if it has one,
+    else the result's name and a few known fields."""
+    screen = data.get("screen")
+    if isinstance(screen, dict) and isinstance(screen.get("ja"), str) and screen["ja"].strip():
+        return f"{plugin}: {first_line(screen['ja'])}", SCREEN_LEVELS.get(str(screen.get("level")), "info")
+    parts = [f"{plugin}: {event}"]
+    if data.get("status") is not None:
+        parts.append(str(data["status"]))
+    if data.get("count") is not None:
+        parts.append(
+            f"{data['count']}/{data['capacity']}" if data.get("capacity") else f"{data['count']} 人目"
+        )
+    for key, label in (("points", "ポイント"), ("balance", "残高"), ("reason", "理由")):
+        if data.get(key) is not None:
+            parts.append(f"{label} {data[key]}")
+    return " ".join(parts), "info"
+
+
+def _card_words(kind: str, data: dict[str, Any]) -> tuple[str, str]:
+    card = CARD_KINDS.get(str(data.get("kind")), str(data.get("kind") or "カード"))
+    who = _who(data)
+    if kind == "card.presented":
+        return f"カードがかざされました ({card})", "info"
+    if kind == "card.identified":
+        return f"カード読み取り ({', '.join(x for x in (card, who) if x)})", "ok"
+    if kind == "card.removed":
+        return f"カードが離されました ({card})", "info"
+    if kind == "card.read_aborted":
+        reason = str(data.get("reason"))
+        return f"読み取り中断: {ABORT_REASONS.get(reason, reason)} ({card})", "warn"
+    if kind == "card.authenticated":
+        return f"本人確認ができました ({who})" if who else "本人確認ができました", "ok"
+    if kind == "card.auth_failed":
+        left = f" 残り {data['tries_left']} 回" if data.get("tries_left") is not None else ""
+        return f"本人確認できませんでした: {data.get('reason')}{left}", "warn"
+    return kind, "info"
+
+
+def event_words(env: Envelope) -> tuple[str, str]:
+    """An event as a line a member of staff reads, and its level (info, ok, warn, bad)."""
+    kind = str(env.get("type", ""))
+    data = env.get("data") or {}
+    if kind == "plugin.error":
+        quarantined = " 隔離しました" if data.get("quarantined") else ""
+        message = first_line(data.get("message"))
+        where = f"{data.get('plugin')} ({data.get('hook')})"
+        return f"プラグインエラー {where}: {data.get('error')} {message}{quarantined}".rstrip(), "bad"
+    if kind == "plugin.handled":  # the host: the plugins are done with a tap
+        results = data.get("results")
+        count = len(results) if isinstance(results, list) else 0
+        if data.get("settled") is False:
+            return f"プラグインの処理を打ち切りました (結果 {count} 件、届かない結果あり)", "warn"
+        return f"プラグインの処理が終わりました (結果 {count} 件)", "info"
+    if kind.startswith("plugin.") and kind.count(".") >= 2:  # plugin.<name>.<event>
+        _, plugin, event = kind.split(".", 2)
+        return _plugin_words(plugin, event, data)
+    if kind.startswith("card."):
+        return _card_words(kind, data)
+    if kind == "reader.added":
+        return f"読み取り機を接続しました ({data.get('backend')})", "ok"
+    if kind == "reader.removed":
+        return "読み取り機が外れました", "warn"
+    if kind == "reader.error":
+        return f"読み取り機エラー: {data.get('reason')} {first_line(data.get('message'))}".rstrip(), "bad"
+    if kind == "member.withdrawn":
+        return f"退会しました ({_who(data)})", "info"
+    return kind, "info"
+
+
+def console_line(env: Envelope) -> dict[str, Any]:
+    """One line of the console's event list: the JST time, the reader, the event in words."""
+    moment = local_time(env.get("ts"))
+    text, level = event_words(env)
+    return {
+        "seq": env.get("seq"),
+        "time": moment.strftime("%H:%M:%S") if moment else "",
+        "at": moment.isoformat(timespec="seconds") if moment else "",
+        "reader": env.get("reader") or "",
+        "type": env.get("type"),
+        "text": text,
+        "level": level,
+    }
+
+
+def plugin_error_row(env: Envelope) -> dict[str, Any]:
+    """A ``plugin.error`` for the console's table: its JST time and a one-line message."""
+    data = env.get("data") or {}
+    moment = local_time(env.get("ts"))
+    return {
+        "at": moment.isoformat(timespec="seconds") if moment else "",
+        "plugin": data.get("plugin"),
+        "hook": data.get("hook"),
+        "error": data.get("error"),
+        "message": first_line(data.get("message")),
+        "quarantined": bool(data.get("quarantined")),
+    }
+
+
 @dataclass
 class Stats:
-    """The console's figures, built from the feed: taps per hour (UTC hour of ``card.presented``) and the
-    tap-to-event latency (``card.presented`` to the reader's next ``card.identified`` or
-    ``card.read_aborted``, from the daemon's own timestamps)."""
+    """The console's figures, built from the feed: taps per hour (UTC hour of ``card.presented``; the
+    chart's JST hours in :meth:`taps_chart`) and the tap-to-event latency (``card.presented`` to the
+    reader's next ``card.identified`` or ``card.read_aborted``, from the daemon's own timestamps)."""
 
     taps_per_hour: Counter[str] = field(default_factory=Counter)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
@@ -187,6 +357,25 @@ class Stats:
             "taps_per_hour": [{"hour": h, "taps": self.taps_per_hour[h]} for h in hours],
             "latency_ms": list(self.latencies_ms)[-50:],
         }
+
+    def taps_chart(self) -> list[dict[str, Any]]:
+        """Taps per JST hour for the chart, the hours without taps included (up to 24, to the last tap's
+        hour): ``hour`` (ISO 8601 with ``+09:00``), ``label`` (``19時``) and ``taps``."""
+        if not self.taps_per_hour:
+            return []
+        counts: Counter[datetime] = Counter()
+        for key, taps in self.taps_per_hour.items():
+            with contextlib.suppress(ValueError):
+                counts[datetime.fromisoformat(f"{key}:00+00:00").astimezone(JST)] += taps
+        if not counts:
+            return []
+        last = max(counts)
+        first = max(min(counts), last - timedelta(hours=23))
+        hours = [first + timedelta(hours=i) for i in range(int((last - first) / timedelta(hours=1)) + 1)]
+        return [
+            {"hour": h.isoformat(timespec="minutes"), "label": f"{h.hour}時", "taps": counts[h]}
+            for h in hours
+        ]
 
 
 def reader_health(readers: list[dict[str, Any]], events: dict[str, Envelope]) -> list[dict[str, Any]]:
@@ -462,8 +651,9 @@ def create_app(  # noqa: PLR0915 - the routes share the app's state
         if session is None:
             return no_kiosk_session()
         reader = request.query_params.get("reader") or None
+        readers = await run_in_threadpool(_reader_names, session)
         return StreamingResponse(
-            _stream(request, lambda env: _for_reader(env, reader), session),
+            _stream(request, lambda env: _for_reader(env, reader), session, {"readers": readers}),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -474,10 +664,13 @@ def create_app(  # noqa: PLR0915 - the routes share the app's state
         return kiosk_view(env)
 
     async def _stream(
-        request: Request, view: Callable[[Envelope], Envelope | None], session: KioskSession
+        request: Request,
+        view: Callable[[Envelope], Envelope | None],
+        session: KioskSession,
+        hello: dict[str, Any] | None = None,
     ) -> AsyncIterator[bytes]:
         with hub.listen() as queue:
-            yield _sse("hello", {"connected": hub.connected})
+            yield _sse("hello", {"connected": hub.connected, **(hello or {})})
             while not await request.is_disconnected():
                 session.used = time.monotonic()  # a page on screen keeps its session
                 try:
@@ -613,7 +806,7 @@ def create_app(  # noqa: PLR0915 - the routes share the app's state
         fleet = asyncio.gather(*(run_in_threadpool(ask_fleet, kiosk) for kiosk in settings.fleet))
         status, plugins = await run_in_threadpool(lambda: (ask("status"), ask("plugins")))
         others = await fleet
-        errors = [e for e in hub.recent if e.get("type") == "plugin.error"]
+        errors = [plugin_error_row(e) for e in hub.recent if e.get("type") == "plugin.error"]
         readers = ((status.get("result") or {}).get("readers") or []) if status.get("ok") else []
         return JSONResponse(
             {
@@ -624,6 +817,9 @@ def create_app(  # noqa: PLR0915 - the routes share the app's state
                 "plugins": plugins.get("result") if plugins.get("ok") else None,
                 "plugin_errors": errors[-20:],
                 "recent": list(hub.recent)[-50:][::-1],
+                "lines": [console_line(e) for e in list(hub.recent)[-50:][::-1]],
+                "time_zone": TIME_ZONE,
+                "taps_chart": hub.stats.taps_chart(),
                 "readers": reader_health(readers, hub.reader_events),
                 "fleet": [fleet_row("(this kiosk)", status), *others] if settings.fleet else [],
                 **hub.stats.as_json(),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,7 +27,9 @@ from readerd.cli import doctor
 from readerd.cli.doctor import DoctorEnv, run_doctor
 from readerd.config import BUILTIN_PLUGINS as BUILTIN
 from readerd.config import AuthConfig, BusConfig, Config, NfcConfig, PcscConfig, PluginsConfig, StoreConfig
+from readerd.plugin import MigrationContext, Schema, contract, hookimpl
 from readerd.plugin.api import CheckStatus
+from readerd.plugin.store import Migration
 from readerd.reading.backends.usb import UsbReader
 from tests.deploy.support import VENV_BIN
 from tests.support.daemon import running_daemon, sim_config
@@ -445,3 +448,130 @@ def test_readerctl_doctor_text(tmp_path: Path) -> None:
     assert "       fix: run scripts/install-kiosk" in result.stdout
     assert "[FAIL] daemon: readerd does not answer at tcp://127.0.0.1:7411" in result.stdout  # the default
     assert result.stdout.splitlines()[-1] == "2 problem(s)"
+
+
+# --- plugin configuration keys and migrations ------------------------------------------------------------
+def _checkin_env(tmp_path: Path, section: dict[str, object]) -> DoctorEnv:
+    plugins = PluginsConfig(autoload=False, builtins=("checkin",), sections={"checkin": section})
+    return _env(tmp_path, Config(backends=("pcsc",), state_dir=str(tmp_path / "state"), plugins=plugins))
+
+
+def test_a_misspelt_or_mistyped_plugin_key_is_a_problem_each(tmp_path: Path) -> None:
+    env = _checkin_env(tmp_path, {"evnt": "bon-odori", "sync_interval": "ten", "grants": []})
+    findings = {f.name: f for f in doctor.plugin_findings(env)}
+    assert findings["checkin.config.evnt"].status is PROBLEM
+    assert "did you mean `event`?" in findings["checkin.config.evnt"].message
+    assert findings["checkin.config.sync_interval"].status is PROBLEM
+    assert "expected a number" in findings["checkin.config.sync_interval"].message
+    assert "checkin.config" not in findings  # no "all declared" beside the problems
+
+    misnamed = _checkin_env(tmp_path, {})
+    sections: dict[str, dict[str, object]] = {"checkin": {}, "chekin": {"event": "bon-odori"}}
+    misnamed.config = replace(misnamed.config, plugins=replace(misnamed.config.plugins, sections=sections))
+    table = {f.name: f for f in doctor.plugin_findings(misnamed)}["config.plugins.chekin"]
+    assert table.status is WARNING
+    assert "belongs to no plugin this configuration loads; did you mean [plugins.checkin]?" in table.message
+
+    good = {f.name: f for f in doctor.plugin_findings(_checkin_env(tmp_path, {"event": "bon-odori"}))}
+    assert good["checkin.config"].status is OK
+    assert not [name for name in good if name.startswith("checkin.config.")]
+
+
+def test_a_plugin_declaring_no_keys_is_not_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BUILTIN, "probe", "tests.deploy.doctor_plugin")
+    plugins = PluginsConfig(autoload=False, builtins=("probe",), sections={"probe": {"anything": 1}})
+    env = _env(tmp_path, Config(backends=("pcsc",), plugins=plugins))
+    findings = {f.name: f for f in doctor.plugin_findings(env)}
+    assert findings["probe.config"].status is SKIPPED
+    assert "not checked" in findings["probe.config"].message
+
+
+def _library_env(tmp_path: Path) -> DoctorEnv:
+    plugins = PluginsConfig(autoload=False, builtins=("library",), sections={"library": {"ils": "local"}})
+    return _env(tmp_path, Config(backends=("pcsc",), state_dir=str(tmp_path / "state"), plugins=plugins))
+
+
+def test_applied_migrations_that_differ_from_the_code_are_a_problem(tmp_path: Path) -> None:
+    from plugins.library.ils import local_ils_v1  # noqa: PLC0415 - the built-in's own migration
+    from readerd.plugin.store import Store  # noqa: PLC0415
+
+    env = _library_env(tmp_path)
+    before = {f.name: f for f in doctor.plugin_findings(env)}["library.migrations"]
+    assert (before.status, before.message) == (SKIPPED, "no store yet: nothing recorded")
+    (tmp_path / "state").mkdir(mode=0o700)
+    with Store.open(StoreConfig(), tmp_path / "state") as store:
+        # What the release before schema names recorded when a loan came first: the local ILS's
+        # migration as version 1 of the library's one shared schema (its patron tables never made).
+        store.for_plugin("library").shared.migrate([local_ils_v1])
+    findings = {f.name: f for f in doctor.plugin_findings(env)}
+    found = findings["library.migrations"]
+    assert found.status is PROBLEM
+    assert (
+        "shared schema (default) version 1: recorded 'local_ils_v1', the code has 'shared_v1'"
+        in found.message
+    )
+    assert not doctor.healthy(findings.values())
+
+
+def test_migrations_as_the_code_has_them_pass(tmp_path: Path) -> None:
+    from plugins.library import settings  # noqa: PLC0415 - the built-in's declared lists
+    from readerd.plugin.store import Store  # noqa: PLC0415
+
+    env = _library_env(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    with Store.open(StoreConfig(), tmp_path / "state") as store:
+        library = store.for_plugin("library")
+        for schema in settings.SCHEMAS:
+            getattr(library, schema.role).migrate(schema.migrations, schema=schema.name)
+    found = {f.name: f for f in doctor.plugin_findings(env)}["library.migrations"]
+    assert found.status is OK, found
+    assert found.message == "applied migrations match the code (shared/default, local/default, shared/loans)"
+
+
+def ledger_v1(m: MigrationContext) -> None:
+    m.create_table("entries", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def ledger_v2(m: MigrationContext) -> None:
+    m.add_column("entries", sa.Column("amount", sa.Integer, nullable=True))
+
+
+def entries_v1(m: MigrationContext) -> None:
+    ledger_v1(m)
+
+
+@contract
+def ledger_v3(m: MigrationContext) -> None:
+    m.drop_table("entries")
+
+
+class LedgerPlugin:
+    """A third-party plugin declaring its one list: doctor compares it as it does the built-ins'."""
+
+    @hookimpl
+    def readerd_schemas(self) -> list[Schema]:
+        return [Schema("shared", [ledger_v1, ledger_v2])]
+
+
+@pytest.mark.parametrize(
+    ("applied", "status", "said"),
+    [
+        ([ledger_v1], OK, "applied migrations match the code (shared/default)"),  # v2 pending: fine
+        ([entries_v1], PROBLEM, "recorded 'entries_v1', the code has 'ledger_v1'"),  # renamed after release
+        ([ledger_v1, ledger_v2, ledger_v3], PROBLEM, "version 3 (ledger_v3) is a contract migration beyond"),
+    ],
+)
+def test_a_third_party_plugins_migrations_are_compared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, applied: list[Migration], status: CheckStatus, said: str
+) -> None:
+    from readerd.plugin.store import Store  # noqa: PLC0415
+
+    monkeypatch.setitem(BUILTIN, "ledger", f"{__name__}:LedgerPlugin")
+    plugins = PluginsConfig(autoload=False, builtins=("ledger",))
+    env = _env(tmp_path, Config(backends=("pcsc",), state_dir=str(tmp_path / "state"), plugins=plugins))
+    (tmp_path / "state").mkdir(mode=0o700)
+    with Store.open(StoreConfig(), tmp_path / "state", contract=True) as store:
+        store.for_plugin("ledger").shared.migrate(applied)
+    found = {f.name: f for f in doctor.plugin_findings(env)}["ledger.migrations"]
+    assert found.status is status, found
+    assert said in found.message

@@ -26,7 +26,7 @@ from readerd.config import IdentityConfig, PluginsConfig, StoreConfig
 from readerd.errors import StoreUnavailableError
 from readerd.ops.database import postgres_database
 from readerd.ops.keys import create_pseudonym_key
-from readerd.plugin.api import PluginContext, PluginEvent
+from readerd.plugin.api import CardsOnReaders, PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 from readerd.reading.identity import DirectoryEntry
 from readerd.reading.ward import WardDirectory, WardDirectorySettings
@@ -295,11 +295,30 @@ class _Forgetful:
         self.withdrawn.append(dict(event.data))
 
 
+class _Counter:
+    """A counter plugin with the default interest: it holds the card on the reader (CardsOnReaders)."""
+
+    def __init__(self) -> None:
+        self.cards = CardsOnReaders()
+        self.updated: list[dict[str, Any]] = []
+
+    @hookimpl
+    def readerd_card_identified(self, event: PluginEvent) -> None:
+        self.cards.identified(event)
+
+    @hookimpl
+    def readerd_member_enrolled(self, event: PluginEvent) -> None:
+        card = self.cards.enrolled(event)
+        if card is not None:
+            self.updated.append(dict(card.data))
+
+
 def test_a_withdrawal_reaches_every_plugin(tmp_path: Path) -> None:
-    plugin = _Forgetful()
+    """Also: ``member.enrolled`` updates the card a plugin holds, as a new tap would."""
+    plugin, counter = _Forgetful(), _Counter()
     config = sim_config(tmp_path / "k", plugins=PluginsConfig(autoload=False))
     with (
-        running_daemon(config, plugins={"forgetful": plugin}) as d,
+        running_daemon(config, plugins={"forgetful": plugin, "counter": counter}) as d,
         d.subscriber("card.", "member.") as sub,
         d.session() as ui,
     ):
@@ -312,3 +331,4 @@ def test_a_withdrawal_reaches_every_plugin(tmp_path: Path) -> None:
         while not plugin.withdrawn and time.monotonic() < deadline:
             time.sleep(0.02)
     assert [w["member_id"] for w in plugin.withdrawn] == [member]
+    assert [(u["enrolled"], u["member_id"]) for u in counter.updated] == [(True, member)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,11 +78,21 @@ def test_attendance_as_csv_and_as_a_table(
     code, out = readerctl(d, config, "checkin", "attendance", "fest", "--csv", capsys=capsys)
     table_code, table = readerctl(d, config, "checkin", "attendance", "fest", capsys=capsys)
     status_code, status = readerctl(d, config, "checkin", "status", "fest", capsys=capsys)
+    json_code, raw = readerctl(
+        d, config, "--json", "call", "checkin.attendance", "event_id=fest", capsys=capsys
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == table_code == status_code == 0
+    wire = json.loads(raw)["rows"][0]["checked_in_at"]
+    assert code == table_code == status_code == json_code == 0
     assert [(r["person"], r["via"], r["kiosk"]) for r in rows] == [("member:M77", "felica", "test-kiosk")]
+    # The office reads JST with its offset; the wire and --json keep UTC: the same instant.
+    assert wire.endswith("Z")
+    assert rows[0]["checked_in_at"].endswith("+09:00")
+    assert datetime.fromisoformat(rows[0]["checked_in_at"]) == datetime.fromisoformat(wire)
+    assert rows[0]["checked_in_at"] in table
     assert "fest: 1 checked in" in table
     assert "checked_in: 1" in status
+    assert "+09:00" in status
 
 
 def test_points_settlement_as_csv_and_as_a_table(
@@ -140,13 +151,15 @@ def test_points_settlement_as_csv_and_as_a_table(
         d, config, "points", "settlement", "--from", first, "--to", "2099-12-31", capsys=capsys
     )
     _, balance = readerctl(d, config, "points", "balance", "M1", capsys=capsys)
+    empty_code, empty = readerctl(d, config, "points", "balance", "M2", capsys=capsys)
     rows = {r["shop_id"]: r for r in csv.DictReader(io.StringIO(out))}
     assert code == 0
     assert (rows["tofu-ya"]["redeemed_points"], rows["tofu-ya"]["redemptions"]) == ("15", "2")
     assert rows["pan-ya"]["area"] == "south"
     assert "area north: 15" in table
     assert "total: 40" in table
-    assert balance.strip() == "ward: 60"
+    assert [line.split() for line in balance.splitlines()] == [["PROGRAMME", "POINTS"], ["ward", "60"]]
+    assert (empty_code, empty) == (0, "M2: no points in any programme\n")
 
 
 def test_bath_house_month_report(
@@ -178,6 +191,6 @@ def test_bath_house_month_report(
     assert accepted["status"] == "accepted"
     assert code == 0
     assert list(csv.DictReader(io.StringIO(out))) == [
-        {"bath_house": "matsu-no-yu", "visits": "1", "members": "1"}
+        {"bath_house": "matsu-no-yu", "visits": "1", "members": "1", "over_cap": "0"}
     ]
     assert f"{month}: 1 visits" in table

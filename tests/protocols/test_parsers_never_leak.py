@@ -41,6 +41,7 @@ BYTE_PARSERS: dict[str, Callable[[bytes], Any]] = {
     "jpki.UserAuthCertificate.from_der": UserAuthCertificate.from_der,
     "jpki.normalize_pin": normalize_pin,
     "sip2.parse": sip2.parse,
+    "sip2.parse(cp932)": lambda raw: sip2.parse(raw, "cp932"),
 }
 TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
     "jpki.normalize_pin": normalize_pin,

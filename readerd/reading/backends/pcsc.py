@@ -47,8 +47,10 @@ from readerd.reading.backends.pcsc_state import (
     STATUS_PRESENT,
     Change,
     ReaderStates,
+    atr_hint,
     parse_features,
     parse_tlv_properties,
+    read_path_key,
 )
 from readerd.reading.sessions import CardSessions
 
@@ -238,6 +240,9 @@ class ReaderWorker:
         if self.card is not None:
             self._removed()
         self.card = CardKind.UNKNOWN
+        # What the ATR suggests is a hint for whoever reads the logs; the SELECT below decides
+        # (docs/card-facts.md §5). A PUPI some readers put into it is random per tap, no identifier.
+        log.info("card inserted", reader=self.name, atr=atr.hex().upper(), looks_like=atr_hint(atr))
         try:
             context = self._ensure_context()
             hresult, hcard, protocol = scard.SCardConnect(
@@ -266,7 +271,8 @@ class ReaderWorker:
                 self.name, transport, transparent=self.felica_transparent
             )
         else:
-            result = self.sessions.read_contact_card(self.name, transport, atr)
+            # The read path is remembered per reader and ATR, less a PUPI the reader put into it.
+            result = self.sessions.read_contact_card(self.name, transport, read_path_key(atr))
         self.card = result.kind
         if result.timed_out:
             # The session thread may still be inside SCardTransmit on this handle: touch nothing more.

@@ -87,6 +87,60 @@ class ReaderStates:
         return changes
 
 
+# --- what an ATR suggests (a hint for logs, never an identification) --------------------------------------
+#: ATRs real My Number Cards were seen with (docs/card-facts.md §5: OpenSC, pcsc-tools). The card is
+#: identified by a SELECT of the JPKI AP alone; an ATR only says what the card *looks like* in the logs.
+MY_NUMBER_ATRS: frozenset[bytes] = frozenset(
+    bytes.fromhex(atr)
+    for atr in (
+        "3BE000FF8131FE4514",
+        "3BDA13FF8131FB468012392F31C173C601C03B",
+        "3BC5FF8131FB458073C6010000",
+        "3BF59100FF918171FE400042000100D1D6",
+        "3BF59100FF918171FE4000420001B3A115",
+        "3B888001000005E0B381A1007F",
+        "3B888001000041E0B381A1003B",
+        "3B888001004B51FF0081D100BC",
+        "3B888001004B51FFB381D1000F",
+    )
+)
+#: PC/SC part-3 ATR of an ISO 14443 Type B card: ``3B 88 80 01``, then 4 bytes of the ATQB's application
+#: data (or, from some readers, the random PUPI), 3 bytes of protocol info, MBLI and TCK.
+_TYPE_B_PREFIX = bytes.fromhex("3B888001")
+_TYPE_B_LENGTH = 13
+#: Protocol info of the My Number ATRs above: a Type B ATR with one of these and any 4 bytes before them is
+#: the card's from a reader that puts the PUPI into the ATR.
+MY_NUMBER_PROTOCOL_INFO: frozenset[bytes] = frozenset(
+    bytes.fromhex(info) for info in ("B381A1", "B381D1", "0081D1")
+)
+LOOKS_LIKE_MY_NUMBER = "my_number_card"
+
+
+def _type_b(atr: bytes) -> bool:
+    return len(atr) == _TYPE_B_LENGTH and atr.startswith(_TYPE_B_PREFIX)
+
+
+def atr_hint(atr: bytes) -> str | None:
+    """``"my_number_card"`` when the ATR is one a My Number Card shows, else None. A hint for logs only:
+    the ATR depends on the reader, other cards may share it, so only a SELECT of the JPKI AP decides."""
+    atr = bytes(atr)
+    if atr in MY_NUMBER_ATRS:
+        return LOOKS_LIKE_MY_NUMBER
+    if _type_b(atr) and atr[8:11] in MY_NUMBER_PROTOCOL_INFO:
+        return LOOKS_LIKE_MY_NUMBER
+    return None
+
+
+def read_path_key(atr: bytes) -> bytes:
+    """The ATR as a key for remembering a reader's read path: a Type B part-3 ATR without its 4 bytes of
+    application data, which some readers fill with the PUPI, random at every tap (docs/card-facts.md §5).
+    Keyed by the whole ATR, every tap on such a reader would be new to the memory, and grow it."""
+    atr = bytes(atr)
+    if _type_b(atr):
+        return atr[:4] + bytes(4) + atr[8:12]
+    return atr
+
+
 # --- PC/SC part 10 reader features (pure parsing; the backend does the SCardControl calls) ------------
 FEATURE_GET_TLV_PROPERTIES = 0x12
 PROPERTY_MAX_APDU_DATA_SIZE = 0x0A

@@ -59,6 +59,14 @@ class _Operation:
 
 
 @dataclass
+class _Removal:
+    """A ``remove``: answered once the backend thread has taken the card off (or found none)."""
+
+    reader: str
+    future: Future[JsonObject]
+
+
+@dataclass
 class _Slot:
     reader: InProcessReader
     field: InProcessFelicaField
@@ -95,7 +103,9 @@ class SimBackend:
             )
             for name in config.readers
         }
-        self._commands: queue.Queue[tuple[str, str, JsonObject] | _Operation | None] = queue.Queue()
+        self._commands: queue.Queue[tuple[str, str, JsonObject] | _Operation | _Removal | None] = (
+            queue.Queue()
+        )
         self._thread: threading.Thread | None = None
         # One command is at most a removal plus a read or operation under the session deadline.
         self._watch = StepWatch(2 * sessions.deadline + STEP_MARGIN)
@@ -209,10 +219,13 @@ class SimBackend:
         self._commands.put(("tap", reader, args))
         return {"reader": reader, "card": card, "queued": True}
 
-    def remove(self, request: ControlRequest) -> JsonObject:
+    def remove(self, request: ControlRequest) -> Future[JsonObject]:
+        """Answered after the taps queued before it: ``{reader, had_card, card}``, ``card`` the kind that
+        was taken off (``jpki``, ``felica``, ...) or None when the reader was empty."""
         reader = self._slot_name(request.args)
-        self._commands.put(("remove", reader, request.args))
-        return {"reader": reader, "queued": True}
+        future: Future[JsonObject] = Future()
+        self._commands.put(_Removal(reader, future))
+        return future
 
     def unplug(self, request: ControlRequest) -> JsonObject:
         """The reader goes away (a card on it leaves first): ``reader.removed``, as pcsc/nfc report it."""
@@ -234,9 +247,12 @@ class SimBackend:
             with self._watch.step():
                 self._handle(item)
 
-    def _handle(self, item: tuple[str, str, JsonObject] | _Operation) -> None:
+    def _handle(self, item: tuple[str, str, JsonObject] | _Operation | _Removal) -> None:
         if isinstance(item, _Operation):
             self._operate(item)
+            return
+        if isinstance(item, _Removal):
+            self._take_off(item)
             return
         action, reader, args = item
         try:
@@ -248,8 +264,6 @@ class SimBackend:
                 log.info("simulated reader is unplugged", reader=reader, action=action)
             elif action == "tap":
                 self._tap(reader, args)
-            elif action == "remove":
-                self._remove(reader)
             elif action == "unplug":
                 self._remove(reader)
                 slot.plugged = False
@@ -306,6 +320,19 @@ class SimBackend:
         self.sessions.read_felica_card(slot.reader.name, slot.field, polling, simulated=True)
         if args.get("hold") is False:
             self._remove(slot.reader.name)
+
+    def _take_off(self, item: _Removal) -> None:
+        slot = self._slots[item.reader]
+        kind = slot.kind if slot.plugged else None
+        try:
+            if kind is not None:
+                self._remove(item.reader)
+        except (ReaderdError, OSError, ValueError) as e:
+            log.error("simulated removal failed", reader=item.reader, error=str(e))
+            item.future.set_exception(e)
+            return
+        card = str(kind) if kind is not None else None
+        item.future.set_result({"reader": item.reader, "had_card": kind is not None, "card": card})
 
     def _remove(self, reader: str) -> None:
         slot = self._slots[reader]

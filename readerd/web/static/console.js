@@ -1,15 +1,17 @@
 // The operator console: polls /api/console/state. The login gives an HttpOnly cookie of a session that ends
 // after 30 minutes unused or 8 hours (web.console_idle, web.console_max_age), or at logout.
-// Charts are inline SVG drawn here: no charting library, no CDN.
+// Charts are inline SVG drawn here, with axes and units: no charting library, no CDN. Events come as lines
+// in words from the app (readerd/web/app.py, console_line), times in JST: no raw JSON on this page.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 
-function cell(row, text, cls) {
+function cell(row, text, cls, title) {
   const td = document.createElement("td");
   td.textContent = text === undefined || text === null ? "" : String(text);
   if (cls) td.className = cls;
+  if (title) td.title = title;
   row.appendChild(td);
 }
 
@@ -21,38 +23,67 @@ function table(id, header, rows) {
   t.appendChild(h);
   for (const r of rows) {
     const tr = document.createElement("tr");
-    for (const c of r) Array.isArray(c) ? cell(tr, c[0], c[1]) : cell(tr, c);
+    for (const c of r) Array.isArray(c) ? cell(tr, c[0], c[1], c[2]) : cell(tr, c);
     t.appendChild(tr);
   }
 }
 
-function bars(id, values, labels) {
-  const w = 600, h = 160, pad = 20;
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("role", "img");
-  const max = Math.max(1, ...values);
-  const bw = values.length ? (w - pad) / values.length : 0;
+// A wire timestamp (UTC) as the ward's clock reads it: "12-07 19:32:05" in JST (+09:00, no DST).
+function jst(ts) {
+  const t = Date.parse(ts);
+  if (!ts || Number.isNaN(t)) return ts ?? "";
+  const d = new Date(t + 9 * 3600 * 1000);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}`;
+}
+
+function svgEl(name, attrs, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A bar chart with both axes: y ticks at 0, half and the top (whole numbers for counts), x labels under
+// the bars (at most about 12), and a title on each axis with its unit.
+function bars(id, values, { labels = [], xTitle = "", yTitle = "", integer = true } = {}) {
+  const w = 640, h = 220, left = 56, right = 12, top = 14, bottom = 52;
+  const plotW = w - left - right, plotH = h - top - bottom;
+  const svg = svgEl("svg", { width: w, height: h, role: "img", "aria-label": `${yTitle} / ${xTitle}` });
+  const raw = Math.max(0, ...values);
+  const max = integer ? Math.max(2, Math.ceil(raw / 2) * 2) : (raw > 0 ? raw * 1.1 : 1);
+  const fmt = (v) => integer ? String(Math.round(v)) : String(Math.round(v * 10) / 10);
+  for (const frac of [0, 0.5, 1]) {
+    const y = top + plotH * (1 - frac);
+    svg.appendChild(svgEl("line", { x1: left - 4, x2: w - right, y1: y, y2: y, class: frac ? "grid" : "axis" }));
+    svg.appendChild(svgEl("text", { x: left - 7, y: y + 4, "text-anchor": "end", class: "tick" }, fmt(max * frac)));
+  }
+  svg.appendChild(svgEl("line", { x1: left, x2: left, y1: top, y2: top + plotH, class: "axis" }));
+  const bw = values.length ? plotW / values.length : 0;
+  const every = Math.max(1, Math.ceil(values.length / 12));
   values.forEach((v, i) => {
-    const r = document.createElementNS(SVG, "rect");
-    const bh = (h - 2 * pad) * v / max;
-    r.setAttribute("x", pad + i * bw + 1); r.setAttribute("y", h - pad - bh);
-    r.setAttribute("width", Math.max(1, bw - 2)); r.setAttribute("height", bh);
-    r.setAttribute("fill", "#1f5fbf");
-    const title = document.createElementNS(SVG, "title");
-    title.textContent = (labels ? labels[i] + ": " : "") + v;
-    r.appendChild(title);
+    const bh = plotH * v / max;
+    const barW = Math.max(1, Math.min(bw - 2, 48));
+    const r = svgEl("rect", { x: left + i * bw + (bw - barW) / 2, y: top + plotH - bh, width: barW, height: bh, class: "bar" });
+    r.appendChild(svgEl("title", {}, (labels[i] !== undefined ? labels[i] + ": " : "") + fmt(v)));
     svg.appendChild(r);
+    if (labels[i] !== undefined && i % every === 0) {
+      svg.appendChild(svgEl("text", { x: left + i * bw + bw / 2, y: top + plotH + 16, "text-anchor": "middle", class: "tick" }, labels[i]));
+    }
   });
-  const label = document.createElementNS(SVG, "text");
-  label.setAttribute("x", 2); label.setAttribute("y", 14); label.setAttribute("font-size", "12");
-  label.textContent = "max " + max;
-  svg.appendChild(label);
+  if (!values.length) {
+    svg.appendChild(svgEl("text", { x: left + plotW / 2, y: top + plotH / 2, "text-anchor": "middle", class: "tick" }, "データなし / no data yet"));
+  }
+  svg.appendChild(svgEl("text", { x: left + plotW / 2, y: h - 8, "text-anchor": "middle", class: "axis-title x-title" }, xTitle));
+  svg.appendChild(svgEl("text", { x: 14, y: top + plotH / 2, "text-anchor": "middle", class: "axis-title y-title",
+    transform: `rotate(-90 14 ${top + plotH / 2})` }, yTitle));
   $(id).replaceChildren(svg);
 }
 
 function render(s) {
   const st = s.status || {};
   $("kiosk").textContent = st.kiosk || "";
+  if (s.time_zone) $("tz").textContent = `${s.time_zone.label} / times are JST (UTC${s.time_zone.offset})`;
   const healthy = s.status && st.healthy !== false && s.bus.connected;
   $("health").textContent = s.status
     ? `${healthy ? "healthy" : "UNHEALTHY"} · bus ${s.bus.connected ? "connected" : "silent"} · last seq ${st.last_seq} · subscribers ${st.subscribers ?? ""} · uptime ${Math.round(st.uptime_s || 0)} s`
@@ -65,17 +96,21 @@ function render(s) {
       !k.reachable ? [k.error || "unreachable", "bad"] : k.healthy ? ["healthy", "ok"] : ["UNHEALTHY", "bad"],
       k.readers ?? "", k.cards ?? "", k.quarantined ? [k.quarantined.join(", "), k.quarantined.length ? "bad" : ""] : "",
       k.last_seq ?? "", k.uptime_s !== undefined ? Math.round(k.uptime_s) : ""]));
-  table("readers", ["reader", "backend", "card", "state", "since"], (s.readers || []).map((r) => [
-    r.name, r.backend, r.card ?? "-", [r.state, r.state === "ok" ? "ok" : "bad"], r.since ?? ""]));
+  table("readers", ["reader", "backend", "card", "state", "since (JST)"], (s.readers || []).map((r) => [
+    r.name, r.backend, r.card ?? "-", [r.state, r.state === "ok" ? "ok" : "bad"], r.since ? jst(r.since) : ""]));
   const p = s.plugins || { plugins: [], quarantined: [] };
-  table("plugins", ["plugin", "version", "state"], (p.plugins || []).map((x) => [
-    x.name, x.version, (p.quarantined || []).includes(x.name) ? ["quarantined", "bad"] : ["ok", "ok"]]));
-  table("plugin-errors", ["time", "plugin", "hook", "error", "quarantined"], s.plugin_errors.map((e) => [
-    e.ts, e.data.plugin, e.data.hook, e.data.error, e.data.quarantined ? ["yes", "bad"] : "no"]));
-  bars("taps-chart", s.taps_per_hour.map((x) => x.taps), s.taps_per_hour.map((x) => x.hour));
-  bars("latency-chart", s.latency_ms);
-  table("recent", ["seq", "time", "type", "reader", "data"], s.recent.map((e) => [
-    e.seq, e.ts, e.type, e.reader ?? "-", JSON.stringify(e.data)]));
+  table("plugins", ["plugin", "version", "source", "state"], (p.plugins || []).map((x) => [
+    x.name, x.version || "-", x.source === "builtin" ? "built-in" : x.source,
+    (p.quarantined || []).includes(x.name) ? ["quarantined", "bad"] : ["ok", "ok"]]));
+  table("plugin-errors", ["time (JST)", "plugin", "hook", "error", "message", "quarantined"], s.plugin_errors.map((e) => [
+    e.at, e.plugin, e.hook, e.error, e.message, e.quarantined ? ["yes", "bad"] : "no"]));
+  const taps = s.taps_chart || [];
+  bars("taps-chart", taps.map((x) => x.taps), { labels: taps.map((x) => x.label),
+    xTitle: "時刻 (JST) / hour (JST)", yTitle: "タッチ数 / taps" });
+  bars("latency-chart", s.latency_ms, { labels: s.latency_ms.map((_v, i) => String(i + 1)),
+    xTitle: "タッチ（古い順） / taps, oldest first", yTitle: "ミリ秒 / ms", integer: false });
+  table("recent", ["時刻", "読み取り機", "内容", "種別"], (s.lines || []).map((l) => [
+    [l.time, "time", l.at], l.reader || "-", [l.text, `line ${l.level}`], [l.type, "code"]]));
 }
 
 async function poll() {

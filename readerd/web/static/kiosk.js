@@ -23,7 +23,7 @@ document.documentElement.lang = LANG;
 const T = {
   ja: {
     idle: "カードをかざしてください",
-    idleDetail: "マイナンバーカード・おたっしゃカードが使えます",
+    idleDetail: "マイナンバーカードなどのカードが使えます",
     reading: "読み取り中です",
     readingDetail: "カードを動かさないでください",
     identified: "カードを読み取りました",
@@ -52,36 +52,16 @@ const T = {
     authFailedDetail: "係員をお呼びください",
     pinFormat: "数字4桁を入力してください",
     pinAgain: "もう一度暗証番号を入力してください",
-    checkin: {
-      accepted: "受付しました", already_checked_in: "受付済みです", full: "定員に達しました",
-      not_open: "受付はまだ始まっていません", closed: "受付は終了しました", unknown_event: "このイベントは受付できません",
-      unknown_card: "登録されていないカードです", not_enrolled: "カードの登録が必要です",
-    },
-    checkinCount: (c, cap) => cap ? `${c} / ${cap} 人` : `${c} 人目`,
-    pointsEarned: (p) => `${p} ポイント付与`,
-    balance: (b) => `ポイント残高 ${b}`,
-    redeemed: (r) => `${r} ポイント使いました`,
-    library: {
-      ok: "図書館カードを確認しました", blocked: "貸出できません", not_registered: "図書館の登録がありません",
-      registration_expired: "登録の更新が必要です",
-    },
-    loans: (n, l) => `貸出中 ${n} 冊` + (l ? ` / ${l} 冊まで` : ""),
-    overdue: (n) => `返却期限を過ぎた本が ${n} 冊あります`,
-    renewed: "図書館の登録を更新しました",
-    checkout: (s, due) => s === "ok" ? `貸出しました（返却期限 ${due}）` : "貸出できませんでした",
-    bath: {
-      accepted: "入浴を受け付けました", unknown_card: "登録されていないカードです", revoked_card: "このカードは使えません（再発行済み）",
-      not_eligible: "対象年齢に達していません", monthly_cap_reached: "今月の利用回数の上限に達しました",
-      already_visited_today: "本日は利用済みです",
-    },
-    visits: (v, cap) => `今月 ${v} 回目` + (cap ? `（月 ${cap} 回まで）` : ""),
+    noReader: (r) => `読み取り機「${r}」が見つかりません`,
+    noReaderGiven: "読み取り機が指定されていません",
+    noReaderDetail: (names) => names.length ? `係員をお呼びください（接続中: ${names.join("、")}）` : "係員をお呼びください（接続中の読み取り機はありません）",
     disconnected: "ただいま準備中です",
     refused: "この画面は使えません",
     refusedDetail: "係員をお呼びください",
   },
   en: {
     idle: "Please touch your card",
-    idleDetail: "My Number Card and senior bath-house card accepted",
+    idleDetail: "My Number Card and other cards accepted",
     reading: "Reading", readingDetail: "Please keep the card still",
     identified: "Card read",
     removed: "Please leave the card on the reader",
@@ -101,29 +81,9 @@ const T = {
     authFailed: "Identity not confirmed", authFailedDetail: "Please call staff",
     pinFormat: "Enter 4 digits",
     pinAgain: "Please enter your PIN again",
-    checkin: {
-      accepted: "Checked in", already_checked_in: "Already checked in", full: "The event is full",
-      not_open: "Check-in has not started", closed: "Check-in has closed", unknown_event: "No check-in for this event",
-      unknown_card: "This card is not registered", not_enrolled: "This card needs to be registered",
-    },
-    checkinCount: (c, cap) => cap ? `${c} / ${cap}` : `No. ${c}`,
-    pointsEarned: (p) => `${p} points added`,
-    balance: (b) => `Point balance ${b}`,
-    redeemed: (r) => `${r} points used`,
-    library: {
-      ok: "Library card confirmed", blocked: "Borrowing is blocked", not_registered: "Not registered at this library",
-      registration_expired: "Registration needs renewal",
-    },
-    loans: (n, l) => `${n} items on loan` + (l ? ` (limit ${l})` : ""),
-    overdue: (n) => `${n} items overdue`,
-    renewed: "Library registration renewed",
-    checkout: (s, due) => s === "ok" ? `Borrowed (due ${due})` : "Could not borrow",
-    bath: {
-      accepted: "Visit accepted", unknown_card: "This card is not registered", revoked_card: "This card was replaced and no longer works",
-      not_eligible: "Not yet eligible by age", monthly_cap_reached: "This month's visits are used up",
-      already_visited_today: "Already visited today",
-    },
-    visits: (v, cap) => `Visit ${v} this month` + (cap ? ` (up to ${cap})` : ""),
+    noReader: (r) => `No reader "${r}" is connected`,
+    noReaderGiven: "No reader is named for this screen",
+    noReaderDetail: (names) => names.length ? `Please call staff (connected: ${names.join(", ")})` : "Please call staff (no reader is connected)",
     disconnected: "Please wait",
     refused: "This screen is not available",
     refusedDetail: "Please call staff",
@@ -137,6 +97,9 @@ let pin = { active: false, authId: null, digits: "", lastTry: false, confirmatio
 
 function show(state, title, detail = "", extra = "", cls = "") {
   document.body.dataset.state = state;
+  delete document.body.dataset.level;
+  $("others").replaceChildren();
+  delete $("title").dataset.plugin;
   $("title").textContent = title;
   $("title").className = cls;
   $("detail").textContent = detail;
@@ -145,7 +108,7 @@ function show(state, title, detail = "", extra = "", cls = "") {
   $("pin-cancel").classList.toggle("hidden", state !== "pin");
   $("pin-start").classList.toggle("hidden", state === "pin" || !jpkiOnReader);
   clearTimeout(idleTimer);
-  if (state !== "idle" && state !== "pin" && state !== "reading" && state !== "refused") {
+  if (!["idle", "pin", "reading", "refused", "noreader"].includes(state)) {
     idleTimer = setTimeout(idle, HOLD_MS);
   }
 }
@@ -153,12 +116,14 @@ function show(state, title, detail = "", extra = "", cls = "") {
 function idle() { show("idle", T.idle, T.idleDetail); }
 
 function onCard(ev) {
+  if (readerMissing) return; // the page says it stands beside no reader of the daemon's
   const d = ev.data;
   switch (ev.type) {
     case "card.presented":
       if (!pin.active) show("reading", T.reading, T.readingDetail);
       break;
     case "card.identified":
+      onTap(ev);
       jpkiOnReader = d.kind === "jpki";
       if (!pin.active) show("identified", T.identified);
       break;
@@ -172,6 +137,7 @@ function onCard(ev) {
       break;
     }
     case "card.authenticated":
+      onTap(ev);
       endPin();
       show("authenticated", T.authOk, "", "", "ok");
       break;
@@ -180,36 +146,78 @@ function onCard(ev) {
   }
 }
 
+// --- what the plugins said about a tap ---------------------------------------------------------------------
+// No plugin's words live here: each result carries its own (data.screen = {level, ja, en}, rendered by the
+// plugin host from the plugin's ResultSpec). A tap's results are shown together once the host says it is
+// done with the tap (plugin.handled, cause = the tap's id), the one that matters most first.
+const LEVELS = { refusal: 0, success: 1, info: 2 };
+const LEVEL_CLASS = { refusal: "bad", success: "ok", info: "info" };
+// Only for a plugin host that never says plugin.handled (an older `readerd plugins`): then the results
+// that arrived this long after the tap (longer than the default hook_timeout) are shown as they are; a
+// plugin.handled that comes after all shows the tap's answer again, complete.
+const SETTLE_MS = Number(params.get("settle") || 6) * 1000;
+let tap = null; // {id, handled, timer} of the last card.identified / card.authenticated on this reader
+let said = new Map(); // result id -> event, since that tap
+
+function onTap(ev) {
+  if (tap) clearTimeout(tap.timer);
+  said = new Map();
+  tap = { id: ev.id, handled: false, timer: setTimeout(() => compose(null), SETTLE_MS) };
+}
+
 function onPlugin(ev) {
-  const d = ev.data;
-  const name = ev.type.split(".").slice(1).join(".");
+  if (readerMissing) return;
+  if (ev.type === "plugin.handled") {
+    if (tap && ev.cause === tap.id) compose(ev.data.results || []);
+    return;
+  }
+  if (!ev.data || !ev.data.screen) return; // a result without words for a screen
+  if (!ev.cause) { showResults([ev]); return; } // a command's or a timer's: no tap to wait for
+  said.set(ev.id, ev);
+}
+
+// `listed`: plugin.handled's results (ids in publication order), or null at the fallback timeout
+function compose(listed) {
+  if (!tap || tap.handled) return;
+  tap.handled = listed !== null;
+  clearTimeout(tap.timer);
+  const shown = listed === null ? [...said.values()] : listed.map((r) => said.get(r.id)).filter(Boolean);
+  if (shown.length) showResults(shown);
+}
+
+// Refusal before success before info; within a level the order of publication (the plugin host's load
+// order, then results that other plugins' results led to), which Array.prototype.sort keeps (stable).
+function showResults(results) {
   if (pin.active) return; // results of a tap wait until the citizen has finished typing
-  // how many results this page has shown: bench/web_screen.py times tap -> screen by it
+  const ordered = [...results].sort((a, b) => rank(a) - rank(b));
+  const [first, ...rest] = ordered;
+  // how many result screens this page has shown: bench/web_screen.py times tap -> screen by it
   document.body.dataset.results = String(Number(document.body.dataset.results || 0) + 1);
-  if (name === "checkin.result") {
-    const ok = d.status === "accepted";
-    const extra = d.points ? T.pointsEarned(d.points) : "";
-    const count = d.count !== undefined ? T.checkinCount(d.count, d.capacity) : "";
-    show("result", T.checkin[d.status] || d.status, ok ? count : "", extra,
-      ok ? "ok" : (d.status === "already_checked_in" ? "warn" : "bad"));
-  } else if (name === "points.earned") {
-    show("result", T.pointsEarned(d.points ?? d.amount ?? ""), d.balance !== undefined ? T.balance(d.balance) : "", "", "ok");
-  } else if (name === "points.redeemed") {
-    show("result", T.redeemed(d.redeemed), T.balance(d.balance), "", "ok");
-  } else if (name.startsWith("points.")) {
-    if (d.balance !== undefined) show("result", T.balance(d.balance), "", "", "ok");
-  } else if (name === "library.patron") {
-    const extra = d.overdue ? T.overdue(d.overdue) : "";
-    show("result", T.library[d.status] || d.status, d.loans !== undefined ? T.loans(d.loans, d.limit) : "", extra,
-      d.status === "ok" ? "ok" : "bad");
-  } else if (name === "library.registration_renewed") {
-    show("result", T.renewed, "", "", "ok");
-  } else if (name === "library.checkout") {
-    show("result", T.checkout(d.status, d.due), "", "", d.status === "ok" ? "ok" : "bad");
-  } else if (name === "bathhouse.visit") {
-    const ok = d.status === "accepted";
-    show("result", T.bath[d.status] || d.status,
-      d.visits_this_month !== undefined ? T.visits(d.visits_this_month, d.monthly_cap) : "", "", ok ? "ok" : "bad");
+  show("result", first.data.screen[LANG], "", "", LEVEL_CLASS[first.data.screen.level] || "");
+  document.body.dataset.level = first.data.screen.level;
+  const list = $("others");
+  for (const r of rest) {
+    const li = document.createElement("li");
+    li.textContent = r.data.screen[LANG];
+    li.className = LEVEL_CLASS[r.data.screen.level] || "";
+    li.dataset.plugin = r.type.split(".")[1];
+    list.appendChild(li);
+  }
+  $("title").dataset.plugin = first.type.split(".")[1];
+}
+
+function rank(ev) { return LEVELS[ev.data.screen.level] ?? 3; }
+
+// --- the reader this screen stands beside ----------------------------------------------------------------
+let readers = null; // the daemon's reader names (the stream's hello, then reader.added / reader.removed)
+let readerMissing = false;
+function checkReader(names) {
+  if (!Array.isArray(names)) return; // the daemon did not answer: nothing to say yet
+  readerMissing = !READER || !names.includes(READER);
+  if (readerMissing) {
+    show("noreader", READER ? T.noReader(READER) : T.noReaderGiven, T.noReaderDetail(names), "", "bad");
+  } else if (document.body.dataset.state === "noreader") {
+    idle();
   }
 }
 
@@ -321,10 +329,18 @@ async function connect() {
   }
   if (document.body.dataset.state === "refused") idle();
   const src = new EventSource("/api/kiosk/events?reader=" + encodeURIComponent(READER));
-  src.addEventListener("hello", () => { document.body.dataset.connected = "yes"; });
+  src.addEventListener("hello", (m) => {
+    document.body.dataset.connected = "yes";
+    readers = JSON.parse(m.data).readers;
+    checkReader(readers);
+  });
   src.addEventListener("bus", (m) => {
     const ev = JSON.parse(m.data);
-    if (ev.type.startsWith("card.")) onCard(ev); else onPlugin(ev);
+    if (ev.type === "reader.added" || ev.type === "reader.removed") {
+      const others = (readers || []).filter((name) => name !== ev.reader);
+      readers = ev.type === "reader.added" ? [...others, ev.reader] : others;
+      checkReader(readers);
+    } else if (ev.type.startsWith("card.")) onCard(ev); else onPlugin(ev);
   });
   src.onerror = () => {
     document.body.dataset.connected = "no";

@@ -81,7 +81,7 @@ def test_offline_taps_are_published_and_pushed_by_the_timer(tmp_path: Path) -> N
     assert not timer._thread.is_alive()
 
 
-def test_readerctl_shows_over_cap_in_the_table_and_keeps_the_csv(capsys: pytest.CaptureFixture[str]) -> None:
+def test_readerctl_shows_over_cap_in_the_table_and_the_csv(capsys: pytest.CaptureFixture[str]) -> None:
     answers: dict[str, JsonObject] = {
         "bathhouse.report": {
             "month": "2026-06",
@@ -104,5 +104,5 @@ def test_readerctl_shows_over_cap_in_the_table_and_keeps_the_csv(capsys: pytest.
     synced = capsys.readouterr().out
     assert table.splitlines()[0] == "2026-06: 3 visits, 2 over the monthly cap"
     assert table.splitlines()[1].endswith("1 members    2 over the cap")
-    assert csv_text == "bath_house,visits,members\ntake,3,1\n"
+    assert csv_text == "bath_house,visits,members,over_cap\ntake,3,1,2\n"
     assert synced == "synced 2, already there 1\n"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from protocols.mykey import key_fingerprint
+from readerd import __version__
 from readerd import events as ev
 from readerd.auth import possession
 from readerd.auth.audit import AuditLog
@@ -544,7 +545,7 @@ class Daemon:
             lambda _req: {"readers": self.readers()},
             spec=CommandDoc("the readers and what is on them (subscribe role)"),
         )
-        bus.add_status(lambda: {"readers": self.readers(), "healthy": self.healthy()})
+        bus.add_status(lambda: {"readers": self.readers(), "healthy": self.healthy(), "version": __version__})
         directory = self.directory
         if isinstance(directory, WardDirectory):
             ward = directory

@@ -33,6 +33,13 @@ def add_doctor_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers
     # SUPPRESS: without the flag here, readerctl's own --json (before the command) still counts.
     doctor.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object")
     doctor.add_argument("--no-plugins", action="store_true", help="skip the checks plugins contribute")
+    doctor.add_argument(
+        "--card-test",
+        action="store_true",
+        help="instead: guide one tap on the running daemon and print a report (readerd/cli/card_test.py)",
+    )
+    doctor.add_argument("--reader", help="--card-test: the reader to watch (default: any)")
+    doctor.add_argument("--timeout", type=float, default=60.0, help="--card-test: seconds to wait (60)")
 
 
 def _print(findings: list[Finding]) -> None:
@@ -48,6 +55,10 @@ def _print(findings: list[Finding]) -> None:
 
 
 def run_doctor_command(args: argparse.Namespace, config_path: Path) -> int:
+    if args.card_test:
+        from readerd.cli.card_test import run_card_test_command  # noqa: PLC0415 - loads no check
+
+        return run_card_test_command(args)
     from readerd import logging as rlog  # noqa: PLC0415 - see the imports above
     from readerd.cli.doctor import DoctorEnv, healthy, run_doctor  # noqa: PLC0415
 

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from plugins.points.service import PointsService
-from readerd.bus.eventlog import EventLog
 from readerd.config import (
     Config,
     PcscConfig,
@@ -40,6 +39,7 @@ from simulators.mynumber import CardProfile, build_card
 from simulators.pki import PkiStore
 from simulators.vicc import ViccBridge
 from tests.support.daemon import Envelope, RunningDaemon, Subscriber, hardware_config, running_daemon
+from tests.support.fleet import read_event_log
 from tests.support.pcscd import PrivatePcscd
 from tests.support.postgres import PrivatePostgres
 
@@ -495,18 +495,7 @@ class Soak:
 
     def logged_events(self) -> list[Envelope]:
         """Every event of every run, from the durable log (after the last stop)."""
-        log = EventLog(Path(self.config.state_dir) / "events.db")
-        try:
-            out: list[Envelope] = []
-            after = 0
-            while True:
-                since = log.since(after, limit=5000)
-                out.extend(since.events)
-                if not since.more:
-                    return out
-                after = int(since.events[-1]["seq"])
-        finally:
-            log.close()
+        return read_event_log(Path(self.config.state_dir))
 
 
 def _earns(data: dict[str, Any]) -> bool:

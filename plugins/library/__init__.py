@@ -35,7 +35,14 @@ import structlog
 
 from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
 from plugins.library import settings, texts
-from plugins.library.ils import IlsAdapter, IlsUnavailableError, LoanRules, LocalIls, Sip2Ils
+from plugins.library.ils import (
+    IlsAdapter,
+    IlsUnavailableError,
+    LoanRules,
+    LocalIls,
+    LoginRefusedError,
+    Sip2Ils,
+)
 from plugins.library.service import LibraryService
 from readerd.plugin import (
     OPERATOR,
@@ -71,7 +78,7 @@ READER = {"reader": Arg(S, help="the reader the patron's card is on")}
 LOAN = frozenset({"status", "due"})
 #: What each result carries (readerd publishes nothing else of it): never titles, names or card numbers.
 RESULT_FIELDS = {
-    "patron": frozenset({"status", "loans", "overdue", "limit", "valid_until"}),
+    "patron": frozenset({"status", "loans", "overdue", "limit", "valid_until", "reason", "login_refused"}),
     "register": frozenset({"status", "library_id", "registered", "valid_until"}),
     "registration_renewed": frozenset({"status", "library_id", "valid_until"}),
     "checkout": LOAN,
@@ -174,8 +181,11 @@ class LibraryPlugin:
             return
         try:
             status = self._service().status(person)
-        except IlsUnavailableError:
-            status = {"status": "ils_unavailable"}
+        except IlsUnavailableError as e:
+            context.log.warning("library system unavailable", reason=e.reason, error=str(e))
+            status = {"status": "ils_unavailable", "reason": e.reason}
+            if isinstance(e, LoginRefusedError):
+                status["login_refused"] = True
         context.publish("patron", status, reader=reader)
 
     @hookimpl

@@ -36,6 +36,8 @@ class IlsUnavailableError(ReaderdError):
     """The library system did not answer (connection refused, timeout, a garbled reply)."""
 
     code = "ils_unavailable"
+    #: Why, as a fixed code a result may carry (no address, no message text on the bus).
+    reason = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ KEEPALIVE = 30.0
 
 class LoginRefusedError(IlsUnavailableError):
     """The ACS answered the ``93`` Login with ``94`` ok=0 (the configured user or password is wrong)."""
+
+    #: What a tap's result says (``reason``): staff fix the kiosk's settings, not the citizen's card.
+    reason = "login_refused"
 
 
 class Sip2Ils:

@@ -21,7 +21,7 @@ FAILED = ScreenText(
 
 RESULTS: Declaration = {
     "patron": ResultSpec(
-        frozenset({"status", "loans", "overdue", "limit", "valid_until"}),
+        frozenset({"status", "loans", "overdue", "limit", "valid_until", "reason", "login_refused"}),
         {
             "ok": (
                 ScreenText(
@@ -44,8 +44,16 @@ RESULTS: Declaration = {
             "registration_expired": ScreenText(
                 INFO, "図書館の登録の更新が必要です", "Your library registration needs renewal"
             ),
-            "ils_unavailable": ScreenText(
-                INFO, "図書館の情報を確認できません", "Library details unavailable now"
+            "ils_unavailable": (
+                ScreenText(
+                    INFO,
+                    "図書館システムがこの端末のログインを拒否しました（係員へ）",
+                    "The library system refused this kiosk's login: please tell staff",
+                    frozenset({"login_refused"}),
+                ),
+                ScreenText(
+                    INFO, "図書館システムに接続できません", "The library system cannot be reached now"
+                ),
             ),
         },
     ),

@@ -8,7 +8,9 @@ Cost: about 1.5 s (a daemon start and stop).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from readerd.bus.control_client import ControlSession
 from readerd.config import PluginsConfig
 from simulators.sip2_acs import Item, Library
-from tests.support.auth import READER, ok, tap
+from tests.support.auth import READER, error, ok, tap
 from tests.support.daemon import RunningDaemon, Subscriber, running_daemon, sim_config
 from tests.support.sip2_pysip2 import PysipAcs
 
@@ -28,26 +30,29 @@ pytestmark = pytest.mark.timeout(60)
 TITLES = {"B1": "ポケット版 日本の野鳥", "B2": "こころ"}
 
 
-@pytest.fixture
-def acs() -> Iterator[PysipAcs]:
-    library = Library(
+def _library() -> Library:
+    return Library(
         institution="chuo",
         patrons={"L7001": True},
         items={barcode: Item(title) for barcode, title in TITLES.items()},
         today=date.today(),
     )
-    # The library system demands a 93 Login as the first message, and checksums.
-    with PysipAcs(library, login=("kiosk", "secret"), error_detection="required") as server:
-        yield server
 
 
 @pytest.fixture
-def kiosk(tmp_path: Path, acs: PysipAcs) -> Iterator[tuple[RunningDaemon, Subscriber, ControlSession]]:
+def acs() -> Iterator[PysipAcs]:
+    # The library system demands a 93 Login as the first message, and checksums.
+    with PysipAcs(_library(), login=("kiosk", "secret"), error_detection="required") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _kiosk(tmp_path: Path, port: int) -> Iterator[tuple[RunningDaemon, Subscriber, ControlSession]]:
     section = {
         "library_id": "chuo",
         "ils": "sip2",
         "sip2_host": "127.0.0.1",
-        "sip2_port": acs.port,
+        "sip2_port": port,
         "sip2_user": "kiosk",
         "sip2_password": "secret",
         "sip2_location": "chuo-1f",
@@ -63,6 +68,12 @@ def kiosk(tmp_path: Path, acs: PysipAcs) -> Iterator[tuple[RunningDaemon, Subscr
         d.session() as ui,
     ):
         yield d, sub, ui
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, acs: PysipAcs) -> Iterator[tuple[RunningDaemon, Subscriber, ControlSession]]:
+    with _kiosk(tmp_path, acs.port) as running:
+        yield running
 
 
 def authenticate(ui: ControlSession) -> str:
@@ -114,3 +125,31 @@ def test_lending_through_the_daemon_against_pysip2(
     assert "図書 太郎" not in events  # the patron's name from the ACS
     assert "B1" not in events  # item and card numbers stay off the bus
     assert "L7001" not in events
+
+
+def test_a_refused_login_shows_ils_unavailable_and_the_reason(tmp_path: Path) -> None:
+    """The ward changed the kiosk's SIP2 password and the kiosk was not told: once the library system
+    closed the idle session (its idle timeout, 1 s here), the next Login is refused; the citizen's tap
+    says the library system refused this kiosk's login (staff know what to fix), and a counter command
+    says so too. Cost: about 3 s."""
+    with (
+        PysipAcs(_library(), login=("kiosk", "secret"), idle_timeout=1.0) as acs,
+        _kiosk(tmp_path, acs.port) as (d, sub, ui),
+    ):
+        tap(d, sub, "hana")
+        ok(ui.request("mykey.enroll", {"auth_id": authenticate(ui)}))
+        authenticate(ui)
+        register = {"reader": READER, "library_card": "L7001", "idempotency_key": "r"}
+        ok(ui.request("library.register", register))
+        acs.login = ("kiosk", "changed")  # the ward's new password; the open session still works
+        time.sleep(1.5)  # the library system closes the idle session
+        d.remove()
+        tap(d, sub, "hana")
+        patron = data(sub, "plugin.library.patron")
+        item = {"reader": READER, "item": "B1", "idempotency_key": "c"}
+        refused = error(ui.request("library.checkout", item))
+    assert (patron["status"], patron["reason"]) == ("ils_unavailable", "login_refused")
+    assert patron["login_refused"] is True
+    assert "ログインを拒否" in patron["screen"]["ja"]
+    assert refused["code"] == "ils_unavailable"
+    assert "refused the login" in refused["message"]

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from readerd.plugin import JsonObject, MigrationContext, PluginDatabase, Refusal
+from readerd.plugin import JsonObject, MigrationContext, PluginDatabase, Refusal, StoreUnavailableError
 
 KEY_MAX = 128
 
@@ -227,6 +227,31 @@ def config_int(config: JsonObject, plugin: str, key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"[plugins.{plugin}] {key}: a whole number >= 0")
     return value
+
+
+class OfflineQueues(Protocol):
+    """What a plugin that works offline keeps for the shared store: withdrawals and an outbox."""
+
+    def withdrawals_pending(self) -> int: ...
+
+    def retry_withdrawals(self) -> int: ...
+
+    def pending(self) -> int: ...
+
+    def sync(self) -> JsonObject: ...
+
+
+def push_offline(service: OfflineQueues, logger: Any, kept: str) -> None:  # noqa: ANN401 - structlog
+    """One round of a sync loop: withdrawals that waited first (so a re-keyed offline row meets its
+    re-keyed shared twin), then the outbox. While the shared store is still down, what waits is kept and
+    said once a round (``kept``: "check-ins", "visits")."""
+    try:
+        if service.withdrawals_pending():
+            service.retry_withdrawals()
+        if service.pending():
+            service.sync()
+    except StoreUnavailableError:
+        logger.info(f"shared store still unreachable; offline {kept} kept", pending=service.pending())
 
 
 class Periodic:

@@ -585,6 +585,10 @@ def load_config(path: Path | None) -> Config:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
+    except UnicodeDecodeError as e:  # found by the config_loader fuzzer (tests/fuzz/atheris)
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.start}): save the file as UTF-8 (TOML requires it)"
+        ) from e
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from e
     return _build(Config, data, "")

@@ -28,7 +28,7 @@ import structlog
 
 from plugins.bathhouse import settings, texts
 from plugins.bathhouse.service import BathhouseService, Rules
-from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn
+from plugins.common import Periodic, config_int, person_of, persons_of_withdrawn, push_offline
 from readerd.plugin import (
     OPERATOR,
     Arg,
@@ -43,7 +43,6 @@ from readerd.plugin import (
     PluginEvent,
     Refusal,
     Schema,
-    StoreUnavailableError,
     hookimpl,
 )
 
@@ -93,14 +92,7 @@ class BathhousePlugin:
             self._sync.stop()
 
     def _sync_once(self) -> None:
-        service = self._service()
-        try:
-            if service.withdrawals_pending():
-                service.retry_withdrawals()
-            if service.pending():
-                service.sync()
-        except StoreUnavailableError:
-            log.info("shared store still unreachable; offline visits kept", pending=service.pending())
+        push_offline(self._service(), log, "visits")
 
     def _service(self) -> BathhouseService:
         if self.service is None:

@@ -29,7 +29,7 @@ import structlog
 from plugins.checkin import settings, texts
 from plugins.checkin.ctl import ctl_command
 from plugins.checkin.service import CheckinService
-from plugins.common import Periodic, person_of, persons_of_withdrawn
+from plugins.common import Periodic, person_of, persons_of_withdrawn, push_offline
 from readerd.plugin import (
     OPERATOR,
     Arg,
@@ -44,7 +44,6 @@ from readerd.plugin import (
     PluginEvent,
     Refusal,
     Schema,
-    StoreUnavailableError,
     hookimpl,
 )
 
@@ -91,14 +90,7 @@ class CheckinPlugin:
             self._sync.stop()
 
     def _sync_once(self) -> None:
-        service = self._service()
-        try:
-            if service.withdrawals_pending():
-                service.retry_withdrawals()
-            if service.pending():
-                service.sync()
-        except StoreUnavailableError:
-            log.info("shared store still unreachable; offline check-ins kept", pending=service.pending())
+        push_offline(self._service(), log, "check-ins")
 
     def _service(self) -> CheckinService:
         if self.service is None:

@@ -96,6 +96,16 @@ def test_validation_refuses_lan_without_curve_and_sim_on_lan() -> None:
         with_overrides(Config(), {"backends": ("usb",)}).validate()
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """The config_loader fuzzer's first finding: bytes that are not UTF-8 gave a traceback and exit 1.
+    Now ConfigError, and `readerd run` exits 78 naming the file. Cost: < 0.5 s."""
+    bad = tmp_path / "readerd.toml"
+    bad.write_bytes(b'kiosk = "lib-\xd5entral"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+    assert readerd_main(["run", "--config", str(bad)]) == 78
+
+
 def test_run_without_a_backend_exits_78(tmp_path: Path) -> None:
     assert readerd_main(["run", "--state-dir", str(tmp_path)]) == 78
 

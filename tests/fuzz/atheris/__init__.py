@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz harnesses (atheris/libFuzzer), one module per parser; run them with scripts/fuzz."""

@@ -78,6 +78,7 @@ from readerd.ops.database import (
     Database,
     Role,
     T,
+    pin_deployment_key,
     postgres_database,
     sqlite_database,
 )
@@ -98,14 +99,6 @@ MIGRATION_RUNS_KEPT: Final = 1000
 _NAME: Final = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 _metadata = sa.MetaData()
-#: Facts of the deployment every kiosk of a ward must agree on (the pseudonym key's fingerprint).
-_deployment = sa.Table(
-    "readerd_deployment",
-    sa.MetaData(),
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(256), nullable=False),
-    sa.Column("recorded_at", sa.String(32), nullable=False),
-)
 _migrations = sa.Table(
     MIGRATIONS_TABLE,
     _metadata,
@@ -734,22 +727,9 @@ class Store:
         """Record the deployment key's fingerprint in the shared store the first time a kiosk uses it, and
         give back the one recorded: a kiosk whose key differs must not write into the ward's data (its
         pseudonyms would be another deployment's). Raises :class:`StoreUnavailableError` when the
-        shared store cannot be asked (a kiosk starts offline; the caller decides)."""
-        now = business_time.utc_now().isoformat(timespec="seconds")
-
-        def pin(conn: Connection) -> str:
-            _deployment.create(conn, checkfirst=True)
-            conn.execute(
-                self.shared.insert_or_ignore(_deployment).values(
-                    name="pseudonym_key_fingerprint", value=fingerprint, recorded_at=now
-                )
-            )
-            row = conn.execute(
-                sa.select(_deployment.c.value).where(_deployment.c.name == "pseudonym_key_fingerprint")
-            ).one()
-            return str(row.value)
-
-        return self.shared.transaction(pin)
+        shared store cannot be asked (a kiosk starts offline; the caller decides). The daemon does the
+        same on its directory's connection: one function, :func:`readerd.ops.database.pin_deployment_key`."""
+        return pin_deployment_key(self.shared, fingerprint)
 
     def note_migration(self, run: MigrationRun) -> None:
         with self._runs_lock:

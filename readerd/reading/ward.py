@@ -41,7 +41,6 @@ from typing import Final
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.engine import Connection
 
 from protocols.mykey import key_fingerprint, new_member_id, normalize_mykey_id
@@ -296,7 +295,7 @@ class WardDirectory:
                     return entry
                 member_id = new_member_id()
                 inserted = conn.execute(
-                    self._insert_or_ignore().values(
+                    self.database.insert_or_ignore(_members).values(
                         pseudonym=pseudonym,
                         member_id=member_id,
                         mykey_id=mykey_id,
@@ -311,11 +310,6 @@ class WardDirectory:
         entry = self.database.transaction(enrol)
         self.cache.put(pseudonym, entry, self.clock())
         return entry
-
-    def _insert_or_ignore(self) -> sa.Insert:
-        if self.database.dialect == "postgresql":
-            return pg_dialect.insert(_members).on_conflict_do_nothing()
-        return self.database.insert_or_ignore(_members)
 
     def unenroll(self, pseudonym: str) -> DirectoryEntry | None:
         self._ready()

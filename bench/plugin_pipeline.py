@@ -14,7 +14,10 @@ What is measured, all in one run on one machine:
   envelope the plugin host receives, ``[topic, payload]`` frames like the daemon's: the floor of one bus hop.
 - ``latency``: one tap at a time, the time from sending ``tap`` to each stage (the LAN subscriber sees
   ``card.identified``, the first plugin hook starts, the last plugin publishes, the last result arrives).
-- CPU time of the whole process per tap and per raw message: steadier than rates on a shared machine.
+- CPU time per tap: of the daemon's own threads (``daemon_cpu_ms_per_tap``: every thread of the process
+  but the bench's driver, see :mod:`bench.threadcpu`) and of the whole process; per raw message for the
+  baseline. Steadier than rates on a shared machine; the daemon's CPU per tap over the raw CPU per message
+  is "raw messages' worth of CPU per tap".
 
 The simulator re-reads and re-validates its RSA keys from PEM files on every tap (130-400 ms per card,
 which would make this a benchmark of the simulator); the bench memoizes ``PkiStore._key`` in this process
@@ -47,6 +50,7 @@ from typing import Any, Final
 
 import zmq
 
+from bench import threadcpu
 from readerd.logging import configure as configure_logging
 from readerd.plugin.api import PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
@@ -118,6 +122,32 @@ def cache_sim_keys() -> None:
     PkiStore._key = cached  # type: ignore[method-assign]
 
 
+class SimBuildMeter:
+    """CPU time the sim backend spends in the simulator's ``build_card`` (on the daemon's backend thread):
+    the test rig making the virtual card, not readerd, so it is taken out of the daemon's CPU and shown
+    apart."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        from readerd.reading.backends import sim
+
+        build = getattr(sim, "build_card")  # the name the sim backend calls  # noqa: B009
+
+        def timed(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the simulator's CardModel
+            started = time.thread_time()
+            try:
+                return build(*args, **kwargs)
+            finally:
+                used = time.thread_time() - started
+                with self._lock:
+                    self.seconds += used
+
+        setattr(sim, "build_card", timed)  # noqa: B010 - the sim backend's own reference
+
+
 def sim_card_build_ms(pki: Path) -> dict[str, float]:
     """What the simulator spends making one card for a tap (ms, median of 3, keys made already): as the
     bench ran, and with the simulator's own key loading (PEM parse and RSA check of 4 keys per card)."""
@@ -186,11 +216,17 @@ class _RunState:
 
 
 class Driver:
-    """Sends taps on one DEALER socket and watches the daemon's PUB endpoint on one SUB socket."""
+    """Sends taps on one DEALER socket and watches the daemon's PUB endpoint on one SUB socket.
+
+    The driver has a ZeroMQ context of its own (not the daemon's ``Context.instance()``), so that its
+    libzmq I/O threads are the bench's and their CPU is not counted as the daemon's: ``threads`` are the
+    native ids of the driver's threads (the calling thread and its context's)."""
 
     def __init__(self, control: str, publish: str, heartbeat_now: Callable[[], None], plugins: int) -> None:
         self.plugins = plugins
-        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        zmq_before = threadcpu.zmq_threads()
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        context = self.context
         self.control = context.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(control)
@@ -200,6 +236,8 @@ class Driver:
         self.sub.connect(publish)
         for prefix in (b"card.identified", b"card.read_aborted", b"plugin.", b"heartbeat"):
             self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        # libzmq starts a context's I/O and reaper threads with its first socket: those are the driver's
+        self.threads = {threading.get_native_id(), *threadcpu.new_zmq_threads(zmq_before)}
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
@@ -215,6 +253,7 @@ class Driver:
     def close(self) -> None:
         self.control.close()
         self.sub.close()
+        self.context.term()
 
     def send_tap(self) -> float:
         i = self.sent
@@ -307,6 +346,10 @@ def private_envelope_bytes(heartbeat_now: Callable[[], None], tap: Callable[[], 
 class PipelineResult:
     taps_per_s: list[float]
     cpu_s_per_tap: list[float]  # this process, every thread (the bench's driver included)
+    daemon_cpu_s_per_tap: list[float]  # the daemon's threads (all but the driver's), less the card build
+    sim_build_cpu_s_per_tap: list[float]  # the simulator's card build, on the daemon's backend thread
+    daemon_threads_ms_per_tap: dict[str, float]  # median by thread name; "exited": per-call threads
+    driver_threads: int
     latency: dict[str, dict[str, float]]
     envelope_bytes: dict[str, int]
     daemon: dict[str, Any]
@@ -321,7 +364,7 @@ class Plan:
     plugins: int
 
 
-def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
+def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineResult:
     from readerd.config import PluginsConfig
     from tests.support.daemon import running_daemon, sim_config
 
@@ -363,13 +406,22 @@ def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
                 stages["tap_to_last_result_on_lan"].append(tap.done - tap.sent)
             latency = {name: latency_summary(values) for name, values in stages.items()}
             # Throughput: `window` taps in flight.
-            rates, cpu = [], []
+            rates, cpu, daemon_cpu, sim_build = [], [], [], []
+            by_thread: dict[str, list[float]] = {}
             for _ in range(runs):
-                started, cpu_started = time.perf_counter(), time.process_time()
+                started, before, built = time.perf_counter(), threadcpu.snapshot(), meter.seconds
                 completed = driver.run(taps, window)
+                after, built = threadcpu.snapshot(), meter.seconds - built
                 finished = max(t.done for t in completed if t.done is not None)
                 rates.append(taps / (finished - started))
-                cpu.append((time.process_time() - cpu_started) / taps)
+                split = threadcpu.daemon_cpu(before, after, driver.threads)
+                cpu.append(split.process_s / taps)
+                daemon_cpu.append((split.daemon_s - built) / taps)
+                sim_build.append(built / taps)
+                for name, seconds in [*split.by_name.items(), ("exited", split.exited_s)]:
+                    by_thread.setdefault(name, []).append(seconds / taps * 1e3)
+            per_thread = {name: round(statistics.median(v), 3) for name, v in by_thread.items()}
+            per_thread = dict(sorted(per_thread.items(), key=lambda kv: -kv[1]))
         finally:
             driver.close()
         status = host.status()
@@ -379,7 +431,9 @@ def measure_pipeline(work: Path, plan: Plan) -> PipelineResult:
             "plugins_quarantined": status["quarantined"],
             "feed_gaps_recorded": len(host.gaps),
         }
-    return PipelineResult(rates, cpu, latency, envelope_bytes, daemon)
+    return PipelineResult(
+        rates, cpu, daemon_cpu, sim_build, per_thread, len(driver.threads), latency, envelope_bytes, daemon
+    )
 
 
 # -- the baseline -------------------------------------------------------------------------------------
@@ -461,6 +515,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"(one tap = {result['bus_messages_per_tap']} bus messages on each of two PUB sockets)",
         f"CPU time of this process (all threads, median): {pipe['cpu_ms_per_tap']['median']} ms per tap, "
         f"{raw['cpu_us_per_msg']['median']} us per raw message",
+        f"CPU time of the daemon's threads (all but the bench's driver; less the simulator's card build, "
+        f"{pipe['sim_card_build_cpu_ms_per_tap']['median']} ms), median (min-max): "
+        f"{pipe['daemon_cpu_ms_per_tap']['median']} ({pipe['daemon_cpu_ms_per_tap']['min']}-"
+        f"{pipe['daemon_cpu_ms_per_tap']['max']}) ms per tap = "
+        f"{result['daemon_cpu_per_tap_in_raw_messages']['median']:,.0f} "
+        f"({result['daemon_cpu_per_tap_in_raw_messages']['min']:,.0f}-"
+        f"{result['daemon_cpu_per_tap_in_raw_messages']['max']:,.0f}) raw messages' worth",
+        "daemon threads' CPU by name, ms per tap (median; card build included; exited = threads that "
+        "ended within the run): "
+        + ", ".join(f"{name} {ms}" for name, ms in pipe["daemon_cpu_by_thread_ms_per_tap"].items()),
         "",
         "| one tap at a time, from sending `tap` to | p50 ms | p99 ms |",
         "|---|---:|---:|",
@@ -519,12 +583,16 @@ def main(argv: list[str] | None = None) -> int:
         cache_sim_keys()
     configure_logging(args.log_level, "console")  # the daemon's log lines, to stderr
     try:
-        pipeline = measure_pipeline(work, Plan(taps, runs, args.window, latency_taps, args.plugins))
+        meter = SimBuildMeter()
+        meter.install()
+        plan = Plan(taps, runs, args.window, latency_taps, args.plugins)
+        pipeline = measure_pipeline(work, plan, meter)
         sim_build = sim_card_build_ms(work / "state" / "sim-pki")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     raw = [measure_raw(pipeline.envelope_bytes["private"], messages) for _ in range(runs)]
     raw_rates = [rate for rate, _ in raw]
+    raw_cpu = [cpu for _, cpu in raw]
     taps_median = statistics.median(pipeline.taps_per_s)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -541,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
             "plugins": args.plugins,
             "taps_per_s": spread(pipeline.taps_per_s),
             "cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.cpu_s_per_tap], 3),
+            # every thread of the process but the driver's (its own thread and its zmq context's)
+            "daemon_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.daemon_cpu_s_per_tap], 3),
+            # the simulator's card build on the backend thread: the test rig, taken out of the above
+            "sim_card_build_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.sim_build_cpu_s_per_tap], 3),
+            "daemon_cpu_by_thread_ms_per_tap": pipeline.daemon_threads_ms_per_tap,
+            "driver_threads": pipeline.driver_threads,
         },
         "raw_pubsub": {
             "messages": messages,
@@ -548,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_us_per_msg": spread([c * 1e6 for _, c in raw], 2),
         },
         "ratio_raw_to_pipeline": round(statistics.median(raw_rates) / taps_median, 1),
+        # the daemon's CPU per tap in raw messages' worth of CPU (each run's own over the raw median)
+        "daemon_cpu_per_tap_in_raw_messages": spread(
+            [c / statistics.median(raw_cpu) for c in pipeline.daemon_cpu_s_per_tap], 0
+        ),
         # card.presented, card.identified, card.removed and one result per plugin
         "bus_messages_per_tap": 3 + args.plugins,
         "latency": pipeline.latency,

@@ -9,8 +9,15 @@ What is measured, all in one run on one machine:
   connect until pcscd's presence poll notices the card) is reported separately: it is pcscd's polling
   period, not readerd.
 - APDUs per identification, as counted by the card.
+- ``overhead``: daemon p50 minus bare p50, what readerd adds to the two round trips. ``--runs`` runs of
+  ``--taps`` taps each (default 5 x 40: 200 taps), each run measuring its own bare floor then its daemon
+  taps, one daemon and one pcscd for all: the figure is over all taps (p50 of the daemon's 200 minus p50
+  of the bare 200), with the runs' own overheads as its spread. The card is built before anything is
+  timed, and its build time is reported apart.
 
-Run: ``python -m bench.tap_latency [--taps 50]`` (needs pcscd and vsmartcard-vpcd; `make test` installs them).
+Run: ``python -m bench.tap_latency [--taps 40] [--runs 5] [--quick]`` (needs pcscd and vsmartcard-vpcd;
+`make test` installs them). A tap takes about 0.8 s (pcscd polls presence every 0.4 s, for the insertion
+and for the removal): 200 taps take about 3 minutes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +53,7 @@ class TimedCard:
     first_apdu: list[float] = field(default_factory=list)
     apdus: list[int] = field(default_factory=list)
     _fresh: bool = True
+    _armed: bool = False
 
     @property
     def atr(self) -> bytes:
@@ -57,11 +66,15 @@ class TimedCard:
         self.card.power_off()
 
     def arm(self) -> None:
-        self._fresh = True
+        self._fresh, self._armed = True, True
         self.apdus.append(0)
 
+    def disarm(self) -> None:
+        """The bare rounds (and the daemon's read of the card they insert) are not the daemon's taps."""
+        self._armed = False
+
     def process(self, raw: bytes) -> bytes:
-        if self.apdus:  # counting only while a daemon tap is armed
+        if self._armed:  # counting only while a daemon tap is armed
             if self._fresh:
                 self.first_apdu.append(time.monotonic())
                 self._fresh = False
@@ -79,8 +92,12 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 0.99), 3), "n": len(ms)}
 
 
-def measure_bare(bridge: ViccBridge, reader: str, taps: int) -> tuple[list[float], int]:
-    """The same two identification APDUs sent with pyscard alone: the floor (seconds per pair)."""
+def measure_bare(
+    bridge: ViccBridge, reader: str, taps: int, settle: Callable[[], object] = lambda: None
+) -> tuple[list[float], int]:
+    """The same two identification APDUs sent with pyscard alone: the floor (seconds per pair).
+    ``settle`` runs once the card is in and connected, before anything is timed (the running daemon
+    reads the card once: the bare rounds wait until it is done)."""
     from smartcard import scard
 
     bridge.insert()
@@ -94,6 +111,7 @@ def measure_bare(bridge: ViccBridge, reader: str, taps: int) -> tuple[list[float
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cannot connect to {reader}: {scard.SCardGetErrorMessage(hr)}")
             time.sleep(0.01)
+        settle()
         pci = scard.SCARD_PCI_T1 if proto == scard.SCARD_PROTOCOL_T1 else scard.SCARD_PCI_T0
         rounds: list[float] = []
         cert: list[int] = []
@@ -121,52 +139,119 @@ def _wait_until_empty(scard: Any, ctx: int, reader: str) -> None:  # noqa: ANN40
     raise RuntimeError(f"pcscd still sees a card in {reader}")
 
 
-def measure_daemon(
-    work: Path, timed: TimedCard, bridge: ViccBridge, taps: int
+@dataclass
+class Run:
+    """One run: the bare floor measured just before the daemon's taps."""
+
+    bare: list[float]
+    latency: list[float]
+    detection: list[float]
+
+    @property
+    def overhead_ms(self) -> float:
+        return (statistics.median(self.latency) - statistics.median(self.bare)) * 1000
+
+
+def daemon_taps(
+    sub: Any,  # noqa: ANN401 - tests.support.daemon's subscriber
+    timed: TimedCard,
+    bridge: ViccBridge,
+    taps: int,
 ) -> tuple[list[float], list[float]]:
-    """Insert the card ``taps`` times into a running daemon; (first APDU -> event, insert -> first APDU)."""
+    """Insert the card ``taps`` times into the running daemon; (first APDU -> event, insert -> first APDU)."""
+    latency: list[float] = []
+    detection: list[float] = []
+    for _ in range(taps):
+        timed.arm()
+        inserted = time.monotonic()
+        bridge.insert()
+        sub.until(lambda env: env["type"] == "card.identified", timeout=10)
+        arrived = time.monotonic()
+        latency.append(arrived - timed.first_apdu[-1])
+        detection.append(timed.first_apdu[-1] - inserted)
+        bridge.remove()
+        # pcscd's presence poll must see the card gone before the next insertion counts as a tap
+        sub.until(lambda env: env["type"] == "card.removed", timeout=10)
+    timed.disarm()
+    return latency, detection
+
+
+def measure_runs(
+    work: Path, timed: TimedCard, bridge: ViccBridge, reader: str, *, taps: int, runs: int
+) -> tuple[list[Run], int]:
+    """``runs`` times: the bare floor (``taps`` pairs), then ``taps`` daemon taps; one daemon for all.
+    For the bare rounds the card goes in once; the daemon reads it (untimed) and leaves it alone, and
+    the rounds start when its ``card.identified`` is out, so the two never share the card."""
     from readerd.config import PcscConfig
     from tests.support.daemon import hardware_config, running_daemon
 
     config = hardware_config(work / "state", ("pcsc",), pcsc=PcscConfig(allow_virtual_readers=True))
-    latency: list[float] = []
-    detection: list[float] = []
-    with running_daemon(config) as daemon, daemon.subscriber("card.") as sub:
-        for _ in range(taps):
-            timed.arm()
-            inserted = time.monotonic()
-            bridge.insert()
-            sub.until(lambda env: env["type"] == "card.identified", timeout=10)
-            arrived = time.monotonic()
-            latency.append(arrived - timed.first_apdu[-1])
-            detection.append(timed.first_apdu[-1] - inserted)
-            bridge.remove()
-            # pcscd's presence poll must see the card gone before the next insertion counts as a tap
-            sub.until(lambda env: env["type"] == "card.removed", timeout=10)
-    return latency, detection
+    out: list[Run] = []
+    cert_bytes = 0
+    # Not card.presented: this process would parse it while the daemon reads the certificate, and
+    # compete with the daemon for the GIL in the middle of the measured time.
+    events = ("card.identified", "card.removed", "card.read_aborted")
+    with running_daemon(config) as daemon, daemon.subscriber(*events) as sub:
+        for _ in range(runs):
+            timed.disarm()
+
+            def daemon_read_it() -> None:
+                sub.until(lambda env: env["type"] in ("card.identified", "card.read_aborted"), timeout=10)
+
+            bare, cert_bytes = measure_bare(bridge, reader, taps, settle=daemon_read_it)
+            sub.until(lambda env: env["type"] == "card.removed", timeout=10)  # the bare card, gone
+            latency, detection = daemon_taps(sub, timed, bridge, taps)
+            out.append(Run(bare, latency, detection))
+    return out, cert_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--taps", type=int, default=50)
+    parser.add_argument(
+        "--taps",
+        type=int,
+        help="taps per run, each measured bare and through the daemon (default 40; --quick 3)",
+    )
+    parser.add_argument("--runs", type=int, help="runs (default 5; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="3 taps, 1 run: checks that it runs")
     args = parser.parse_args(argv)
+    taps = args.taps or (3 if args.quick else 40)
+    runs = args.runs or (1 if args.quick else 5)
+    if min(taps, runs) < 1:
+        parser.error("--taps and --runs must be positive")
     # libpcsclite reads the socket name once per process: set it before anything loads pyscard.
     work = Path(tempfile.mkdtemp(prefix="readerd-bench-"))
     os.environ["PCSCLITE_CSOCK_NAME"] = str(work / "pcscd" / "pcscd.comm")
     from tests.support.pcscd import PrivatePcscd
 
+    # The card (its keys and certificates) is made before anything is timed: that is the simulator.
+    started = time.perf_counter()
     timed = TimedCard(build_card(CardProfile(name="bench"), PkiStore(work / "pki")))
+    card_build_ms = round((time.perf_counter() - started) * 1000, 1)
     with PrivatePcscd(work / "pcscd") as pcscd:
         bridge = ViccBridge(timed, port=pcscd.ports[0])
-        bare, cert_bytes = measure_bare(bridge, pcscd.readers[0], args.taps)
-        latency, detection = measure_daemon(work, timed, bridge, args.taps)
+        measured, cert_bytes = measure_runs(work, timed, bridge, pcscd.readers[0], taps=taps, runs=runs)
+    bare = [t for run in measured for t in run.bare]
+    latency = [t for run in measured for t in run.latency]
+    detection = [t for run in measured for t in run.detection]
+    overheads = [round(run.overhead_ms, 3) for run in measured]
     result = {
         "bare_pyscard_identification_apdus": summary(bare),
         "daemon_first_apdu_to_event": summary(latency),
         "ratio_daemon_to_bare_p50": round(statistics.median(latency) / statistics.median(bare), 2),
+        # what readerd adds: p50 of every daemon tap less p50 of every bare pair; the runs' own as spread
+        "overhead_ms": {
+            "p50": round((statistics.median(latency) - statistics.median(bare)) * 1000, 3),
+            "runs": overheads,
+            "min": min(overheads),
+            "max": max(overheads),
+        },
+        "taps": taps,
+        "runs": runs,
         "detection_insert_to_first_apdu": summary(detection),
         "apdus_per_identification": sorted(set(timed.apdus)),
         "certificate_bytes": cert_bytes,
+        "card_build_ms": card_build_ms,
     }
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0

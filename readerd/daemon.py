@@ -438,6 +438,7 @@ class Daemon:
             queue_depth=lambda: int(bus.status()["queue_depth"]),
             healthy=self.healthy,
             subscribers=lambda: bus.stats.subscribers,
+            since_by_peer=bus.since_by_peer,
         )
         server = MetricsServer(Metrics(view), *address)
         try:
@@ -455,14 +456,21 @@ class Daemon:
                 self.watchdog_pings += 1
             else:
                 self.watchdog_withheld += 1
-                log.error("a backend or the bus thread died or is wedged; withholding the watchdog ping")
+                log.error(
+                    "unhealthy (a backend or the bus died or is wedged, the event log refuses appends, "
+                    "or a card event was lost); withholding the watchdog ping"
+                )
 
     def healthy(self) -> bool:
+        """Every backend and the plugin host alive, and the bus healthy: its thread advances, the event
+        log takes appends, and no card event was lost without its screen being told (Bus.healthy)."""
         host_ok = self.host is None or self.host.alive
-        return self.bus is not None and self.bus.alive and host_ok and all(b.alive() for b in self.backends)
+        bus_ok = self.bus is not None and self.bus.healthy
+        return bus_ok and host_ok and all(b.alive() for b in self.backends)
 
     def _start_plugins(self, bus: Bus, store: Store | None) -> PluginHost:
-        """The embedded plugin host: a subscriber of the private feed; its results go out through the bus."""
+        """The embedded plugin host: an in-process subscriber of the bus (the private feed's envelopes,
+        as objects); its results go out through the bus."""
 
         def report(plugin: str, hook: str, error: str, message: str, quarantined: bool) -> None:
             bus.publish(ev.plugin_error(plugin, hook, error, message, quarantined=quarantined))
@@ -510,7 +518,8 @@ class Daemon:
         )
         if store is not None:
             bus.add_status(lambda: {"store": store.status()})  # databases (password hidden) and counters
-        host.start(PRIVATE_FEED, bus.context, heartbeat_now=bus.heartbeat_now)
+        # In process: the host takes the stamped envelopes off the bus, no JSON (readerd/bus/localfeed.py).
+        host.start(bus.local_feed(), heartbeat_now=bus.heartbeat_now)
         return host
 
     def readers(self) -> list[JsonObject]:

@@ -10,6 +10,7 @@ publishes, so every event has one publisher-assigned order. The JSON envelope is
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,10 +32,23 @@ class EventType(StrEnum):
     CARD_AUTH_FAILED = "card.auth_failed"
     CARD_REMOVED = "card.removed"
     CARD_READ_ABORTED = "card.read_aborted"
+    CARD_EVENTS_LOST = "card.events_lost"
     MEMBER_ENROLLED = "member.enrolled"
     MEMBER_WITHDRAWN = "member.withdrawn"
     HEARTBEAT = "heartbeat"
     PLUGIN_ERROR = "plugin.error"
+
+
+#: The card lane (docs/design.md D14): what a citizen's tap leads to. The bus never drops these for a full
+#: queue: they have capacity of their own and then wait briefly; one that is lost all the same makes the
+#: daemon unhealthy and the kiosk screen ask for another tap. ``plugin.error`` is a report to the operator,
+#: not a tap's answer, and goes with the ordinary events (heartbeats, readers), dropped and counted.
+CARD_LANE_PREFIXES = ("card.", "member.", "plugin.")
+
+
+def card_lane(event_type: str) -> bool:
+    """Whether events of this type are in the card lane (never dropped silently; see above)."""
+    return event_type.startswith(CARD_LANE_PREFIXES) and event_type != EventType.PLUGIN_ERROR
 
 
 @unique
@@ -110,7 +124,7 @@ class Envelope:
                 kiosk=str(obj["kiosk"]),
                 event=event,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # Overflow: "seq": Infinity (fuzzer)
             raise ValueError(f"not an envelope: {type(e).__name__}: {e}") from e
 
     @classmethod
@@ -142,15 +156,85 @@ class Envelope:
         return {**self.public_dict(), "private": self.event.private}
 
     def public_json(self) -> bytes:
-        return json.dumps(self.public_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """Encoded once per envelope (kept on the instance, not a field): the event log and both PUB
+        sockets send the same bytes."""
+        encoded: bytes | None = self.__dict__.get("_public_json")
+        if encoded is None:
+            encoded = self._encode_public()
+            object.__setattr__(self, "_public_json", encoded)  # frozen: set past the dataclass's guard
+        return encoded
+
+    def _encode_public(self) -> bytes:
+        """The members of :meth:`public_dict`, in its order, written out directly: only ``data`` (and a
+        ``cause``) go through the encoder, the rest are a few strings. The bus encodes every event on its
+        one thread, so this is per-event cost. Byte for byte ``json.dumps(public_dict(),
+        ensure_ascii=False, separators=(",", ":"))`` (tests/bus/test_envelope_encoding.py)."""
+        event = self.event
+        reader = "null" if event.reader is None else _string(event.reader)
+        text = (
+            f'{{"v":{ENVELOPE_VERSION},"seq":{int(self.seq)},"run_id":{_string(self.run_id)},'
+            f'"id":{_string(self.id)},"ts":{_string(self.ts)},"kiosk":{_string(self.kiosk)},'
+            f'"reader":{reader},"type":{_string(str(event.type))},"data":{_encode(event.data)}'
+        )
+        if event.cause is not None:
+            text += f',"cause":{_encode(event.cause)}'
+        if event.replayed:
+            text += ',"replayed":true'
+        return (text + "}").encode("utf-8")
 
     def private_json(self) -> bytes:
-        return json.dumps(self.private_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """The public JSON with ``private`` added as its last member: the same bytes as encoding
+        :meth:`private_dict`, without encoding the public part a second time."""
+        private = _encode(self.event.private) if self.event.private else "{}"
+        return self.public_json()[:-1] + b',"private":' + private.encode("utf-8") + b"}"
 
 
-def stamp(event: Event, *, seq: int, run_id: str, kiosk: str, now: datetime | None = None) -> Envelope:
-    ts = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return Envelope(seq=seq, run_id=run_id, id=str(uuid.uuid4()), ts=ts, kiosk=kiosk, event=event)
+#: The envelope's encoder, made once (``json.dumps`` with options makes a new encoder at every call).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: A JSON string literal as that encoder writes one (json's own function for ``ensure_ascii=False``).
+_string = json.encoder.encode_basestring
+
+
+def utc_ts(now: datetime | None = None) -> str:
+    """``ts`` as the envelope has it: RFC 3339 UTC with milliseconds and a ``Z``."""
+    return (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, from one read of the system's random source: the bus
+    stamps a batch of events with them (``uuid.uuid4`` costs a system call and an object per id)."""
+    raw = os.urandom(16 * count).hex()
+    ids = []
+    for start in range(0, 32 * count, 32):
+        h = raw[start : start + 32]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return ids
+
+
+#: The first hex digit of the RFC 4122 variant (binary 10xx), from any random one.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def stamp(
+    event: Event,
+    *,
+    seq: int,
+    run_id: str,
+    kiosk: str,
+    now: datetime | None = None,
+    ts: str | None = None,
+    id: str | None = None,
+) -> Envelope:
+    """The envelope of ``event``. ``ts`` and ``id``: the bus gives them for a whole batch (:func:`utc_ts`
+    once, :func:`new_ids`); otherwise the time now (or ``now``) and a fresh UUID."""
+    return Envelope(
+        seq=seq,
+        run_id=run_id,
+        id=id or str(uuid.uuid4()),
+        ts=utc_ts(now) if ts is None else ts,
+        kiosk=kiosk,
+        event=event,
+    )
 
 
 def parse_envelope(raw: bytes) -> dict[str, Any]:
@@ -218,6 +302,12 @@ def card_read_aborted(
     if simulated:
         data["simulated"] = True
     return Event(EventType.CARD_READ_ABORTED, reader, data)
+
+
+def card_events_lost(reader: str | None, lost: int) -> Event:
+    """Card events of ``reader`` (None: of no reader in particular) were lost inside the daemon (its bus
+    was wedged): the kiosk screen asks the citizen to touch again. ``lost``: how many."""
+    return Event(EventType.CARD_EVENTS_LOST, reader, {"lost": lost})
 
 
 def card_authenticated(

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from protocols.errors import CardRemovedError, ReaderUnavailableError
 from protocols.transport import ReaderCapabilities
+from simulators.mynumber import audit_model_apdu
 
 #: What vpcd advertises (docs/card-facts.md §10): 64 KiB APDUs.
 EXTENDED_CAPABILITIES = ReaderCapabilities(max_apdu_data=0x10000)
@@ -73,6 +74,7 @@ class InProcessReader:
     def transmit(self, apdu: bytes) -> bytes:
         if self.card is None:
             raise CardRemovedError(f"no card on {self.name}")
+        audit_model_apdu(self.card, bytes(apdu), "inprocess")
         try:
             return self.card.process(bytes(apdu))
         except CardPulled:

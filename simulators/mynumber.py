@@ -14,12 +14,16 @@ readerd never touches them: every APDU the card receives is recorded in :attr:`V
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 # the card-info AIDs are the card's own: protocols/ only knows them as a deny-list.
 from protocols.jpki_constants import JPKI_AID
 from simulators.pki import Attributes, CaKind, PkiStore
+
+log = structlog.get_logger("readerd.sim.card")
 
 KENHOJO_AID = bytes.fromhex("D3921000310001010408")  # 券面事項入力補助AP
 KENMEN_AID = bytes.fromhex("D3921000310001010402")  # 券面AP
@@ -222,6 +228,76 @@ def _pkcs1_type1_sign(key: rsa.RSAPrivateKey, digest_info: bytes) -> bytes:
     return signature.to_bytes(k, "big")
 
 
+# --- the card-info audit across processes ------------------------------------------------------------
+#: When this environment variable names a file, every simulated card in every process appends one JSON line
+#: to it for each SELECT by DF name of an application other than the JPKI AP. The test session sets it
+#: (tests/conftest.py) and fails on a card-info line no ``touches_card_info`` test explains: a card behind a
+#: ``readerd run --simulate``, a bench or a vicc subprocess is out of reach of :func:`observe_cards`.
+CARD_AUDIT_ENV = "READERD_CARD_AUDIT"
+
+
+def selected_name(raw: bytes) -> bytes | None:
+    """The DF name (AID) a SELECT by DF name (P1=04) asks for; None for any other APDU.
+
+    SELECT of an EF by file identifier (P1=02) inside the current application is not an application
+    select. Whatever the CLA (the card refuses other channels, but the reader still asked); a malformed
+    length gives everything after the header, so the card-info test below still sees the AID in it.
+    """
+    if len(raw) < 4 or raw[1] != 0xA4 or raw[2] != 0x04:
+        return None
+    try:
+        return parse_command(raw).data
+    except CardStatus:
+        return raw[4:]
+
+
+def names_card_info(name: bytes) -> bool:
+    """Whether a SELECT of ``name`` could reach a card-info AP: the exact AID, a partial DF name that one
+    begins with (ISO 7816-4 selects by the first match), or a malformed body holding one."""
+    return bool(name) and any(aid.startswith(name) or aid in name for aid in CARD_INFO_AIDS)
+
+
+def audit_apdu(raw: bytes, card: str, via: str) -> None:
+    """Append an audit line for ``raw`` if it selects an application other than JPKI and the audit is on.
+
+    One ``os.write`` of one line to a file opened ``O_APPEND``: lines from many processes never interleave.
+    A file that cannot be written is logged, not raised: the card must answer as a card would.
+    """
+    path = os.environ.get(CARD_AUDIT_ENV)
+    if not path:
+        return
+    name = selected_name(raw)
+    if name is None or name == JPKI_AID:
+        return
+    line = {
+        "pid": os.getpid(),
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "card": card,
+        "aid": name.hex().upper(),
+        "card_info": names_card_info(name),
+        "via": via,
+        "process": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+        "test": os.environ.get("PYTEST_CURRENT_TEST"),
+    }
+    data = (json.dumps(line, ensure_ascii=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.error("card audit line not written", path=path, error=str(e), aid=line["aid"])
+
+
+def audit_model_apdu(model: object, raw: bytes, via: str) -> None:
+    """For a reader link (vicc, in-process, nfcpy): audit an APDU it hands to a card model, unless the model
+    is a :class:`VirtualMyNumberCard`, which audits what it receives itself. Other models (a FeliCa card
+    behind PC/SC, a fault wrapper) are audited here; a wrapped My Number Card may so give two lines."""
+    if not isinstance(model, VirtualMyNumberCard):
+        audit_apdu(raw, type(model).__name__, via)
+
+
 #: Called with every card made while registered: how the test suite checks, over all its tests, that no
 #: card ever received a SELECT of a card-info AP (tests/conftest.py). Nothing is kept when none is set.
 _card_observers: list[Callable[[VirtualMyNumberCard], None]] = []
@@ -242,8 +318,11 @@ class VirtualMyNumberCard:
         *,
         atr: bytes = ATR_CONTACTLESS,
         behavior: CardBehavior | None = None,
+        label: str = "card",
     ) -> None:
         self.applications = {app.aid: app for app in applications}
+        #: A name for the audit line (the profile's name): says which simulated card it was, nothing more.
+        self.label = label
         self.atr = atr
         self.behavior = behavior or CardBehavior()
         self.log: list[ReceivedApdu] = []
@@ -303,6 +382,7 @@ class VirtualMyNumberCard:
     def process(self, raw: bytes) -> bytes:
         raw = bytes(raw)
         self.log.append(ReceivedApdu(raw, self.current_app.name if self.current_app else None))
+        audit_apdu(raw, self.label, "card")
         try:
             command = parse_command(raw)
             if command.cla & 0x03 and command.cla != 0xFF:
@@ -571,6 +651,7 @@ def build_card(profile: CardProfile, store: PkiStore, *, now: datetime | None = 
         [jpki, kenhojo, kenmen, juki, common],
         atr=profile.card_atr(),
         behavior=profile.behavior,
+        label=profile.name,
     )
 
 
@@ -580,7 +661,7 @@ ATR_OTHER_CARD = bytes.fromhex("3B8F8001804F0CA000000306030001000000006A")
 
 def blank_card() -> VirtualMyNumberCard:
     """A card with no JPKI application: every SELECT answers 6A82 (readerd reports kind=unknown)."""
-    return VirtualMyNumberCard([], atr=ATR_OTHER_CARD)
+    return VirtualMyNumberCard([], atr=ATR_OTHER_CARD, label="blank")
 
 
 def crl_for(

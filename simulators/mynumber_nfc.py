@@ -56,6 +56,7 @@ import nfc.clf.udp
 import structlog
 
 from simulators.inprocess import CardModel, CardPulled, ReaderVanished
+from simulators.mynumber import audit_model_apdu
 
 log = structlog.get_logger("readerd.sim.nfc")
 
@@ -434,6 +435,7 @@ class MyNumberUdpCard:
         None: the card stays silent (it left the field). Raises :class:`_LinkLost` if the reader went away
         during a waiting time extension.
         """
+        audit_model_apdu(self.card, apdu, "nfc")
         future: Future[bytes] = self._worker.submit(self.card.process, apdu)
         while True:
             try:

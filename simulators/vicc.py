@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from simulators.inprocess import CardModel, CardPulled, ReaderVanished
+from simulators.mynumber import audit_model_apdu
 
 log = structlog.get_logger("readerd.sim.vicc")
 
@@ -224,6 +225,7 @@ class ViccBridge:
                 self.card.power_on()
             return None
         self.stats.apdus += 1
+        audit_model_apdu(self.card, payload, "vicc")
         answer = self.card.process(payload)
         if not answer:
             # vpcd reads an empty message as "wait for more" and would hang pcscd's slot until we

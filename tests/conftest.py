@@ -3,14 +3,76 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from simulators.mynumber import VirtualMyNumberCard, observe_cards
+from simulators.mynumber import CARD_AUDIT_ENV, VirtualMyNumberCard, observe_cards
+from tests.support import card_audit
 from tests.support.pcscd import PrivatePcscd, attach_logs_on_failure, private_pcscd_fixture
 from tests.support.postgres import PrivatePostgres, private_postgres_fixture
+
+_AUDIT_FILE = pytest.StashKey[Path]()
+_AUDIT_PREVIOUS = pytest.StashKey[str | None]()
+_AUDIT_EXCUSED = pytest.StashKey[set[str]]()
+_AUDIT_REPORT = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's card-info audit (tests/support/card_audit.py) before any test or subprocess.
+
+    A fresh file per session, also for a pytest run inside a test: its cards report to it, not to ours.
+    """
+    config.stash[_AUDIT_PREVIOUS] = os.environ.get(CARD_AUDIT_ENV)
+    config.stash[_AUDIT_FILE] = card_audit.start()
+    config.stash[_AUDIT_EXCUSED] = set()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests whose card-info SELECTs (and their subprocesses') the audit excuses."""
+    marked = {item.nodeid for item in items if item.get_closest_marker("touches_card_info") is not None}
+    config.stash[_AUDIT_EXCUSED] = marked
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session on a card-info SELECT no ``touches_card_info`` test explains, in any process."""
+    path = session.config.stash.get(_AUDIT_FILE, None)
+    if path is None:
+        return
+    try:
+        found = card_audit.findings(path, session.config.stash.get(_AUDIT_EXCUSED, set()))
+    except card_audit.CardAuditError as e:
+        message = f"card-info audit: {e}"
+    else:
+        if not found:
+            return
+        message = card_audit.report(found)
+    session.config.stash[_AUDIT_REPORT] = message
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    message = config.stash.get(_AUDIT_REPORT, None)
+    if message is not None:
+        terminalreporter.section("card-info audit", sep="=", red=True, bold=True)
+        terminalreporter.line(message, red=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Restore the outer session's audit file (a pytest run inside a test) and remove ours: the report
+    lists every finding, and a kept file per failing inner session would pile up in /tmp."""
+    path = config.stash.get(_AUDIT_FILE, None)
+    if path is None:
+        return
+    previous = config.stash[_AUDIT_PREVIOUS]
+    if previous is None:
+        os.environ.pop(CARD_AUDIT_ENV, None)
+    else:
+        os.environ[CARD_AUDIT_ENV] = previous
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ the figures depend on the machine; these tests only keep the benches from rottin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.chromium import CHROMIUM
 from tests.support.pcscd import missing_tools
 from tests.support.postgres import missing_tools as missing_postgres
 
@@ -57,6 +59,14 @@ def test_plugin_pipeline_prints_taps_and_raw_messages_per_second(tmp_path) -> No
     assert result["payload_bytes"]["private"] > result["payload_bytes"]["public"] > 0
     assert result["daemon"]["plugin_calls"] >= 4 * 5
     assert not result["daemon"]["bus_dropped"]
+    # the daemon's threads apart from the bench's driver (its own thread and its zmq context's)
+    pipe = result["pipeline"]
+    assert pipe["driver_threads"] >= 2
+    assert 0 < pipe["daemon_cpu_ms_per_tap"]["median"] < pipe["cpu_ms_per_tap"]["median"]
+    assert pipe["sim_card_build_cpu_ms_per_tap"]["median"] > 0
+    assert {"bus", "plugin-host", "backend-sim"} <= set(pipe["daemon_cpu_by_thread_ms_per_tap"])
+    assert result["daemon_cpu_per_tap_in_raw_messages"]["median"] > 0
+    assert "raw messages' worth" in done.stdout
 
 
 @pytest.mark.pcscd
@@ -67,15 +77,54 @@ def test_tap_latency_prints_its_numbers() -> None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(message)
         pytest.skip(message)
-    done = run_bench("bench.tap_latency", "--taps", "2")
+    done = run_bench("bench.tap_latency", "--taps", "1", "--runs", "2")
     assert done.returncode == 0, done.stderr
     # The daemon's log lines share stdout with the result (structlog's default when logging is not
     # configured): the result is the JSON object that closes the output.
     found = re.search(r"^\{$.*", done.stdout, re.MULTILINE | re.DOTALL)
     assert found, done.stdout
     result = json.loads(found.group(0))
-    assert result["daemon_first_apdu_to_event"]["n"] == 2
+    assert result["daemon_first_apdu_to_event"]["n"] == 2  # 2 runs of 1 tap
     assert result["bare_pyscard_identification_apdus"]["n"] == 2
+    assert result["apdus_per_identification"] == [2]  # the bare rounds are not counted as taps
+    overhead = result["overhead_ms"]
+    assert len(overhead["runs"]) == 2
+    assert overhead["min"] <= overhead["max"]
+    daemon_p50 = result["daemon_first_apdu_to_event"]["p50_ms"]
+    bare_p50 = result["bare_pyscard_identification_apdus"]["p50_ms"]
+    assert overhead["p50"] == pytest.approx(daemon_p50 - bare_p50, abs=0.002)  # each rounded to 1 us
+    assert result["card_build_ms"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_web_screen_times_the_parts_from_the_first_apdu(tmp_path: Path) -> None:
+    """``bench.web_screen --taps 2``: 2 taps (after a warm-up) into headless chromium, about 5 s."""
+    if not Path(CHROMIUM).exists() or importlib.util.find_spec("playwright") is None:
+        message = "bench.web_screen needs chromium and playwright (scripts/bootstrap --test installs them)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "web.json"
+    done = run_bench("bench.web_screen", "--taps", "2", "--json", str(out), timeout=50)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["taps"] == 2
+    parts = result["parts"]
+    assert list(parts) == [
+        "first_apdu_to_identified",
+        "identified_to_handled",
+        "handled_to_pixels",
+        "first_apdu_to_pixels",
+    ]
+    for part in parts.values():  # a part is a difference of two clocks' stamps: no sign asserted
+        assert part["p50_ms"] <= part["p90_ms"] <= part["max_ms"], part
+        assert f"| {part['what']} | {part['p50_ms']} |" in done.stdout
+    # the whole is at least its largest part (each p50 is over the same taps)
+    whole = parts["first_apdu_to_pixels"]["p50_ms"]
+    assert whole > 0
+    assert whole >= max(p["p50_ms"] for k, p in parts.items() if k != "first_apdu_to_pixels")
+    assert result["p50_ms"] == whole
+    assert result["card_build_ms_per_card"] > 0  # built before the run, reported apart
 
 
 @pytest.mark.timeout(120)
@@ -169,6 +218,7 @@ def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:
         "tap_latency",
         "plugins_db",
         "fleet",
+        "web_screen",
         "--out",
         str(tmp_path),
         timeout=180,
@@ -177,7 +227,8 @@ def test_bench_all_writes_a_table_and_a_plot(tmp_path) -> None:
     table = (tmp_path / "results.md").read_text()
     for bench in ("plugin_pipeline", "bus", "startup"):
         assert f"| {bench} |" in table, table
-    assert "Not run: tap_latency, plugins_db, fleet." in table
+    assert "Not run: tap_latency, plugins_db, fleet, web_screen." in table
+    assert "| plugin_pipeline | CPU per tap, the daemon's threads |" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert all(row["ratios"] and row["baselines"] for row in rows)

@@ -89,8 +89,14 @@ class Verdict(Enum):
 
 @dataclass
 class ClientStats:
+    """What this subscriber saw of its own losses: the daemon's PUB socket drops for a slow subscriber
+    without telling anyone, so only the subscriber can count them (``gaps``, ``missed``) and how they
+    were healed (``catch_ups``, ``replayed``) or not (``unrecoverable``)."""
+
     delivered: int = 0
     duplicates: int = 0  # live events dropped because catch-up had already delivered them
+    gaps: int = 0  # times the live feed skipped seqs (an event or heartbeat ahead of the stream)
+    missed: int = 0  # seqs the live feed skipped, counted when seen missing (catch-up may replay them)
     catch_ups: int = 0  # events.since rounds
     replayed: int = 0  # events delivered from events.since rather than the live feed
     restarts: int = 0  # new run_ids seen
@@ -128,13 +134,20 @@ class Stream:
         if self.last_seq is None:
             self.last_seq = seq if heartbeat else seq - 1
         if heartbeat:
-            return Verdict.CATCH_UP if seq > self.last_seq else Verdict.DROP
+            if seq > self.last_seq:
+                return self._gap(seq - self.last_seq)
+            return Verdict.DROP
         if seq == self.last_seq + 1:
             return Verdict.DELIVER
         if seq > self.last_seq + 1:
-            return Verdict.CATCH_UP
+            return self._gap(seq - self.last_seq - 1)
         self.stats.duplicates += 1
         return Verdict.DROP
+
+    def _gap(self, missing: int) -> Verdict:
+        self.stats.gaps += 1
+        self.stats.missed += missing
+        return Verdict.CATCH_UP
 
     def take(self, env: Envelope) -> bool:
         """Advance past ``env`` (the next seq); True if the caller wants its topic."""
@@ -184,9 +197,21 @@ def _retry_after(error: dict[str, Any]) -> float | None:
 
 
 def _parse(body: bytes) -> Envelope:
+    """A live message as an envelope, or ``ValueError`` as :func:`readerd.events.parse_envelope` says it.
+    :class:`Stream` needs an integer ``seq``, a string ``type`` and a ``run_id``: without them a message
+    raised ``KeyError``/``TypeError`` from deep in the client (found by the event_envelopes fuzzer)."""
     env = json.loads(body)
     if not isinstance(env, dict):
         raise ValueError("an envelope is a JSON object")
+    seq = env.get("seq")
+    if (
+        isinstance(seq, bool)
+        or not isinstance(seq, int)
+        or not isinstance(env.get("type"), str)
+        or "run_id" not in env
+    ):
+        log.warning("a live message is not an envelope", size=len(body), fields=sorted(map(str, env))[:12])
+        raise ValueError("envelope lacks an integer seq, a string type or a run_id")
     return env
 
 

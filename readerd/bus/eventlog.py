@@ -17,7 +17,8 @@ The certificate's fields (serial, issuer, CN, validity dates: notAfter gives the
 written, so that no stored record carries them (docs/privacy.md): a plugin that catches up through the
 log gets the event without them, as if it had not asked for them.
 The highest ``seq`` ever logged is kept in ``meta`` too, so a log pruned to nothing still continues the
-numbering after a restart.
+numbering after a restart: a prune writes it there before it deletes (an append does not: the table's
+own highest seq says it until a prune, and a card event's append is one INSERT, its own transaction).
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?)"
+#: ``meta.last_seq``: written by a prune, before it deletes (the table's own MAX(seq) counts until then).
+KEEP_LAST_SEQ = (
+    "INSERT INTO meta VALUES ('last_seq', ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)"
+)
+
 #: Prune at most every this many appends (and at open): a DELETE per event would double the cost.
 PRUNE_EVERY = 256
 DAY = 86400.0
@@ -62,6 +70,10 @@ CERTIFICATE_FIELDS = frozenset({"serial", "issuer_der", "subject_cn", "not_befor
 
 def _storable(private: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in private.items() if key not in CERTIFICATE_FIELDS}
+
+
+#: How the ``private`` column is written (``json.dumps(..., ensure_ascii=False)``), made once.
+_encode_private = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -131,20 +143,18 @@ class EventLog:
                 now,
                 e.topic,
                 e.public_json().decode(),
-                json.dumps(_storable(e.event.private), ensure_ascii=False),
+                _encode_private(_storable(e.event.private)) if e.event.private else "{}",
             )
             for e in envelopes
         ]
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
-                self._db.execute(
-                    "INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(key) DO UPDATE SET value = "
-                    "MAX(value, excluded.value)",
-                    (envelopes[-1].seq,),
-                )
-                self._db.execute("COMMIT")
+                if len(rows) == 1:  # one statement is one transaction already (autocommit)
+                    self._db.execute(INSERT, rows[0])
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(INSERT, rows)
+                    self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
@@ -155,15 +165,27 @@ class EventLog:
             self.prune()
 
     def prune(self) -> int:
-        """Drop events past the retention (age or count); the number dropped."""
+        """Drop events past the retention (age or count); the number dropped.
+
+        One range of ``seq`` from the oldest: the events up to the count limit, and those logged before
+        the first one young enough to keep (``logged_at`` grows with ``seq``; after a clock step back an
+        old event behind a young one waits for it). So a prune reads only what it deletes and the first
+        row it keeps, by the primary key, not the whole table (``logged_at`` has no index: one would cost
+        every append)."""
         with self._lock:
             self._appends = 0
             try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(KEEP_LAST_SEQ, (self.last_seq,))
                 cur = self._db.execute(
-                    "DELETE FROM events WHERE logged_at < ? OR seq <= ?",
-                    (self._clock() - self.max_age_s, self.last_seq - self.max_events),
+                    "DELETE FROM events WHERE seq < MAX(?, COALESCE("
+                    "(SELECT seq FROM events WHERE logged_at >= ? ORDER BY seq LIMIT 1), ?))",
+                    (self.last_seq - self.max_events + 1, self._clock() - self.max_age_s, self.last_seq + 1),
                 )
+                self._db.execute("COMMIT")
             except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 log.error("event log prune failed", error=str(e))
                 return 0
             dropped = cur.rowcount

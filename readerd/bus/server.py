@@ -5,17 +5,32 @@ bounded queue and wakes the bus thread through a pipe, so a reader thread never 
 The bus thread stamps each event with the next ``seq`` and sends it on:
 
 - the public PUB socket: ``[topic, json]`` with the redacted ``data`` only (LAN clients, kiosk screens);
-- the private PUB socket (``inproc``/``ipc``, for the plugin host): the same plus the ``private`` fields.
+- the private PUB socket (``inproc``/``ipc``: the split plugin host, the metrics): the same plus the
+  ``private`` fields, encoded only while someone subscribes to it (an XPUB socket counts them);
+- each in-process subscriber (:mod:`readerd.bus.localfeed`: the embedded plugin host): the stamped
+  envelopes themselves, one batch at a time, never encoded for it nor parsed back.
+
+The per-event cost is the bus thread's and the daemon's: a batch is stamped with one clock reading and
+one read of the random source for its ids, encoded once, logged in one transaction and sent with two
+plain ``send`` calls per event; a producer writes to the wake-up pipe only when the bus thread sleeps.
 
 A ROUTER socket answers control requests (``{"id", "cmd", "args"}``) with handlers registered by name;
 what a request and its reply look like is :mod:`readerd.bus.control`. With CURVE (:mod:`readerd.bus.curve`)
 the bus thread is also the ZAP handler and re-binds the PUB socket when a key is revoked; without the
 embedded plugin host, a second, private ROUTER (:mod:`readerd.bus.link`) links the daemon to
 ``readerd plugins`` (:mod:`readerd.plugin.link`). This module is the thread and its sockets.
-PUB drops silently at its high-water mark; a subscriber that stops reading only loses its own messages
-(detected by ``seq`` gaps, healed by catch-up: every event is appended to the durable event log before it
-is sent, and ``events.since`` on the control socket replays it). If the queue itself is full the event is
-dropped before it gets a seq and counted, and the count is in ``status``.
+PUB drops silently at its high-water mark and cannot count it; a subscriber that stops reading only loses
+its own messages, sees the gap in ``seq`` and heals it by catch-up (every event is appended to the durable
+event log before it is sent, and ``events.since`` on the control socket replays it), so it is the
+subscriber that counts its losses (``BusClient.stats``) and the bus counts the catch-up answers per peer.
+
+What the bus itself may lose it never loses silently (docs/design.md D14). The queue has two lanes: an
+ordinary event (heartbeat, reader) is dropped before it gets a seq when the queue is full, and counted; a
+card-lane event (:func:`readerd.events.card_lane`: a tap, its plugin results) has reserved places beyond
+that and then waits briefly for the bus thread; if it is lost all the same, the bus is unhealthy until a
+``card.events_lost`` notice for its reader went out (the kiosk screen asks for another tap). An event-log
+append that fails sends nothing: the stamped batch waits, same seqs, and is tried again; the bus is
+unhealthy meanwhile, and a restart continues after the last *logged* seq, which no subscriber saw twice.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -61,11 +76,21 @@ from readerd.bus.curve import (
 )
 from readerd.bus.eventlog import EventLog
 from readerd.bus.link import PrivateLink, owner_only
+from readerd.bus.localfeed import LocalFeed
 from readerd.bus.roles import ROLE_HINTS, RoleSockets
 from readerd.bus.since import SinceService
 from readerd.config import BusConfig
 from readerd.errors import BusError, ForbiddenError, StoreUnavailableError
-from readerd.events import Envelope, Event, heartbeat, stamp
+from readerd.events import (
+    Envelope,
+    Event,
+    card_events_lost,
+    card_lane,
+    heartbeat,
+    new_ids,
+    stamp,
+    utc_ts,
+)
 from readerd.ops.liveness import StepWatch
 
 log = structlog.get_logger("readerd.bus")
@@ -77,6 +102,15 @@ DRAIN_BATCH = 500
 STEP_BUDGET = 10.0
 #: Control requests answered per round of the bus loop, before queued events go out again.
 CONTROL_BATCH = 16
+#: Places in the queue that only card-lane events may take, beyond ``bus.queue_size``.
+CARD_RESERVE = 1000
+#: Seconds a card-lane event waits for a place when even the reserve is full, before it counts as lost.
+CARD_WAIT = 2.0
+#: Seconds between two tries of a failing event-log append (the bus thread polls at least this often).
+LOG_RETRY = 0.1
+#: Event types whose topic frame the bus keeps encoded (plugin result types included); more are encoded
+#: each time.
+TOPIC_CACHE = 1024
 
 
 STATUS_DOC = CommandDoc("the daemon's state: readers, bus counters, uptime, plugins (subscribe role)")
@@ -103,9 +137,11 @@ class CurveServer:
 @dataclass
 class BusStats:
     published: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # by type: queue full (card lane: lost)
+    lost: int = 0  # card-lane events lost (a wedged bus): each makes the bus unhealthy until announced
+    card_waits: int = 0  # card-lane events that found the reserve full and waited (back-pressure)
     control_requests: int = 0
-    log_failures: int = 0
+    log_failures: int = 0  # event-log appends that failed (each try of a held-back batch counts)
     rebinds: int = 0  # CURVE endpoints re-bound after a revocation
     subscribers: int = 0  # connections to the public PUB now (a socket monitor; PUB itself cannot tell)
 
@@ -123,6 +159,8 @@ class Bus:
         private_control: str | None = None,
         role_sockets: RoleSockets | None = None,
         anonymous_role: str = SUBSCRIBE,
+        card_reserve: int = CARD_RESERVE,
+        card_wait: float = CARD_WAIT,
     ) -> None:
         """``event_log``: where events are appended before they go out and ``events.since`` reads; the
         first seq is its last plus one. Without one (unit tests), seqs start at 1 and nothing is replayed.
@@ -131,7 +169,8 @@ class Bus:
         requests the daemon sends to the host (:meth:`forward`). ``role_sockets``: the local ``ipc://``
         sockets whose callers get the socket's role (:mod:`readerd.bus.roles`); without them, only CURVE
         keys get more than the subscribe role. ``anonymous_role``: the role of a TCP caller without a CURVE
-        key (the subscribe role: any local account reaches loopback; tests of the bus alone lift it)."""
+        key (the subscribe role: any local account reaches loopback; tests of the bus alone lift it).
+        ``card_reserve``, ``card_wait``: the card lane's own places and its wait (:meth:`publish`)."""
         self.config = config
         self.anonymous_role = anonymous_role
         self.role_sockets = role_sockets
@@ -149,12 +188,7 @@ class Bus:
         self._private_router: zmq.Socket[bytes] | None = None
         self.context = context or zmq.Context.instance()
         self.stats = BusStats()
-        self.last_seq = event_log.last_seq if event_log is not None else 0
-        self._queue: queue.Queue[Event] = queue.Queue(maxsize=config.queue_size)
-        # Events queued and events logged-then-sent, counted in queue order (see :meth:`flushed`).
-        self._flow = threading.Condition()
-        self._queued = 0
-        self._sent = 0
+        self._init_flow(config, card_reserve, card_wait)
         self._commands: dict[str, CommandHandler] = {}
         self._roles: dict[str, str] = {}  # the role a command needs, when not control
         self._docs: dict[str, CommandDoc] = {}  # what a command does and takes (``commands``)
@@ -169,7 +203,13 @@ class Bus:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._closed = False
+        # True while the bus thread waits in poll(): only then does a publish write to the wake-up pipe
+        # (a write per event was a system call each, for a thread that was awake anyway).
+        self._idle = False
         self._beat_now = False
+        self._local_feeds: tuple[LocalFeed, ...] = ()  # in-process subscribers (replaced, never changed)
+        self._private_subs = 0  # subscriptions on the private XPUB now (bus thread)
+        self._topics: dict[object, bytes] = {}  # event type -> its topic frame (bus thread)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,6 +225,31 @@ class Bus:
         self.register_command("status", lambda _req: self.status(), spec=STATUS_DOC)
         self.register_command("events.since", self._events_since, spec=EVENTS_SINCE_DOC)
         self.register_command("commands", self._list_commands, spec=COMMANDS_DOC)
+
+    def _init_flow(self, config: BusConfig, card_reserve: int, card_wait: float) -> None:
+        """The queue and what goes with it: the lanes, the held-back batch, the losses to announce."""
+        # The last seq logged and sent: a heartbeat's, status's, and the next batch's start.
+        self.last_seq = self.event_log.last_seq if self.event_log is not None else 0
+        # Producers append under _flow, the bus thread pops without it (deque ops are atomic).
+        self._queue: deque[Event] = deque()
+        self._capacity = config.queue_size
+        self.card_reserve = card_reserve
+        self.card_wait = card_wait
+        # Events queued and events logged-then-sent, counted in queue order (see :meth:`flushed`).
+        self._flow = threading.Condition()
+        self._queued = 0
+        self._sent = 0
+        # The batch stamped and not yet logged (bus thread): tried again each round while appends fail.
+        self._pending: list[Envelope] = []
+        self._pending_queued = 0  # how many of them came off the queue (not notices)
+        self._pending_told = 0  # stats.lost covered by the notices in it
+        self._log_failing = False
+        self._retry_at = 0.0
+        # Card-lane losses not yet announced, by reader (under _flow), and when the notice may go: once
+        # everything queued before the last loss went out, so no older event overwrites it on a screen.
+        self._unannounced: dict[str | None, int] = {}
+        self._notice_after = 0
+        self._told = 0  # stats.lost whose notice went out
 
     # -- wiring (before start) ------------------------------------------------------------------------
     def register_command(
@@ -227,24 +292,68 @@ class Bus:
         :meth:`readerd.bus.link.PrivateLink.forward`."""
         return self._link.forward(peer, cmd, args, timeout)
 
+    def local_feed(self) -> LocalFeed:
+        """A new in-process subscriber (any thread; :mod:`readerd.bus.localfeed`): every batch logged from
+        the next one on, and the heartbeats. Events logged before it are the subscriber's to catch up on
+        from the event log, as a late joiner of the private feed does. Closing it unregisters it."""
+        feed = LocalFeed()
+        with self._flow:
+            self._local_feeds = (*self._local_feeds, feed)
+        return feed
+
     # -- any thread -----------------------------------------------------------------------------------
     def publish(self, event: Event) -> bool:
-        """Queue an event for publication; never blocks. False (and counted) if the queue is full."""
+        """Queue an event for publication. An ordinary event never waits: False (and counted) when the
+        queue holds ``bus.queue_size``. A card-lane event (:func:`readerd.events.card_lane`) has
+        ``card_reserve`` more places, then waits up to ``card_wait`` s for the bus thread to make room
+        (back-pressure on the reader thread, not a loss); only then is it lost (:meth:`_lost`)."""
         with self._flow:  # the count and the queue in the same order (flushed() relies on it)
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
-                self.stats.dropped[str(event.type)] += 1
-                log.error("bus queue full, event dropped", type=str(event.type), reader=event.reader)
+            if len(self._queue) >= self._capacity and not self._make_room(event):
                 return False
+            self._queue.append(event)
             self._queued += 1
-        self._wake()
+        if self._idle:  # else the bus thread looks at the queue before it sleeps again (_run)
+            self._wake()
         return True
+
+    def _make_room(self, event: Event) -> bool:
+        """The queue is full for ordinary events (called under ``_flow``): may ``event`` go in anyway?"""
+        kind = str(event.type)
+        if not card_lane(kind):
+            self.stats.dropped[kind] += 1
+            log.error("bus queue full, event dropped", type=kind, reader=event.reader)
+            return False
+        limit = self._capacity + self.card_reserve
+        if len(self._queue) < limit or threading.current_thread() is self._thread:
+            # A command handler on the bus thread (a control request that publishes) cannot wait for
+            # the thread that would drain: its event goes in beyond the reserve.
+            return True
+        self.stats.card_waits += 1
+        self._wake()  # the bus thread frees places (and notifies _flow) while this producer waits
+        if self._flow.wait_for(lambda: len(self._queue) < limit, self.card_wait):
+            return True
+        self._lost(event)
+        return False
+
+    def _lost(self, event: Event) -> None:
+        """A card-lane event that found no place (under ``_flow``): counted, and the bus is unhealthy until
+        a ``card.events_lost`` for its reader went out (:meth:`_stamp_batch`)."""
+        self.stats.dropped[str(event.type)] += 1
+        self.stats.lost += 1
+        self._unannounced[event.reader] = self._unannounced.get(event.reader, 0) + 1
+        self._notice_after = self._queued
+        log.critical(
+            "card event lost: the bus queue stayed full",
+            type=str(event.type),
+            reader=event.reader,
+            waited_s=self.card_wait,
+        )
 
     def flushed(self, timeout: float = 2.0) -> bool:
         """Wait until every event queued before this call is in the event log and sent; False after
-        ``timeout``. The plugin host records that it handed an event to a plugin only then: a crash in
-        between would otherwise lose the plugin's result and never replay the event that caused it."""
+        ``timeout`` (also while event-log appends fail: nothing is sent then). The plugin host records
+        that it handed an event to a plugin only then: a crash in between would otherwise lose the
+        plugin's result and never replay the event that caused it."""
         with self._flow:
             target = self._queued
             return self._flow.wait_for(lambda: self._sent >= target, timeout)
@@ -267,9 +376,10 @@ class Bus:
             "run_id": self.run_id,
             "last_seq": self.last_seq,
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "queue_depth": self._queue.qsize(),
+            "queue_depth": len(self._queue),
             "published": self.stats.published,
             "dropped": dict(self.stats.dropped),
+            "card_lane": {"waits": self.stats.card_waits, "lost": self.stats.lost, "announced": self._told},
             "subscribers": self.stats.subscribers,
             "event_log": self._log_status(),
             "endpoints": {"publish": self.publish_endpoint, "control": self.control_endpoint},
@@ -286,7 +396,10 @@ class Bus:
             "oldest_seq": self.event_log.oldest_seq(),
             "last_seq": self.event_log.last_seq,
             "append_failures": self.stats.log_failures,
+            "appending": not self._log_failing,
+            "held_back": len(self._pending),
             "since_refused": self._since.refused,
+            "since_by_peer": self._since.by_peer(),
         }
 
     def _events_since_private(self, request: ControlRequest) -> Future[JsonObject]:
@@ -326,6 +439,17 @@ class Bus:
         that never returns): otherwise the watchdog pings stop (readerd/ops/liveness.py)."""
         return self._thread is not None and self._thread.is_alive() and not self.step_watch.wedged()
 
+    @property
+    def healthy(self) -> bool:
+        """:attr:`alive`, the event log takes appends, and every lost card event was announced: the
+        daemon's health (watchdog ping, ``status``). It comes back by itself once the log takes the
+        held-back batch and the ``card.events_lost`` notices are logged and sent."""
+        return self.alive and not self._log_failing and self._told == self.stats.lost
+
+    def since_by_peer(self) -> dict[str, dict[str, int]]:
+        """``events.since`` answers and the events in them, by caller (``status``, the metrics)."""
+        return self._since.by_peer()
+
     # -- the bus thread -------------------------------------------------------------------------------
     def _uses_curve(self, endpoint: str) -> bool:
         return self.curve is not None and endpoint.startswith("tcp://")
@@ -333,8 +457,10 @@ class Bus:
     def _bind(self, kind: int, endpoint: str, *, retry_for: float = 0.0) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0 if kind == zmq.REP else 200)
-        if kind == zmq.PUB:
+        if kind in (zmq.PUB, zmq.XPUB):
             sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        if kind == zmq.XPUB:  # every (un)subscription reaches the bus thread (_count_private)
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         if kind == zmq.ROUTER:  # a larger request disconnects its sender (libzmq), before any parsing
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_request_bytes)
         if self.curve is not None and self._uses_curve(endpoint):
@@ -377,7 +503,7 @@ class Bus:
                     self._role_routers[router] = role
             private = None
             if self.private_endpoint:
-                private = self._bind(zmq.PUB, self.private_endpoint)
+                private = self._bind(zmq.XPUB, self.private_endpoint)
                 sockets.append(private)
                 owner_only(self.private_endpoint)
             if self.private_control_endpoint:
@@ -399,16 +525,7 @@ class Bus:
             self._ready.set()
             return
         self._ready.set()
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        for router in self._role_routers:
-            poller.register(router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        if zap is not None:
-            poller.register(zap, zmq.POLLIN)
-        if self._private_router is not None:
-            poller.register(self._private_router, zmq.POLLIN)
-        self._poller = poller
+        poller = self._poller = self._make_poller(zap, private)
         self._watch_pub()
         now = time.monotonic()
         next_heartbeat = now
@@ -431,15 +548,41 @@ class Bus:
                     wake_at = next_heartbeat
                     if self.curve is not None:
                         wake_at = min(wake_at, next_allowlist)
+                    if self._pending:  # a held-back batch: try the log again soon
+                        wake_at = min(wake_at, self._retry_at)
                     timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
-                ready = dict(poller.poll(timeout_ms))
+                ready = self._sleep(poller, timeout_ms)
                 with self.step_watch.step():
                     self._serve(ready, zap, private)
             self._drain(self._pub, private)  # what was queued before stop still goes out
+            if self._pending or self._queue:
+                log.error(
+                    "stopped with events the event log did not take: they were never sent",
+                    held_back=len(self._pending),
+                    queued=len(self._queue),
+                )
         finally:
             self._close_monitor()
             for sock in (*sockets, self._pub, self._router):
                 sock.close()
+
+    def _make_poller(self, zap: zmq.Socket[bytes] | None, private: zmq.Socket[bytes] | None) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in (self._router, *self._role_routers, zap, self._private_router, private):
+            if sock is not None:  # private: its subscriptions (_count_private)
+                poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        return poller
+
+    def _sleep(self, poller: zmq.Poller, timeout_ms: int) -> dict[Any, int]:
+        """Wait in poll() with :attr:`_idle` set, so a publish meanwhile writes a wake-up; one that came
+        just before it was set wrote none, and its event is in the queue: then there is no waiting."""
+        self._idle = True
+        if self._queue:
+            timeout_ms = 0
+        ready = dict(poller.poll(timeout_ms))
+        self._idle = False
+        return ready
 
     def _serve(
         self, ready: dict[Any, int], zap: zmq.Socket[bytes] | None, private: zmq.Socket[bytes] | None
@@ -449,6 +592,8 @@ class Bus:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
         self._serve_side_sockets(ready, zap)
+        if private is not None and private in ready:
+            self._count_private(private)
         self._drain(self._pub, private)
         if self._router in ready:
             self._serve_control(self._router)
@@ -485,6 +630,22 @@ class Bus:
         self._pub_monitor = self._pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         if self._poller is not None:
             self._poller.register(self._pub_monitor, zmq.POLLIN)
+
+    def _count_private(self, private: zmq.Socket[bytes]) -> None:
+        """The private XPUB's subscriptions come and go (bus thread). While there are none, nothing is
+        encoded or sent on it: the embedded plugin host takes its events from a :class:`LocalFeed`, and
+        the metrics (or the split host) subscribe when they run. A subscriber joining sees the stream
+        from the round after its subscription came in: a later start than plain PUB might give it, which
+        every subscriber already handles (the first event seen is where its catch-up ends)."""
+        while True:
+            try:
+                message = private.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self._private_subs += 1
+            elif message[:1] == b"\x00":
+                self._private_subs = max(0, self._private_subs - 1)
 
     def _count_subscribers(self, monitor: zmq.Socket[bytes]) -> None:
         while True:
@@ -537,48 +698,115 @@ class Bus:
         """Stamp what is queued, append it to the event log in one transaction, then send it.
 
         The append comes first (docs/design.md D2): an event a client saw is always there for
-        ``events.since``, and the next seq after a restart is the last logged one plus one.
+        ``events.since``, and the next seq after a restart is the last logged one plus one. A batch the
+        log refuses (a full disk) is not sent: it stays stamped, same seqs, and is tried again every
+        ``LOG_RETRY`` s, while producers fill the queue (:meth:`publish`). Sending it then, seq order
+        holds, and no seq is ever seen with two contents, even across a restart in between.
         """
         while True:
-            batch: list[Envelope] = []
-            while len(batch) < DRAIN_BATCH:
-                try:
-                    event = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self.last_seq += 1
-                batch.append(stamp(event, seq=self.last_seq, run_id=self.run_id, kiosk=self.kiosk))
-            if not batch:
+            if not self._pending and not self._stamp_batch():
                 return
-            if self.event_log is not None:
-                try:
-                    self.event_log.append(batch)
-                except StoreUnavailableError as e:
-                    # Live subscribers still get the events; only catch-up of these is lost.
-                    self.stats.log_failures += len(batch)
-                    log.error("event log append failed", error=str(e), events=len(batch))
-            for envelope in batch:
-                self._emit(pub, private, envelope)
+            batch = self._pending
+            if self.event_log is not None and not self._append(batch):
+                return
+            self._pending = []
+            self.last_seq = batch[-1].seq
+            self._emit(pub, private, batch)
+            self._told = max(self._told, self._pending_told)
             with self._flow:
-                self._sent += len(batch)
+                self._sent += self._pending_queued
                 self._flow.notify_all()
+
+    def _stamp_batch(self) -> bool:
+        """The next batch off the queue, stamped, as the pending one; False when there is none. The
+        ``card.events_lost`` notices go at its head once everything queued before the loss went out."""
+        batch: list[Envelope] = []
+        seq = self.last_seq
+        self._pending_told = 0
+        ts = utc_ts()  # one reading for the batch: it is stamped within the same millisecond or so
+        lost: dict[str | None, int] = {}
+        if self._unannounced:  # rare: only after a loss
+            with self._flow:
+                if self._sent >= self._notice_after:
+                    lost, self._unannounced = self._unannounced, {}
+                    self._pending_told = self.stats.lost
+            for reader, count in lost.items():
+                seq += 1
+                notice = card_events_lost(reader, count)
+                batch.append(stamp(notice, seq=seq, run_id=self.run_id, kiosk=self.kiosk, ts=ts))
+        notices = len(batch)
+        # Taken off the queue first, then stamped: the ids are read from the random source in one go.
+        events: list[Event] = []
+        pop = self._queue.popleft
+        for _ in range(DRAIN_BATCH - notices):
+            try:
+                events.append(pop())
+            except IndexError:
+                break
+        if events:
+            run_id, kiosk = self.run_id, self.kiosk
+            for event, event_id in zip(events, new_ids(len(events)), strict=True):
+                seq += 1
+                batch.append(Envelope(seq, run_id, event_id, ts, kiosk, event))
+        self._pending = batch
+        self._pending_queued = len(batch) - notices
+        return bool(batch)
+
+    def _append(self, batch: list[Envelope]) -> bool:
+        """Log a batch; False, and the bus unhealthy, when the log refuses it (one error per streak)."""
+        assert self.event_log is not None  # noqa: S101 - only called with a log
+        if self._log_failing and time.monotonic() < self._retry_at:
+            return False
+        try:
+            self.event_log.append(batch)
+        except StoreUnavailableError as e:
+            self.stats.log_failures += 1
+            self._retry_at = time.monotonic() + LOG_RETRY
+            if not self._log_failing:
+                self._log_failing = True
+                log.error("event log append failed: events held back until it takes them", error=str(e))
+            return False
+        if self._log_failing:
+            self._log_failing = False
+            log.warning("event log takes appends again: held-back events go out", events=len(batch))
+        return True
 
     def _send(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, event: Event) -> Envelope:
         """Send a heartbeat: it carries the seq of the last event and takes none of its own (seq counts
         events, and a client that sees a heartbeat ahead of what it received knows it missed some)."""
         envelope = stamp(event, seq=self.last_seq, run_id=self.run_id, kiosk=self.kiosk)
-        self._emit(pub, private, envelope)
+        self._emit(pub, private, [envelope])
         return envelope
 
-    def _emit(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, envelope: Envelope) -> None:
-        topic = envelope.topic.encode()
-        try:
-            pub.send_multipart([topic, envelope.public_json()], flags=zmq.NOBLOCK)
-            if private is not None:
-                private.send_multipart([topic, envelope.private_json()], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.stats.dropped["hwm"] += 1
-        self.stats.published += 1
+    def _emit(self, pub: zmq.Socket[bytes], private: zmq.Socket[bytes] | None, batch: list[Envelope]) -> None:
+        """Send a logged batch: the public PUB, the private one while it has subscribers, then the local
+        feeds (the whole list, once each). Two plain sends per message, not ``send_multipart``."""
+        send, more, last = pub.send, zmq.NOBLOCK | zmq.SNDMORE, zmq.NOBLOCK
+        private_send = private.send if private is not None and self._private_subs > 0 else None
+        topics = self._topics
+        for envelope in batch:
+            kind = envelope.event.type
+            topic = topics.get(kind)
+            if topic is None:
+                topic = str(kind).encode()
+                if len(topics) < TOPIC_CACHE:
+                    topics[kind] = topic
+            # PUB never blocks and never says when it drops for a subscriber past its HWM (libzmq): that
+            # loss is the subscriber's to see (a seq gap) and to heal (events.since).
+            send(topic, more)
+            send(envelope.public_json(), last)
+            if private_send is not None:
+                private_send(topic, more)
+                private_send(envelope.private_json(), last)
+        self.stats.published += len(batch)
+        feeds = self._local_feeds
+        if feeds:
+            for feed in feeds:
+                if not feed.closed:
+                    feed.put(batch)
+            if any(feed.closed for feed in feeds):
+                with self._flow:
+                    self._local_feeds = tuple(f for f in self._local_feeds if not f.closed)
 
     def _reader_count(self) -> int:
         for provider in self._status_providers:

@@ -10,6 +10,11 @@ thread never waits.
 
 Answered off the bus thread, an answer may include events just appended and not yet sent live; a client
 drops what it already has by ``seq`` (docs/clients.md), so nothing is seen twice.
+
+Answers are counted per caller (``key:<name>``, ``uid:<n>``, ``tcp``, ``plugin-host`` for the private
+socket): ZeroMQ's PUB cannot tell the daemon which subscriber lost live events, but a subscriber that
+lost some catches up here, so these counts (``status``, the metrics) show who is losing events and how
+many. At most ``MAX_PEERS`` callers are told apart; later ones are counted as ``other``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ SINCE_LIMIT = 1000
 MAX_PENDING = 32
 #: The rate of all callers together is that of this many callers.
 OVERALL_CLIENTS = 2
+#: Callers whose answers are counted apart (a bound on status's size and the metric's label values).
+MAX_PEERS = 32
+OTHER_PEERS = "other"
 
 
 @dataclass
@@ -85,6 +93,7 @@ class SinceService:
         self._pending = 0
         self._lock = threading.Lock()
         self.refused = 0  # requests refused rate_limited or busy (status)
+        self._by_peer: dict[str, list[int]] = {}  # caller -> [answers, events] (under _lock)
 
     def handle(self, request: ControlRequest, *, private: bool = False) -> Future[JsonObject]:
         seq = request.args.get("seq")
@@ -111,15 +120,28 @@ class SinceService:
                     "busy", "the event log is answering other clients: ask again shortly", retry_after_s=0.1
                 )
             self._pending += 1
-        return self._pool.submit(self._read, self.event_log, seq, limit, private)
+        peer = "plugin-host" if private else (request.caller or "tcp")
+        return self._pool.submit(self._read, self.event_log, seq, limit, private, peer)
 
-    def _read(self, event_log: EventLog, seq: int, limit: int, private: bool) -> JsonObject:
+    def by_peer(self) -> dict[str, dict[str, int]]:
+        """Answers given and events in them, by caller (a copy)."""
+        with self._lock:
+            return {peer: {"answers": n[0], "events": n[1]} for peer, n in self._by_peer.items()}
+
+    def _read(self, event_log: EventLog, seq: int, limit: int, private: bool, peer: str) -> JsonObject:
         """The answer, its events spliced in as stored (no decoding and encoding of 1,000 envelopes)."""
         try:
             answer = event_log.since_json(seq, limit=limit, private=private)
         finally:
             with self._lock:
                 self._pending -= 1
+        with self._lock:
+            counts = self._by_peer.get(peer)
+            if counts is None:
+                key = peer if len(self._by_peer) < MAX_PEERS else OTHER_PEERS
+                counts = self._by_peer.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += len(answer.events)
         head = json.dumps({"run_id": self.run_id, "last_seq": answer.last_seq, "more": answer.more})
         return RawJson(f'{head[:-1]}, "events": [{",".join(answer.events)}]}}')  # type: ignore[return-value]
 

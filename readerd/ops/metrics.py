@@ -8,8 +8,10 @@ publish counter and queue depth, the daemon's health) is read from the daemon at
 Exposed (prefix ``readerd_``): taps, identifications, aborted reads by reason, the tap-to-event latency
 (from ``card.presented`` to the ``card.identified`` / ``card.read_aborted`` of the same reader, by the
 envelopes' timestamps), readers up/down, plugin errors, authentications, published and dropped events,
-queue depth, health, and the connections to the public event endpoint (the bus counts them with a
-socket monitor: a PUB socket itself does not know its peers).
+queue depth, health, the connections to the public event endpoint (the bus counts them with a socket
+monitor: a PUB socket itself does not know its peers), and the ``events.since`` answers per caller: a
+subscriber that lost live events past its high-water mark catches up there, which is the only place the
+daemon can see such a loss (PUB drops without a word).
 
 Labels never carry personal data: readers, kinds, reasons, plugin names only.
 """
@@ -55,6 +57,8 @@ class DaemonView:
     queue_depth: Callable[[], int]
     healthy: Callable[[], bool]
     subscribers: Callable[[], int] = lambda: 0
+    #: ``events.since`` answers and their events by caller (at most 33 callers: readerd.bus.since).
+    since_by_peer: Callable[[], dict[str, dict[str, int]]] = dict
 
 
 class _DaemonCollector(Collector):
@@ -67,7 +71,8 @@ class _DaemonCollector(Collector):
         yield published
         dropped = CounterMetricFamily(
             "readerd_events_dropped",
-            "Events dropped before publication, by type ('hwm': at ZeroMQ's HWM).",
+            "Events dropped before publication (the bus queue was full), by type; a card event here "
+            "was lost and made the daemon unhealthy.",
             labels=["type"],
         )
         for event_type, count in sorted(self.view.dropped().items()):
@@ -86,6 +91,21 @@ class _DaemonCollector(Collector):
         )
         subscribers.add_metric([], self.view.subscribers())
         yield subscribers
+        answers = CounterMetricFamily(
+            "readerd_events_since_answers",
+            "events.since answers by caller (key:<name>, uid:<n>, tcp, plugin-host): catch-ups.",
+            labels=["peer"],
+        )
+        replayed = CounterMetricFamily(
+            "readerd_events_since_events",
+            "Events sent in events.since answers, by caller: what subscribers missed or started from.",
+            labels=["peer"],
+        )
+        for peer, counts in sorted(self.view.since_by_peer().items()):
+            answers.add_metric([peer], counts.get("answers", 0))
+            replayed.add_metric([peer], counts.get("events", 0))
+        yield answers
+        yield replayed
 
 
 class Metrics:

@@ -1,12 +1,20 @@
 """The plugin host: loads plugins, feeds them bus events, runs their commands, keeps them apart.
 
-The host is a subscriber of the daemon's private feed like any client (docs/design.md D1), on a thread of
-its own (embedded in ``readerd run``) or in its own process (``readerd plugins``), so a slow or hung plugin
-can never delay card reading. Each hook call of each plugin runs separately, under ``hook_timeout``: pluggy's
-own ``hook(...)`` would stop at the first implementation that raises and keep the event from the rest.
+The host is a subscriber of the daemon's private feed like any client (docs/design.md D1), on a thread of its
+own (embedded in ``readerd run``) or in its own process (``readerd plugins``), so a slow or hung plugin can
+never delay card reading. Embedded, it takes the feed from the bus in process (:mod:`readerd.bus.localfeed`):
+the stamped envelopes themselves, in the same order, heartbeats included, never encoded as JSON for it nor
+parsed back; ``readerd plugins`` gets the JSON over the private link. Each hook call of each plugin runs
+separately, under ``hook_timeout``: pluggy's own ``hook(...)`` would stop at the first implementation that
+raises and keep the event from the rest. The calls of one plugin run on its own long-lived worker thread, one
+at a time (:mod:`readerd.plugin.worker`): a call that overruns is abandoned with its worker, a fresh worker
+takes the plugin's next call, and once :data:`~readerd.plugin.worker.ABANDONED_LIMIT` abandoned workers are
+still running the host asks to be restarted (:attr:`PluginHost.restart_reason`): the embedded host stops its
+feed thread, so the daemon withholds its watchdog ping and systemd restarts it; ``readerd plugins`` exits
+non-zero.
 
 Failure policy (docs/design.md D15): an exception counts as a failure and ``quarantine_after`` failures in a
-row quarantine the plugin; a timeout quarantines it at once, since its thread is abandoned still running.
+row quarantine the plugin; a timeout quarantines it at once, since its worker is abandoned still running.
 A quarantined plugin receives nothing and its commands are refused; ``readerctl status`` and
 ``readerctl plugins`` show it, and every failure is published as ``plugin.error``. Quarantine also revokes
 the plugin's store handle, so a thread abandoned in a hook can never commit a late write.
@@ -41,7 +49,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -53,6 +61,7 @@ import zmq
 
 from readerd import __version__ as readerd_version
 from readerd import events as ev
+from readerd.bus.localfeed import LocalFeed
 from readerd.config import PluginsConfig
 from readerd.errors import (
     ConfigError,
@@ -80,6 +89,7 @@ from readerd.plugin.api import (
 )
 from readerd.plugin.replay import BacklogSource, FeedCursors, Tracked
 from readerd.plugin.store import PluginStore, Store
+from readerd.plugin.worker import ABANDONED_LIMIT, Workers
 
 log = structlog.get_logger("readerd.plugins")
 
@@ -102,6 +112,11 @@ HANDLED_FOR = frozenset({"card.identified", "card.authenticated"})
 #: feed message, heartbeats included.
 SETTLE_TIMEOUT = 3.0
 
+
+#: Messages the feed thread takes off its socket before the cursors are written for them (one batch).
+BATCH_MAX = 64
+#: How the bus begins an envelope on the private feed: its seq and run id, read without parsing the rest.
+_HEAD = re.compile(rb'\{"v":\d+,"seq":(\d+),"run_id":"([^"\\]*)"')
 
 #: Which hook an event type goes to.
 EVENT_HOOKS: dict[str, str] = {
@@ -219,6 +234,7 @@ class PluginHost:
         backlog: BacklogSource | None = None,
         flushed: Callable[[], bool] | None = None,
         clock: Callable[[], float] | None = None,
+        abandoned_limit: int = ABANDONED_LIMIT,
     ) -> None:
         """``publish`` takes a plugin result (:func:`readerd.events.plugin_result`, with its ``cause``
         and ``replayed``) to the bus; ``plugins`` adds plugin objects by name beside discovery (tests,
@@ -229,7 +245,9 @@ class PluginHost:
         holds in ``(after, upto]``, or None when it no longer holds it all: what a start replays to the
         plugins that missed it (:func:`log_backlog`). ``flushed()`` waits until what the plugins published
         so far is logged (:meth:`readerd.bus.server.Bus.flushed`): cursors are written only after it.
-        ``clock``: monotonic seconds for ``quarantine_cooldown`` (tests pass their own)."""
+        ``clock``: monotonic seconds for ``quarantine_cooldown`` (tests pass their own).
+        ``abandoned_limit``: abandoned plugin workers still running at which the host asks to be restarted
+        (:data:`~readerd.plugin.worker.ABANDONED_LIMIT`; tests pass a small one)."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
@@ -253,6 +271,11 @@ class PluginHost:
         self._cascades: dict[str, _Cascade] = {}  # open taps by event id (module docstring)
         self._roots: dict[str, str] = {}  # event id (a tap, a result of one) -> the tap's id
         self._cascade_lock = threading.Lock()  # hook threads count results, the feed thread the rest
+        self._workers = Workers(abandoned_limit)  # each plugin's hook calls run on its own worker
+        self._light_topics: dict[bytes, bool] = {}  # feed topic -> only its seq is needed (_light)
+        self._impls: dict[tuple[str, str], pluggy.HookImpl | None] = {}  # (plugin, hook) -> _impl
+        #: Why the host asks to be restarted (too many abandoned workers), or None (module docstring).
+        self.restart_reason: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -293,6 +316,8 @@ class PluginHost:
             plugin_store = self.store.for_plugin(name) if self.store is not None else None
             plugin = loader.instantiate(candidate.load())
             self.pm.register(plugin, name=name)
+            self._impls.clear()
+            self._light_topics.clear()
         except pluggy.PluginValidationError as e:
             self._reject(name, f"bad hook implementation: {e}")
             return
@@ -399,17 +424,24 @@ class PluginHost:
         return sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []) if plugin else []
 
     def _implements(self, loaded: LoadedPlugin, hook: str) -> bool:
-        return any(i.plugin_name == loaded.name for i in getattr(self.pm.hook, hook).get_hookimpls())
+        return self._impl(loaded.name, hook) is not None
+
+    def _impl(self, name: str, hook: str) -> pluggy.HookImpl | None:
+        """The plugin's implementation of ``hook``, looked up once (plugins register only at load)."""
+        key = (name, hook)
+        if key not in self._impls:
+            found = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == name]
+            self._impls[key] = found[0] if found else None
+        return self._impls[key]
 
     def _call(
         self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject, origin: _Origin | None = None
     ) -> Any:  # noqa: ANN401 - a hook's result
         """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure.
         ``origin``: the event it handles, for the results it publishes from the hook's own thread."""
-        impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == loaded.name]
-        if not impls:
+        impl = self._impl(loaded.name, hook)
+        if impl is None:
             return None
-        impl = impls[0]
         args = {name: kwargs[name] for name in impl.argnames}
         started = time.perf_counter()
 
@@ -421,9 +453,10 @@ class PluginHost:
                 _HANDLING.origin = None
 
         try:
-            result = run_with_deadline(call, self.config.hook_timeout, name=f"plugin:{loaded.name}")
+            result = self._workers.run(loaded.name, call, self.config.hook_timeout)
         except SessionTimeoutError:
             self._quarantine(loaded, hook, "timeout", f"no return within {self.config.hook_timeout} s")
+            self._check_workers()
             return None
         except (StoreUnavailableError, StoreBusyError) as e:  # the database's failure (module docstring)
             self._store_failure(loaded, hook, e)
@@ -438,6 +471,24 @@ class PluginHost:
                 log.info("hook call", plugin=loaded.name, hook=hook, duration_ms=duration)
         loaded.failures = 0
         return result
+
+    def _check_workers(self) -> None:
+        """After an abandoned call: past the limit of abandoned workers still running, ask for a restart
+        (once): the feed thread stops (the daemon's health check then fails), ``readerd plugins`` exits."""
+        if self.restart_reason is not None or not self._workers.exhausted:
+            return
+        abandoned = self._workers.status()
+        self.restart_reason = (
+            f"{abandoned['running']} abandoned plugin workers still running (limit {abandoned['limit']})"
+        )
+        log.error(
+            "plugin host stops to be restarted: hung plugin calls hold threads that cannot be freed",
+            abandoned_running=abandoned["running"],
+            abandoned_total=abandoned["total"],
+            limit=abandoned["limit"],
+            quarantined=sorted(p.name for p in self.plugins.values() if p.quarantined),
+        )
+        self._stop.set()
 
     def _fail(
         self, loaded: LoadedPlugin, hook: str, code: str, message: str, error: BaseException | None = None
@@ -679,15 +730,17 @@ class PluginHost:
                 continue
             if not self._routed(loaded.name, envelope, hook):
                 continue  # [plugins.routing]: not this plugin's reader
+            if not self._implements(loaded, hook):
+                loaded.last_seq = envelope.seq  # wanted, but no hook to hand it to: nothing to build
+                continue
             shown = loaded.interest.strip(envelope.event.private)
             handed = _secret_values(shown)
             if handed:
                 with self._lock:
                     loaded.handed.extend(handed)
             event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
-            implements = self._implements(loaded, hook)
-            delivered = delivered or implements
-            if implements and called is not None:
+            delivered = True
+            if called is not None:
                 called.append(loaded.name)
             origin = _Origin(loaded.name, event.id, event.replayed)
             self._call(loaded, hook, {"event": event, "context": loaded.context}, origin)
@@ -819,28 +872,78 @@ class PluginHost:
     # -- the feed thread ----------------------------------------------------------------------------
     def start(
         self,
-        feed_endpoint: str,
+        feed: str | LocalFeed,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         *,
         heartbeat_now: Callable[[], None] | None = None,
         timeout: float = 10.0,
     ) -> None:
         """Subscribe to the feed and return once the subscription is live (ZeroMQ's slow joiner): the
-        first message proves it; ``heartbeat_now`` asks the daemon for one so that needs no waiting."""
+        first message proves it; ``heartbeat_now`` asks the daemon for one so that needs no waiting.
+        ``feed``: the private PUB endpoint, or the bus's in-process feed (:meth:`Bus.local_feed
+        <readerd.bus.server.Bus.local_feed>`), where the first message also marks where the live events
+        begin and the replay from the event log ends."""
         ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(feed_endpoint, context or zmq.Context.instance(), ready),
-            name="plugin-host",
-            daemon=True,
-        )
+        if isinstance(feed, LocalFeed):
+            target: Callable[..., None] = self._run_local
+            args: tuple[Any, ...] = (feed, ready)
+        else:
+            target, args = self._run, (feed, context or zmq.Context.instance(), ready)
+        self._thread = threading.Thread(target=target, args=args, name="plugin-host", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
             if heartbeat_now is not None:
                 heartbeat_now()
             if time.monotonic() > deadline:
-                raise PluginError("host", "start", f"no message on {feed_endpoint} within {timeout} s")
+                where = "the in-process feed" if isinstance(feed, LocalFeed) else feed
+                raise PluginError("host", "start", f"no message on {where} within {timeout} s")
+
+    def _run_local(self, feed: LocalFeed, ready: threading.Event) -> None:
+        """The feed thread on the bus's in-process feed: as :meth:`_run`, with envelopes, not frames."""
+        rest: deque[Envelope] = deque()  # taken off the feed, not yet handed over (a stop came between)
+        try:
+            while not self._stop.is_set():
+                if not rest:
+                    batch = feed.get(0.05)
+                    if batch is None:
+                        if self.cursors.pending:
+                            self.cursors.flush()  # the feed is idle
+                        continue
+                    ready.set()
+                    rest.extend(batch)
+                self._dispatch_local(feed, rest)
+            # Stopping: what already arrived is handed over within the budget (as in _run).
+            while time.monotonic() < self._drain_until:
+                if not rest:
+                    batch = feed.get_nowait()
+                    if batch is None:
+                        break
+                    rest.extend(batch)
+                self._dispatch_object(rest.popleft())
+            self.cursors.flush()
+        finally:
+            feed.close()
+
+    def _dispatch_local(self, feed: LocalFeed, rest: deque[Envelope]) -> None:
+        """``rest`` and what the feed holds, up to :data:`BATCH_MAX` envelopes, handed over one by one;
+        the cursors are written once for the lot (:meth:`batch`). What is left stays in ``rest``."""
+        with self.batch():
+            for _ in range(BATCH_MAX):
+                if not rest:
+                    more = feed.get_nowait()
+                    if more is None:
+                        return
+                    rest.extend(more)
+                self._dispatch_object(rest.popleft())
+                if self._stop.is_set():
+                    return
+
+    def _dispatch_object(self, envelope: Envelope) -> None:
+        try:
+            self.dispatch(envelope)
+        except Exception:  # the host thread must outlive any event
+            log.exception("plugin dispatch failed", topic=envelope.topic)
 
     def _run(self, endpoint: str, context: zmq.Context[zmq.Socket[bytes]], ready: threading.Event) -> None:
         sock = context.socket(zmq.SUB)
@@ -852,7 +955,7 @@ class PluginHost:
             while not self._stop.is_set():
                 if sock.poll(50):
                     ready.set()
-                    self._receive(sock)
+                    self._drain(sock)
                 elif self.cursors.pending:
                     self.cursors.flush()  # the feed is idle
             # Stopping: the backends have stopped, so what already arrived is the rest of the run
@@ -864,12 +967,67 @@ class PluginHost:
         finally:
             sock.close()
 
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        """What the socket holds, up to :data:`BATCH_MAX` messages, handed over one by one; the cursors
+        are written once for the lot (:meth:`batch`)."""
+        with self.batch():
+            for _ in range(BATCH_MAX):
+                try:
+                    topic, body = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:  # drained
+                    return
+                self._handle(topic, body)
+                if self._stop.is_set():
+                    return
+
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         topic, body = sock.recv_multipart()
+        self._handle(topic, body)
+
+    def _handle(self, topic: bytes, body: bytes) -> None:
         try:
-            self.dispatch(Envelope.from_json(body))
+            self.dispatch(self._light(topic, body) or Envelope.from_json(body))
         except Exception:  # the host thread must outlive any event
             log.exception("plugin dispatch failed", topic=topic.decode(errors="replace"))
+
+    def _light(self, topic: bytes, body: bytes) -> Envelope | None:
+        """The envelope with only its seq, run id and type, when that is all the host needs of it: an
+        event no loaded plugin is handed nor a tap's cascade counts (``card.presented``, the host's own
+        ``plugin.handled``, ``plugin.error``, a card or reader event no plugin implements). Its JSON is
+        then never parsed. None: parse it whole (also when its first bytes are not as the bus writes
+        them, :meth:`readerd.events.Envelope.private_json`)."""
+        light = self._light_topics.get(topic)
+        if light is None:
+            light = self._light_topics[topic] = self._needs_nothing(topic.decode(errors="replace"))
+        if not light:
+            return None
+        head = _HEAD.match(body)
+        if head is None:
+            return None
+        event = Event(topic.decode(), None, {})
+        return Envelope(int(head[1]), head[2].decode(), "", "", self.kiosk, event)
+
+    def _needs_nothing(self, event_type: str) -> bool:
+        """Whether the host needs only the seq of events of this type (:meth:`_light`). The plugins'
+        interests and hooks are fixed once loaded (a reinstatement changes neither)."""
+        if event_type == EventType.HEARTBEAT or event_type in HANDLED_FOR:
+            return False
+        hook = hook_for(event_type)
+        if hook is None:
+            return True
+        if hook == PLUGIN_RESULT_HOOK:
+            return False  # a result: counted by its tap's cascade (its cause)
+        return not any(
+            loaded.interest.wants(event_type) and self._implements(loaded, hook)
+            for loaded in self.plugins.values()
+        )
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Dispatch several messages with the cursors written once at the end, if a hook was called with
+        one of them (and, as always, after the results published meanwhile are logged)."""
+        with self.cursors.hold():
+            yield
 
     def stop(self, timeout: float = 2.0) -> None:
         """Deliver what already arrived (within half of ``timeout``), then ``readerd_shutdown``."""
@@ -880,6 +1038,7 @@ class PluginHost:
         for loaded in list(self.plugins.values()):
             if not loaded.quarantined:
                 self._call(loaded, "readerd_shutdown", {"context": loaded.context})
+        self._workers.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -892,6 +1051,8 @@ class PluginHost:
             "rejected": dict(self.rejected),
             "quarantined": sorted(p.name for p in self.plugins.values() if p.quarantined),
             "feed_gaps": [list(g) for g in self.gaps],
+            "abandoned_workers": self._workers.status(),
+            "restart_reason": self.restart_reason,
         }
 
 
@@ -970,6 +1131,8 @@ def _one_line_reports(
 def _secret_values(private: Mapping[str, Any]) -> list[str]:
     """The serial (hex and decimal), subject CN and IDm in ``private``, case-folded for matching."""
     found: list[str] = []
+    if not private:  # most events carry no private field: nothing to look for
+        return found
     for key in SECRET_FIELDS:
         value = private.get(key)
         if not isinstance(value, str) or len(value) < _MIN_SECRET:

@@ -8,12 +8,17 @@ are reported as missed (docs/design.md D2: effects happen at least once, plugins
 
 Cursors are written only once the results the plugins published while handling those events are logged
 (``flushed``): a cursor past an event whose result a crash lost would keep that event from the replay.
+They are written once per batch of feed messages (:meth:`FeedCursors.hold`: what the feed thread found
+on its socket at once), not once per event: one wait for ``flushed`` and one transaction cover the lot,
+and a crash before that write only means those events are handed again (at least once, docs/design.md
+D2), never that a result is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -87,6 +92,8 @@ class FeedCursors:
         self._pending: dict[str, int] = {}  # advanced but not yet written (no hook was called)
         self._pending_run_id = ""
         self._write_failing = False
+        self._holding = 0  # inside hold(): a write due waits for its end
+        self._due = False  # a hook was called with an event of the batch: write at its end
 
     @property
     def pending(self) -> bool:
@@ -117,17 +124,34 @@ class FeedCursors:
         hook failed: that failure was reported on its own); a quarantined plugin's cursor stays, so the
         events it misses show at the next start.
 
-        Written at once when a hook was called with the event; otherwise kept until the feed is idle or
-        the host stops (:meth:`flush`). A local write costs a disk flush (milliseconds) and a tap brings
-        several events no plugin handles; losing such an update in a crash is harmless, since the check
-        at the next start counts only events a plugin would have been handed."""
+        Written at once when a hook was called with the event (at the end of the batch inside
+        :meth:`hold`); otherwise kept until the feed is idle or the host stops (:meth:`flush`). A local
+        write costs a disk flush (milliseconds) and a tap brings several events no plugin handles;
+        losing such an update in a crash is harmless, since the check at the next start counts only
+        events a plugin would have been handed."""
         for plugin in self._host.tracked:
             if not plugin.quarantined and (plugin.cursor is None or seq > plugin.cursor):
                 plugin.cursor = seq
                 self._pending[plugin.name] = seq
         self._pending_run_id = run_id
-        if flush:
+        if flush and self._holding:
+            self._due = True
+        elif flush:
             self.flush()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Advance for a batch of events and write once at its end, if a hook was called with one of
+        them (feed thread only). The end waits for ``flushed`` like any write: every result published
+        while handling the batch is logged before a cursor moves past its event."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding and self._due:
+                self._due = False
+                self.flush()
 
     def flush(self) -> None:
         """Write the cursors not yet recorded (feed thread only), once the results the plugins published

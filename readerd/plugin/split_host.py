@@ -29,11 +29,17 @@ from readerd.config import Config
 from readerd.errors import BusSilentError, GapUnrecoverableError, Refusal
 from readerd.events import Envelope, Event
 from readerd.exitcodes import ExitCode
-from readerd.plugin.host import HANDLED, PluginHost
+from readerd.plugin.host import BATCH_MAX, HANDLED, PluginHost
 from readerd.plugin.link import CURSOR_FILE, endpoints
 from readerd.plugin.store import Store
+from readerd.plugin.worker import ABANDONED_LIMIT
 
 log = structlog.get_logger("readerd.plugin_link")
+
+#: Seconds the loop waits for the first event of a batch (then it serves the daemon's requests).
+FIRST_WAIT = 0.02
+#: Seconds it waits for one more event before the batch ends and the cursors are written.
+DRAIN_WAIT = 0.002
 
 
 class Uplink:
@@ -74,15 +80,24 @@ class SplitHost:
     """``readerd plugins``: a :class:`PluginHost` fed by a gap-free client of the daemon's private feed."""
 
     def __init__(
-        self, config: Config, *, plugins: dict[str, object] | None = None, register_timeout: float = 10.0
+        self,
+        config: Config,
+        *,
+        plugins: dict[str, object] | None = None,
+        register_timeout: float = 10.0,
+        abandoned_limit: int = ABANDONED_LIMIT,
     ) -> None:
+        """``abandoned_limit``: abandoned plugin workers still running at which the host exits to be
+        restarted (:data:`~readerd.plugin.worker.ABANDONED_LIMIT`; tests pass a small one)."""
         self.config = config
+        self.abandoned_limit = abandoned_limit
         self.register_timeout = register_timeout
         self.extra_plugins = plugins
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # registered with the daemon, feed subscribed
         self.cursor_path = Path(config.state_dir) / CURSOR_FILE
         self.dispatched = 0
+        self._restarts = 0  # the client's count of daemon restarts last seen (re-register after one)
 
     def _read_cursor(self) -> int | None:
         try:
@@ -123,6 +138,7 @@ class SplitHost:
             report=report,
             store=store,
             plugins=self.extra_plugins,
+            abandoned_limit=self.abandoned_limit,
         )
         try:
             host.load()
@@ -152,33 +168,62 @@ class SplitHost:
             uplink.flush()
             uplink.sock.close()
             store.close()
+        if host.restart_reason is not None:
+            # Hung plugin calls hold threads only a new process frees: systemd restarts us
+            # (Restart=on-failure), and the plugins resume from their cursors.
+            log.error("plugin host exits to be restarted", reason=host.restart_reason)
+            return ExitCode.SOFTWARE
         return ExitCode.OK
 
     def _loop(self, host: PluginHost, client: BusClient, uplink: Uplink, backlog_end: int) -> None:
         """``backlog_end``: the daemon's last seq when we connected; what the client catches up to it was
-        logged while no host was there, so the plugins get it marked replayed."""
-        restarts = client.stats.restarts
-        while not self.stop_event.is_set():
-            try:
-                env = client.next(timeout=0.02)
-            except TimeoutError:
-                env = None
-            except BusSilentError:
-                log.warning("no heartbeat from the daemon; waiting for it")
-                env = None
-            except GapUnrecoverableError as e:
-                log.error("events lost for the plugins (older than the event log)", oldest_seq=e.oldest_seq)
-                env = None
-            if client.stats.restarts != restarts:  # a new daemon knows nothing of our commands
-                restarts = client.stats.restarts
-                uplink.send("plugins.register", _registration(host))
-            if env is not None:
-                envelope = Envelope.from_dict(env)
-                host.dispatch(envelope, replayed=envelope.seq <= backlog_end)
-                self.dispatched += 1
-                self._write_cursor(envelope.seq)
+        logged while no host was there, so the plugins get it marked replayed. Ends at stop, or when the
+        host asks to be restarted (too many abandoned plugin workers)."""
+        self._restarts = client.stats.restarts
+        while not self.stop_event.is_set() and host.restart_reason is None:
+            with host.batch():  # the plugins' cursors: written once for the batch
+                last = self._batch(host, client, uplink, backlog_end)
+            if last is not None:
+                self._write_cursor(last)  # ours too
             self._serve(host, uplink)
             uplink.flush()
+
+    def _batch(self, host: PluginHost, client: BusClient, uplink: Uplink, backlog_end: int) -> int | None:
+        """The events that come one right after another (within :data:`DRAIN_WAIT` of the last, at most
+        :data:`~readerd.plugin.host.BATCH_MAX`), each handed to the plugins as it comes and its results
+        sent at once; the seq of the last one, or None when none came."""
+        last = None
+        timeout = FIRST_WAIT
+        for _ in range(BATCH_MAX):
+            env = self._next(host, client, uplink, timeout)
+            if env is None:
+                break
+            envelope = Envelope.from_dict(env)
+            host.dispatch(envelope, replayed=envelope.seq <= backlog_end)
+            self.dispatched += 1
+            last = envelope.seq
+            uplink.flush()
+            if self.stop_event.is_set() or host.restart_reason is not None:
+                break
+            timeout = DRAIN_WAIT
+        return last
+
+    def _next(self, host: PluginHost, client: BusClient, uplink: Uplink, timeout: float) -> JsonObject | None:
+        """The client's next event, or None (none within ``timeout``, a silent daemon, a lost range)."""
+        try:
+            env: JsonObject | None = client.next(timeout=timeout)
+        except TimeoutError:
+            env = None
+        except BusSilentError:
+            log.warning("no heartbeat from the daemon; waiting for it")
+            env = None
+        except GapUnrecoverableError as e:
+            log.error("events lost for the plugins (older than the event log)", oldest_seq=e.oldest_seq)
+            env = None
+        if client.stats.restarts != self._restarts:  # a new daemon knows nothing of our commands
+            self._restarts = client.stats.restarts
+            uplink.send("plugins.register", _registration(host))
+        return env
 
     def _serve(self, host: PluginHost, uplink: Uplink) -> None:
         """Requests the daemon forwards (plugin commands, ``plugins``); replies to our own sends."""

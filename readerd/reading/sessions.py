@@ -31,8 +31,9 @@ from protocols.transport import FelicaTransport, Transport
 from readerd import events as ev
 from readerd.config import FelicaRead
 from readerd.events import AbortReason, CardKind, Event
-from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
+from readerd.ops.deadline import SessionTimeoutError
 from readerd.reading.identity import Identity, IdentityResolver
+from readerd.reading.worker import SessionWorker
 
 log = structlog.get_logger("readerd.sessions")
 
@@ -132,6 +133,15 @@ class CardSessions:
         self._present: dict[str, PresentCard] = {}
         self._insertions = 0
         self._lock = threading.Lock()
+        self._workers: dict[str, SessionWorker] = {}  # per reader: its session thread, kept between taps
+
+    def _run(self, thread_name: str, work: Callable[[], ReadResult]) -> ReadResult:
+        """``work`` under the session deadline on the reader's session thread (readerd.reading.worker)."""
+        with self._lock:
+            worker = self._workers.get(thread_name)
+            if worker is None:
+                worker = self._workers[thread_name] = SessionWorker(thread_name)
+        return worker.run(work, self.deadline)
 
     def read_contact_card(
         self, reader: str, transport: Transport, atr: bytes, *, simulated: bool = False
@@ -189,7 +199,7 @@ class CardSessions:
             return ReadResult(CardKind.JPKI, identity)
 
         try:
-            return run_with_deadline(session_work, self.deadline, name=f"session:{reader}")
+            return self._run(f"session:{reader}", session_work)
         except Exception as error:  # every failure becomes an event; the backend thread goes on
             abandoned.set()
             session = progress.get("session")
@@ -293,7 +303,7 @@ class CardSessions:
             return ReadResult(CardKind.FELICA, identity)
 
         try:
-            return run_with_deadline(session_work, self.deadline, name=f"felica:{reader}")
+            return self._run(f"felica:{reader}", session_work)
         except Exception as error:  # every failure becomes an event; the backend thread goes on
             abandoned.set()
             session = state.get("session")

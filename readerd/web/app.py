@@ -159,6 +159,14 @@ def kiosk_view(env: Envelope) -> Envelope | None:
     return view
 
 
+def reaches_screen(env: Envelope, reader: str | None) -> bool:
+    """Whether a kiosk page for ``reader`` gets this event: its reader's, and a ``card.events_lost`` of
+    no reader in particular (the daemon lost a card event it cannot place: every screen asks again)."""
+    if reader is None or env.get("reader") == reader:
+        return True
+    return env.get("type") == "card.events_lost" and env.get("reader") is None
+
+
 def _reader_names(session: KioskSession) -> list[str] | None:
     """The daemon's readers now (``readers``), for the page's hint; None when it does not answer."""
     try:
@@ -268,6 +276,8 @@ def _card_words(kind: str, data: dict[str, Any]) -> tuple[str, str]:
     if kind == "card.auth_failed":
         left = f" 残り {data['tries_left']} 回" if data.get("tries_left") is not None else ""
         return f"本人確認できませんでした: {data.get('reason')}{left}", "warn"
+    if kind == "card.events_lost":  # the daemon's bus was wedged: the screen asked for another tap
+        return f"カードのイベントを {data.get('lost')} 件失いました (もう一度タッチを案内)", "bad"
     return kind, "info"
 
 
@@ -659,9 +669,7 @@ def create_app(  # noqa: PLR0915 - the routes share the app's state
         )
 
     def _for_reader(env: Envelope, reader: str | None) -> Envelope | None:
-        if reader is not None and env.get("reader") != reader:
-            return None
-        return kiosk_view(env)
+        return kiosk_view(env) if reaches_screen(env, reader) else None
 
     async def _stream(
         request: Request,

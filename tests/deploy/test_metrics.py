@@ -3,6 +3,7 @@ own parser; the counters from constructed envelopes; the loopback rule; a port i
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.request
@@ -91,6 +92,8 @@ def test_scrape_after_simulated_taps(tmp_path: Any) -> None:
         samples = _scrape_until(
             url, lambda s: _value(s, "readerd_tap_to_event_seconds_count", outcome="aborted") >= 1
         )
+        caught_up = d.request("events.since", {"seq": 0, "limit": 3})  # a subscriber catching up
+        since = _scrape(url)
     assert _value(samples, "readerd_taps_total", reader="Sim 00", kind="jpki") == 2
     assert _value(samples, "readerd_taps_total", reader="Sim 01", kind="jpki") == 1
     assert _value(samples, "readerd_identifications_total", kind="jpki") == 2
@@ -103,6 +106,11 @@ def test_scrape_after_simulated_taps(tmp_path: Any) -> None:
     assert _value(samples, "readerd_events_published_total") >= 9
     assert _value(samples, "readerd_healthy") == 1
     assert _value(samples, "readerd_bus_queue_depth") >= 0
+    assert caught_up["ok"], caught_up
+    peer = f"uid:{os.getuid()}"  # the tests' control endpoint is the local role socket
+    assert _value(since, "readerd_events_since_answers_total", peer=peer) == 1  # counted per caller
+    assert _value(since, "readerd_events_since_events_total", peer=peer) == 3
+    assert not any(name == "readerd_events_dropped_total" for name, _labels in since)  # nothing dropped
     label_values = {value for (_name, labels) in samples for _key, value in labels}
     assert not {"alice", "bob", "carol"} & label_values  # no personal data in any label
 
@@ -134,9 +142,13 @@ def _env(
 def test_counters_from_envelopes() -> None:
     view = DaemonView(
         published=lambda: 41,
-        dropped=lambda: {"card.identified": 2, "hwm": 5},
+        dropped=lambda: {"card.identified": 2, "reader.added": 5},
         queue_depth=lambda: 3,
         healthy=lambda: False,
+        since_by_peer=lambda: {
+            "key:counter-1": {"answers": 4, "events": 1200},
+            "tcp": {"answers": 1, "events": 0},
+        },
     )
     metrics = Metrics(view)
     for envelope in (
@@ -167,7 +179,10 @@ def test_counters_from_envelopes() -> None:
     assert _value(s, "readerd_authentications_total", result="wrong_pin") == 1
     assert _value(s, "readerd_events_published_total") == 41
     assert _value(s, "readerd_events_dropped_total", type="card.identified") == 2
-    assert _value(s, "readerd_events_dropped_total", type="hwm") == 5
+    assert _value(s, "readerd_events_dropped_total", type="reader.added") == 5
+    assert _value(s, "readerd_events_since_answers_total", peer="key:counter-1") == 4
+    assert _value(s, "readerd_events_since_events_total", peer="key:counter-1") == 1200
+    assert _value(s, "readerd_events_since_answers_total", peer="tcp") == 1
     assert _value(s, "readerd_bus_queue_depth") == 3
     assert _value(s, "readerd_healthy") == 0
 

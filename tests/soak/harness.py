@@ -135,6 +135,9 @@ class SoakReport:
     plugin_errors: Counter[str] = field(default_factory=Counter)  # by plugin/code
     flaky_seen: int = 0
     reader_events: Counter[str] = field(default_factory=Counter)  # the PC/SC reader's, by type:reason
+    sim_reader_events: Counter[str] = field(default_factory=Counter)  # the sim readers', by type
+    refused_unplugged: int = 0  # taps refused (unknown_reader) on a sim reader while it was unplugged
+    held_at_unplug: int = 0  # cards on a sim reader when it was unplugged (card.removed first)
     events_logged: int = 0
     runs: int = 0
     outstanding_points: int = 0
@@ -156,6 +159,14 @@ class SoakReport:
             f"outstanding {self.outstanding_points}",
             f"  flaky plugin: {self.flaky_seen} seen, "
             f"plugin.error {dict(sorted(self.plugin_errors.items()))}",
+            f"  readers unplugged and plugged: pcscd restarted with fewer entries "
+            f"{self.faults['pcsc_unplug']} (then the same again), sim readers {self.faults['sim_unplug']} "
+            f"({self.held_at_unplug} with a card on them); PC/SC reader.removed "
+            f"{self.reader_events['reader.removed']} = pcscd kills + unplugs, reader.added "
+            f"{self.reader_events['reader.added']} = runs + kills + unplugs; sim reader.removed "
+            f"{self.sim_reader_events['reader.removed']} = unplugs, reader.added "
+            f"{self.sim_reader_events['reader.added']} = runs x readers + plugs; "
+            f"{self.refused_unplugged} taps refused while unplugged",
         ]
 
 
@@ -222,6 +233,7 @@ class Soak:
         self.daemon: DaemonHandle | None = None
         self.sub: Subscriber | None = None
         self.seen: list[Envelope] = []  # everything the subscribers received, all runs
+        self.unplugged: Counter[str] = Counter()  # sim reader -> times unplugged and plugged again
 
     # -- the daemon -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -400,6 +412,59 @@ class Soak:
         self.pcscd.start()
         self._wait_seen("reader.added after pcscd came back", self._on_pcsc("reader.added"), added + 1, 30)
 
+    def _count(self, predicate: Callable[[Envelope], bool]) -> int:
+        return sum(1 for e in self.seen if predicate(e))
+
+    def pcsc_unplug(self) -> None:
+        """The vpcd reader unplugged and plugged again: pcscd restarted with fewer reader entries (none:
+        the soak's reader is entry 0's first slot, so only then does it go, as a USB reader pulled out),
+        then with the same entries again (vpcd's readers are configuration entries, so a restart is how
+        they come and go). Same ports: the cards still find it."""
+        assert self.pcscd is not None
+        self.quiesce()
+        removed = self._count(self._on_pcsc("reader.removed"))
+        added = self._count(self._on_pcsc("reader.added"))
+        entries = self.pcscd.entries
+        self.pcscd.restart(0)
+        self.report.faults["pcsc_unplug"] += 1
+        try:
+            self._wait_seen("reader.removed at the unplug", self._on_pcsc("reader.removed"), removed + 1, 30)
+            assert PCSC_READER not in [r["name"] for r in self.command("readers")["readers"]]
+        finally:
+            self.pcscd.restart(entries)
+        self._wait_seen("reader.added after the replug", self._on_pcsc("reader.added"), added + 1, 30)
+
+    def sim_unplug(self) -> None:
+        """A simulated reader unplugged with a card on it (``card.removed``, then ``reader.removed``), a
+        tap on it refused while it is gone, then plugged back (``reader.added``) for the next taps."""
+        self.quiesce()
+        reader = self.rng.choice(self.reader_names)
+        self.tap(reader, self.rng.choice(sorted(self.members)), felica=True, hold=True)
+        self.quiesce()
+
+        def on(kind: str) -> Callable[[Envelope], bool]:
+            return lambda e: e["type"] == kind and e["reader"] == reader
+
+        removed, added = self._count(on("reader.removed")), self._count(on("reader.added"))
+        cards_removed = self._count(on("card.removed"))
+        assert self.command("unplug", reader=reader)["queued"]
+        self.report.faults["sim_unplug"] += 1
+        self.report.held_at_unplug += 1
+        self.removals += 1  # the held card leaves first
+        self._wait_seen(f"reader.removed of {reader}", on("reader.removed"), removed + 1, 10)
+        kinds = [e["type"] for e in self.seen if e["reader"] == reader]
+        gone = [k for k in kinds if k.startswith(("card.", "reader."))][-2:]  # plugin.handled may be late
+        assert gone == ["card.removed", "reader.removed"], gone
+        assert self._count(on("card.removed")) == cards_removed + 1
+        refused = self._d().request("tap", {"card": "alice", "reader": reader})
+        assert not refused["ok"], refused
+        assert refused["error"]["code"] == "unknown_reader", refused
+        self.report.refused_unplugged += 1
+        assert reader not in [r["name"] for r in self.command("readers")["readers"]]
+        assert self.command("plug", reader=reader)["queued"]
+        self._wait_seen(f"reader.added of {reader}", on("reader.added"), added + 1, 10)
+        self.unplugged[reader] += 1
+
     # -- setup ----------------------------------------------------------------------------------------
     def define_events(self) -> None:
         starts, ends = _window()
@@ -480,6 +545,12 @@ class Soak:
                 readonly=True,
             )
         }
+        self.ledger_rows = int(
+            points.db.transaction(
+                lambda conn: conn.execute(sa.select(sa.func.count()).select_from(ledger)).scalar_one(),
+                readonly=True,
+            )
+        )
         self.ledger_references = points.db.transaction(
             lambda conn: conn.execute(
                 sa.select(ledger.c.reference, sa.func.count().label("n"))
@@ -563,6 +634,17 @@ def verify(soak: Soak, events: list[Envelope]) -> SoakReport:
         for e in events
         if e["type"].startswith("reader.") and e["reader"] == PCSC_READER
     )
+    # Readers unplugged and plugged again: exactly one reader.removed per unplug (or pcscd kill) and one
+    # reader.added per plug (or pcscd start), besides the one each daemon start announces.
+    if soak.pcscd is not None:
+        gone = report.faults["pcscd_kill"] + report.faults["pcsc_unplug"]
+        assert report.reader_events["reader.removed"] == gone, report.reader_events
+        assert report.reader_events["reader.added"] == report.runs + gone, report.reader_events
+    for reader in soak.reader_names:
+        kinds = Counter(e["type"] for e in events if e["reader"] == reader and e["type"].startswith("reader"))
+        assert kinds["reader.removed"] == soak.unplugged[reader], (reader, kinds)
+        assert kinds["reader.added"] == report.runs + soak.unplugged[reader], (reader, kinds)
+        report.sim_reader_events.update(kinds)
 
     # Exactly one check-in result per identified card, per reader.
     identified = Counter(e["reader"] for e in events if e["type"] == "card.identified")

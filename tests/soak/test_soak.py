@@ -35,7 +35,7 @@ pytestmark = [
 
 
 def _schedule(round_no: int) -> str:
-    return ("taps", "daemon_restart", "database_outage", "pcscd_kill")[round_no % 4]
+    return ("taps", "daemon_restart", "database_outage", "pcscd_kill", "reader_unplug")[round_no % 5]
 
 
 def test_soak_under_faults(
@@ -62,6 +62,9 @@ def test_soak_under_faults(
                     soak.database_outage(TAPS_PER_ROUND // 2)
                 if action == "pcscd_kill":
                     soak.pcscd_crash()
+                if action == "reader_unplug":  # a sim reader and the vpcd reader, each out and back in
+                    soak.sim_unplug()
+                    soak.pcsc_unplug()
                 for _ in range(TAPS_PER_ROUND):
                     soak.random_tap()
                 soak.pcsc_tap(fault=soak.rng.random() < 0.25)  # while the sim taps above run
@@ -83,3 +86,5 @@ def test_soak_under_faults(
     assert report.faults["daemon_restart"] > 0
     assert report.faults["database_outage"] > 0
     assert report.faults["pcscd_kill"] > 0
+    assert report.faults["pcsc_unplug"] > 0
+    assert report.faults["sim_unplug"] == report.refused_unplugged == report.held_at_unplug > 0

@@ -5,7 +5,7 @@ Cost: well under a second."""
 
 from __future__ import annotations
 
-from readerd.web.app import kiosk_view
+from readerd.web.app import event_words, kiosk_view, reaches_screen
 
 
 def test_a_tap_and_its_results_can_be_matched_on_the_page() -> None:
@@ -49,3 +49,18 @@ def test_a_tap_and_its_results_can_be_matched_on_the_page() -> None:
         "data": {},
     }
     assert kiosk_view({"type": "reader.error", "reader": "R", "seq": 7, "data": {}}) is None
+
+
+def test_a_lost_card_event_reaches_its_screen_or_every_screen() -> None:
+    """``card.events_lost``: the daemon lost a card event (docs/design.md D14); the screen of its reader
+    asks for another tap, and every screen does when the lost event had no reader."""
+    mine = {"type": "card.events_lost", "reader": "R", "seq": 8, "id": "n1", "data": {"lost": 2}}
+    nobodys = {**mine, "reader": None}
+    assert reaches_screen(mine, "R")
+    assert not reaches_screen(mine, "S")
+    assert reaches_screen(nobodys, "R")
+    assert reaches_screen(nobodys, "S")
+    assert not reaches_screen({"type": "card.identified", "reader": None, "data": {}}, "R")
+    assert kiosk_view(mine) == {"type": "card.events_lost", "reader": "R", "seq": 8, "id": "n1", "data": {}}
+    words, level = event_words(mine)
+    assert (level, "2 件失いました" in words) == ("bad", True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from readerd import events as ev
 from readerd.testing import RunningDaemon
 from readerd.web import WebServer
 from readerd.web.launch import kiosk_url, read_secret, write_launch_page
@@ -67,6 +68,22 @@ def test_english_and_a_pulled_card_in_plain_words(page, web, daemon, card_off, s
     page.wait_for_selector("body[data-state=error]", timeout=WAIT_MS)
     page.screenshot(path=screenshots / "kiosk-read-aborted-en.png")
     assert page.inner_text("#title") == "Please leave the card on the reader"
+
+
+def test_a_lost_card_event_asks_for_another_touch(page, web, daemon, card_off, screenshots: Path) -> None:
+    """The daemon's bus lost a card event of this reader (a wedged bus: tests/bus/test_card_lane.py
+    makes that happen for real) and says so with ``card.events_lost``: the screen asks for another tap.
+    Cost: about 1 s."""
+    open_kiosk(page, web)
+    page.wait_for_selector("#title:text('カードをかざしてください')", timeout=WAIT_MS)
+    bus = daemon.daemon.bus
+    assert bus is not None
+    assert bus.publish(ev.card_events_lost(READER, 1))
+    page.wait_for_selector(
+        "body[data-state=error] #title:text('もう一度タッチしてください')", timeout=WAIT_MS
+    )
+    page.screenshot(path=screenshots / "kiosk-events-lost.png")
+    assert page.inner_text("#detail") == "読み取った結果をお伝えできませんでした"
 
 
 def press(page: Any, digits: str) -> None:

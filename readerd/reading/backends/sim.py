@@ -97,6 +97,7 @@ class SimBackend:
         self.sessions = sessions
         self.store = PkiStore(pki_dir)
         self._revoked: set[int] = set()  # serials of cards tapped with revoked=true
+        self._built: set[tuple[str, str | None]] = set()  # (card, cloned_from) whose files are private
         self._slots = {
             name: _Slot(
                 InProcessReader(name, extended_length=config.extended_length), InProcessFelicaField(name)
@@ -284,7 +285,12 @@ class SimBackend:
             cloned_from=str(args["cloned_from"]) if args.get("cloned_from") is not None else None,
         )
         card: CardModel = build_card(profile, self.store)
-        self._private()  # a first tap of a card name wrote its key and certificates
+        built = (profile.name, profile.cloned_from)
+        # A first tap of a card name wrote its key and certificates (an expired card: a new certificate
+        # each time); making them private walks the whole PKI directory, so not on every tap.
+        if profile.expired or built not in self._built:
+            self._private()
+            self._built.add(built)
         if args.get("revoked"):
             self._revoked.add(self.store.user_auth_certificate(profile.certificate_holder).serial_number)
             self._write_crl()

@@ -38,6 +38,8 @@ const T = {
     auth_requiredDetail: "係員をお呼びください",
     otherError: "カードを読み取れませんでした",
     otherErrorDetail: "係員をお呼びください",
+    eventsLost: "もう一度タッチしてください",
+    eventsLostDetail: "読み取った結果をお伝えできませんでした",
     pinStart: "暗証番号で本人確認",
     pinCancel: "やめる",
     pinTitle: "暗証番号（数字4桁）を入力してください",
@@ -70,6 +72,7 @@ const T = {
     transport: "The reader has a problem", transportDetail: "Please call staff",
     auth_required: "This card needs a PIN", auth_requiredDetail: "Please call staff",
     otherError: "The card could not be read", otherErrorDetail: "Please call staff",
+    eventsLost: "Please touch your card again", eventsLostDetail: "The result of the last read was lost",
     pinStart: "Confirm with PIN", pinCancel: "Cancel",
     pinTitle: "Enter your 4-digit PIN",
     triesLeft: (n) => `${n} tries left`,
@@ -143,6 +146,13 @@ function onCard(ev) {
       break;
     case "card.auth_failed":
       break; // the keypad shows the reply of its own auth.pin
+    case "card.events_lost":
+      // the daemon lost this reader's card events (its bus was wedged): whatever the screen shows of
+      // the last tap may be incomplete, so the citizen is asked to touch again
+      if (tap) { clearTimeout(tap.timer); tap.handled = true; }
+      endPin();
+      show("error", T.eventsLost, T.eventsLostDetail, "", "bad");
+      break;
   }
 }
 

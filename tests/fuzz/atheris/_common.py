@@ -4,15 +4,28 @@ code itself inside :func:`instrument` (``_transcript`` is imported there too).""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import cast
 
 import atheris  # type: ignore[import-untyped]
+import structlog
+from structlog.types import EventDict, WrappedLogger
 
 #: The packages whose code is instrumented for coverage feedback.
 INSTRUMENTED = ["protocols", "readerd"]
+
+
+# The code under test logs what it refuses (a warning per bad input): millions of lines would cost more
+# than the parsing and bury libFuzzer's report. The calls still run; their output goes nowhere.
+def _drop(_logger: WrappedLogger, _method: str, _event: EventDict) -> EventDict:
+    raise structlog.DropEvent
+
+
+structlog.configure(processors=[_drop], wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+logging.disable(logging.CRITICAL)
 
 
 def instrument() -> AbstractContextManager[None]:

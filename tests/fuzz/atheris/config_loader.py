@@ -19,6 +19,9 @@ with instrument():
     from readerd.config import load_config
     from readerd.errors import ConfigError
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("readerd.config",)
+
 #: The file each input is written to; scripts/fuzz points READERD_FUZZ_TMPDIR at a directory it removes.
 _FILE = (
     Path(os.environ.get("READERD_FUZZ_TMPDIR") or tempfile.gettempdir()) / f"readerd-fuzz-{os.getpid()}.toml"

@@ -13,6 +13,9 @@ with instrument():
     from readerd.bus.control import ControlRequest, answer, encode_reply
     from readerd.errors import Refusal
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("readerd.bus.control",)
+
 
 def _echo(request: ControlRequest) -> dict[str, Any]:
     return {"cmd": request.cmd, "args": request.args, "id": request.request_id}

@@ -9,6 +9,9 @@ with instrument():
     from protocols.errors import ReaderdError
     from protocols.tlv import certificate_length, read_der_header
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("protocols.tlv",)
+
 
 def TestOneInput(data: bytes) -> None:
     try:

@@ -19,6 +19,9 @@ with instrument():
     )
     from tests.fuzz.atheris._transcript import TranscriptCard
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("protocols.felica",)
+
 IDM = bytes.fromhex("0123456789ABCDEF")
 SERVICES = (ServiceCode.from_int(0x000B), ServiceCode.from_int(0x008B))
 

@@ -19,6 +19,9 @@ with instrument():
     from protocols.transport import ReaderCapabilities
     from tests.fuzz.atheris._transcript import TranscriptCard
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("protocols.jpki", "protocols.apdu", "protocols.guard")
+
 CAPABILITIES = (ReaderCapabilities(), ReaderCapabilities(0), ReaderCapabilities(65535))
 PATHS = (None, *ReadPath)
 

@@ -17,6 +17,9 @@ with instrument():
     )
     from tests.fuzz.atheris._transcript import TranscriptCard
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("protocols.felica",)
+
 
 def TestOneInput(data: bytes) -> None:
     if not data:

@@ -12,6 +12,9 @@ with instrument():
     from protocols import sip2
     from protocols.errors import ReaderdError
 
+#: The modules scripts/fuzz reports coverage of (a replay of the corpus under coverage.py: _replay.py).
+TARGETS = ("protocols.sip2",)
+
 
 def TestOneInput(data: bytes) -> None:
     if not data:

@@ -123,18 +123,32 @@ def cache_sim_keys() -> None:
 
 
 class SimBuildMeter:
-    """CPU time the sim backend spends in the simulator's ``build_card`` (on the daemon's backend thread):
-    the test rig making the virtual card, not readerd, so it is taken out of the daemon's CPU and shown
-    apart."""
+    """CPU time the simulator spends inside the daemon's threads: ``build_card`` on the backend thread (the
+    test rig making the virtual card) and ``VirtualMyNumberCard.process`` on the session thread (the card
+    answering its APDUs, which a real card does on its own chip). Neither is readerd, so both are taken
+    out of the daemon's CPU and shown apart."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds = 0.0  # build and answers together (what comes off the daemon's CPU)
+        self.answer_seconds = 0.0
         self._lock = threading.Lock()
+
+    def reading(self) -> tuple[float, float]:
+        """(the simulator's seconds in all, of them the card's answers) so far."""
+        with self._lock:
+            return self.seconds, self.answer_seconds
+
+    def since(self, mark: tuple[float, float]) -> tuple[float, float]:
+        """:meth:`reading` less an earlier one."""
+        now = self.reading()
+        return now[0] - mark[0], now[1] - mark[1]
 
     def install(self) -> None:
         from readerd.reading.backends import sim
+        from simulators.mynumber import VirtualMyNumberCard
 
         build = getattr(sim, "build_card")  # the name the sim backend calls  # noqa: B009
+        process = VirtualMyNumberCard.process
 
         def timed(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the simulator's CardModel
             started = time.thread_time()
@@ -145,7 +159,18 @@ class SimBuildMeter:
                 with self._lock:
                     self.seconds += used
 
+        def answered(card: VirtualMyNumberCard, apdu: bytes) -> bytes:
+            started = time.thread_time()
+            try:
+                return process(card, apdu)
+            finally:
+                used = time.thread_time() - started
+                with self._lock:
+                    self.seconds += used
+                    self.answer_seconds += used
+
         setattr(sim, "build_card", timed)  # noqa: B010 - the sim backend's own reference
+        VirtualMyNumberCard.process = answered  # type: ignore[method-assign,assignment] # the card's own answers
 
 
 def sim_card_build_ms(pki: Path) -> dict[str, float]:
@@ -177,24 +202,31 @@ def sim_card_build_ms(pki: Path) -> dict[str, float]:
 
 
 def hook_call_overhead_us(calls: int = 2000) -> dict[str, float]:
-    """The host runs every hook call through ``run_with_deadline`` (a new thread per call): its cost for a
-    function that does nothing, beside calling that function directly (microseconds per call)."""
+    """The host runs every hook call on the plugin's kept worker thread (``readerd.plugin.worker``); it
+    used to start a thread per call (``run_with_deadline``, which card commands still use). The cost of
+    each for a function that does nothing, beside calling that function directly (microseconds per
+    call, wall time)."""
     from readerd.ops.deadline import run_with_deadline
+    from readerd.plugin.worker import Workers
 
     def noop() -> None:
         return None
 
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        noop()
-    direct = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        run_with_deadline(noop, 5.0, name="bench")
-    threaded = time.perf_counter() - t0
+    def per_call(call: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    workers = Workers()
+    try:
+        worker = per_call(lambda: workers.run("bench", noop, 5.0))
+    finally:
+        workers.stop()
     return {
-        "direct_us": round(direct / calls * 1e6, 2),
-        "run_with_deadline_us": round(threaded / calls * 1e6, 1),
+        "direct_us": round(per_call(noop), 2),
+        "plugin_worker_us": round(worker, 1),
+        "run_with_deadline_us": round(per_call(lambda: run_with_deadline(noop, 5.0, name="bench")), 1),
     }
 
 
@@ -348,6 +380,7 @@ class PipelineResult:
     cpu_s_per_tap: list[float]  # this process, every thread (the bench's driver included)
     daemon_cpu_s_per_tap: list[float]  # the daemon's threads (all but the driver's), less the card build
     sim_build_cpu_s_per_tap: list[float]  # the simulator's card build, on the daemon's backend thread
+    sim_answer_cpu_s_per_tap: list[float]  # the simulated card answering APDUs, on the session thread
     daemon_threads_ms_per_tap: dict[str, float]  # median by thread name; "exited": per-call threads
     driver_threads: int
     latency: dict[str, dict[str, float]]
@@ -406,18 +439,19 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
                 stages["tap_to_last_result_on_lan"].append(tap.done - tap.sent)
             latency = {name: latency_summary(values) for name, values in stages.items()}
             # Throughput: `window` taps in flight.
-            rates, cpu, daemon_cpu, sim_build = [], [], [], []
+            rates, cpu, daemon_cpu, sim_build, sim_answer = [], [], [], [], []
             by_thread: dict[str, list[float]] = {}
             for _ in range(runs):
-                started, before, built = time.perf_counter(), threadcpu.snapshot(), meter.seconds
+                started, before, mark = time.perf_counter(), threadcpu.snapshot(), meter.reading()
                 completed = driver.run(taps, window)
-                after, built = threadcpu.snapshot(), meter.seconds - built
+                after, (built, answered) = threadcpu.snapshot(), meter.since(mark)
                 finished = max(t.done for t in completed if t.done is not None)
                 rates.append(taps / (finished - started))
                 split = threadcpu.daemon_cpu(before, after, driver.threads)
                 cpu.append(split.process_s / taps)
                 daemon_cpu.append((split.daemon_s - built) / taps)
-                sim_build.append(built / taps)
+                sim_build.append((built - answered) / taps)
+                sim_answer.append(answered / taps)
                 for name, seconds in [*split.by_name.items(), ("exited", split.exited_s)]:
                     by_thread.setdefault(name, []).append(seconds / taps * 1e3)
             per_thread = {name: round(statistics.median(v), 3) for name, v in by_thread.items()}
@@ -432,7 +466,16 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
             "feed_gaps_recorded": len(host.gaps),
         }
     return PipelineResult(
-        rates, cpu, daemon_cpu, sim_build, per_thread, len(driver.threads), latency, envelope_bytes, daemon
+        rates,
+        cpu,
+        daemon_cpu,
+        sim_build,
+        sim_answer,
+        per_thread,
+        len(driver.threads),
+        latency,
+        envelope_bytes,
+        daemon,
     )
 
 
@@ -515,14 +558,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"(one tap = {result['bus_messages_per_tap']} bus messages on each of two PUB sockets)",
         f"CPU time of this process (all threads, median): {pipe['cpu_ms_per_tap']['median']} ms per tap, "
         f"{raw['cpu_us_per_msg']['median']} us per raw message",
-        f"CPU time of the daemon's threads (all but the bench's driver; less the simulator's card build, "
-        f"{pipe['sim_card_build_cpu_ms_per_tap']['median']} ms), median (min-max): "
+        f"CPU time of the daemon's threads (all but the bench's driver; less the simulator: card build "
+        f"{pipe['sim_card_build_cpu_ms_per_tap']['median']} ms, the card's answers "
+        f"{pipe['sim_card_answers_cpu_ms_per_tap']['median']} ms), median (min-max): "
         f"{pipe['daemon_cpu_ms_per_tap']['median']} ({pipe['daemon_cpu_ms_per_tap']['min']}-"
         f"{pipe['daemon_cpu_ms_per_tap']['max']}) ms per tap = "
         f"{result['daemon_cpu_per_tap_in_raw_messages']['median']:,.0f} "
         f"({result['daemon_cpu_per_tap_in_raw_messages']['min']:,.0f}-"
         f"{result['daemon_cpu_per_tap_in_raw_messages']['max']:,.0f}) raw messages' worth",
-        "daemon threads' CPU by name, ms per tap (median; card build included; exited = threads that "
+        "daemon threads' CPU by name, ms per tap (median; the simulator included; exited = threads that "
         "ended within the run): "
         + ", ".join(f"{name} {ms}" for name, ms in pipe["daemon_cpu_by_thread_ms_per_tap"].items()),
         "",
@@ -543,8 +587,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"simulator: card build per tap {sim['as_run']} ms as run (key cache "
         f"{'on' if result['sim_key_cache'] else 'off'}), {sim['keys_reloaded']} ms with the simulator's own "
         "key loading",
-        f"hook call overhead (no-op, outside the daemon): direct {overhead['direct_us']} us, through "
-        f"run_with_deadline (a thread per call, as the host does) {overhead['run_with_deadline_us']} us",
+        f"hook call overhead (no-op, outside the daemon): direct {overhead['direct_us']} us, on the "
+        f"plugin's worker (as the host does) {overhead['plugin_worker_us']} us, through run_with_deadline "
+        f"(a thread per call, as the host did) {overhead['run_with_deadline_us']} us",
         f"daemon: {json.dumps(result['daemon'])}, state directory under {result['state_dir_in']}",
     ]
     if result["daemon"]["feed_gaps_recorded"] or result["daemon"]["bus_dropped"]:
@@ -613,6 +658,10 @@ def main(argv: list[str] | None = None) -> int:
             "daemon_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.daemon_cpu_s_per_tap], 3),
             # the simulator's card build on the backend thread: the test rig, taken out of the above
             "sim_card_build_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.sim_build_cpu_s_per_tap], 3),
+            # the simulated card answering its APDUs on the session thread: a real card's chip, taken out too
+            "sim_card_answers_cpu_ms_per_tap": spread(
+                [c * 1e3 for c in pipeline.sim_answer_cpu_s_per_tap], 3
+            ),
             "daemon_cpu_by_thread_ms_per_tap": pipeline.daemon_threads_ms_per_tap,
             "driver_threads": pipeline.driver_threads,
         },

@@ -720,29 +720,31 @@ class Bus:
     def _stamp_batch(self) -> bool:
         """The next batch off the queue, stamped, as the pending one; False when there is none. The
         ``card.events_lost`` notices go at its head once everything queued before the loss went out."""
-        batch: list[Envelope] = []
-        seq = self.last_seq
         self._pending_told = 0
-        ts = utc_ts()  # one reading for the batch: it is stamped within the same millisecond or so
         lost: dict[str | None, int] = {}
         if self._unannounced:  # rare: only after a loss
             with self._flow:
                 if self._sent >= self._notice_after:
                     lost, self._unannounced = self._unannounced, {}
                     self._pending_told = self.stats.lost
-            for reader, count in lost.items():
-                seq += 1
-                notice = card_events_lost(reader, count)
-                batch.append(stamp(notice, seq=seq, run_id=self.run_id, kiosk=self.kiosk, ts=ts))
-        notices = len(batch)
         # Taken off the queue first, then stamped: the ids are read from the random source in one go.
         events: list[Event] = []
         pop = self._queue.popleft
-        for _ in range(DRAIN_BATCH - notices):
+        for _ in range(DRAIN_BATCH - len(lost)):
             try:
                 events.append(pop())
             except IndexError:
                 break
+        if not events and not lost:  # the common round: nothing queued (a request, a heartbeat)
+            return False
+        ts = utc_ts()  # one reading for the batch: it is stamped within the same millisecond or so
+        batch: list[Envelope] = []
+        seq = self.last_seq
+        for reader, count in lost.items():
+            seq += 1
+            notice = card_events_lost(reader, count)
+            batch.append(stamp(notice, seq=seq, run_id=self.run_id, kiosk=self.kiosk, ts=ts))
+        notices = len(batch)
         if events:
             run_id, kiosk = self.run_id, self.kiosk
             for event, event_id in zip(events, new_ids(len(events)), strict=True):

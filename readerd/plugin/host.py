@@ -87,7 +87,7 @@ from readerd.plugin.api import (
     check_plugin_name,
     config_keys_of,
 )
-from readerd.plugin.replay import BacklogSource, FeedCursors, Tracked
+from readerd.plugin.replay import CURSOR_IDLE, BacklogSource, FeedCursors, Tracked
 from readerd.plugin.store import PluginStore, Store
 from readerd.plugin.worker import ABANDONED_LIMIT, Workers
 
@@ -905,7 +905,7 @@ class PluginHost:
         try:
             while not self._stop.is_set():
                 if not rest:
-                    batch = feed.get(0.05)
+                    batch = feed.get(CURSOR_IDLE if self.cursors.pending else 0.05)
                     if batch is None:
                         if self.cursors.pending:
                             self.cursors.flush()  # the feed is idle
@@ -953,7 +953,7 @@ class PluginHost:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             while not self._stop.is_set():
-                if sock.poll(50):
+                if sock.poll(int((CURSOR_IDLE if self.cursors.pending else 0.05) * 1000)):
                     ready.set()
                     self._drain(sock)
                 elif self.cursors.pending:

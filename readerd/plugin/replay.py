@@ -8,10 +8,11 @@ are reported as missed (docs/design.md D2: effects happen at least once, plugins
 
 Cursors are written only once the results the plugins published while handling those events are logged
 (``flushed``): a cursor past an event whose result a crash lost would keep that event from the replay.
-They are written once per batch of feed messages (:meth:`FeedCursors.hold`: what the feed thread found
-on its socket at once), not once per event: one wait for ``flushed`` and one transaction cover the lot,
-and a crash before that write only means those events are handed again (at least once, docs/design.md
-D2), never that a result is lost.
+They are written when the feed goes quiet (:data:`CURSOR_IDLE`), or at the end of a batch of feed
+messages (:meth:`FeedCursors.hold`) once the oldest unwritten one is :data:`CURSOR_LAG` old, never once
+per event: a tap's events arrive one or two at a time within a few milliseconds, and one wait for
+``flushed`` and one transaction then cover the whole tap. A crash before that write only means those
+events are handed again (at least once, docs/design.md D2), never that a result is lost.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from readerd.events import Envelope, EventType
 from readerd.plugin.store import Store
 
 log = structlog.get_logger("readerd.plugins")
+
+
+#: Seconds without a feed message after which the feed thread writes the cursors it holds.
+CURSOR_IDLE = 0.02
+#: Under a feed that never goes quiet, the oldest cursor of a handed event waits at most about this long.
+CURSOR_LAG = 0.25
 
 
 @dataclass
@@ -93,7 +100,8 @@ class FeedCursors:
         self._pending_run_id = ""
         self._write_failing = False
         self._holding = 0  # inside hold(): a write due waits for its end
-        self._due = False  # a hook was called with an event of the batch: write at its end
+        self._due = False  # a hook was called with an event not yet written: write soon
+        self._due_since = 0.0  # monotonic time the oldest such event was handed
 
     @property
     def pending(self) -> bool:
@@ -124,33 +132,35 @@ class FeedCursors:
         hook failed: that failure was reported on its own); a quarantined plugin's cursor stays, so the
         events it misses show at the next start.
 
-        Written at once when a hook was called with the event (at the end of the batch inside
-        :meth:`hold`); otherwise kept until the feed is idle or the host stops (:meth:`flush`). A local
-        write costs a disk flush (milliseconds) and a tap brings several events no plugin handles;
-        losing such an update in a crash is harmless, since the check at the next start counts only
-        events a plugin would have been handed."""
+        Written at once when a hook was called with the event outside :meth:`hold` (a direct
+        :meth:`~readerd.plugin.host.PluginHost.dispatch`); the feed thread's batches keep it for the
+        quiet feed or :data:`CURSOR_LAG` (module docstring); an event no hook was called with waits for
+        the quiet feed or the host's stop. A write is a transaction; losing one in a crash only hands
+        those events again."""
         for plugin in self._host.tracked:
             if not plugin.quarantined and (plugin.cursor is None or seq > plugin.cursor):
                 plugin.cursor = seq
                 self._pending[plugin.name] = seq
         self._pending_run_id = run_id
         if flush and self._holding:
-            self._due = True
+            if not self._due:
+                self._due = True
+                self._due_since = time.monotonic()
         elif flush:
             self.flush()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Advance for a batch of events and write once at its end, if a hook was called with one of
-        them (feed thread only). The end waits for ``flushed`` like any write: every result published
-        while handling the batch is logged before a cursor moves past its event."""
+        """Advance for a batch of events (feed thread only); at its end, write if a hook was called with
+        an event that has waited :data:`CURSOR_LAG` unwritten, else leave it for the quiet feed. A write
+        waits for ``flushed``: every result published while handling the events is logged before a
+        cursor moves past its event."""
         self._holding += 1
         try:
             yield
         finally:
             self._holding -= 1
-            if not self._holding and self._due:
-                self._due = False
+            if not self._holding and self._due and time.monotonic() - self._due_since >= CURSOR_LAG:
                 self.flush()
 
     def flush(self) -> None:
@@ -163,6 +173,7 @@ class FeedCursors:
             log.warning("plugin results not yet logged; cursors not recorded", cursors=self._pending)
             return
         pending, self._pending = self._pending, {}
+        self._due = False
         self._write(pending, self._pending_run_id)
 
     def _write(self, cursors: dict[str, int], run_id: str) -> None:

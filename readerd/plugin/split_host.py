@@ -185,6 +185,8 @@ class SplitHost:
                 last = self._batch(host, client, uplink, backlog_end)
             if last is not None:
                 self._write_cursor(last)  # ours too
+            elif host.cursors.pending:
+                host.flush_cursors()  # the feed is quiet (readerd.plugin.replay.CURSOR_IDLE)
             self._serve(host, uplink)
             uplink.flush()
 

@@ -21,6 +21,7 @@ from readerd.plugin.api import PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 from readerd.plugin.host import PluginHost
 from readerd.plugin.loader import BUILTIN
+from readerd.plugin.replay import CURSOR_LAG
 from readerd.plugin.split_host import SplitHost
 from readerd.plugin.store import Store
 from readerd.plugin.worker import Workers
@@ -197,7 +198,7 @@ def test_the_split_host_exits_non_zero_past_the_limit_for_systemd_to_restart_it(
     assert result["rc"] == ExitCode.SOFTWARE
 
 
-def test_the_cursors_are_written_once_per_batch_after_its_results_are_logged(tmp_path: Path) -> None:
+def test_cursors_are_written_when_the_feed_is_quiet_or_lags_after_results_are_logged(tmp_path: Path) -> None:
     store = Store.open(StoreConfig(), tmp_path)
     writes: list[dict[str, int]] = []
     write = store.write_cursors
@@ -228,12 +229,21 @@ def test_the_cursors_are_written_once_per_batch_after_its_results_are_logged(tmp
                 host.dispatch(_envelope(seq))
             host.dispatch(_envelope(6, "card.presented"))
             assert writes == []  # nothing written inside the batch
-        assert writes == [{"one": 6}]  # once, for the lot
-        assert order == ["flushed after 6 calls"]  # the results of every call logged first
-        assert store.read_cursors() == {"one": 6}
+        assert writes == []  # nor at its end: the feed thread writes when the feed goes quiet
         with host.batch():
-            host.dispatch(_envelope(7, "card.presented"))  # no hook called: kept until the feed is idle
-        assert len(writes) == 1
+            host.dispatch(_envelope(7, "card.presented"))  # no hook called
+        assert writes == []
+        host.flush_cursors()  # the feed is quiet
+        assert writes == [{"one": 7}]  # once, for the lot
+        assert order == ["flushed after 6 calls"]  # the results of every call logged first
+        assert store.read_cursors() == {"one": 7}
+        with host.batch():
+            host.dispatch(_envelope(8))
+        assert len(writes) == 1  # handed just now: it waits for the quiet feed
+        host.cursors._due_since -= CURSOR_LAG  # as if the feed had not gone quiet for CURSOR_LAG
+        with host.batch():
+            host.dispatch(_envelope(9))
+        assert writes[1:] == [{"one": 9}]  # a feed that never goes quiet: written after CURSOR_LAG
     finally:
         host.stop(0.1)
         store.close()

@@ -40,11 +40,12 @@ established before fail with ``SCARD_E_NO_SERVICE`` (ListReaders and GetStatusCh
 failing), while ``SCardIsValidContext`` still answers success (a client-side check, no liveness test):
 release the context and establish a new one.
 
-APDUs: pcscd runs with ``--apdu``, so its log holds every APDU it forwards and the session's card-info audit
-(tests/support/card_audit.py) can check them; each start announces its log in the audit file and names the
-test that started it in the log's header. pcscd's output goes through ``sed -u`` on its way to the log,
-which cuts the data of VERIFY, CHANGE REFERENCE DATA and RESET RETRY COUNTER (the PIN) before it is
-written. Measured: 200 SELECTs through pyscard took 28-31 ms without ``--apdu``, 30-60 ms with.
+APDUs: under a test session's card-info audit (tests/support/card_audit.py, ``READERD_CARD_AUDIT`` set),
+pcscd runs with ``--apdu``, so its log holds every APDU it forwards and the audit can check them (the
+benches, without an audit, run pcscd as a kiosk does); each start announces its log in the audit file
+and names the test that started it in the log's header. pcscd's output goes through ``sed -u`` on its
+way to the log, which cuts the data of VERIFY, CHANGE REFERENCE DATA and RESET RETRY COUNTER (the PIN)
+before it is written. Measured: 200 SELECTs through pyscard took 28-31 ms without ``--apdu``, 30-60 ms with.
 
 Card insert/remove is seen at pcscd's next presence poll (every 0.4 s): measured 1-390 ms for an insert,
 35-395 ms for a removal; the vicc's first GET ATR and the status change arrive within a millisecond.
@@ -331,7 +332,7 @@ class PrivatePcscd:
         )
         self._log.write(header.encode())
         self._log.flush()
-        _announce_log(self.log_path)
+        audited = _announce_log(self.log_path)
         self._log_offset = self.log_path.stat().st_size
         prefix = isolation_prefix() if self._isolate else []
         command = [
@@ -343,10 +344,19 @@ class PrivatePcscd:
             "pcscd",
             "--foreground",
             "--debug" if self.debug else "--info",
-            "--apdu",
+            *(["--apdu"] if audited else []),
             "--config",
             str(self.config_dir),
         ]
+        if not audited:  # a bench: pcscd as a kiosk runs it, no APDU log (nor its cost per APDU)
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            return
         self._filter = subprocess.Popen(
             ["sed", "-u", "-E", _REDACT_PINS],
             stdin=subprocess.PIPE,
@@ -488,20 +498,22 @@ class PrivatePcscd:
         self.stop()
 
 
-def _announce_log(log_path: Path) -> None:
+def _announce_log(log_path: Path) -> bool:
     """Name this pcscd's log in the session's card-info audit file (tests/support/card_audit.py), if any:
-    one line, one ``O_APPEND`` write, so a pcscd started by a subprocess is found as well."""
+    one line, one ``O_APPEND`` write, so a pcscd started by a subprocess is found as well. False when no
+    audit runs (the benches): then pcscd logs no APDUs."""
     from simulators.mynumber import CARD_AUDIT_ENV  # noqa: PLC0415 - only pcscd tests pay for the import
 
     audit = os.environ.get(CARD_AUDIT_ENV)
     if not audit:
-        return
+        return False
     line = json.dumps({"pid": os.getpid(), "pcscd_log": str(log_path.resolve())}) + "\n"
     fd = os.open(audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+    return True
 
 
 def attach_logs_on_failure(item: pytest.Item, report: pytest.TestReport) -> None:

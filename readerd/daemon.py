@@ -300,6 +300,8 @@ class Daemon:
             deadline=config.sessions.deadline,
             repeat_window=config.sessions.repeat_window,
             felica_reads=config.felica.reads,
+            progress=functools.partial(bus.publish, lazy=True),  # card.presented: see CardSessions
+            nudge=bus.nudge,
         )
         self.backends = self._build_backends(sessions, state_dir)
         self._register_commands(bus, state_dir, key)

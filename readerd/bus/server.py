@@ -206,6 +206,7 @@ class Bus:
         # True while the bus thread waits in poll(): only then does a publish write to the wake-up pipe
         # (a write per event was a system call each, for a thread that was awake anyway).
         self._idle = False
+        self._lazy = False  # a lazy publish found the bus thread asleep and did not wake it (nudge)
         self._beat_now = False
         self._local_feeds: tuple[LocalFeed, ...] = ()  # in-process subscribers (replaced, never changed)
         self._private_subs = 0  # subscriptions on the private XPUB now (bus thread)
@@ -302,19 +303,33 @@ class Bus:
         return feed
 
     # -- any thread -----------------------------------------------------------------------------------
-    def publish(self, event: Event) -> bool:
+    def publish(self, event: Event, *, lazy: bool = False) -> bool:
         """Queue an event for publication. An ordinary event never waits: False (and counted) when the
         queue holds ``bus.queue_size``. A card-lane event (:func:`readerd.events.card_lane`) has
         ``card_reserve`` more places, then waits up to ``card_wait`` s for the bus thread to make room
-        (back-pressure on the reader thread, not a loss); only then is it lost (:meth:`_lost`)."""
+        (back-pressure on the reader thread, not a loss); only then is it lost (:meth:`_lost`).
+
+        ``lazy``: do not wake a sleeping bus thread for it; it goes out with the next event that does, or
+        at :meth:`nudge`. For ``card.presented``: handled at once, it makes the bus thread and the plugin
+        host compete for the GIL with the card session that is waiting for the card's answer; the session
+        nudges when the read takes long and when it ends (:class:`readerd.reading.sessions.CardSessions`)."""
         with self._flow:  # the count and the queue in the same order (flushed() relies on it)
             if len(self._queue) >= self._capacity and not self._make_room(event):
                 return False
             self._queue.append(event)
             self._queued += 1
         if self._idle:  # else the bus thread looks at the queue before it sleeps again (_run)
-            self._wake()
+            if lazy:
+                self._lazy = True
+            else:
+                self._wake()
         return True
+
+    def nudge(self) -> None:
+        """Wake the bus thread if a lazy event waits for it (any thread; cheap when none does)."""
+        if self._lazy and self._idle:
+            self._lazy = False
+            self._wake()
 
     def _make_room(self, event: Event) -> bool:
         """The queue is full for ordinary events (called under ``_flow``): may ``event`` go in anyway?"""
@@ -582,6 +597,7 @@ class Bus:
             timeout_ms = 0
         ready = dict(poller.poll(timeout_ms))
         self._idle = False
+        self._lazy = False  # what a lazy publish queued goes out in this round
         return ready
 
     def _serve(

@@ -35,6 +35,8 @@ _T = TypeVar("_T")
 
 #: What a worker's inbox carries: a call, or None for "end now".
 _Job = Callable[[], object] | None
+#: ``(after seconds, callback)``: what a waiting caller does once a call runs that long (see ``call``).
+Nudge = tuple[float, Callable[[], object]]
 
 
 class WorkerRetiredError(Exception):
@@ -66,16 +68,24 @@ class DeadlineWorker:
         """Whether the next call may go to this worker (neither abandoned nor retired)."""
         return not (self.abandoned or self.retired)
 
-    def call(self, fn: Callable[[], _T], timeout: float) -> _T:
+    def call(self, fn: Callable[[], _T], timeout: float, nudge: Nudge | None = None) -> _T:
         """``fn()`` on the worker; its exception is raised here. :class:`SessionTimeoutError` after
         ``timeout`` seconds (the worker is then abandoned); :class:`WorkerRetiredError` when the worker
-        ended idle before the call reached it."""
+        ended idle before the call reached it. ``nudge``: ``(after, callback)``, the callback is called
+        once on the caller's thread if the call is still running ``after`` seconds in."""
         with self._state:
             if self.retired:
                 raise WorkerRetiredError(self.name)
             self._inbox.put(fn)
         try:
-            ok, value = self._outbox.get(timeout=timeout)
+            if nudge is not None and nudge[0] < timeout:
+                try:
+                    ok, value = self._outbox.get(timeout=nudge[0])
+                except queue.Empty:
+                    nudge[1]()
+                    ok, value = self._outbox.get(timeout=timeout - nudge[0])
+            else:
+                ok, value = self._outbox.get(timeout=timeout)
         except queue.Empty:
             self.abandoned = True
             self._inbox.put(None)  # it ends after the hung call, should that call ever return
@@ -136,7 +146,7 @@ class WorkerSlot:
         self._make = make
         self._on_abandon = on_abandon
 
-    def run(self, fn: Callable[[], _T], timeout: float) -> _T:
+    def run(self, fn: Callable[[], _T], timeout: float, nudge: Nudge | None = None) -> _T:
         """``fn()`` on the slot's worker (:meth:`DeadlineWorker.call`), a fresh one when needed."""
         with self.lock:
             worker = self.worker
@@ -144,10 +154,10 @@ class WorkerSlot:
                 worker = self.worker = self._make()
             try:
                 try:
-                    return worker.call(fn, timeout)
+                    return worker.call(fn, timeout, nudge)
                 except WorkerRetiredError:  # it ended idle just now: a fresh one takes the call
                     worker = self.worker = self._make()
-                    return worker.call(fn, timeout)
+                    return worker.call(fn, timeout, nudge)
             except SessionTimeoutError:
                 self.worker = None
                 if self._on_abandon is not None:

@@ -39,6 +39,11 @@ log = structlog.get_logger("readerd.sessions")
 
 EventSink = Callable[[Event], object]
 
+#: Seconds into a read after which a lazily published ``card.presented`` is sent all the same: a screen
+#: says "reading..." for a slow card (a contactless read, the short-APDU path), while a quick read sends it
+#: with ``card.identified``, without the bus thread and the plugin host handling it during the read.
+PRESENTED_AFTER = 0.02
+
 
 def abort_reason(error: BaseException) -> AbortReason:
     if not isinstance(error, ReaderdError):
@@ -122,9 +127,16 @@ class CardSessions:
         repeat_window: float,
         simulated: bool = False,
         felica_reads: tuple[FelicaRead, ...] = (),
+        progress: EventSink | None = None,
+        nudge: Callable[[], object] | None = None,
     ) -> None:
+        """``progress``: where ``card.presented`` goes, if not to ``sink``: the daemon publishes it lazily
+        (:meth:`readerd.bus.server.Bus.publish`), so the bus thread does not compete with the read it
+        announces; ``nudge`` then sends it (a read that takes :data:`PRESENTED_AFTER`, a read's end)."""
         self.resolver = resolver
         self.sink = sink
+        self.progress = progress
+        self.nudge = nudge
         self.deadline = deadline
         self.simulated = simulated  # every card is simulated (the sim backend alone)
         self.felica_reads = felica_reads
@@ -136,12 +148,22 @@ class CardSessions:
         self._workers: dict[str, SessionWorker] = {}  # per reader: its session thread, kept between taps
 
     def _run(self, thread_name: str, work: Callable[[], ReadResult]) -> ReadResult:
-        """``work`` under the session deadline on the reader's session thread (readerd.reading.worker)."""
+        """``work`` under the session deadline on the reader's session thread (readerd.reading.worker).
+        The ``card.presented`` it published lazily goes out once the read takes :data:`PRESENTED_AFTER`,
+        or when it ends (``nudge``), whichever comes first."""
         with self._lock:
             worker = self._workers.get(thread_name)
             if worker is None:
                 worker = self._workers[thread_name] = SessionWorker(thread_name)
-        return worker.run(work, self.deadline)
+        if self.nudge is None:
+            return worker.run(work, self.deadline)
+        try:
+            return worker.run(work, self.deadline, (PRESENTED_AFTER, self.nudge))
+        finally:
+            self.nudge()
+
+    def _presented(self, event: Event) -> None:
+        (self.progress or self.sink)(event)
 
     def read_contact_card(
         self, reader: str, transport: Transport, atr: bytes, *, simulated: bool = False
@@ -164,11 +186,13 @@ class CardSessions:
             try:
                 session = JpkiSession(transport, read_path=path)
             except NotJpkiCardError:
-                emit(ev.card_presented(reader, CardKind.UNKNOWN, simulated=simulated))
+                if not abandoned.is_set():
+                    self._presented(ev.card_presented(reader, CardKind.UNKNOWN, simulated=simulated))
                 return ReadResult(CardKind.UNKNOWN)
             progress["kind"] = CardKind.JPKI
             progress["session"] = session
-            emit(ev.card_presented(reader, CardKind.JPKI, simulated=simulated))
+            if not abandoned.is_set():
+                self._presented(ev.card_presented(reader, CardKind.JPKI, simulated=simulated))
             identity_read = session.identify()
             with self._lock:
                 self._read_paths[(reader, atr)] = session.read_path
@@ -258,7 +282,7 @@ class CardSessions:
         simulated = simulated or self.simulated
         abandoned = threading.Event()
         state: dict[str, FelicaSession] = {}
-        self.sink(ev.card_presented(reader, CardKind.FELICA, simulated=simulated))
+        self._presented(ev.card_presented(reader, CardKind.FELICA, simulated=simulated))
 
         def session_work() -> ReadResult:
             transport, polling = prepare()

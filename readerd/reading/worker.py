@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from readerd.ops.worker import DeadlineWorker, WorkerSlot
+from readerd.ops.worker import DeadlineWorker, Nudge, WorkerSlot
 
 _T = TypeVar("_T")
 
@@ -28,8 +28,9 @@ class SessionWorker:
         self.name = name
         self._slot = WorkerSlot(lambda: DeadlineWorker(name, idle_exit=idle_exit))
 
-    def run(self, fn: Callable[[], _T], deadline: float) -> _T:
+    def run(self, fn: Callable[[], _T], deadline: float, nudge: Nudge | None = None) -> _T:
         """``fn()`` on the reader's session thread; its result, or its exception re-raised here.
         :class:`~readerd.ops.deadline.SessionTimeoutError` when it has not returned within ``deadline``
-        seconds: the thread is then abandoned with it, and the next call starts a new one."""
-        return self._slot.run(fn, deadline)
+        seconds: the thread is then abandoned with it, and the next call starts a new one. ``nudge``: see
+        :meth:`readerd.ops.worker.DeadlineWorker.call`."""
+        return self._slot.run(fn, deadline, nudge)

@@ -107,7 +107,10 @@ def test_a_withdrawal_leaves_the_count_and_the_points_but_not_the_person(
     assert list(ledger.values()) == [50]  # the points are kept, under a withdrawn account
     assert next(iter(ledger)).startswith("withdrawn:")
     assert balance == {"balances": {}}  # and the member's ID leads to none
-    assert [e["type"] for e in quiet(sub) if e["type"].startswith("plugin.")] == []  # nothing published
+    # Nothing published by a plugin. The host's plugin.handled for the PIN proof's card.authenticated may
+    # come after member.withdrawn: it is the host's bookkeeping for that tap, not a plugin's result.
+    later = [e["type"] for e in quiet(sub) if e["type"].startswith("plugin.")]
+    assert [t for t in later if t != "plugin.handled"] == []
 
 
 def quiet(sub: Subscriber, wait: float = 0.5) -> list[Any]:

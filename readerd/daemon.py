@@ -444,7 +444,8 @@ class Daemon:
         )
         server = MetricsServer(Metrics(view), *address)
         try:
-            server.start(PRIVATE_FEED, bus.context, bus.heartbeat_now)
+            # The bus's private feed: in process, or the ipc socket of the split plugin host's mode.
+            server.start(bus.private_endpoint or PRIVATE_FEED, bus.context, bus.heartbeat_now)
         except OSError as e:
             server.stop()
             raise MetricsUnavailableError(f"metrics.listen = {self.config.metrics.listen}: {e}") from e

@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from readerd.cli import ctl
-from readerd.config import Config, MetricsConfig
+from readerd.config import Config, MetricsConfig, PluginsConfig
 from readerd.daemon import Daemon
 from readerd.errors import BusError, ConfigError, MetricsUnavailableError
 from readerd.ops import metrics as metrics_module
@@ -113,6 +113,23 @@ def test_scrape_after_simulated_taps(tmp_path: Any) -> None:
     assert not any(name == "readerd_events_dropped_total" for name, _labels in since)  # nothing dropped
     label_values = {value for (_name, labels) in samples for _key, value in labels}
     assert not {"alice", "bob", "carol"} & label_values  # no personal data in any label
+
+
+def test_scrape_counts_taps_with_the_split_plugin_host(tmp_path: Any) -> None:
+    """Without the embedded host the private feed is an ipc socket: the metrics follow it there (they
+    subscribed to the in-process endpoint, which is not bound then, and counted nothing)."""
+    config = sim_config(
+        tmp_path, metrics=MetricsConfig(listen="127.0.0.1:0"), plugins=PluginsConfig(enabled=False)
+    )
+    with running_daemon(config) as d:
+        server = d.daemon.metrics
+        assert server is not None
+        d.tap("alice", hold=False)
+        samples = _scrape_until(
+            server.address, lambda s: _value(s, "readerd_identifications_total", kind="jpki") >= 1
+        )
+    assert _value(samples, "readerd_taps_total", reader="Sim 00", kind="jpki") == 1
+    assert _value(samples, "readerd_identifications_total", kind="jpki") == 1
 
 
 def test_no_endpoint_unless_configured(tmp_path: Any) -> None:

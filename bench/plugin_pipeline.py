@@ -6,8 +6,9 @@ What is measured, all in one run on one machine:
   Number Card and ``hold: false`` on the sim backend: the backend builds the virtual card and inserts it,
   the daemon identifies it (SELECT AP + READ BINARY of the certificate, in process; HMAC pseudonym; member
   directory lookup), publishes ``card.presented``, ``card.identified`` and ``card.removed``; the plugin
-  host gets ``card.identified`` on the private feed and calls ``readerd_card_identified`` of each of four
-  no-op plugins, one after the other; each publishes ``plugin.noopN.done`` back through the daemon. A tap
+  host gets ``card.identified`` on the private feed and hands it to ``readerd_card_identified`` of each of
+  four no-op plugins, side by side; each publishes ``plugin.noopN.done`` back through the daemon (with
+  ``--hook-ms``, after waiting that long, as a plugin that asks a server would). A tap
   is complete when a plain SUB socket on the daemon's PUB endpoint has all four results. Taps alternate
   over two readers and two cards so none is a ``repeat``; at most ``--window`` taps are in flight.
 - ``raw``: pyzmq alone, PUB -> SUB over TCP loopback, messages of the size of the ``card.identified``
@@ -67,6 +68,8 @@ class NoopPlugin:
 
     entered: dict[int, float] = field(default_factory=dict)  # card.identified seq -> hook entered
     publishing: dict[int, float] = field(default_factory=dict)  # -> about to publish its result
+    #: Seconds the hook waits before it answers, as a plugin that asks a server (``--hook-ms``).
+    wait_s: float = 0.0
 
     @hookimpl
     def readerd_result_fields(self) -> dict[str, frozenset[str]]:
@@ -75,6 +78,8 @@ class NoopPlugin:
     @hookimpl
     def readerd_card_identified(self, event: PluginEvent, context: PluginContext) -> None:
         self.entered[event.seq] = time.perf_counter()
+        if self.wait_s:
+            time.sleep(self.wait_s)  # the GIL is free meanwhile, as in a socket read
         self.publishing[event.seq] = time.perf_counter()  # stamped first: the result may arrive at once
         context.publish("done", {"seq": event.seq}, reader=event.reader)
 
@@ -395,6 +400,7 @@ class Plan:
     window: int
     latency_taps: int
     plugins: int
+    hook_ms: float = 0.0
 
 
 def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineResult:
@@ -402,7 +408,7 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
     from tests.support.daemon import running_daemon, sim_config
 
     taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
-    plugins = [NoopPlugin() for _ in range(plan.plugins)]
+    plugins = [NoopPlugin(wait_s=plan.hook_ms / 1000) for _ in range(plan.plugins)]
     from readerd.config import BUILTIN_PLUGINS
 
     # Only the no-op plugins: no third-party ones, and the built-in municipal plugins kept out (whether
@@ -603,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="throughput runs of each kind (default 5, quick 3)")
     parser.add_argument("--window", type=int, default=8, help="taps in flight at most (default 8)")
     parser.add_argument("--plugins", type=int, default=4, help="no-op plugins (default 4)")
+    parser.add_argument(
+        "--hook-ms",
+        type=float,
+        default=0.0,
+        help="each plugin's hook waits this long before it answers, as one that asks a server (default 0)",
+    )
     parser.add_argument("--messages", type=int, help="raw PUB/SUB messages per run (default 100000)")
     parser.add_argument("--quick", action="store_true", help="small counts: finishes in well under 20 s")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -630,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meter = SimBuildMeter()
         meter.install()
-        plan = Plan(taps, runs, args.window, latency_taps, args.plugins)
+        plan = Plan(taps, runs, args.window, latency_taps, args.plugins, args.hook_ms)
         pipeline = measure_pipeline(work, plan, meter)
         sim_build = sim_card_build_ms(work / "state" / "sim-pki")
     finally:
@@ -652,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             "taps": taps,
             "window": args.window,
             "plugins": args.plugins,
+            "hook_ms": args.hook_ms,
             "taps_per_s": spread(pipeline.taps_per_s),
             "cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.cpu_s_per_tap], 3),
             # every thread of the process but the driver's (its own thread and its zmq context's)

@@ -167,6 +167,20 @@ def _tap_latency(r: dict[str, Any]) -> list[Figure]:
             "bare pyscard, the same 2 APDUs, p50",
             r["bare_pyscard_identification_apdus"]["p50_ms"],
         ),
+        *(
+            [
+                Figure(
+                    "tap_latency",
+                    f"overhead over the idle floor (each bare pair after {r['bare_after_idle']['idle_s']} s)",
+                    "ms",
+                    r["overhead_over_idle_floor_ms"],
+                    "bare pyscard after idle, p50",
+                    r["bare_after_idle"]["p50_ms"],
+                )
+            ]
+            if "bare_after_idle" in r
+            else []
+        ),
         Figure(
             "tap_latency",
             "APDUs per identification",

@@ -14,10 +14,16 @@ What is measured, all in one run on one machine:
   taps, one daemon and one pcscd for all: the figure is over all taps (p50 of the daemon's 200 minus p50
   of the bare 200), with the runs' own overheads as its spread. The card is built before anything is
   timed, and its build time is reported apart.
+- ``bare_after_idle``: the bare pairs again, each after :data:`IDLE_BEFORE_PAIR` s of sleep, as every
+  daemon tap comes after pcscd's presence poll. The back-to-back floor runs on warm CPUs; after idle the
+  same code (pyscard, pcscd, vpcd, the card) takes longer, on this kind of machine about twice as long
+  (docs/performance.md, "tap_latency"). ``overhead_over_idle_floor_ms`` is the daemon's p50 over that
+  floor: like for like. ``overhead`` stays the figure over the back-to-back floor.
 
 Run: ``python -m bench.tap_latency [--taps 40] [--runs 5] [--quick]`` (needs pcscd and vsmartcard-vpcd;
 `make test` installs them). A tap takes about 0.8 s (pcscd polls presence every 0.4 s, for the insertion
-and for the removal): 200 taps take about 3 minutes.
+and for the removal) and the idle floor 0.4 s a pair: 200 taps take about 5 minutes (``--no-idle-floor``:
+about 3).
 """
 
 from __future__ import annotations
@@ -93,11 +99,16 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def measure_bare(
-    bridge: ViccBridge, reader: str, taps: int, settle: Callable[[], object] = lambda: None
+    bridge: ViccBridge,
+    reader: str,
+    taps: int,
+    settle: Callable[[], object] = lambda: None,
+    idle: float = 0.0,
 ) -> tuple[list[float], int]:
     """The same two identification APDUs sent with pyscard alone: the floor (seconds per pair).
     ``settle`` runs once the card is in and connected, before anything is timed (the running daemon
-    reads the card once: the bare rounds wait until it is done)."""
+    reads the card once: the bare rounds wait until it is done). ``idle``: seconds of sleep before each
+    pair, as a tap comes after pcscd's presence poll (:data:`IDLE_BEFORE_PAIR`)."""
     from smartcard import scard
 
     bridge.insert()
@@ -116,6 +127,8 @@ def measure_bare(
         rounds: list[float] = []
         cert: list[int] = []
         for _ in range(taps):
+            if idle:
+                time.sleep(idle)
             t0 = time.perf_counter()
             scard.SCardTransmit(hcard, pci, list(SELECT_JPKI))
             _, cert = scard.SCardTransmit(hcard, pci, list(READ_CERT_EXTENDED))
@@ -139,13 +152,20 @@ def _wait_until_empty(scard: Any, ctx: int, reader: str) -> None:  # noqa: ANN40
     raise RuntimeError(f"pcscd still sees a card in {reader}")
 
 
+#: Seconds the bare pairs of the idle floor wait before each pair: what precedes a tap's first APDU
+#: (pcscd polls presence every 0.4 s; a tap is an insert, that poll, the read, a removal and its poll).
+IDLE_BEFORE_PAIR: Final = 0.4
+
+
 @dataclass
 class Run:
-    """One run: the bare floor measured just before the daemon's taps."""
+    """One run: the bare floors measured just before the daemon's taps (back to back, and each pair
+    after :data:`IDLE_BEFORE_PAIR` of idle)."""
 
     bare: list[float]
     latency: list[float]
     detection: list[float]
+    bare_idle: list[float] = field(default_factory=list)
 
     @property
     def overhead_ms(self) -> float:
@@ -177,7 +197,14 @@ def daemon_taps(
 
 
 def measure_runs(
-    work: Path, timed: TimedCard, bridge: ViccBridge, reader: str, *, taps: int, runs: int
+    work: Path,
+    timed: TimedCard,
+    bridge: ViccBridge,
+    reader: str,
+    *,
+    taps: int,
+    runs: int,
+    idle_floor: bool = True,
 ) -> tuple[list[Run], int]:
     """``runs`` times: the bare floor (``taps`` pairs), then ``taps`` daemon taps; one daemon for all.
     For the bare rounds the card goes in once; the daemon reads it (untimed) and leaves it alone, and
@@ -200,8 +227,15 @@ def measure_runs(
 
             bare, cert_bytes = measure_bare(bridge, reader, taps, settle=daemon_read_it)
             sub.until(lambda env: env["type"] == "card.removed", timeout=10)  # the bare card, gone
+            bare_idle, _ = (
+                measure_bare(bridge, reader, taps, settle=daemon_read_it, idle=IDLE_BEFORE_PAIR)
+                if idle_floor
+                else ([], 0)
+            )
+            if idle_floor:
+                sub.until(lambda env: env["type"] == "card.removed", timeout=10)
             latency, detection = daemon_taps(sub, timed, bridge, taps)
-            out.append(Run(bare, latency, detection))
+            out.append(Run(bare, latency, detection, bare_idle))
     return out, cert_bytes
 
 
@@ -214,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, help="runs (default 5; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="3 taps, 1 run: checks that it runs")
+    parser.add_argument(
+        "--no-idle-floor",
+        action="store_true",
+        help=f"skip the bare pairs sent after {IDLE_BEFORE_PAIR} s of idle each (they add that per tap)",
+    )
     args = parser.parse_args(argv)
     taps = args.taps or (3 if args.quick else 40)
     runs = args.runs or (1 if args.quick else 5)
@@ -230,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     card_build_ms = round((time.perf_counter() - started) * 1000, 1)
     with PrivatePcscd(work / "pcscd") as pcscd:
         bridge = ViccBridge(timed, port=pcscd.ports[0])
-        measured, cert_bytes = measure_runs(work, timed, bridge, pcscd.readers[0], taps=taps, runs=runs)
+        measured, cert_bytes = measure_runs(
+            work, timed, bridge, pcscd.readers[0], taps=taps, runs=runs, idle_floor=not args.no_idle_floor
+        )
     bare = [t for run in measured for t in run.bare]
     latency = [t for run in measured for t in run.latency]
     detection = [t for run in measured for t in run.detection]
     overheads = [round(run.overhead_ms, 3) for run in measured]
+    bare_idle = [t for run in measured for t in run.bare_idle]
     result = {
         "bare_pyscard_identification_apdus": summary(bare),
         "daemon_first_apdu_to_event": summary(latency),
@@ -246,6 +288,18 @@ def main(argv: list[str] | None = None) -> int:
             "min": min(overheads),
             "max": max(overheads),
         },
+        # the same bare pairs, each after the idle a tap comes after: a CPU that slept runs the same
+        # code several times slower at first (docs/performance.md), on every side of the hop
+        **(
+            {
+                "bare_after_idle": {**summary(bare_idle), "idle_s": IDLE_BEFORE_PAIR},
+                "overhead_over_idle_floor_ms": round(
+                    (statistics.median(latency) - statistics.median(bare_idle)) * 1000, 3
+                ),
+            }
+            if bare_idle
+            else {}
+        ),
         "taps": taps,
         "runs": runs,
         "detection_insert_to_first_apdu": summary(detection),

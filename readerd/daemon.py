@@ -487,6 +487,8 @@ class Daemon:
             store=store,
             backlog=log_backlog(bus.event_log) if bus.event_log is not None else None,
             flushed=bus.flushed,
+            publish_lazily=functools.partial(bus.publish, lazy=True),
+            nudge=bus.nudge,
         )
         host.load()
         for name, (_owner, spec) in host.commands.items():

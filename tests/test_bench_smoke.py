@@ -93,6 +93,10 @@ def test_tap_latency_prints_its_numbers() -> None:
     daemon_p50 = result["daemon_first_apdu_to_event"]["p50_ms"]
     bare_p50 = result["bare_pyscard_identification_apdus"]["p50_ms"]
     assert overhead["p50"] == pytest.approx(daemon_p50 - bare_p50, abs=0.002)  # each rounded to 1 us
+    idle = result["bare_after_idle"]  # the same pairs, each after the idle a tap comes after
+    assert (idle["n"], idle["idle_s"]) == (2, 0.4)
+    idle_over = daemon_p50 - idle["p50_ms"]
+    assert result["overhead_over_idle_floor_ms"] == pytest.approx(idle_over, abs=0.002)
     assert result["card_build_ms"] > 0
 
 

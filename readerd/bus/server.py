@@ -368,7 +368,9 @@ class Bus:
         """Wait until every event queued before this call is in the event log and sent; False after
         ``timeout`` (also while event-log appends fail: nothing is sent then). The plugin host records
         that it handed an event to a plugin only then: a crash in between would otherwise lose the
-        plugin's result and never replay the event that caused it."""
+        plugin's result and never replay the event that caused it. A lazy event queued meanwhile is
+        sent now (:meth:`nudge`): waiting for it is what this call is for."""
+        self.nudge()
         with self._flow:
             target = self._queued
             return self._flow.wait_for(lambda: self._sent >= target, timeout)

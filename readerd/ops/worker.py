@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -73,10 +73,20 @@ class DeadlineWorker:
         ``timeout`` seconds (the worker is then abandoned); :class:`WorkerRetiredError` when the worker
         ended idle before the call reached it. ``nudge``: ``(after, callback)``, the callback is called
         once on the caller's thread if the call is still running ``after`` seconds in."""
+        self.submit(fn)
+        return self.collect(timeout, nudge)  # type: ignore[return-value] # what fn returned
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Hand ``fn`` over and return at once; :meth:`collect` waits for its answer (the caller may hand
+        calls to other workers in between). :class:`WorkerRetiredError` as in :meth:`call`."""
         with self._state:
             if self.retired:
                 raise WorkerRetiredError(self.name)
             self._inbox.put(fn)
+
+    def collect(self, timeout: float, nudge: Nudge | None = None) -> object:
+        """The answer of the call :meth:`submit` handed over, as :meth:`call` gives it, waiting at most
+        ``timeout`` seconds from now."""
         try:
             if nudge is not None and nudge[0] < timeout:
                 try:
@@ -91,7 +101,7 @@ class DeadlineWorker:
             self._inbox.put(None)  # it ends after the hung call, should that call ever return
             raise SessionTimeoutError(f"no answer within {timeout} s") from None
         if ok:
-            return value  # type: ignore[return-value] # what fn returned
+            return value
         raise value  # type: ignore[misc] # a BaseException caught on the worker
 
     def stop(self) -> None:
@@ -148,21 +158,31 @@ class WorkerSlot:
 
     def run(self, fn: Callable[[], _T], timeout: float, nudge: Nudge | None = None) -> _T:
         """``fn()`` on the slot's worker (:meth:`DeadlineWorker.call`), a fresh one when needed."""
-        with self.lock:
+        return self.begin(fn).wait(timeout, nudge)
+
+    def begin(self, fn: Callable[[], _T]) -> Pending[_T]:
+        """Hand ``fn`` to the slot's worker and return without waiting: the caller hands other calls to
+        other slots, then :meth:`Pending.wait` for each. The slot is the caller's until then (a second
+        call to it waits, as with :meth:`run`)."""
+        self.lock.acquire()
+        try:
             worker = self.worker
             if worker is None or not worker.usable:
                 worker = self.worker = self._make()
             try:
-                try:
-                    return worker.call(fn, timeout, nudge)
-                except WorkerRetiredError:  # it ended idle just now: a fresh one takes the call
-                    worker = self.worker = self._make()
-                    return worker.call(fn, timeout, nudge)
-            except SessionTimeoutError:
-                self.worker = None
-                if self._on_abandon is not None:
-                    self._on_abandon(worker)
-                raise
+                worker.submit(fn)
+            except WorkerRetiredError:  # it ended idle just now: a fresh one takes the call
+                worker = self.worker = self._make()
+                worker.submit(fn)
+        except BaseException:
+            self.lock.release()
+            raise
+        return Pending(self, worker)
+
+    def _abandoned(self, worker: DeadlineWorker) -> None:
+        self.worker = None
+        if self._on_abandon is not None:
+            self._on_abandon(worker)
 
     def on_own_thread(self) -> bool:
         """Whether the caller is this slot's worker thread (a call leading to another of the same owner)."""
@@ -174,3 +194,23 @@ class WorkerSlot:
         worker, self.worker = self.worker, None
         if worker is not None and worker.usable:
             worker.stop()
+
+
+class Pending(Generic[_T]):
+    """A call handed to a slot's worker (:meth:`WorkerSlot.begin`), its answer not yet taken."""
+
+    def __init__(self, slot: WorkerSlot, worker: DeadlineWorker) -> None:
+        self._slot = slot
+        self._worker = worker
+
+    def wait(self, timeout: float, nudge: Nudge | None = None) -> _T:
+        """The call's answer (:meth:`DeadlineWorker.collect`), waiting at most ``timeout`` s from now;
+        :class:`SessionTimeoutError` abandons the worker (``on_abandon`` is told first). Gives the slot
+        back: call it exactly once."""
+        try:
+            return self._worker.collect(timeout, nudge)  # type: ignore[return-value] # what fn returned
+        except SessionTimeoutError:
+            self._slot._abandoned(self._worker)
+            raise
+        finally:
+            self._slot.lock.release()

@@ -15,11 +15,13 @@ Where and when the hooks run:
   ``readerd_commands`` of each plugin, before any event; then the event hooks; ``readerd_shutdown`` when
   it stops. ``readerd_ctl_commands`` and ``readerd_doctor_checks`` are called only by ``readerctl``, a
   short-lived process of its own, never by the daemon.
-- Event hooks are called one plugin at a time (in load order: built-ins as configured, then entry points)
-  and one event at a time, in ``seq`` order; the events a start hands again come first, marked
-  ``event.replayed``. The feed thread runs each call on a thread of its own and waits for it at most
-  ``plugins.hook_timeout`` (5 s). Not pluggy's all-at-once ``hook()``: one plugin raising does not keep
-  the event from the others.
+- Event hooks are called one event at a time, in ``seq`` order; each event is handed to every plugin
+  that wants it before the host waits for any (each plugin on its own worker thread, so they handle it
+  side by side), and each call is waited for at most ``plugins.hook_timeout`` (5 s). A plugin never has
+  two hooks running at once. The results published meanwhile go out in the plugins' load order
+  (built-ins as configured, then entry points), whichever finished first. The events a start hands
+  again come first, marked ``event.replayed``. Not pluggy's all-at-once ``hook()``: one plugin raising
+  does not keep the event from the others.
 - Command handlers (from ``readerd_commands``) run on the host's four command threads, concurrently with
   the event hooks and with each other: state both touch needs a lock (:class:`CardsOnReaders` has one).
 - A hook that raises is logged and published as ``plugin.error``; ``plugins.quarantine_after`` (3)

@@ -11,7 +11,9 @@ at a time (:mod:`readerd.plugin.worker`): a call that overruns is abandoned with
 takes the plugin's next call, and once :data:`~readerd.plugin.worker.ABANDONED_LIMIT` abandoned workers are
 still running the host asks to be restarted (:attr:`PluginHost.restart_reason`): the embedded host stops its
 feed thread, so the daemon withholds its watchdog ping and systemd restarts it; ``readerd plugins`` exits
-non-zero.
+non-zero. An event is handed to every plugin's worker before the host waits for any
+(:meth:`PluginHost.deliver`): the plugins handle it side by side; what they publish meanwhile is held per
+call and released in the plugins' order (:class:`_HeldResults`), so a screen sees the same order at every tap.
 
 Failure policy (docs/design.md D15): an exception counts as a failure and ``quarantine_after`` failures in a
 row quarantine the plugin; a timeout quarantines it at once, since its worker is abandoned still running.
@@ -73,6 +75,7 @@ from readerd.errors import (
 )
 from readerd.events import Envelope, Event, EventType
 from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
+from readerd.ops.worker import Pending
 from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import (
     LEVEL_RANK,
@@ -89,7 +92,7 @@ from readerd.plugin.api import (
 )
 from readerd.plugin.replay import CURSOR_IDLE, BacklogSource, FeedCursors, Tracked
 from readerd.plugin.store import PluginStore, Store
-from readerd.plugin.worker import ABANDONED_LIMIT, Workers
+from readerd.plugin.worker import ABANDONED_LIMIT, Inline, Workers
 
 log = structlog.get_logger("readerd.plugins")
 
@@ -111,6 +114,9 @@ HANDLED_FOR = frozenset({"card.identified", "card.authenticated"})
 #: with ``settled: false`` (a result the bus dropped, a hook abandoned at its timeout); checked at each
 #: feed message, heartbeats included.
 SETTLE_TIMEOUT = 3.0
+#: Seconds a hook may run before the results published so far for the event go out without waiting for
+#: the other plugins (and its later ones at once): a plugin that shows "checking..." and asks a slow server.
+RESULTS_AFTER = 0.02
 
 
 #: Messages the feed thread takes off its socket before the cursors are written for them (one batch).
@@ -196,16 +202,55 @@ class LoadedPlugin:
 
 @dataclass(frozen=True)
 class _Origin:
-    """The event a hook call handles: what the results it publishes name as their ``cause``."""
+    """The event a hook call handles: what the results it publishes name as their ``cause``, and where
+    they wait while the host hands the same event to the other plugins (``held``)."""
 
     plugin: str
     event_id: str
     replayed: bool
+    held: _HeldResults | None = None
+
+
+class _HeldResults:
+    """The results one hook call published, held back until the host takes them (any thread adds, the
+    host's thread releases). The plugins handle an event side by side, yet their results go out in the
+    plugins' order, together, as when they handled it one after the other: a screen shows them in the
+    same order at every tap (docs/plugins.md, "One event, every plugin")."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[Event] | None = []  # None once released: later results are not held
+
+    def hold(self, event: Event) -> bool:
+        """Keep ``event`` for :meth:`release`; False once released (the caller publishes it itself)."""
+        with self._lock:
+            if self._events is None:
+                return False
+            self._events.append(event)
+            return True
+
+    def release(self) -> list[Event]:
+        """What was held, in order; whatever comes later is not held."""
+        with self._lock:
+            events, self._events = self._events or [], None
+        return events
 
 
 #: The origin of the hook call running on this thread (a command handler or a plugin's own timer thread
 #: has none, so a redemption published while the same plugin handles a tap is not taken for its result).
 _HANDLING = threading.local()
+
+
+@dataclass
+class _HookCall:
+    """A hook call handed to its plugin's worker, its result not yet taken
+    (:meth:`PluginHost._begin_call`)."""
+
+    loaded: LoadedPlugin
+    hook: str
+    pending: Pending[Any] | Inline[Any]
+    started: float
+    held: _HeldResults | None = None  # the results it published, until the host releases them
 
 
 @dataclass
@@ -235,6 +280,8 @@ class PluginHost:
         flushed: Callable[[], bool] | None = None,
         clock: Callable[[], float] | None = None,
         abandoned_limit: int = ABANDONED_LIMIT,
+        publish_lazily: Callable[[Event], object] | None = None,
+        nudge: Callable[[], object] | None = None,
     ) -> None:
         """``publish`` takes a plugin result (:func:`readerd.events.plugin_result`, with its ``cause``
         and ``replayed``) to the bus; ``plugins`` adds plugin objects by name beside discovery (tests,
@@ -247,11 +294,18 @@ class PluginHost:
         so far is logged (:meth:`readerd.bus.server.Bus.flushed`): cursors are written only after it.
         ``clock``: monotonic seconds for ``quarantine_cooldown`` (tests pass their own).
         ``abandoned_limit``: abandoned plugin workers still running at which the host asks to be restarted
-        (:data:`~readerd.plugin.worker.ABANDONED_LIMIT`; tests pass a small one)."""
+        (:data:`~readerd.plugin.worker.ABANDONED_LIMIT`; tests pass a small one).
+        ``publish_lazily`` and ``nudge`` (the embedded host: :meth:`readerd.bus.server.Bus.publish` with
+        ``lazy`` and :meth:`~readerd.bus.server.Bus.nudge`): the results the plugins publish while they
+        handle an event are queued without waking the bus, and the host nudges it once every plugin had
+        the event, or once a hook has run :data:`RESULTS_AFTER` s: the results of one event leave in one
+        batch, not each in a round of the bus and of this host (docs/performance.md)."""
         self.config = config
         self.kiosk = kiosk
         self.store = store
         self._publish = publish
+        self._publish_lazily = publish_lazily if nudge is not None else None
+        self._nudge = nudge
         self._report = _one_line_reports(report or (lambda *_args: None))  # plugin.error: one line
         self._given = dict(plugins or {})
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -439,11 +493,18 @@ class PluginHost:
     ) -> Any:  # noqa: ANN401 - a hook's result
         """Call ``loaded``'s implementation of ``hook`` (if any) under the timeout; None on failure.
         ``origin``: the event it handles, for the results it publishes from the hook's own thread."""
+        call = self._begin_call(loaded, hook, kwargs, origin)
+        return None if call is None else self._finish_call(call)
+
+    def _begin_call(
+        self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject, origin: _Origin | None = None
+    ) -> _HookCall | None:
+        """Hand the call of :meth:`_call` to the plugin's worker and return at once (None: the plugin
+        does not implement ``hook``); :meth:`_finish_call` waits for it."""
         impl = self._impl(loaded.name, hook)
         if impl is None:
             return None
         args = {name: kwargs[name] for name in impl.argnames}
-        started = time.perf_counter()
 
         def call() -> Any:  # noqa: ANN401 - a hook's result
             _HANDLING.origin = origin
@@ -452,10 +513,26 @@ class PluginHost:
             finally:
                 _HANDLING.origin = None
 
+        started = time.perf_counter()
+        held = origin.held if origin is not None else None
+        return _HookCall(loaded, hook, self._workers.begin(loaded.name, call), started, held)
+
+    def _finish_call(self, call: _HookCall) -> Any:  # noqa: ANN401 - a hook's result
+        """The hook's result, None on failure (quarantine and reports as the module docstring says). The
+        timeout counts from the hand-over (:meth:`_begin_call`), whatever else the host waited for."""
+        loaded, hook = call.loaded, call.hook
+        timeout = self.config.hook_timeout
         try:
-            result = self._workers.run(loaded.name, call, self.config.hook_timeout)
+            waited = time.perf_counter() - call.started
+            nudge = None
+            if call.held is not None:  # a hook that takes long: its results so far go out now
+                nudge = (max(0.0, RESULTS_AFTER - waited), lambda: self._release(call, nudge=True))
+            try:
+                result = call.pending.wait(max(0.0, timeout - waited), nudge)
+            finally:
+                self._release(call)  # before any report of its failure, as when published at once
         except SessionTimeoutError:
-            self._quarantine(loaded, hook, "timeout", f"no return within {self.config.hook_timeout} s")
+            self._quarantine(loaded, hook, "timeout", f"no return within {timeout} s")
             self._check_workers()
             return None
         except (StoreUnavailableError, StoreBusyError) as e:  # the database's failure (module docstring)
@@ -467,10 +544,22 @@ class PluginHost:
         finally:
             loaded.calls += 1
             if self.config.trace:
-                duration = round((time.perf_counter() - started) * 1000, 3)
+                duration = round((time.perf_counter() - call.started) * 1000, 3)
                 log.info("hook call", plugin=loaded.name, hook=hook, duration_ms=duration)
         loaded.failures = 0
         return result
+
+    def _release(self, call: _HookCall, *, nudge: bool = False) -> int:
+        """Publish what the hook call published so far (:class:`_HeldResults`), lazily where the bus
+        takes that; later ones go at once. ``nudge``: and send what is queued now. How many went."""
+        if call.held is None:
+            return 0
+        events = call.held.release()
+        for event in events:
+            (self._publish_lazily or self._publish)(event)
+        if nudge and events and self._nudge is not None:
+            self._nudge()
+        return len(events)
 
     def _check_workers(self) -> None:
         """After an abandoned call: past the limit of abandoned workers still running, ask for a restart
@@ -603,7 +692,7 @@ class PluginHost:
 
     # -- events -------------------------------------------------------------------------------------
     def dispatch(self, envelope: JsonObject | Envelope, *, replayed: bool = False) -> None:
-        """Hand one private-feed envelope to every plugin that wants it, one plugin at a time; then
+        """Hand one private-feed envelope to every plugin that wants it (side by side: :meth:`deliver`); then
         record the plugins' cursors. ``replayed``: the split host's catch-up of what was logged before it
         connected (the plugins get it marked, as the embedded host's replay)."""
         if not isinstance(envelope, Envelope):
@@ -702,6 +791,17 @@ class PluginHost:
             return True
         return self.config.routed(name, envelope.event.reader)
 
+    def _receives(self, loaded: LoadedPlugin, envelope: Envelope, hook: str, to: set[str] | None) -> bool:
+        """Whether :meth:`deliver` hands this event to this plugin (if it implements the hook)."""
+        event_type = envelope.topic
+        if loaded.quarantined or not loaded.interest.wants(event_type):
+            return False
+        if event_type.startswith(f"plugin.{loaded.name}."):
+            return False  # never its own results: a plugin answering itself would loop
+        if to is not None and loaded.name not in to:
+            return False
+        return self._routed(loaded.name, envelope, hook)  # [plugins.routing]: this plugin's reader?
+
     def deliver(
         self,
         envelope: Envelope,
@@ -717,19 +817,14 @@ class PluginHost:
         if hook is None:
             return False
         delivered = False
+        calls: list[_HookCall] = []
         secrets = _secret_values(envelope.event.private)
         if secrets:
             with self._lock:
                 self._card_secrets.extend(secrets)
         for loaded in list(self.plugins.values()):
-            if loaded.quarantined or not loaded.interest.wants(event_type):
+            if not self._receives(loaded, envelope, hook, to):
                 continue
-            if event_type.startswith(f"plugin.{loaded.name}."):
-                continue  # never its own results: a plugin answering itself would loop
-            if to is not None and loaded.name not in to:
-                continue
-            if not self._routed(loaded.name, envelope, hook):
-                continue  # [plugins.routing]: not this plugin's reader
             if not self._implements(loaded, hook):
                 loaded.last_seq = envelope.seq  # wanted, but no hook to hand it to: nothing to build
                 continue
@@ -742,9 +837,18 @@ class PluginHost:
             delivered = True
             if called is not None:
                 called.append(loaded.name)
-            origin = _Origin(loaded.name, event.id, event.replayed)
-            self._call(loaded, hook, {"event": event, "context": loaded.context}, origin)
+            origin = _Origin(loaded.name, event.id, event.replayed, _HeldResults())
+            call = self._begin_call(loaded, hook, {"event": event, "context": loaded.context}, origin)
+            if call is not None:
+                calls.append(call)
             loaded.last_seq = event.seq
+        # Every plugin has the event before the host waits for any: they handle it side by side, and the
+        # host wakes once or twice, not twice per plugin (docs/plugins.md, "One event, every plugin").
+        # Their results are released in the plugins' order, and leave the bus together (lazily).
+        for call in calls:
+            self._finish_call(call)
+        if self._nudge is not None and any(call.held is not None for call in calls):
+            self._nudge()
         return delivered
 
     @property
@@ -787,7 +891,9 @@ class PluginHost:
             data[SCREEN_FIELD] = text
         if not replayed:
             self._count_result(cause)
-        self._publish(ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed))
+        result = ev.plugin_result(plugin, event, data, reader, cause=cause, replayed=replayed)
+        if origin is None or origin.held is None or not origin.held.hold(result):
+            self._publish(result)
 
     def _screen_text(
         self, plugin: str, event: str, data: JsonObject, reader: str | None

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
-from readerd.ops.worker import DeadlineWorker, WorkerSlot
+from readerd.ops.worker import DeadlineWorker, Nudge, Pending, WorkerSlot
 
 _T = TypeVar("_T")
 
@@ -47,18 +47,24 @@ class Workers:
         self._abandoned: list[DeadlineWorker] = []
         self._guard = threading.Lock()  # making slots, the abandoned list
 
-    def run(self, plugin: str, fn: Callable[[], _T], timeout: float) -> _T:
-        """``fn()`` on ``plugin``'s worker under ``timeout`` (:meth:`WorkerSlot.run`). Called from that
-        plugin's own worker (a hook that leads to another hook of its plugin) it runs inline: waiting on
-        itself would only time out."""
+    def run(self, plugin: str, fn: Callable[[], _T], timeout: float, nudge: Nudge | None = None) -> _T:
+        """``fn()`` on ``plugin``'s worker under ``timeout`` (:meth:`WorkerSlot.run`; ``nudge`` as
+        there). Called from that plugin's own worker (a hook that leads to another hook of its plugin)
+        it runs inline: waiting on itself would only time out."""
+        return self.begin(plugin, fn).wait(timeout, nudge)
+
+    def begin(self, plugin: str, fn: Callable[[], _T]) -> Pending[_T] | Inline[_T]:
+        """Hand ``fn`` to ``plugin``'s worker without waiting (:meth:`WorkerSlot.begin`): the host hands an
+        event to every plugin first, then waits for each. From the plugin's own worker, ``fn`` runs at
+        ``wait`` on the caller's thread, as in :meth:`run`."""
         slot = self._slots.get(plugin)
         if slot is None:
             with self._guard:
                 made = WorkerSlot(lambda: _plugin_worker(plugin), self._abandon)
                 slot = self._slots.setdefault(plugin, made)
         if slot.on_own_thread():
-            return fn()
-        return slot.run(fn, timeout)
+            return Inline(fn)
+        return slot.begin(fn)
 
     def _abandon(self, worker: DeadlineWorker) -> None:
         with self._guard:
@@ -86,3 +92,13 @@ class Workers:
             slots = list(self._slots.values())
         for slot in slots:
             slot.stop()
+
+
+class Inline(Generic[_T]):
+    """A call that runs on the caller's thread when it is waited for (:meth:`Workers.begin`)."""
+
+    def __init__(self, fn: Callable[[], _T]) -> None:
+        self._fn = fn
+
+    def wait(self, _timeout: float, _nudge: Nudge | None = None) -> _T:
+        return self._fn()

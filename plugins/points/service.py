@@ -139,14 +139,18 @@ class PointsService:
         )
 
     def deferred(self) -> list[dict[str, Any]]:
-        """The earnings still waiting (not written off), oldest first."""
+        """The earnings still waiting (not written off), oldest first: in the order they were deferred,
+        also within one second (``queued_at`` has whole seconds; the local store is SQLite, whose rowid
+        grows with each insert and is never reused below a row still there)."""
         self._local_ready()
         p = self.pending
         return self.store.local.transaction(
             lambda conn: [
                 dict(r._mapping)
                 for r in conn.execute(
-                    sa.select(p).where(p.c.written_off_at.is_(None)).order_by(p.c.queued_at, p.c.reference)
+                    sa.select(p)
+                    .where(p.c.written_off_at.is_(None))
+                    .order_by(p.c.queued_at, sa.literal_column("rowid"))
                 )
             ],
             readonly=True,

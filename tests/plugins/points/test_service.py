@@ -202,3 +202,11 @@ def test_settlement_per_shop_and_area(points: PointsService, clock: Clock) -> No
     assert both["total_points"] == 36
     with pytest.raises(Refusal):
         points.settlement(date(2026, 6, 2), date(2026, 6, 1))
+
+
+def test_earnings_deferred_within_one_second_wait_in_the_order_they_came(points: PointsService) -> None:
+    """``queued_at`` has whole seconds: three earnings deferred in the same second are retried in the
+    order they were deferred, not by their references (here in reverse alphabetical order)."""
+    for checkin in ("c-zz", "c-mm", "c-aa"):
+        points.defer_earn("member:AAAA", "ward-2026", 10, checkin, event_id=f"ev-{checkin}", reader="Sim 00")
+    assert [row["event_id"] for row in points.deferred()] == ["ev-c-zz", "ev-c-mm", "ev-c-aa"]

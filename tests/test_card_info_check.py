@@ -32,6 +32,10 @@ def test_clean(tmp_path):
 
 def test_a_card_info_select_fails_the_test_that_made_it(tmp_path: Path) -> None:
     (tmp_path / "test_inner.py").write_text(INNER)
+    # An ini file of its own (``-c /dev/null`` made pytest scan every entry of /tmp while collecting),
+    # plain asserts and no readerd fixture plugin (rewriting its modules cost seconds): as
+    # tests/test_card_audit.py does.
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    touches_card_info: on purpose\n")
     done = subprocess.run(
         [
             sys.executable,
@@ -40,14 +44,15 @@ def test_a_card_info_select_fails_the_test_that_made_it(tmp_path: Path) -> None:
             "-p",
             "tests.conftest",
             "-q",
+            "--assert=plain",
+            "-p",
+            "no:readerd",
             "-p",
             "no:cacheprovider",
             "--rootdir",
             str(tmp_path),
             "-c",
-            "/dev/null",
-            "-o",
-            "markers=touches_card_info",
+            str(tmp_path / "pytest.ini"),
             str(tmp_path),
         ],
         cwd=ROOT,

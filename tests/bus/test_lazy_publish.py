@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from readerd import events as ev
-from readerd.bus.eventlog import EventLog
 from readerd.bus.server import Bus
-from readerd.config import BusConfig
 from readerd.ops.worker import DeadlineWorker
 from readerd.reading.identity import IdentityResolver, SqliteDirectory
 from readerd.reading.sessions import CardSessions
@@ -22,19 +20,15 @@ from simulators.inprocess import InProcessReader
 from simulators.mynumber import CardProfile, build_card
 from simulators.pki import PkiStore
 from tests.bus.test_card_lane import wait_for
+from tests.support.bus import logged_bus
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    config = BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0", heartbeat_interval=30.0)
-    log = EventLog(tmp_path / "events.db")
-    bus = Bus(config, kiosk="k", event_log=log)
-    bus.start()
-    yield bus
-    bus.stop()
-    log.close()
+    with logged_bus(tmp_path, heartbeat_interval=30.0) as running:
+        yield running
 
 
 def asleep(bus: Bus) -> bool:

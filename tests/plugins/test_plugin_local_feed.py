@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from readerd import events as ev
-from readerd.bus.eventlog import EventLog
 from readerd.bus.server import Bus
-from readerd.config import BusConfig, PluginsConfig
+from readerd.config import PluginsConfig
 from readerd.events import Envelope
 from readerd.plugin.api import EventInterest, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 from readerd.plugin.host import PluginHost
 from readerd.plugin.loader import BUILTIN
 from tests.bus.test_card_lane import wait_for
+from tests.support.bus import logged_bus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,13 +49,8 @@ class Recorder:
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[Bus]:
-    config = BusConfig(publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0", heartbeat_interval=0.05)
-    log = EventLog(tmp_path / "events.db")
-    bus = Bus(config, kiosk="k", event_log=log)
-    bus.start()
-    yield bus
-    bus.stop()
-    log.close()
+    with logged_bus(tmp_path, heartbeat_interval=0.05) as running:
+        yield running
 
 
 def start_host(bus: Bus, plugin: Recorder) -> PluginHost:

@@ -822,31 +822,35 @@ class PluginHost:
         if secrets:
             with self._lock:
                 self._card_secrets.extend(secrets)
-        for loaded in list(self.plugins.values()):
-            if not self._receives(loaded, envelope, hook, to):
-                continue
-            if not self._implements(loaded, hook):
-                loaded.last_seq = envelope.seq  # wanted, but no hook to hand it to: nothing to build
-                continue
-            shown = loaded.interest.strip(envelope.event.private)
-            handed = _secret_values(shown)
-            if handed:
-                with self._lock:
-                    loaded.handed.extend(handed)
-            event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
-            delivered = True
-            if called is not None:
-                called.append(loaded.name)
-            origin = _Origin(loaded.name, event.id, event.replayed, _HeldResults())
-            call = self._begin_call(loaded, hook, {"event": event, "context": loaded.context}, origin)
-            if call is not None:
-                calls.append(call)
-            loaded.last_seq = event.seq
         # Every plugin has the event before the host waits for any: they handle it side by side, and the
         # host wakes once or twice, not twice per plugin (docs/plugins.md, "One event, every plugin").
-        # Their results are released in the plugins' order, and leave the bus together (lazily).
-        for call in calls:
-            self._finish_call(call)
+        # Their results are released in the plugins' order, and leave the bus together (lazily). A call
+        # handed over is always waited for, even if handing over the next one failed: its plugin's slot is
+        # taken until then.
+        try:
+            for loaded in list(self.plugins.values()):
+                if not self._receives(loaded, envelope, hook, to):
+                    continue
+                if not self._implements(loaded, hook):
+                    loaded.last_seq = envelope.seq  # wanted, but no hook to hand it to: nothing to build
+                    continue
+                shown = loaded.interest.strip(envelope.event.private)
+                handed = _secret_values(shown)
+                if handed:
+                    with self._lock:
+                        loaded.handed.extend(handed)
+                event = PluginEvent.from_envelope(envelope, shown, replayed=replayed)
+                delivered = True
+                if called is not None:
+                    called.append(loaded.name)
+                origin = _Origin(loaded.name, event.id, event.replayed, _HeldResults())
+                call = self._begin_call(loaded, hook, {"event": event, "context": loaded.context}, origin)
+                if call is not None:
+                    calls.append(call)
+                loaded.last_seq = event.seq
+        finally:
+            for call in calls:
+                self._finish_call(call)
         if self._nudge is not None and any(call.held is not None for call in calls):
             self._nudge()
         return delivered

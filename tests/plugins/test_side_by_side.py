@@ -1,7 +1,7 @@
 """The host hands an event to every plugin before it waits for any: the plugins handle it side by side,
 their results still go out in the plugins' order, a slow hook's results so far go out before it returns,
 and with the bus's lazy publish the results of one event leave together (docs/plugins.md, "One event,
-every plugin"). Cost: about 0.3 s (hosts in this process, no daemon)."""
+every plugin"). Cost: about 0.5 s (hosts in this process, no daemon)."""
 
 from __future__ import annotations
 
@@ -144,3 +144,30 @@ def test_a_result_published_outside_a_hook_goes_out_at_once() -> None:
     host.plugins["a"].context.publish("said", {"seq": 0})
     assert [str(e.type) for e in direct] == ["plugin.a.said"]
     assert lazily == []
+
+
+def test_a_failed_hand_over_leaves_the_calls_already_handed_over_waited_for() -> None:
+    """Handing the event to ``b`` fails (a thread that cannot start): ``a``'s call, already handed over,
+    is still waited for and its result sent, and ``a``'s worker takes the next event (its slot was not
+    left taken, which would hang the host at the next event)."""
+    published: list[Event] = []
+    host = _host({"a": Answers(), "b": Answers()}, published.append)
+    workers = host._workers
+    begin = workers.begin
+    failures = ["b"]
+
+    def failing_begin(plugin: str, fn: Callable[[], Any]) -> Any:
+        if plugin in failures:
+            failures.remove(plugin)
+            raise RuntimeError("can't start new thread")
+        return begin(plugin, fn)
+
+    workers.begin = failing_begin  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        host.dispatch(_identified(1))
+    host.dispatch(_identified(2))
+    assert [(str(e.type), e.cause) for e in published] == [
+        ("plugin.a.said", "e1"),
+        ("plugin.a.said", "e2"),
+        ("plugin.b.said", "e2"),
+    ]

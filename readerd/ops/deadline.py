@@ -1,11 +1,11 @@
 """Running work that may never return under a deadline, on a thread that can be abandoned.
 
 pyscard cannot time out a stalled ``SCardTransmit`` and a plugin's hook may hang in its own code, so the
-caller cannot be interrupted; what it can do is stop waiting. Card sessions and plugin commands run
-through :func:`run_with_deadline`: on timeout the worker is left running as a daemon thread, its late
-result discarded, and the caller reports the reader wedged or quarantines the plugin (docs/design.md D9).
-Plugin hooks do the same on a long-lived worker per plugin instead of a thread per call
-(:mod:`readerd.plugin.worker`).
+caller cannot be interrupted; what it can do is stop waiting. Operations on a card (PIN proofs,
+signatures) run through :func:`run_with_deadline`: on timeout the worker is left running as a daemon
+thread, its late result discarded, and the caller reports the reader wedged (docs/design.md D9). Card
+reads and plugin hooks do the same on long-lived workers (:mod:`readerd.ops.worker`), plugin commands on a
+worker of their own that is counted when abandoned (:meth:`readerd.plugin.worker.Workers.run_once`).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ from readerd.errors import (
     StoreUnavailableError,
 )
 from readerd.events import Envelope, Event, EventType
-from readerd.ops.deadline import SessionTimeoutError, run_with_deadline
+from readerd.ops.deadline import SessionTimeoutError
 from readerd.ops.worker import Pending
 from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import (
@@ -964,11 +964,12 @@ class PluginHost:
         if loaded.quarantined:
             raise PluginError(loaded.name, spec.name, f"quarantined ({loaded.quarantined})")
         try:
-            result = run_with_deadline(
-                lambda: spec.handler(args), self.config.hook_timeout, name=f"cmd:{spec.name}"
+            result = self._workers.run_once(
+                f"cmd:{spec.name}", lambda: spec.handler(args), self.config.hook_timeout
             )
         except SessionTimeoutError as e:
             self._quarantine(loaded, spec.name, "timeout", f"no return within {self.config.hook_timeout} s")
+            self._check_workers()  # its thread counts with the abandoned hook workers
             raise PluginError(loaded.name, spec.name, "timed out") from e
         except ReaderdError:
             raise  # a refusal with its own code (insufficient_points ...), not a failure of the plugin

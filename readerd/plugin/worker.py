@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
+from readerd.ops.deadline import SessionTimeoutError
 from readerd.ops.worker import DeadlineWorker, Nudge, Pending, WorkerSlot
 
 _T = TypeVar("_T")
@@ -65,6 +66,22 @@ class Workers:
         if slot.on_own_thread():
             return Inline(fn)
         return slot.begin(fn)
+
+    def run_once(self, name: str, fn: Callable[[], _T], timeout: float) -> _T:
+        """``fn()`` on a thread of its own under ``timeout``: a plugin command, which runs beside the
+        plugin's hooks and other commands. Abandoned at its timeout like a hook's worker, and counted
+        with them: a command hung in a plugin's code holds a thread just the same."""
+        worker = DeadlineWorker(name)
+        try:
+            answer = worker.call(fn, timeout)
+        except SessionTimeoutError:
+            self._abandon(worker)
+            raise
+        except BaseException:
+            worker.stop()
+            raise
+        worker.stop()
+        return answer
 
     def _abandon(self, worker: DeadlineWorker) -> None:
         with self._guard:

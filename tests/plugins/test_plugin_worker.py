@@ -14,10 +14,11 @@ import pytest
 import zmq
 
 from readerd.config import PluginsConfig, StoreConfig
+from readerd.errors import PluginError
 from readerd.events import Envelope, Event, stamp
 from readerd.exitcodes import ExitCode
 from readerd.ops.deadline import SessionTimeoutError
-from readerd.plugin.api import PluginContext, PluginEvent
+from readerd.plugin.api import CommandSpec, PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 from readerd.plugin.host import PluginHost
 from readerd.plugin.loader import BUILTIN
@@ -267,3 +268,36 @@ def test_envelopes_the_host_needs_only_the_seq_of_are_not_parsed() -> None:
     assert light("plugin.other.done") is None
     assert light("card.presented", b'{"seq":41,"v":1,"run_id":"run-7"}') is None
     host.stop(0.1)
+
+
+class HangingCommand:
+    """A command that hangs until released."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    @hookimpl
+    def readerd_commands(self) -> list[CommandSpec]:
+        return [CommandSpec("hanging.wait", self.wait, help="hangs")]
+
+    def wait(self, _args: dict[str, Any]) -> dict[str, Any]:
+        self.release.wait(10)
+        return {}
+
+
+def test_a_hung_plugin_command_counts_towards_the_limit_of_abandoned_threads() -> None:
+    """A command is abandoned at ``hook_timeout`` like a hook; its thread, still running, counts with
+    the abandoned workers: at the limit (1 here) the host asks to be restarted."""
+    release = threading.Event()
+    host = _host({"hanging": HangingCommand(release)}, hook_timeout=0.1)
+    try:
+        assert host._workers.limit == 2
+        host._workers.limit = 1
+        with pytest.raises(PluginError, match="timed out"):
+            host.run_command("hanging.wait", {}).result(5)
+        assert host.status()["abandoned_workers"] == {"running": 1, "total": 1, "limit": 1}
+        assert host.restart_reason == "1 abandoned plugin workers still running (limit 1)"
+        assert host.plugins["hanging"].quarantined is not None
+    finally:
+        release.set()
+        host.stop(0.1)

@@ -225,15 +225,13 @@ def measure_runs(
             def daemon_read_it() -> None:
                 sub.until(lambda env: env["type"] in ("card.identified", "card.read_aborted"), timeout=10)
 
-            bare, cert_bytes = measure_bare(bridge, reader, taps, settle=daemon_read_it)
-            sub.until(lambda env: env["type"] == "card.removed", timeout=10)  # the bare card, gone
-            bare_idle, _ = (
-                measure_bare(bridge, reader, taps, settle=daemon_read_it, idle=IDLE_BEFORE_PAIR)
-                if idle_floor
-                else ([], 0)
-            )
-            if idle_floor:
-                sub.until(lambda env: env["type"] == "card.removed", timeout=10)
+            def bare_floor(idle: float = 0.0) -> tuple[list[float], int]:
+                measured = measure_bare(bridge, reader, taps, settle=daemon_read_it, idle=idle)
+                sub.until(lambda env: env["type"] == "card.removed", timeout=10)  # the bare card, gone
+                return measured
+
+            bare, cert_bytes = bare_floor()
+            bare_idle = bare_floor(IDLE_BEFORE_PAIR)[0] if idle_floor else []
             latency, detection = daemon_taps(sub, timed, bridge, taps)
             out.append(Run(bare, latency, detection, bare_idle))
     return out, cert_bytes

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -230,14 +229,7 @@ def test_child_on_purpose():
 
 def _inner_session(directory: Path, what: str) -> subprocess.Popen[str]:
     directory.mkdir()
-    (directory / "test_inner.py").write_text(INNER.format(child=CHILD, what=what))
-    # An ini file of its own: with ``-c /dev/null`` pytest scans every entry of /tmp (thousands on a shared
-    # machine) while collecting. Plain asserts and no readerd fixture plugin: with PYTHONDONTWRITEBYTECODE
-    # set, rewriting the modules of the whole readerd distribution on every run cost seconds.
-    (directory / "pytest.ini").write_text("[pytest]\nmarkers =\n    touches_card_info: on purpose\n")
-    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-s", "--assert=plain"]
-    command += ["-p", "no:readerd", "-p", "no:cacheprovider", "-c", str(directory / "pytest.ini")]
-    command += ["--rootdir", str(directory), str(directory)]
+    command = card_audit.inner_session(directory, INNER.format(child=CHILD, what=what), "-s")
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

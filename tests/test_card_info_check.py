@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import card_audit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,30 +32,8 @@ def test_clean(tmp_path):
 
 
 def test_a_card_info_select_fails_the_test_that_made_it(tmp_path: Path) -> None:
-    (tmp_path / "test_inner.py").write_text(INNER)
-    # An ini file of its own (``-c /dev/null`` made pytest scan every entry of /tmp while collecting),
-    # plain asserts and no readerd fixture plugin (rewriting its modules cost seconds): as
-    # tests/test_card_audit.py does.
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    touches_card_info: on purpose\n")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "tests.conftest",
-            "-q",
-            "--assert=plain",
-            "-p",
-            "no:readerd",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            str(tmp_path),
-            "-c",
-            str(tmp_path / "pytest.ini"),
-            str(tmp_path),
-        ],
+        card_audit.inner_session(tmp_path, INNER),
         cwd=ROOT,
         capture_output=True,
         text=True,

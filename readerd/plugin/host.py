@@ -549,17 +549,16 @@ class PluginHost:
         loaded.failures = 0
         return result
 
-    def _release(self, call: _HookCall, *, nudge: bool = False) -> int:
+    def _release(self, call: _HookCall, *, nudge: bool = False) -> None:
         """Publish what the hook call published so far (:class:`_HeldResults`), lazily where the bus
-        takes that; later ones go at once. ``nudge``: and send what is queued now. How many went."""
+        takes that; later ones go at once. ``nudge``: and send what is queued now."""
         if call.held is None:
-            return 0
+            return
         events = call.held.release()
         for event in events:
             (self._publish_lazily or self._publish)(event)
         if nudge and events and self._nudge is not None:
             self._nudge()
-        return len(events)
 
     def _check_workers(self) -> None:
         """After an abandoned call: past the limit of abandoned workers still running, ask for a restart
@@ -851,7 +850,7 @@ class PluginHost:
         finally:
             for call in calls:
                 self._finish_call(call)
-        if self._nudge is not None and any(call.held is not None for call in calls):
+        if calls and self._nudge is not None:  # every call here holds its results: send them together
             self._nudge()
         return delivered
 
@@ -1016,7 +1015,7 @@ class PluginHost:
         try:
             while not self._stop.is_set():
                 if not rest:
-                    batch = feed.get(CURSOR_IDLE if self.cursors.pending else 0.05)
+                    batch = feed.get(self._feed_wait())
                     if batch is None:
                         if self.cursors.pending:
                             self.cursors.flush()  # the feed is idle
@@ -1035,6 +1034,12 @@ class PluginHost:
             self.cursors.flush()
         finally:
             feed.close()
+
+    def _feed_wait(self) -> float:
+        """How long the feed thread waits for the next message: :data:`CURSOR_IDLE` while it holds
+        unwritten cursors (a feed that quiet means the tap is over: write them), else 50 ms (to see a
+        stop)."""
+        return CURSOR_IDLE if self.cursors.pending else 0.05
 
     def _dispatch_local(self, feed: LocalFeed, rest: deque[Envelope]) -> None:
         """``rest`` and what the feed holds, up to :data:`BATCH_MAX` envelopes, handed over one by one;
@@ -1064,7 +1069,7 @@ class PluginHost:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             while not self._stop.is_set():
-                if sock.poll(int((CURSOR_IDLE if self.cursors.pending else 0.05) * 1000)):
+                if sock.poll(int(self._feed_wait() * 1000)):
                     ready.set()
                     self._drain(sock)
                 elif self.cursors.pending:

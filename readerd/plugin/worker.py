@@ -73,15 +73,13 @@ class Workers:
         with them: a command hung in a plugin's code holds a thread just the same."""
         worker = DeadlineWorker(name)
         try:
-            answer = worker.call(fn, timeout)
+            return worker.call(fn, timeout)
         except SessionTimeoutError:
             self._abandon(worker)
             raise
-        except BaseException:
-            worker.stop()
-            raise
-        worker.stop()
-        return answer
+        finally:
+            if worker.usable:  # answered (or raised): its thread ends now
+                worker.stop()
 
     def _abandon(self, worker: DeadlineWorker) -> None:
         with self._guard:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,22 @@ class Finding:
         who = f"pid {self.pid}" if self.pid is not None else self.where
         test = self.test or "(none)"
         return f"{who}: SELECT of AID {self.aid} on card {self.card!r} via {self.via}, test {test}"
+
+
+def inner_session(directory: Path, source: str, *options: str) -> list[str]:
+    """The command of a pytest session of its own over ``source`` (written to ``directory``), with
+    readerd's session hooks (tests/conftest.py, the audit among them) and the ``touches_card_info``
+    marker: how the audit's own tests prove it fails a session. Run it with the checkout as cwd.
+
+    An ini file of its own: with ``-c /dev/null`` pytest scans every entry of /tmp (thousands on a shared
+    machine) while collecting. Plain asserts and no readerd fixture plugin: with PYTHONDONTWRITEBYTECODE
+    set, rewriting the modules of the whole readerd distribution on every run cost seconds."""
+    (directory / "test_inner.py").write_text(source)
+    ini = directory / "pytest.ini"
+    ini.write_text("[pytest]\nmarkers =\n    touches_card_info: on purpose\n")
+    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", *options, "--assert=plain"]
+    command += ["-p", "no:readerd", "-p", "no:cacheprovider", "-c", str(ini)]
+    return [*command, "--rootdir", str(directory), str(directory)]
 
 
 def start(directory: Path | None = None) -> Path:

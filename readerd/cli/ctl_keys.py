@@ -55,7 +55,10 @@ def add_keys_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers a
     allow = actions.add_parser("allow", help="admit a client's CURVE public key to the bus")
     allow.add_argument("name", help="a name for the client (its allowlist file is NAME.key)")
     source = allow.add_mutually_exclusive_group(required=True)
-    source.add_argument("--key", help="the client's public key (40 characters of Z85)")
+    source.add_argument(
+        "--key",
+        help="the client's public key (40 characters of Z85; write --key=KEY, as a key may start with -)",
+    )
     source.add_argument("--key-file", type=Path, help="the client's NAME.key certificate")
     allow.add_argument(
         "--role",

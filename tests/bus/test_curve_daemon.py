@@ -46,13 +46,15 @@ def test_readerctl_keys_generate_allow_list_revoke(
         str(curve_dir),
     )
     screen = keys_cmd(capsys, "generate", "screen", "--dir", str(tmp_path / "client"))
-    keys_cmd(capsys, "allow", "screen", "--key", str(screen["public_key"]), "--curve-dir", str(curve_dir))
+    # ``--key=KEY``: a Z85 key may start with "-", which ``--key KEY`` would take for an option.
+    keys_cmd(capsys, "allow", "screen", f"--key={screen['public_key']}", "--curve-dir", str(curve_dir))
     assert (
-        readerctl(
-            ["keys", "allow", "again", "--key", str(screen["public_key"]), "--curve-dir", str(curve_dir)]
-        )
+        readerctl(["keys", "allow", "again", f"--key={screen['public_key']}", "--curve-dir", str(curve_dir)])
         == 78
     )
+    dashed = "-" + str(screen["public_key"])[1:]  # a key that starts with "-", as one in 85 does
+    keys_cmd(capsys, "allow", "dashed", f"--key={dashed}", "--curve-dir", str(curve_dir))
+    keys_cmd(capsys, "revoke", "dashed", "--curve-dir", str(curve_dir))
     listed = keys_cmd(capsys, "list", "--curve-dir", str(curve_dir))
     assert listed["server_key"] is None  # the daemon makes it on its first start with bus.curve
     assert listed["clients"] == [

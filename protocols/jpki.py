@@ -37,6 +37,7 @@ from protocols.errors import (
     CommandEncodingError,
     ExtendedLengthUnsupportedError,
     LastTryRefusedError,
+    MalformedTlvError,
     NotJpkiCardError,
     PinBlockedError,
     PinFormatError,
@@ -62,7 +63,7 @@ from protocols.status_words import (
     is_counter,
     is_wrong_le,
 )
-from protocols.tlv import MAX_HEADER_LENGTH, certificate_length
+from protocols.tlv import MAX_HEADER_LENGTH, certificate_length, certificate_names, common_name
 from protocols.transport import Transport
 
 #: Largest offset READ BINARY can address in its P1-P2 form (P1 bit 8 clear).
@@ -214,6 +215,13 @@ def parse_token(data: bytes) -> JpkiToken:
     return JpkiToken(name, TOKEN_NAMES.get(name, TokenKind.UNKNOWN))
 
 
+#: Issuer Names as certificates hold them -> as ``cryptography`` encodes them (the same bytes for a DER
+#: certificate; kept so that a pseudonym never depends on which of the two was read). A handful of
+#: J-LIS CAs issue every card; the bound keeps a stream of made-up issuers from growing it.
+_ISSUERS: dict[bytes, bytes] = {}
+MAX_ISSUERS = 64
+
+
 @dataclass(frozen=True)
 class UserAuthCertificate:
     """The user-authentication certificate: the card's identity, readable without a PIN.
@@ -231,19 +239,34 @@ class UserAuthCertificate:
 
     @classmethod
     def from_der(cls, der: bytes) -> UserAuthCertificate:
+        """Parsed by ``cryptography``, which checks the whole certificate. The two names are taken from
+        the DER as the card holds them (:func:`protocols.tlv.certificate_names`): building them as
+        ``cryptography`` objects was the largest part of a tap's parse, and more so on a CPU that was
+        idle before the tap. The issuer's bytes stay those ``cryptography`` encodes (the pseudonym is
+        made of them): learnt once per issuer, :data:`_ISSUERS`."""
         der = bytes(der)
         try:
             cert = x509.load_der_x509_certificate(der)
-            cn_attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            cn = cn_attrs[0].value if cn_attrs else ""
-            issuer = cert.issuer.public_bytes()
             serial = cert.serial_number
             validity = (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        except (ValueError, TypeError) as e:
+            try:
+                issuer_raw, subject_raw = certificate_names(der)
+            except (MalformedTlvError, TruncatedDataError):  # parsed above: not expected
+                issuer_raw, subject_raw = b"", b""
+            issuer = _ISSUERS.get(issuer_raw) if issuer_raw else None
+            if issuer is None:
+                issuer = cert.issuer.public_bytes()
+                if issuer_raw and len(_ISSUERS) < MAX_ISSUERS:
+                    _ISSUERS[issuer_raw] = issuer
+            cn = common_name(subject_raw) if subject_raw else None
+            if cn is None:  # another string type: cryptography's own reading
+                cn_attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+                cn = str(cn_attrs[0].value) if cn_attrs else ""
+        except (ValueError, TypeError, x509.InvalidVersion) as e:
             raise CertificateParseError(f"not a usable X.509 certificate: {e}") from e
         if serial < 0:
             raise CertificateParseError("negative certificate serial number")
-        return cls(der, serial, issuer, str(cn), *validity)
+        return cls(der, serial, issuer, cn, *validity)
 
     def to_x509(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.der)

@@ -70,3 +70,135 @@ def certificate_length(prefix: bytes, limit: int = MAX_CERTIFICATE_LENGTH) -> in
     if header.total_length > limit:
         raise MalformedTlvError(f"certificate of {header.total_length} bytes exceeds the {limit}-byte limit")
     return header.total_length
+
+
+# -- the names of a certificate -----------------------------------------------------------------------
+TAG_SET = 0x31
+TAG_OID = 0x06
+TAG_INTEGER = 0x02
+TAG_VERSION = 0xA0  # [0] EXPLICIT, in front of the serial number of a v2/v3 certificate
+
+#: The DER of the attribute type id-at-commonName (2.5.4.3).
+OID_COMMON_NAME = bytes.fromhex("550403")
+
+
+def _element(der: bytes, at: int, end: int) -> tuple[int, int, int]:
+    """(tag, start of the content, end of the element) of the element at ``at``, which must end by
+    ``end`` (the rules of :func:`read_der_header`, without building a header: called per tap)."""
+    if at + 2 > end:
+        raise TruncatedDataError(f"DER element at {at} runs past its container")
+    tag, first = der[at], der[at + 1]
+    if tag & 0x1F == 0x1F:
+        raise MalformedTlvError(f"high-tag-number form (tag byte {tag:02X}) is not expected here")
+    if first < 0x80:
+        content, length = at + 2, first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4:
+            raise MalformedTlvError("indefinite or absurd DER length")
+        content = at + 2 + n
+        if content > end:
+            raise TruncatedDataError(f"DER element at {at} runs past its container")
+        length = int.from_bytes(der[at + 2 : content], "big")
+        if der[at + 2] == 0 or length < 0x80:
+            raise MalformedTlvError("non-minimal DER length encoding")
+    stop = content + length
+    if stop > end:
+        raise TruncatedDataError(f"DER element at {at} runs past its container")
+    return tag, content, stop
+
+
+def certificate_names(der: bytes) -> tuple[bytes, bytes]:
+    """The issuer's and the subject's Name of an X.509 certificate, each the DER element as the
+    certificate holds it: found by walking the TBSCertificate's first fields, without building the
+    names (the card session needs the issuer's bytes and one attribute of the subject, per tap).
+
+    Raises :class:`MalformedTlvError` or :class:`TruncatedDataError` where the structure is not a
+    certificate's; the caller has parsed the certificate already and falls back to its parser."""
+    der = bytes(der)
+    tag, content, end = _element(der, 0, len(der))
+    if tag != TAG_SEQUENCE:
+        raise MalformedTlvError("a certificate is a SEQUENCE")
+    tag, content, end = _element(der, content, end)
+    if tag != TAG_SEQUENCE:
+        raise MalformedTlvError("a TBSCertificate is a SEQUENCE")
+    at = content
+    tag, _, stop = _element(der, at, end)
+    if tag == TAG_VERSION:
+        at = stop
+    # serialNumber, signature, issuer, validity, subject
+    fields = []
+    for want in (TAG_INTEGER, TAG_SEQUENCE, TAG_SEQUENCE, TAG_SEQUENCE, TAG_SEQUENCE):
+        tag, _, stop = _element(der, at, end)
+        if tag != want:
+            raise MalformedTlvError("not the fields of a TBSCertificate")
+        fields.append((at, stop))
+        at = stop
+    (issuer_at, issuer_end), (subject_at, subject_end) = fields[2], fields[4]
+    return der[issuer_at:issuer_end], der[subject_at:subject_end]
+
+
+def common_name(name: bytes) -> str | None:
+    """The first common name in a Name's DER (:func:`certificate_names`), "" when it has none; None
+    when the walk cannot vouch for the whole name as ``cryptography`` would read it: then the caller
+    asks ``cryptography``, which knows every string type and refuses a damaged name.
+
+    The walk reads every attribute, not only up to the common name: one RDN per attribute, a
+    well-formed OID, and a value that is a UTF8String, a PrintableString of its alphabet or an
+    IA5String. Anything else (a multi-valued RDN, a BMPString, a damaged value) is None."""
+    first: str | None = None
+    try:
+        tag, at, end = _element(name, 0, len(name))
+        if tag != TAG_SEQUENCE:
+            return None
+        while at < end:  # RelativeDistinguishedName: SET OF AttributeTypeAndValue, here of one
+            tag, attr, rdn_end = _element(name, at, end)
+            if tag != TAG_SET:
+                return None
+            tag, oid, attr_end = _element(name, attr, rdn_end)  # SEQUENCE {type, value}
+            if tag != TAG_SEQUENCE or attr_end != rdn_end:
+                return None
+            tag, oid_content, value_at = _element(name, oid, attr_end)
+            if tag != TAG_OID or not _well_formed_oid(name[oid_content:value_at]):
+                return None
+            tag, value, value_end = _element(name, value_at, attr_end)
+            text = _plain_string(tag, name[value:value_end])
+            if text is None or value_end != attr_end:
+                return None
+            if first is None and name[oid_content:value_at] == OID_COMMON_NAME:
+                first = text
+            at = rdn_end
+    except (MalformedTlvError, TruncatedDataError):
+        return None
+    return "" if first is None else first
+
+
+#: PrintableString's alphabet (X.680 41.4).
+_PRINTABLE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
+
+
+def _plain_string(tag: int, value: bytes) -> str | None:
+    """The text of a UTF8String, PrintableString or IA5String value; None for another type or bytes
+    its type does not allow."""
+    try:
+        if tag == 0x0C:
+            return value.decode("utf-8")
+        if tag == 0x13:
+            return value.decode("ascii") if _PRINTABLE.issuperset(value) else None
+        if tag == 0x16:
+            return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return None
+
+
+def _well_formed_oid(content: bytes) -> bool:
+    """Base-128 arcs, each minimal and the last one complete."""
+    if not content or content[-1] & 0x80:
+        return False
+    starts = True
+    for byte in content:
+        if starts and byte == 0x80:  # a leading zero group: not minimal
+            return False
+        starts = not byte & 0x80
+    return True

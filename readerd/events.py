@@ -108,12 +108,15 @@ class Envelope:
     def from_dict(cls, obj: Mapping[str, Any]) -> Envelope:
         """An envelope read back (the private feed, the event log); ValueError when it is not one."""
         try:
+            reader, cause = obj.get("reader"), obj.get("cause")
+            if not isinstance(reader, str | None) or not isinstance(cause, str | None):
+                raise TypeError("reader and cause are strings or null")  # else encoding it fails later
             event = Event(
                 type=str(obj["type"]),
-                reader=obj.get("reader"),
+                reader=reader,
                 data=dict(obj.get("data") or {}),
                 private=dict(obj.get("private") or {}),
-                cause=obj.get("cause"),
+                cause=cause,
                 replayed=bool(obj.get("replayed", False)),
             )
             return cls(

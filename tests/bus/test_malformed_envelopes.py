@@ -1,7 +1,8 @@
 """Messages that are not envelopes: the event_envelopes fuzzer's findings (tests/fuzz/atheris).
 
 ``Envelope.from_json`` (the private feed, the event log) raised ``OverflowError`` for ``"seq": Infinity``
-(Python's JSON reader takes it) instead of its documented ``ValueError("not an envelope: ...")``.
+(Python's JSON reader takes it) instead of its documented ``ValueError("not an envelope: ...")``; it took
+a number for ``reader`` (or ``cause``), which failed only when the envelope was encoded again.
 
 ``Stream.live`` reads ``seq`` as an integer, ``type`` and ``run_id``; a JSON object without them made
 ``BusClient.next`` raise ``KeyError`` (no ``type``) or ``OverflowError`` (``"seq": Infinity``) from deep
@@ -51,6 +52,19 @@ def test_an_envelope_read_back_with_an_infinite_seq_is_not_an_envelope() -> None
         Envelope.from_json(body)
     finite = Envelope.from_json(body.replace(b"Infinity", b"12"))
     assert finite.seq == 12
+
+
+@pytest.mark.parametrize("field", ["reader", "cause"])
+def test_an_envelope_read_back_with_a_number_for_a_reader_or_cause_is_not_an_envelope(field: str) -> None:
+    """The fuzzer's finding: ``"reader": 7`` was taken, and encoding the envelope again (the split plugin
+    host, a client's re-publication) raised ``TypeError`` deep in the encoder."""
+    body = (CORPUS / "crash-envelope-reader-number").read_bytes()[1:]
+    if field == "cause":
+        body = body.replace(b'"reader":7', b'"reader":null,"cause":7')
+    with pytest.raises(ValueError, match=r"^not an envelope: TypeError: reader and cause are strings"):
+        Envelope.from_json(body)
+    named = Envelope.from_json(body.replace(b":7", b':"Sim 00"'))
+    assert named.public_json()
 
 
 def test_an_envelope_still_goes_through() -> None:

@@ -25,7 +25,7 @@ from protocols.apdu import CommandApdu, Response
 from protocols.errors import ReaderdError
 from protocols.jpki import JpkiSession, UserAuthCertificate, normalize_pin, parse_pin_status, parse_token
 from protocols.mykey import normalize_member_id, normalize_mykey_id
-from protocols.tlv import certificate_length, read_der_header
+from protocols.tlv import certificate_length, certificate_names, common_name, read_der_header
 from protocols.transport import ReaderCapabilities
 
 EXAMPLES = int(os.environ.get("READERD_HYPOTHESIS_EXAMPLES", "300"))
@@ -36,6 +36,8 @@ BYTE_PARSERS: dict[str, Callable[[bytes], Any]] = {
     "apdu.Response.parse": Response.parse,
     "tlv.read_der_header": read_der_header,
     "tlv.certificate_length": certificate_length,
+    "tlv.certificate_names": certificate_names,
+    "tlv.common_name": common_name,
     "jpki.parse_pin_status": lambda raw: parse_pin_status(Response.parse(raw)),
     "jpki.parse_token": parse_token,
     "jpki.UserAuthCertificate.from_der": UserAuthCertificate.from_der,

@@ -33,8 +33,8 @@ log = structlog.get_logger("readerd.worker")
 
 _T = TypeVar("_T")
 
-#: What a worker's inbox carries: a call, or None for "end now".
-_Job = Callable[[], object] | None
+#: What a worker's inbox carries: a call and whom to tell once its answer is out, or None for "end now".
+_Job = tuple[Callable[[], object], "Countdown | None"] | None
 #: ``(after seconds, callback)``: what a waiting caller does once a call runs that long (see ``call``).
 Nudge = tuple[float, Callable[[], object]]
 
@@ -76,13 +76,14 @@ class DeadlineWorker:
         self.submit(fn)
         return self.collect(timeout, nudge)  # type: ignore[return-value] # what fn returned
 
-    def submit(self, fn: Callable[[], object]) -> None:
+    def submit(self, fn: Callable[[], object], countdown: Countdown | None = None) -> None:
         """Hand ``fn`` over and return at once; :meth:`collect` waits for its answer (the caller may hand
-        calls to other workers in between). :class:`WorkerRetiredError` as in :meth:`call`."""
+        calls to other workers in between). ``countdown``: counted down once the answer is ready to
+        collect (never for a call abandoned meanwhile). :class:`WorkerRetiredError` as in :meth:`call`."""
         with self._state:
             if self.retired:
                 raise WorkerRetiredError(self.name)
-            self._inbox.put(fn)
+            self._inbox.put((fn, countdown))
 
     def collect(self, timeout: float, nudge: Nudge | None = None) -> object:
         """The answer of the call :meth:`submit` handed over, as :meth:`call` gives it, waiting at most
@@ -125,9 +126,10 @@ class DeadlineWorker:
     def _loop(self) -> None:
         thread = threading.current_thread()
         while True:
-            fn = self._next()
-            if fn is None or self.abandoned:
+            job = self._next()
+            if job is None or self.abandoned:
                 return
+            fn, countdown = job
             thread.name = self.name
             try:
                 answer: tuple[bool, object] = (True, fn())
@@ -138,6 +140,8 @@ class DeadlineWorker:
                 log.info("an abandoned call returned; its result is discarded", worker=self.name)
                 return
             self._outbox.put(answer)
+            if countdown is not None:
+                countdown.done()
 
 
 class WorkerSlot:
@@ -160,20 +164,20 @@ class WorkerSlot:
         """``fn()`` on the slot's worker (:meth:`DeadlineWorker.call`), a fresh one when needed."""
         return self.begin(fn).wait(timeout, nudge)
 
-    def begin(self, fn: Callable[[], _T]) -> Pending[_T]:
+    def begin(self, fn: Callable[[], _T], countdown: Countdown | None = None) -> Pending[_T]:
         """Hand ``fn`` to the slot's worker and return without waiting: the caller hands other calls to
         other slots, then :meth:`Pending.wait` for each. The slot is the caller's until then (a second
-        call to it waits, as with :meth:`run`)."""
+        call to it waits, as with :meth:`run`). ``countdown``: as :meth:`DeadlineWorker.submit`."""
         self.lock.acquire()
         try:
             worker = self.worker
             if worker is None or not worker.usable:
                 worker = self.worker = self._make()
             try:
-                worker.submit(fn)
+                worker.submit(fn, countdown)
             except WorkerRetiredError:  # it ended idle just now: a fresh one takes the call
                 worker = self.worker = self._make()
-                worker.submit(fn)
+                worker.submit(fn, countdown)
         except BaseException:
             self.lock.release()
             raise
@@ -214,3 +218,30 @@ class Pending(Generic[_T]):
             raise
         finally:
             self._slot.lock.release()
+
+
+class Countdown:
+    """Calls handed to several workers at once, waited for together: the waiter wakes once, when the
+    last answer is ready, instead of once per call it would otherwise block on in turn (each wake-up is
+    a futex and a GIL hand-over: the plugin host hands every event to every plugin). Counted up by the
+    caller before each hand-over (:meth:`add`), down by the workers (:meth:`DeadlineWorker.submit`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._left = 0
+
+    def add(self) -> None:
+        with self._cond:
+            self._left += 1
+
+    def done(self) -> None:
+        with self._cond:
+            self._left -= 1
+            if self._left <= 0:
+                self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """True once every call counted has its answer ready; False after ``timeout`` s (one is slow,
+        or was abandoned: the caller then waits for each as before)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._left <= 0, timeout)

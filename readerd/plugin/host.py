@@ -75,7 +75,7 @@ from readerd.errors import (
 )
 from readerd.events import Envelope, Event, EventType
 from readerd.ops.deadline import SessionTimeoutError
-from readerd.ops.worker import Pending
+from readerd.ops.worker import Countdown, Pending
 from readerd.plugin import hookspecs, loader
 from readerd.plugin.api import (
     LEVEL_RANK,
@@ -497,10 +497,16 @@ class PluginHost:
         return None if call is None else self._finish_call(call)
 
     def _begin_call(
-        self, loaded: LoadedPlugin, hook: str, kwargs: JsonObject, origin: _Origin | None = None
+        self,
+        loaded: LoadedPlugin,
+        hook: str,
+        kwargs: JsonObject,
+        origin: _Origin | None = None,
+        countdown: Countdown | None = None,
     ) -> _HookCall | None:
         """Hand the call of :meth:`_call` to the plugin's worker and return at once (None: the plugin
-        does not implement ``hook``); :meth:`_finish_call` waits for it."""
+        does not implement ``hook``); :meth:`_finish_call` waits for it. ``countdown``: see
+        :meth:`deliver`."""
         impl = self._impl(loaded.name, hook)
         if impl is None:
             return None
@@ -515,7 +521,7 @@ class PluginHost:
 
         started = time.perf_counter()
         held = origin.held if origin is not None else None
-        return _HookCall(loaded, hook, self._workers.begin(loaded.name, call), started, held)
+        return _HookCall(loaded, hook, self._workers.begin(loaded.name, call, countdown), started, held)
 
     def _finish_call(self, call: _HookCall) -> Any:  # noqa: ANN401 - a hook's result
         """The hook's result, None on failure (quarantine and reports as the module docstring says). The
@@ -817,6 +823,7 @@ class PluginHost:
             return False
         delivered = False
         calls: list[_HookCall] = []
+        countdown = Countdown()
         secrets = _secret_values(envelope.event.private)
         if secrets:
             with self._lock:
@@ -843,11 +850,17 @@ class PluginHost:
                 if called is not None:
                     called.append(loaded.name)
                 origin = _Origin(loaded.name, event.id, event.replayed, _HeldResults())
-                call = self._begin_call(loaded, hook, {"event": event, "context": loaded.context}, origin)
+                kwargs = {"event": event, "context": loaded.context}
+                call = self._begin_call(loaded, hook, kwargs, origin, countdown)
                 if call is not None:
                     calls.append(call)
                 loaded.last_seq = event.seq
         finally:
+            # One wake-up when the last plugin returns, not one per plugin the host would block on in
+            # turn; a hook still running after RESULTS_AFTER is waited for as each call is (its results
+            # so far released, its own deadline), so is one that runs on this thread (Inline).
+            if len(calls) > 1:
+                countdown.wait(min(RESULTS_AFTER, self.config.hook_timeout))
             for call in calls:
                 self._finish_call(call)
         if calls and self._nudge is not None:  # every call here holds its results: send them together

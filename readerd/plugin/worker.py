@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 from readerd.ops.deadline import SessionTimeoutError
-from readerd.ops.worker import DeadlineWorker, Nudge, Pending, WorkerSlot
+from readerd.ops.worker import Countdown, DeadlineWorker, Nudge, Pending, WorkerSlot
 
 _T = TypeVar("_T")
 
@@ -54,10 +54,13 @@ class Workers:
         it runs inline: waiting on itself would only time out."""
         return self.begin(plugin, fn).wait(timeout, nudge)
 
-    def begin(self, plugin: str, fn: Callable[[], _T]) -> Pending[_T] | Inline[_T]:
+    def begin(
+        self, plugin: str, fn: Callable[[], _T], countdown: Countdown | None = None
+    ) -> Pending[_T] | Inline[_T]:
         """Hand ``fn`` to ``plugin``'s worker without waiting (:meth:`WorkerSlot.begin`): the host hands an
         event to every plugin first, then waits for each. From the plugin's own worker, ``fn`` runs at
-        ``wait`` on the caller's thread, as in :meth:`run`."""
+        ``wait`` on the caller's thread, as in :meth:`run` (and is not counted on ``countdown``: it has
+        not started)."""
         slot = self._slots.get(plugin)
         if slot is None:
             with self._guard:
@@ -65,7 +68,14 @@ class Workers:
                 slot = self._slots.setdefault(plugin, made)
         if slot.on_own_thread():
             return Inline(fn)
-        return slot.begin(fn)
+        if countdown is None:
+            return slot.begin(fn)
+        countdown.add()
+        try:
+            return slot.begin(fn, countdown)
+        except BaseException:
+            countdown.done()  # never handed over
+            raise
 
     def run_once(self, name: str, fn: Callable[[], _T], timeout: float) -> _T:
         """``fn()`` on a thread of its own under ``timeout``: a plugin command, which runs beside the

@@ -5,6 +5,7 @@ every plugin"). Cost: about 0.5 s (hosts in this process, no daemon)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 
 from readerd.config import PluginsConfig
 from readerd.events import Event
+from readerd.ops.worker import Countdown, DeadlineWorker
+from readerd.plugin import host as host_module
 from readerd.plugin.api import PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 from readerd.plugin.host import PluginHost
@@ -156,11 +159,11 @@ def test_a_failed_hand_over_leaves_the_calls_already_handed_over_waited_for() ->
     begin = workers.begin
     failures = ["b"]
 
-    def failing_begin(plugin: str, fn: Callable[[], Any]) -> Any:
+    def failing_begin(plugin: str, fn: Callable[[], Any], countdown: Any = None) -> Any:
         if plugin in failures:
             failures.remove(plugin)
             raise RuntimeError("can't start new thread")
-        return begin(plugin, fn)
+        return begin(plugin, fn, countdown)
 
     workers.begin = failing_begin  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
@@ -171,3 +174,44 @@ def test_a_failed_hand_over_leaves_the_calls_already_handed_over_waited_for() ->
         ("plugin.a.said", "e2"),
         ("plugin.b.said", "e2"),
     ]
+
+
+def test_the_host_wakes_once_for_all_the_plugins_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three hooks answer in the reverse of the plugins' order, once the host waits. Blocking on each
+    plugin's answer in turn, the host would block on the first and wake for it; waiting on the
+    countdown, it wakes once, when the last answer is ready, and then finds every answer there."""
+    monkeypatch.setattr(host_module, "RESULTS_AFTER", PATIENCE)  # no early release of results here
+    gates = {name: threading.Event() for name in ("a", "b", "c")}
+    published: list[Event] = []
+    plugins: dict[str, object] = {
+        name: Answers(functools.partial(gate.wait, PATIENCE)) for name, gate in gates.items()
+    }
+    host = _host(plugins, published.append)  # loaded before the watching starts: its calls are not counted
+    host_waits = threading.Event()
+    blocked: list[str] = []  # workers whose answer was not ready when the host went to take it
+    collect, wait = DeadlineWorker.collect, Countdown.wait
+
+    def watched_collect(self: DeadlineWorker, *args: Any, **kwargs: Any) -> object:
+        if self._outbox.empty():
+            blocked.append(self.name)
+        host_waits.set()
+        return collect(self, *args, **kwargs)
+
+    def watched_wait(self: Countdown, timeout: float) -> bool:
+        host_waits.set()
+        return wait(self, timeout)
+
+    monkeypatch.setattr(DeadlineWorker, "collect", watched_collect)
+    monkeypatch.setattr(Countdown, "wait", watched_wait)
+
+    def release_in_reverse() -> None:
+        if host_waits.wait(PATIENCE):
+            for name in ("c", "b", "a"):
+                gates[name].set()
+
+    releaser = threading.Thread(target=release_in_reverse)
+    releaser.start()
+    host.dispatch(_identified())
+    releaser.join(PATIENCE)
+    assert [str(e.type) for e in published] == ["plugin.a.said", "plugin.b.said", "plugin.c.said"]
+    assert blocked == []

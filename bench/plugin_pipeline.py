@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import zmq
 
@@ -57,6 +57,8 @@ from readerd.plugin.api import PluginContext, PluginEvent
 from readerd.plugin.hookspecs import hookimpl
 
 READERS: Final = ("Sim 00", "Sim 01")
+TapVia = Literal["reader", "control"]
+TAP_VIAS: Final[tuple[TapVia, ...]] = ("reader", "control")
 CARDS: Final = ("alice", "bob")
 TIMEOUT: Final = 30.0  # seconds without progress before a run is declared stuck
 
@@ -259,8 +261,17 @@ class Driver:
     libzmq I/O threads are the bench's and their CPU is not counted as the daemon's: ``threads`` are the
     native ids of the driver's threads (the calling thread and its context's)."""
 
-    def __init__(self, control: str, publish: str, heartbeat_now: Callable[[], None], plugins: int) -> None:
+    def __init__(
+        self,
+        control: str,
+        publish: str,
+        heartbeat_now: Callable[[], None],
+        plugins: int,
+        present: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         self.plugins = plugins
+        self.present = present
+        self.via: TapVia = "reader"
         zmq_before = threadcpu.zmq_threads()
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         context = self.context
@@ -293,12 +304,18 @@ class Driver:
         self.context.term()
 
     def send_tap(self) -> float:
+        """One tap, by :attr:`via`: ``reader`` puts the card on the sim backend's queue from this thread,
+        as a reader's detection reaches its backend; ``control`` sends the control request ``tap``."""
         i = self.sent
         self.sent += 1
-        args = {"card": CARDS[(i // 2) % 2], "reader": READERS[i % 2], "hold": False}
-        body = {"id": str(i), "cmd": "tap", "args": args}
+        reader = READERS[i % 2]
+        args: dict[str, Any] = {"card": CARDS[(i // 2) % 2], "reader": reader, "hold": False}
         sent = time.perf_counter()
-        self.control.send_multipart([b"", json.dumps(body).encode()])
+        if self.via == "reader":
+            self.present(reader, args)
+        else:
+            body = {"id": str(i), "cmd": "tap", "args": args}
+            self.control.send_multipart([b"", json.dumps(body).encode()])
         return sent
 
     def run(self, taps: int, window: int) -> list[Tap]:
@@ -380,13 +397,25 @@ def private_envelope_bytes(heartbeat_now: Callable[[], None], tap: Callable[[], 
 
 
 @dataclass
+class Throughput:
+    """The throughput runs of one way of tapping (:data:`TapVia`), one value per run."""
+
+    taps_per_s: list[float] = field(default_factory=list)
+    cpu_s_per_tap: list[float] = field(default_factory=list)  # this process, every thread (driver too)
+    daemon_cpu_s_per_tap: list[float] = field(default_factory=list)  # all but the driver's, less the card
+    sim_build_cpu_s_per_tap: list[float] = field(default_factory=list)  # the card build (backend thread)
+    sim_answer_cpu_s_per_tap: list[float] = field(default_factory=list)  # the card's answers (session)
+    by_thread_ms: dict[str, list[float]] = field(default_factory=dict)  # "exited": threads that ended
+
+    def threads_ms_per_tap(self) -> dict[str, float]:
+        """Median by thread name, largest first."""
+        per_thread = {name: round(statistics.median(v), 3) for name, v in self.by_thread_ms.items()}
+        return dict(sorted(per_thread.items(), key=lambda kv: -kv[1]))
+
+
+@dataclass
 class PipelineResult:
-    taps_per_s: list[float]
-    cpu_s_per_tap: list[float]  # this process, every thread (the bench's driver included)
-    daemon_cpu_s_per_tap: list[float]  # the daemon's threads (all but the driver's), less the card build
-    sim_build_cpu_s_per_tap: list[float]  # the simulator's card build, on the daemon's backend thread
-    sim_answer_cpu_s_per_tap: list[float]  # the simulated card answering APDUs, on the session thread
-    daemon_threads_ms_per_tap: dict[str, float]  # median by thread name; "exited": per-call threads
+    throughput: dict[TapVia, Throughput]
     driver_threads: int
     latency: dict[str, dict[str, float]]
     envelope_bytes: dict[str, int]
@@ -405,6 +434,7 @@ class Plan:
 
 def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineResult:
     from readerd.config import PluginsConfig
+    from readerd.reading.backends.sim import SimBackend
     from tests.support.daemon import running_daemon, sim_config
 
     taps, runs, window, latency_taps = plan.taps, plan.runs, plan.window, plan.latency_taps
@@ -421,7 +451,10 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
         if bus is None or host is None or len(host.plugins) != plan.plugins:
             loaded = sorted(host.plugins) if host is not None else None
             raise RuntimeError(f"want exactly the {plan.plugins} no-op plugins, loaded: {loaded}")
-        driver = Driver(running.control, running.publish, bus.heartbeat_now, plan.plugins)
+        backend = running.daemon.backends[0]
+        if not isinstance(backend, SimBackend):
+            raise RuntimeError(f"want the sim backend, got {type(backend).__name__}")
+        driver = Driver(running.control, running.publish, bus.heartbeat_now, plan.plugins, backend.present)
         try:
             driver.run(4, 1)  # warm-up: the simulator makes the cards' keys and certificates
             private = private_envelope_bytes(bus.heartbeat_now, lambda: driver.run(1, 1))
@@ -444,24 +477,14 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
                 stages["tap_to_last_plugin_publish"].append(max(publishing) - tap.sent)
                 stages["tap_to_last_result_on_lan"].append(tap.done - tap.sent)
             latency = {name: latency_summary(values) for name, values in stages.items()}
-            # Throughput: `window` taps in flight.
-            rates, cpu, daemon_cpu, sim_build, sim_answer = [], [], [], [], []
-            by_thread: dict[str, list[float]] = {}
+            # Throughput: `window` taps in flight, runs of the two ways of tapping alternating (the
+            # machine's speed drifts over seconds).
+            throughput: dict[TapVia, Throughput] = {via: Throughput() for via in TAP_VIAS}
             for _ in range(runs):
-                started, before, mark = time.perf_counter(), threadcpu.snapshot(), meter.reading()
-                completed = driver.run(taps, window)
-                after, (built, answered) = threadcpu.snapshot(), meter.since(mark)
-                finished = max(t.done for t in completed if t.done is not None)
-                rates.append(taps / (finished - started))
-                split = threadcpu.daemon_cpu(before, after, driver.threads)
-                cpu.append(split.process_s / taps)
-                daemon_cpu.append((split.daemon_s - built) / taps)
-                sim_build.append((built - answered) / taps)
-                sim_answer.append(answered / taps)
-                for name, seconds in [*split.by_name.items(), ("exited", split.exited_s)]:
-                    by_thread.setdefault(name, []).append(seconds / taps * 1e3)
-            per_thread = {name: round(statistics.median(v), 3) for name, v in by_thread.items()}
-            per_thread = dict(sorted(per_thread.items(), key=lambda kv: -kv[1]))
+                for via in TAP_VIAS:
+                    driver.via = via
+                    measure_run(driver, taps, window, meter, throughput[via])
+            driver.via = "reader"
         finally:
             driver.close()
         status = host.status()
@@ -471,18 +494,23 @@ def measure_pipeline(work: Path, plan: Plan, meter: SimBuildMeter) -> PipelineRe
             "plugins_quarantined": status["quarantined"],
             "feed_gaps_recorded": len(host.gaps),
         }
-    return PipelineResult(
-        rates,
-        cpu,
-        daemon_cpu,
-        sim_build,
-        sim_answer,
-        per_thread,
-        len(driver.threads),
-        latency,
-        envelope_bytes,
-        daemon,
-    )
+    return PipelineResult(throughput, len(driver.threads), latency, envelope_bytes, daemon)
+
+
+def measure_run(driver: Driver, taps: int, window: int, meter: SimBuildMeter, into: Throughput) -> None:
+    """One throughput run, its figures appended to ``into``."""
+    started, before, mark = time.perf_counter(), threadcpu.snapshot(), meter.reading()
+    completed = driver.run(taps, window)
+    after, (built, answered) = threadcpu.snapshot(), meter.since(mark)
+    finished = max(t.done for t in completed if t.done is not None)
+    into.taps_per_s.append(taps / (finished - started))
+    split = threadcpu.daemon_cpu(before, after, driver.threads)
+    into.cpu_s_per_tap.append(split.process_s / taps)
+    into.daemon_cpu_s_per_tap.append((split.daemon_s - built) / taps)
+    into.sim_build_cpu_s_per_tap.append((built - answered) / taps)
+    into.sim_answer_cpu_s_per_tap.append(answered / taps)
+    for name, seconds in [*split.by_name.items(), ("exited", split.exited_s)]:
+        into.by_thread_ms.setdefault(name, []).append(seconds / taps * 1e3)
 
 
 # -- the baseline -------------------------------------------------------------------------------------
@@ -539,8 +567,25 @@ def measure_raw(payload_bytes: int, messages: int) -> tuple[float, float]:
 
 
 # -- the command --------------------------------------------------------------------------------------
+def throughput_figures(runs: Throughput) -> dict[str, Any]:
+    return {
+        "taps_per_s": spread(runs.taps_per_s),
+        "cpu_ms_per_tap": spread([c * 1e3 for c in runs.cpu_s_per_tap], 3),
+        # every thread of the process but the driver's (its own thread and its zmq context's)
+        "daemon_cpu_ms_per_tap": spread([c * 1e3 for c in runs.daemon_cpu_s_per_tap], 3),
+        # the simulator's card build on the backend thread: the test rig, taken out of the above
+        "sim_card_build_cpu_ms_per_tap": spread([c * 1e3 for c in runs.sim_build_cpu_s_per_tap], 3),
+        # the simulated card answering its APDUs on the session thread: a real card's chip, taken out too
+        "sim_card_answers_cpu_ms_per_tap": spread([c * 1e3 for c in runs.sim_answer_cpu_s_per_tap], 3),
+        "daemon_cpu_by_thread_ms_per_tap": runs.threads_ms_per_tap(),
+    }
+
+
 def markdown(result: dict[str, Any]) -> str:
     pipe, raw = result["pipeline"], result["raw_pubsub"]
+    control = pipe["by_control_request"]
+    control_cpu = control["daemon_cpu_ms_per_tap"]
+    by_control = result["daemon_cpu_per_tap_in_raw_messages_by_control_request"]
     size = result["payload_bytes"]
     overhead = result["hook_call_overhead"]
     sim = result["sim_card_build_ms"]
@@ -575,8 +620,14 @@ def markdown(result: dict[str, Any]) -> str:
         "daemon threads' CPU by name, ms per tap (median; the simulator included; exited = threads that "
         "ended within the run): "
         + ", ".join(f"{name} {ms}" for name, ms in pipe["daemon_cpu_by_thread_ms_per_tap"].items()),
+        "the same taps as the control request `tap` (runs alternating with the above): "
+        f"{control['taps_per_s']['median']:,.1f} taps/s, the daemon's CPU "
+        f"{control_cpu['median']} ({control_cpu['min']}-{control_cpu['max']}) ms per tap = "
+        f"{by_control['median']:,.0f} ({by_control['min']:,.0f}-{by_control['max']:,.0f}) raw messages' "
+        f"worth; bus thread {control['daemon_cpu_by_thread_ms_per_tap'].get('bus', 0)} ms against "
+        f"{pipe['daemon_cpu_by_thread_ms_per_tap'].get('bus', 0)} ms",
         "",
-        "| one tap at a time, from sending `tap` to | p50 ms | p99 ms |",
+        "| one tap at a time, from the card on the reader's queue to | p50 ms | p99 ms |",
         "|---|---:|---:|",
     ]
     for stage, values in result["latency"].items():
@@ -587,7 +638,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"payload: card.identified envelope {size['private']} B on the private feed (the host's input), "
         f"{size['public']} B on the LAN PUB",
-        f"one tap: control `tap` (My Number Card, hold=false) on {' / '.join(READERS)}, cards "
+        f"one tap: a My Number Card put on the sim backend's queue as a reader's detection (hold=false) "
+        f"on {' / '.join(READERS)}, cards "
         f"{' / '.join(CARDS)} alternating (never a repeat); complete when all {pipe['plugins']} "
         "plugin.noopN.done results reached a LAN subscriber",
         f"simulator: card build per tap {sim['as_run']} ms as run (key cache "
@@ -650,7 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = [measure_raw(pipeline.envelope_bytes["private"], messages) for _ in range(runs)]
     raw_rates = [rate for rate, _ in raw]
     raw_cpu = [cpu for _, cpu in raw]
-    taps_median = statistics.median(pipeline.taps_per_s)
+    tapped = pipeline.throughput["reader"]
+    taps_median = statistics.median(tapped.taps_per_s)
+    raw_cpu_median = statistics.median(raw_cpu)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -665,18 +719,13 @@ def main(argv: list[str] | None = None) -> int:
             "window": args.window,
             "plugins": args.plugins,
             "hook_ms": args.hook_ms,
-            "taps_per_s": spread(pipeline.taps_per_s),
-            "cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.cpu_s_per_tap], 3),
-            # every thread of the process but the driver's (its own thread and its zmq context's)
-            "daemon_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.daemon_cpu_s_per_tap], 3),
-            # the simulator's card build on the backend thread: the test rig, taken out of the above
-            "sim_card_build_cpu_ms_per_tap": spread([c * 1e3 for c in pipeline.sim_build_cpu_s_per_tap], 3),
-            # the simulated card answering its APDUs on the session thread: a real card's chip, taken out too
-            "sim_card_answers_cpu_ms_per_tap": spread(
-                [c * 1e3 for c in pipeline.sim_answer_cpu_s_per_tap], 3
-            ),
-            "daemon_cpu_by_thread_ms_per_tap": pipeline.daemon_threads_ms_per_tap,
+            # taps put on the sim backend's queue, as a reader's detection (Driver.send_tap)
+            "tap_via": "reader",
+            **throughput_figures(tapped),
             "driver_threads": pipeline.driver_threads,
+            # the same taps sent as the control request `tap` (the bus thread reads, checks and answers
+            # each): what a tap cost when the benches drove the simulator through the control socket
+            "by_control_request": throughput_figures(pipeline.throughput["control"]),
         },
         "raw_pubsub": {
             "messages": messages,
@@ -686,7 +735,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_raw_to_pipeline": round(statistics.median(raw_rates) / taps_median, 1),
         # the daemon's CPU per tap in raw messages' worth of CPU (each run's own over the raw median)
         "daemon_cpu_per_tap_in_raw_messages": spread(
-            [c / statistics.median(raw_cpu) for c in pipeline.daemon_cpu_s_per_tap], 0
+            [c / raw_cpu_median for c in tapped.daemon_cpu_s_per_tap], 0
+        ),
+        "daemon_cpu_per_tap_in_raw_messages_by_control_request": spread(
+            [c / raw_cpu_median for c in pipeline.throughput["control"].daemon_cpu_s_per_tap], 0
         ),
         # card.presented, card.identified, card.removed and one result per plugin
         "bus_messages_per_tap": 3 + args.plugins,

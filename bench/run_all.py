@@ -219,6 +219,14 @@ def _plugin_pipeline(r: dict[str, Any]) -> list[Figure]:
             "raw pyzmq CPU per message",
             r["raw_pubsub"]["cpu_us_per_msg"]["median"] / 1000,
         ),
+        Figure(
+            "plugin_pipeline",
+            "CPU per tap, the daemon's threads, tapped by control request",
+            "ms",
+            r["pipeline"]["by_control_request"]["daemon_cpu_ms_per_tap"]["median"],
+            "raw pyzmq CPU per message",
+            r["raw_pubsub"]["cpu_us_per_msg"]["median"] / 1000,
+        ),
     ]
 
 

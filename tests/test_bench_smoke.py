@@ -67,6 +67,13 @@ def test_plugin_pipeline_prints_taps_and_raw_messages_per_second(tmp_path) -> No
     assert {"bus", "plugin-host", "backend-sim"} <= set(pipe["daemon_cpu_by_thread_ms_per_tap"])
     assert result["daemon_cpu_per_tap_in_raw_messages"]["median"] > 0
     assert "raw messages' worth" in done.stdout
+    # taps as a reader's detection; the same taps as control requests beside them, in alternating runs
+    assert pipe["tap_via"] == "reader"
+    control = pipe["by_control_request"]
+    assert len(control["taps_per_s"]["runs"]) == len(pipe["taps_per_s"]["runs"]) == 1
+    assert 0 < control["daemon_cpu_ms_per_tap"]["median"] < control["cpu_ms_per_tap"]["median"]
+    assert result["daemon_cpu_per_tap_in_raw_messages_by_control_request"]["median"] > 0
+    assert "the same taps as the control request `tap`" in done.stdout
 
 
 @pytest.mark.pcscd

@@ -217,8 +217,14 @@ class SimBackend:
                 felica_profile(str(args["felica"]), card)
             except ValueError as e:
                 raise Refusal("bad_request", str(e)) from e
-        self._commands.put(("tap", reader, args))
+        self.present(reader, args)
         return {"reader": reader, "card": card, "queued": True}
+
+    def present(self, reader: str, args: JsonObject) -> None:
+        """A card arrives on ``reader`` as checked :meth:`tap` arguments, the way a real reader's
+        detection reaches its backend: queued for the backend thread, nothing answered. The benches
+        tap this way, so that what they count per tap is a reader's tap, not a control request's."""
+        self._commands.put(("tap", reader, args))
 
     def remove(self, request: ControlRequest) -> Future[JsonObject]:
         """Answered after the taps queued before it: ``{reader, had_card, card}``, ``card`` the kind that

@@ -2,19 +2,23 @@
 
 What is measured, all in one run on one machine:
 
-- ``pipeline``: completed taps per second. One **tap** is the control command ``tap`` with a simulated My
-  Number Card and ``hold: false`` on the sim backend: the backend builds the virtual card and inserts it,
-  the daemon identifies it (SELECT AP + READ BINARY of the certificate, in process; HMAC pseudonym; member
-  directory lookup), publishes ``card.presented``, ``card.identified`` and ``card.removed``; the plugin
-  host gets ``card.identified`` on the private feed and hands it to ``readerd_card_identified`` of each of
-  four no-op plugins, side by side; each publishes ``plugin.noopN.done`` back through the daemon (with
-  ``--hook-ms``, after waiting that long, as a plugin that asks a server would). A tap
-  is complete when a plain SUB socket on the daemon's PUB endpoint has all four results. Taps alternate
-  over two readers and two cards so none is a ``repeat``; at most ``--window`` taps are in flight.
+- ``pipeline``: completed taps per second. One **tap** is a simulated My Number Card with ``hold: false``
+  put on the sim backend's queue, as a reader's detection reaches its backend (``SimBackend.present``; the
+  same taps as the control command ``tap`` run beside, alternating: ``by_control_request``): the backend
+  builds the virtual card and inserts it, the daemon identifies it (SELECT AP + READ BINARY of the
+  certificate, in process; HMAC pseudonym; member directory lookup), publishes ``card.presented``,
+  ``card.identified`` and ``card.removed``; the plugin host gets ``card.identified`` on its in-process feed
+  and hands it to ``readerd_card_identified`` of each of four no-op plugins, side by side; each publishes
+  ``plugin.noopN.done`` back through the daemon (with ``--hook-ms``, after waiting that long, as a plugin
+  that asks a server would). A tap is complete when a plain SUB socket on the daemon's PUB endpoint has
+  all four results; that subscriber is a process of its own (:mod:`bench.lan_watcher`), as every LAN
+  subscriber of a kiosk is. Taps alternate over two readers and two cards so none is a ``repeat``; at
+  most ``--window`` taps are in flight.
 - ``raw``: pyzmq alone, PUB -> SUB over TCP loopback, messages of the size of the ``card.identified``
   envelope the plugin host receives, ``[topic, payload]`` frames like the daemon's: the floor of one bus hop.
-- ``latency``: one tap at a time, the time from sending ``tap`` to each stage (the LAN subscriber sees
-  ``card.identified``, the first plugin hook starts, the last plugin publishes, the last result arrives).
+- ``latency``: one tap at a time, the time from putting the card on the queue to each stage (the LAN
+  subscriber sees ``card.identified``, the first plugin hook starts, the last plugin publishes, the last
+  result arrives).
 - CPU time per tap: of the daemon's own threads (``daemon_cpu_ms_per_tap``: every thread of the process
   but the bench's driver, see :mod:`bench.threadcpu`) and of the whole process; per raw message for the
   baseline. Steadier than rates on a shared machine; the daemon's CPU per tap over the raw CPU per message
@@ -22,8 +26,10 @@ What is measured, all in one run on one machine:
 
 The simulator re-reads and re-validates its RSA keys from PEM files on every tap (130-400 ms per card,
 which would make this a benchmark of the simulator); the bench memoizes ``PkiStore._key`` in this process
-(``--no-sim-key-cache`` turns that off) and prints both card-build costs. Everything runs in one Python
-process (daemon, host, plugins, driver): the GIL is shared, as it is in ``readerd run``. The daemon's
+(``--no-sim-key-cache`` turns that off) and prints both card-build costs. The daemon, its host and
+plugins and the driver that taps run in one Python process: the GIL is shared, as it is in ``readerd
+run``; the LAN subscriber does not share it (in the bench's process it did, and the daemon's threads'
+waits for the GIL while it parsed every event counted as the daemon's CPU). The daemon's
 state directory (store, event log) is a temporary directory; ``--state-in /dev/shm`` shows what the
 disk's fsyncs cost.
 
@@ -39,6 +45,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -243,8 +250,7 @@ class Tap:
     sent: float
     identified: float | None = None  # card.identified seen by the LAN subscriber
     seq: int | None = None
-    results: int = 0
-    done: float | None = None
+    done: float | None = None  # the last plugin result seen by the LAN subscriber
 
 
 @dataclass
@@ -255,11 +261,12 @@ class _RunState:
 
 
 class Driver:
-    """Sends taps on one DEALER socket and watches the daemon's PUB endpoint on one SUB socket.
+    """Taps (:meth:`send_tap`) and follows each to its last plugin result through the LAN subscriber, a
+    process of its own (:mod:`bench.lan_watcher`) that reports on a pipe.
 
-    The driver has a ZeroMQ context of its own (not the daemon's ``Context.instance()``), so that its
-    libzmq I/O threads are the bench's and their CPU is not counted as the daemon's: ``threads`` are the
-    native ids of the driver's threads (the calling thread and its context's)."""
+    The driver has a ZeroMQ context of its own (not the daemon's ``Context.instance()``) for the control
+    socket, so that its libzmq I/O threads are the bench's and their CPU is not counted as the daemon's:
+    ``threads`` are the native ids of the driver's threads (the calling thread and its context's)."""
 
     def __init__(
         self,
@@ -274,34 +281,58 @@ class Driver:
         self.via: TapVia = "reader"
         zmq_before = threadcpu.zmq_threads()
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        context = self.context
-        self.control = context.socket(zmq.DEALER)
+        self.control = self.context.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(control)
-        self.sub = context.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.connect(publish)
-        for prefix in (b"card.identified", b"card.read_aborted", b"plugin.", b"heartbeat"):
-            self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
         # libzmq starts a context's I/O and reaper threads with its first socket: those are the driver's
         self.threads = {threading.get_native_id(), *threadcpu.new_zmq_threads(zmq_before)}
+        self.watcher = subprocess.Popen(  # noqa: S603 - this interpreter, the bench's own module
+            [sys.executable, "-m", "bench.lan_watcher", publish, str(plugins)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+        )
+        assert self.watcher.stdout is not None  # noqa: S101 - asked for above
+        self._pipe = self.watcher.stdout.fileno()
+        os.set_blocking(self._pipe, False)
+        self._buffer = b""
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
-        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self._pipe, zmq.POLLIN)
         self.sent = 0
         self.envelope_bytes: dict[str, int] = {}
-        # Slow joiner: ask for heartbeats until one arrives; then the subscription is live.
+        # Slow joiner: ask for heartbeats until the watcher saw one; then its subscription is live.
         deadline = time.monotonic() + 10
-        while not self.sub.poll(20):
+        while "ready" not in self._lines(20):
             heartbeat_now()
             if time.monotonic() > deadline:
-                raise RuntimeError("no heartbeat from the daemon within 10 s")
+                self.close()
+                raise RuntimeError("the LAN subscriber saw no heartbeat from the daemon within 10 s")
 
     def close(self) -> None:
+        self.watcher.kill()
+        self.watcher.wait()
+        if self.watcher.stdout is not None:
+            self.watcher.stdout.close()
         self.control.close()
-        self.sub.close()
         self.context.term()
+
+    def _lines(self, timeout_ms: int) -> list[str]:
+        """The watcher's whole lines that arrived within ``timeout_ms``."""
+        if not self.poller.poll(timeout_ms):
+            return []
+        return self._read_lines()
+
+    def _read_lines(self) -> list[str]:
+        while True:
+            try:
+                chunk = os.read(self._pipe, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                raise RuntimeError(f"the LAN subscriber ended (exit {self.watcher.poll()})")
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [line.decode() for line in lines]
 
     def send_tap(self) -> float:
         """One tap, by :attr:`via`: ``reader`` puts the card on the sim backend's queue from this thread,
@@ -329,44 +360,37 @@ class Driver:
                 state.pending.append(Tap(self.send_tap()))
                 sent += 1
             events = dict(self.poller.poll(1000))
-            now = time.perf_counter()
             if self.control in events:
                 while self.control.poll(0):
                     reply = json.loads(self.control.recv_multipart()[-1])
                     if not reply.get("ok"):
                         raise RuntimeError(f"tap refused: {reply}")
-            if self.sub in events:
-                while self.sub.poll(0):
-                    topic, body = self.sub.recv_multipart()
-                    self._event(topic, body, now, state)
-                    last_progress = time.monotonic()
+            if self._pipe in events:
+                for line in self._read_lines():
+                    self._fact(line, state)
+                last_progress = time.monotonic()
             if time.monotonic() - last_progress > TIMEOUT:
                 raise RuntimeError(f"stuck: {len(done)} of {taps} taps complete after {TIMEOUT} s")
         return done
 
-    def _event(self, topic: bytes, body: bytes, now: float, state: _RunState) -> None:
-        pending, by_seq, done = state.pending, state.by_seq, state.done
-        if topic == b"heartbeat":
-            return
-        env = json.loads(body)
-        if topic == b"card.read_aborted":
-            raise RuntimeError(f"a tap aborted: {env['data']}")
-        if topic == b"card.identified":
-            self.envelope_bytes.setdefault("public", len(body))
-            tap = pending.pop(0)
-            tap.identified, tap.seq = now, int(env["seq"])
-            by_seq[tap.seq] = tap
-            return
-        if topic.startswith(b"plugin.noop"):
-            tap = by_seq[int(env["data"]["seq"])]
-            tap.results += 1
-            if tap.results == self.plugins:
-                tap.done = now
-                done.append(tap)
-                del by_seq[int(env["data"]["seq"])]
-            return
-        if topic == b"plugin.error":
-            raise RuntimeError(f"a plugin failed: {env['data']}")
+    def _fact(self, line: str, state: _RunState) -> None:
+        """One line of the watcher (:mod:`bench.lan_watcher`)."""
+        kind, _, rest = line.partition(" ")
+        if kind == "i":
+            seq, at, size = rest.split()
+            self.envelope_bytes.setdefault("public", int(size))
+            tap = state.pending.pop(0)
+            tap.identified, tap.seq = float(at), int(seq)
+            state.by_seq[tap.seq] = tap
+        elif kind == "d":
+            seq, at = rest.split()
+            tap = state.by_seq.pop(int(seq))
+            tap.done = float(at)
+            state.done.append(tap)
+        elif kind == "a":
+            raise RuntimeError(f"a tap aborted: {rest}")
+        elif kind == "e":
+            raise RuntimeError(f"a plugin failed: {rest}")
 
 
 def private_envelope_bytes(heartbeat_now: Callable[[], None], tap: Callable[[], object]) -> int:

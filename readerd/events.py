@@ -9,6 +9,7 @@ publishes, so every event has one publisher-assigned order. The JSON envelope is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -100,8 +101,9 @@ class Envelope:
     kiosk: str
     event: Event
 
-    @property
+    @functools.cached_property
     def topic(self) -> str:
+        """Kept on the instance once asked (the plugin host asks a dozen times per event)."""
         return str(self.event.type)
 
     @classmethod

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import pytest
@@ -105,6 +107,19 @@ def _config(tmp_path: Path) -> Config:
     return sim_config(tmp_path, plugins=PluginsConfig(autoload=False, hook_timeout=5, quarantine_after=2))
 
 
+def _result_of(kind: str) -> Callable[[dict[str, Any]], bool]:
+    """Until the watcher's result for a ``kind`` event seen by this subscriber: the results for the
+    readers added at the start may come after the subscription, and are not it."""
+    causes: set[str] = set()
+
+    def done(e: dict[str, Any]) -> bool:
+        if e["type"] == kind:
+            causes.add(e["id"])
+        return e["type"] == "plugin.watcher.reader" and e.get("cause") in causes
+
+    return done
+
+
 def test_reader_changed_gets_readers_coming_and_going(tmp_path: Path) -> None:
     watcher = Watcher()
     with (
@@ -112,13 +127,14 @@ def test_reader_changed_gets_readers_coming_and_going(tmp_path: Path) -> None:
         d.subscriber("reader.", "plugin.watcher.") as sub,
     ):
         d.request("unplug", {"reader": "Sim 01"})
-        removed = sub.until(lambda e: e["type"] == "plugin.watcher.reader")
+        removed = sub.until(_result_of("reader.removed"))
         d.request("plug", {"reader": "Sim 01"})
-        added = sub.until(lambda e: e["type"] == "plugin.watcher.reader")
+        added = sub.until(_result_of("reader.added"))
     at_start = [(e.type, e.reader) for e in watcher.seen[:2]]
     assert at_start == [("reader.added", "Sim 00"), ("reader.added", "Sim 01")]  # the host starts first
     for events, kind in ((removed, "reader.removed"), (added, "reader.added")):
-        event, result = events[0], events[-1]
+        result = events[-1]
+        event = next(e for e in events if e["id"] == result["cause"])
         assert event["type"] == kind
         assert result["data"] == {"backend": "sim", "type": kind}
         assert (result["reader"], result["cause"]) == ("Sim 01", event["id"])

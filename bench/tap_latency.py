@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -261,15 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PCSCLITE_CSOCK_NAME"] = str(work / "pcscd" / "pcscd.comm")
     from tests.support.pcscd import PrivatePcscd
 
-    # The card (its keys and certificates) is made before anything is timed: that is the simulator.
-    started = time.perf_counter()
-    timed = TimedCard(build_card(CardProfile(name="bench"), PkiStore(work / "pki")))
-    card_build_ms = round((time.perf_counter() - started) * 1000, 1)
-    with PrivatePcscd(work / "pcscd") as pcscd:
-        bridge = ViccBridge(timed, port=pcscd.ports[0])
-        measured, cert_bytes = measure_runs(
-            work, timed, bridge, pcscd.readers[0], taps=taps, runs=runs, idle_floor=not args.no_idle_floor
-        )
+    try:
+        # The card (its keys and certificates) is made before anything is timed: that is the simulator.
+        started = time.perf_counter()
+        timed = TimedCard(build_card(CardProfile(name="bench"), PkiStore(work / "pki")))
+        card_build_ms = round((time.perf_counter() - started) * 1000, 1)
+        with PrivatePcscd(work / "pcscd") as pcscd:
+            bridge = ViccBridge(timed, port=pcscd.ports[0])
+            measured, cert_bytes = measure_runs(
+                work, timed, bridge, pcscd.readers[0], taps=taps, runs=runs, idle_floor=not args.no_idle_floor
+            )
+    finally:  # the test PKI's keys, the daemon's state and pcscd's log: nothing of a run is kept
+        shutil.rmtree(work, ignore_errors=True)
     bare = [t for run in measured for t in run.bare]
     latency = [t for run in measured for t in run.latency]
     detection = [t for run in measured for t in run.detection]

@@ -23,8 +23,10 @@ thing. Override the ``readerd_config`` fixture to change the configuration (plug
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -48,19 +50,44 @@ from readerd.plugin.store import PluginStore
 
 Envelope = dict[str, Any]
 
+#: The role-socket directories :func:`sim_config` made: each is removed when a daemon that used it stops
+#: (:func:`running_daemon`; a restart makes it again), and all that are left when the process exits.
+_SOCKET_DIRS: set[str] = set()
+
+
+def _sockets_dir() -> str:
+    """A short temporary directory for the role sockets (a socket path holds at most 107 bytes, and a
+    test's temporary directory can be longer), removed again (:data:`_SOCKET_DIRS`): one is made per
+    configuration, and a test session makes hundreds."""
+    if not _SOCKET_DIRS:
+        atexit.register(_remove_socket_dirs)
+    path = tempfile.mkdtemp(prefix="readerd-")
+    _SOCKET_DIRS.add(path)
+    return path
+
+
+def _remove_socket_dir(path: str) -> None:
+    """Kept in :data:`_SOCKET_DIRS`: a daemon started again with the same configuration makes it again."""
+    if path in _SOCKET_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_socket_dirs() -> None:
+    for path in list(_SOCKET_DIRS):
+        _remove_socket_dir(path)
+
 
 def sim_config(state_dir: Path, **overrides: Any) -> Config:  # noqa: ANN401 - Config fields of all types
     config = Config(
         kiosk="test-kiosk",
         state_dir=str(state_dir),
         backends=("sim",),
-        # The role sockets in a short directory of their own (a socket path holds at most 107 bytes, and a
-        # test's temporary directory can be longer): the harness talks to the operator socket.
+        # The role sockets in a short directory of their own: the harness talks to the operator socket.
         bus=BusConfig(
             publish="tcp://127.0.0.1:0",
             control="tcp://127.0.0.1:0",
             heartbeat_interval=0.05,
-            sockets_dir=tempfile.mkdtemp(prefix="readerd-"),
+            sockets_dir=_sockets_dir(),
         ),
         sessions=SessionConfig(deadline=3.0, repeat_window=10.0),
         sim=SimConfig(readers=("Sim 00", "Sim 01")),
@@ -207,6 +234,7 @@ def running_daemon(
         thread.join(10)
         if thread.is_alive():
             raise RuntimeError("the daemon did not stop within 10 s")
+        _remove_socket_dir(config.bus.sockets_dir)
 
 
 class ReaderdHarness:

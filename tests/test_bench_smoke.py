@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,13 @@ from tests.support.postgres import missing_tools as missing_postgres
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    *args: str, timeout: float = 90, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``tmpdir``: the bench's temporary directory (``TMPDIR``), to see that it leaves nothing there."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     env.pop("PCSCLITE_CSOCK_NAME", None)  # the suite's own private pcscd; a bench starts its own
     return subprocess.run(
         [sys.executable, "-m", *args],
@@ -43,8 +49,12 @@ def test_bench_lists_the_benchmarks() -> None:
 
 def test_plugin_pipeline_prints_taps_and_raw_messages_per_second(tmp_path) -> None:
     out = tmp_path / "pipeline.json"
-    done = run_bench("bench.plugin_pipeline", "--quick", "--taps", "5", "--runs", "1", "--json", str(out))
+    work = tmp_path / "tmp"
+    work.mkdir()
+    args = ("--quick", "--taps", "5", "--runs", "1", "--json", str(out))
+    done = run_bench("bench.plugin_pipeline", *args, tmpdir=work)
     assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []  # the daemon's state directory went with the run
     number = r"\|\s*([\d,]+(?:\.\d+)?)\s*\|"
     taps = re.search(r"\| taps through daemon -> bus -> host -> 4 no-op plugins [^|]*" + number, done.stdout)
     raw = re.search(r"\| raw pyzmq PUB/SUB messages[^|]*" + number, done.stdout)
@@ -84,8 +94,12 @@ def test_tap_latency_prints_its_numbers() -> None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(message)
         pytest.skip(message)
-    done = run_bench("bench.tap_latency", "--taps", "1", "--runs", "2")
+    # A short directory: pcscd's socket path must fit a Unix socket address (108 bytes).
+    with tempfile.TemporaryDirectory(prefix="rdtl-") as tmp:
+        done = run_bench("bench.tap_latency", "--taps", "1", "--runs", "2", tmpdir=Path(tmp))
+        left = sorted(p.name for p in Path(tmp).iterdir())
     assert done.returncode == 0, done.stderr
+    assert left == []  # its work directory (the test PKI's keys, pcscd's log) went with the run
     # The daemon's log lines share stdout with the result (structlog's default when logging is not
     # configured): the result is the JSON object that closes the output.
     found = re.search(r"^\{$.*", done.stdout, re.MULTILINE | re.DOTALL)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -155,3 +157,24 @@ def test_anonymous_tcp_gets_the_subscribe_role(daemon: RunningDaemon) -> None:
             reply = request(tcp, cmd, args)
             assert reply["error"]["code"] == "forbidden", (cmd, reply)
             assert "role" in reply["error"]["message"]
+
+
+def test_the_harness_removes_the_role_socket_directories_it_makes(tmp_path: Path) -> None:
+    """``sim_config`` makes a short directory for the role sockets per configuration: the daemon that
+    used it stopping removes it (a restart makes it again), the process exiting removes the rest. They
+    were never removed: a test session left hundreds in the system's temporary directory."""
+    config = sim_config(tmp_path / "state")
+    sockets = Path(config.bus.sockets_dir)
+    for _ in range(2):  # stopped, and started again with the same configuration
+        with running_daemon(config) as running:
+            assert request(running.control, "status")["ok"]
+            assert sockets.is_dir()
+        assert not sockets.exists()
+    script = "from pathlib import Path; from readerd.testing import sim_config; "
+    script += f"print(sim_config(Path({str(tmp_path / 'other')!r})).bus.sockets_dir)"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    made = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert made.stdout.strip().startswith(str(tmp_path))  # it did make one, there
+    assert not Path(made.stdout.strip()).exists()  # and it went with the process

@@ -40,26 +40,31 @@ def read_der_header(prefix: bytes) -> DerHeader:
     Raises :class:`TruncatedDataError` when ``prefix`` ends inside the header, and
     :class:`MalformedTlvError` for high-tag-number forms, indefinite or non-minimal lengths.
     """
-    prefix = bytes(prefix)
-    if len(prefix) < 2:
-        raise TruncatedDataError(f"DER header needs at least 2 bytes, got {len(prefix)}")
-    tag = prefix[0]
+    return DerHeader(*_tag_and_length(bytes(prefix), 0))
+
+
+def _tag_and_length(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, header length, content length) of the element at ``at``: :func:`read_der_header`'s rules,
+    as plain numbers (the certificate walk below reads a dozen headers per tap)."""
+    got = len(data) - at
+    if got < 2:
+        raise TruncatedDataError(f"DER header needs at least 2 bytes, got {max(got, 0)}")
+    tag, first = data[at], data[at + 1]
     if tag & 0x1F == 0x1F:
         raise MalformedTlvError(f"high-tag-number form (tag byte {tag:02X}) is not expected here")
-    first = prefix[1]
     if first < 0x80:
-        return DerHeader(tag, 2, first)
+        return tag, 2, first
     n = first & 0x7F
     if n == 0:
         raise MalformedTlvError("indefinite length is not DER")
     if n > 4:
         raise MalformedTlvError(f"length of {n} octets is absurd")
-    if len(prefix) < 2 + n:
-        raise TruncatedDataError(f"DER length needs {2 + n} bytes, got {len(prefix)}")
-    length = int.from_bytes(prefix[2 : 2 + n], "big")
-    if prefix[2] == 0 or length < 0x80:
+    if got < 2 + n:
+        raise TruncatedDataError(f"DER length needs {2 + n} bytes, got {got}")
+    length = int.from_bytes(data[at + 2 : at + 2 + n], "big")
+    if data[at + 2] == 0 or length < 0x80:
         raise MalformedTlvError("non-minimal DER length encoding")
-    return DerHeader(tag, 2 + n, length)
+    return tag, 2 + n, length
 
 
 def certificate_length(prefix: bytes, limit: int = MAX_CERTIFICATE_LENGTH) -> int:
@@ -84,24 +89,9 @@ OID_COMMON_NAME = bytes.fromhex("550403")
 
 def _element(der: bytes, at: int, end: int) -> tuple[int, int, int]:
     """(tag, start of the content, end of the element) of the element at ``at``, which must end by
-    ``end`` (the rules of :func:`read_der_header`, without building a header: called per tap)."""
-    if at + 2 > end:
-        raise TruncatedDataError(f"DER element at {at} runs past its container")
-    tag, first = der[at], der[at + 1]
-    if tag & 0x1F == 0x1F:
-        raise MalformedTlvError(f"high-tag-number form (tag byte {tag:02X}) is not expected here")
-    if first < 0x80:
-        content, length = at + 2, first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4:
-            raise MalformedTlvError("indefinite or absurd DER length")
-        content = at + 2 + n
-        if content > end:
-            raise TruncatedDataError(f"DER element at {at} runs past its container")
-        length = int.from_bytes(der[at + 2 : content], "big")
-        if der[at + 2] == 0 or length < 0x80:
-            raise MalformedTlvError("non-minimal DER length encoding")
+    ``end`` (its container's end)."""
+    tag, header, length = _tag_and_length(der, at)
+    content = at + header
     stop = content + length
     if stop > end:
         raise TruncatedDataError(f"DER element at {at} runs past its container")

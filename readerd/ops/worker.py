@@ -79,10 +79,13 @@ class DeadlineWorker:
     def submit(self, fn: Callable[[], object], countdown: Countdown | None = None) -> None:
         """Hand ``fn`` over and return at once; :meth:`collect` waits for its answer (the caller may hand
         calls to other workers in between). ``countdown``: counted down once the answer is ready to
-        collect (never for a call abandoned meanwhile). :class:`WorkerRetiredError` as in :meth:`call`."""
+        collect (never for a call abandoned meanwhile); counted up here, once the call is handed over.
+        :class:`WorkerRetiredError` as in :meth:`call`."""
         with self._state:
             if self.retired:
                 raise WorkerRetiredError(self.name)
+            if countdown is not None:
+                countdown.add()  # before the worker can count it down
             self._inbox.put((fn, countdown))
 
     def collect(self, timeout: float, nudge: Nudge | None = None) -> object:
@@ -223,8 +226,8 @@ class Pending(Generic[_T]):
 class Countdown:
     """Calls handed to several workers at once, waited for together: the waiter wakes once, when the
     last answer is ready, instead of once per call it would otherwise block on in turn (each wake-up is
-    a futex and a GIL hand-over: the plugin host hands every event to every plugin). Counted up by the
-    caller before each hand-over (:meth:`add`), down by the workers (:meth:`DeadlineWorker.submit`)."""
+    a futex and a GIL hand-over: the plugin host hands every event to every plugin). Counted up at each
+    hand-over and down once its answer is out (:meth:`DeadlineWorker.submit`)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())

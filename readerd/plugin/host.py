@@ -829,7 +829,7 @@ class PluginHost:
             with self._lock:
                 self._card_secrets.extend(secrets)
         # Every plugin has the event before the host waits for any: they handle it side by side, and the
-        # host wakes once or twice, not twice per plugin (docs/plugins.md, "One event, every plugin").
+        # host wakes once for their answers (docs/plugins.md, "One event, every plugin").
         # Their results are released in the plugins' order, and leave the bus together (lazily). A call
         # handed over is always waited for, even if handing over the next one failed: its plugin's slot is
         # taken until then.

@@ -68,14 +68,7 @@ class Workers:
                 slot = self._slots.setdefault(plugin, made)
         if slot.on_own_thread():
             return Inline(fn)
-        if countdown is None:
-            return slot.begin(fn)
-        countdown.add()
-        try:
-            return slot.begin(fn, countdown)
-        except BaseException:
-            countdown.done()  # never handed over
-            raise
+        return slot.begin(fn, countdown)
 
     def run_once(self, name: str, fn: Callable[[], _T], timeout: float) -> _T:
         """``fn()`` on a thread of its own under ``timeout``: a plugin command, which runs beside the
